@@ -1,0 +1,158 @@
+//! Compute devices: parsing the user's choice, opening it, and the dtype it runs.
+//! This is the only place in the crate that creates a candle `Device`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+/// Which device the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceChoice {
+    Cpu,
+    /// CUDA ordinal, as numbered after `CUDA_VISIBLE_DEVICES`.
+    Cuda(usize),
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl FromStr for DeviceChoice {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| DeviceError::BadChoice(s.to_string())),
+        }
+    }
+}
+
+/// Weight precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+        }
+    }
+
+    pub const ALL: [Precision; 3] = [Self::F32, Self::F16, Self::Bf16];
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "f16" | "fp16" | "float16" | "half" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => Err(DeviceError::BadPrecision(s.to_string())),
+        }
+    }
+}
+
+/// Problems opening a device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device `{0}`: expected cpu or cuda:N")]
+    BadChoice(String),
+    #[error("unknown precision `{0}`: expected f32, f16 or bf16")]
+    BadPrecision(String),
+    #[error("this build of Versifier has no CUDA support (rebuild with `--features cuda`, see packaging/cuda/)")]
+    NoCudaSupport,
+    #[error("cannot open cuda:{ordinal}: {message}")]
+    Cuda { ordinal: usize, message: String },
+    #[error("{precision} is not supported on {device}: {why}")]
+    PrecisionUnsupported { precision: Precision, device: DeviceChoice, why: &'static str },
+}
+
+/// Opens the chosen device.
+pub fn open_device(choice: DeviceChoice) -> Result<Device, DeviceError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda(ordinal) => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(DeviceError::NoCudaSupport);
+            }
+            Device::new_cuda(ordinal).map_err(|e| DeviceError::Cuda { ordinal, message: e.to_string() })
+        }
+    }
+}
+
+/// Whether `precision` can run on `device`. On CPU, f16 matmuls are slow and
+/// inexact, so only f32 and bf16 are offered.
+pub fn check_precision(device: DeviceChoice, precision: Precision) -> Result<(), DeviceError> {
+    match (device, precision) {
+        (DeviceChoice::Cpu, Precision::F16) => Err(DeviceError::PrecisionUnsupported {
+            precision,
+            device,
+            why: "use f32 or bf16 on CPU",
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// CPU threads candle uses for matmuls: physical cores, never more.
+pub fn cpu_threads() -> usize {
+    candle_core::utils::get_num_threads().min(num_cpus::get_physical().max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_and_precisions() {
+        assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
+        assert_eq!("cuda:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(1));
+        assert_eq!("CUDA".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
+        assert!("tpu".parse::<DeviceChoice>().is_err());
+        assert!("cuda:x".parse::<DeviceChoice>().is_err());
+        assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+        assert!("f8".parse::<Precision>().is_err());
+    }
+
+    #[test]
+    fn cpu_threads_never_exceed_physical_cores() {
+        assert!(cpu_threads() >= 1);
+        assert!(cpu_threads() <= num_cpus::get_physical().max(1));
+    }
+}

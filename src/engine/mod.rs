@@ -1,0 +1,11 @@
+//! The engine: the only code that opens and drops compute devices, and the
+//! thread that will own the model (load on demand, generate, release).
+//!
+//! Owns: devices, precision choice, model lifetime, benchmarks that need a
+//! device. Must not: draw UI or read settings files; it is told what to do by
+//! commands and reports by events.
+
+pub mod bench;
+pub mod device;
+
+pub use device::{check_precision, cpu_threads, open_device, DeviceChoice, DeviceError, Precision};

@@ -1,0 +1,261 @@
+//! Text generation on a loaded [`Gpt2`]: batched decoding of N variations in one
+//! pass, sampling, stop tokens, cancellation between tokens, and UTF-8-safe
+//! streaming.
+//!
+//! Owns: the decode loop and what a request means. Must not: load files, open
+//! or drop devices (`engine/`), or know about the UI; results go out through a
+//! callback.
+
+mod detok;
+mod sampling;
+
+pub use detok::Utf8Stream;
+pub use sampling::{SamplingParams, TokenSampler};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+use crate::model::{ForwardError, Gpt2, TokenBatch};
+
+/// Largest number of variations decoded in one batch.
+pub const MAX_VARIATIONS: usize = 8;
+
+/// Errors of a generation; failures after the first token keep what was written.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("invalid setting `{field}`: {problem}")]
+    Invalid { field: &'static str, problem: String },
+    #[error("the model produced NaN logits (numerical overflow; try --dtype f32)")]
+    NonFinite,
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("generation failed after {} tokens: {source}", partial.generated_tokens())]
+    Failed {
+        #[source]
+        source: Box<GenerateError>,
+        /// Everything produced before the failure.
+        partial: Box<Generation>,
+    },
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// The prompt as token ids (start token included when the model wants one).
+    pub prompt_ids: Vec<u32>,
+    /// Number of independent continuations, decoded together as one batch.
+    pub variations: usize,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Tokens that end a variation (not included in its output).
+    pub stop_ids: Vec<u32>,
+}
+
+/// Why a variation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// A stop token (EOS / `[SEP]`).
+    Stop,
+    /// `max_new_tokens` reached.
+    MaxTokens,
+    /// The model's context (`n_positions`) is full.
+    ContextFull,
+    /// The cancel flag was raised.
+    Cancelled,
+}
+
+/// One streamed token.
+#[derive(Debug, Clone)]
+pub struct TokenEvent {
+    pub variation: usize,
+    pub id: u32,
+    /// Text completed by this token (empty while a character is still partial).
+    pub text: String,
+}
+
+/// One finished (or cut) variation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variation {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub stop: Option<StopReason>,
+}
+
+/// Timings of a generation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GenerationTimings {
+    /// Prompt processing through the first sampled token, in ms.
+    pub first_token_ms: f64,
+    /// Decode steps after the first token.
+    pub decode_steps: usize,
+    pub decode_ms: f64,
+}
+
+impl GenerationTimings {
+    /// Decode steps per second (a step produces one token for every live variation).
+    pub fn steps_per_s(&self) -> f64 {
+        if self.decode_ms > 0.0 {
+            self.decode_steps as f64 / (self.decode_ms / 1000.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    /// Prompt tokens dropped from the left to fit the context.
+    pub truncated_prompt_tokens: usize,
+    pub variations: Vec<Variation>,
+    pub timings: GenerationTimings,
+}
+
+impl Generation {
+    pub fn generated_tokens(&self) -> usize {
+        self.variations.iter().map(|v| v.ids.len()).sum()
+    }
+}
+
+/// Checks a request against the model before anything runs on the device.
+pub fn validate_request(model: &Gpt2, req: &GenerateRequest) -> Result<(), GenerateError> {
+    let invalid = |field: &'static str, problem: String| Err(GenerateError::Invalid { field, problem });
+    req.sampling.validate()?;
+    if req.max_new_tokens == 0 {
+        return invalid("max_new_tokens", "must be at least 1".into());
+    }
+    if req.variations == 0 || req.variations > MAX_VARIATIONS {
+        return invalid("variations", format!("must be 1..={MAX_VARIATIONS}, found {}", req.variations));
+    }
+    if req.prompt_ids.is_empty() {
+        return invalid("prompt", "is empty and the model has no start token; give a prompt".into());
+    }
+    let vocab = model.config().vocab_size;
+    if let Some(&id) = req.prompt_ids.iter().find(|&&id| id as usize >= vocab) {
+        return invalid("prompt_ids", format!("token id {id} is out of range (vocabulary has {vocab} tokens)"));
+    }
+    Ok(())
+}
+
+/// Generates `req.variations` continuations as one batch, calling `on_token`
+/// for every sampled token and checking `cancel` between tokens.
+///
+/// `token_bytes` maps an id to the bytes it adds to the text (the tokenizer's
+/// table); without a tokenizer pass `|_| &[]` and read the ids.
+pub fn generate<'t>(
+    model: &Gpt2,
+    req: &GenerateRequest,
+    token_bytes: impl Fn(u32) -> &'t [u8],
+    cancel: &AtomicBool,
+    mut on_token: impl FnMut(&TokenEvent),
+) -> Result<Generation, GenerateError> {
+    validate_request(model, req)?;
+    let n_positions = model.config().n_positions;
+    let mut prompt = req.prompt_ids.clone();
+    let truncated = prompt.len().saturating_sub(n_positions - 1);
+    if truncated > 0 {
+        tracing::warn!("prompt is {} tokens; dropped the first {truncated} to fit n_positions = {n_positions}", prompt.len());
+        prompt.drain(..truncated);
+    }
+
+    let rows = req.variations;
+    let mut out = Generation {
+        prompt_ids: prompt.clone(),
+        truncated_prompt_tokens: truncated,
+        variations: vec![Variation { ids: Vec::new(), text: String::new(), stop: None }; rows],
+        timings: GenerationTimings::default(),
+    };
+    let mut samplers: Vec<TokenSampler> = (0..rows).map(|r| TokenSampler::new(&req.sampling, r)).collect();
+    let mut streams = vec![Utf8Stream::new(); rows];
+    let mut contexts: Vec<Vec<u32>> = vec![prompt.clone(); rows];
+    let mut cache = model.new_cache(rows);
+
+    let started = Instant::now();
+    let mut input = TokenBatch::left_padded(&vec![prompt.clone(); rows], 0);
+    let mut step = 0usize;
+    let mut decode_started = None;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            finish_rows(&mut out, &mut streams, StopReason::Cancelled);
+            break;
+        }
+        let logits = match model.forward_last(&input, &mut cache) {
+            Ok(l) => l,
+            Err(ForwardError::ContextFull { .. }) => {
+                finish_rows(&mut out, &mut streams, StopReason::ContextFull);
+                break;
+            }
+            Err(e) => return Err(fail(e.into(), out)),
+        };
+        let logits = match logits.to_dtype(DType::F32).and_then(|l| l.to_device(&Device::Cpu)).and_then(|l| l.to_vec2::<f32>()) {
+            Ok(l) => l,
+            Err(e) => return Err(fail(e.into(), out)),
+        };
+        let mut next = vec![0u32; rows];
+        let mut live = vec![false; rows];
+        for (r, row_logits) in logits.into_iter().enumerate() {
+            if out.variations[r].stop.is_some() {
+                continue;
+            }
+            let id = match samplers[r].sample(row_logits, &contexts[r]) {
+                Ok(id) => id,
+                Err(e) => return Err(fail(e, out)),
+            };
+            if req.stop_ids.contains(&id) {
+                out.variations[r].stop = Some(StopReason::Stop);
+                let tail = streams[r].finish();
+                out.variations[r].text.push_str(&tail);
+                continue;
+            }
+            let text = streams[r].push(token_bytes(id));
+            out.variations[r].text.push_str(&text);
+            out.variations[r].ids.push(id);
+            contexts[r].push(id);
+            on_token(&TokenEvent { variation: r, id, text });
+            if out.variations[r].ids.len() >= req.max_new_tokens {
+                out.variations[r].stop = Some(StopReason::MaxTokens);
+                let tail = streams[r].finish();
+                out.variations[r].text.push_str(&tail);
+            } else {
+                next[r] = id;
+                live[r] = true;
+            }
+        }
+        if step == 0 {
+            out.timings.first_token_ms = started.elapsed().as_secs_f64() * 1000.0;
+            decode_started = Some(Instant::now());
+        } else {
+            out.timings.decode_steps += 1;
+        }
+        step += 1;
+        if !live.iter().any(|l| *l) {
+            break;
+        }
+        input = TokenBatch::step(next, live);
+    }
+    if let Some(t) = decode_started {
+        out.timings.decode_ms = t.elapsed().as_secs_f64() * 1000.0;
+    }
+    Ok(out)
+}
+
+fn finish_rows(out: &mut Generation, streams: &mut [Utf8Stream], reason: StopReason) {
+    for (v, s) in out.variations.iter_mut().zip(streams.iter_mut()) {
+        if v.stop.is_none() {
+            v.stop = Some(reason);
+            let tail = s.finish();
+            v.text.push_str(&tail);
+        }
+    }
+}
+
+fn fail(source: GenerateError, partial: Generation) -> GenerateError {
+    GenerateError::Failed { source: Box::new(source), partial: Box::new(partial) }
+}

@@ -1,0 +1,289 @@
+//! `versifier`: opens the desktop app, or runs headless commands (generate,
+//! info, bench). Thin on purpose: everything lives in the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use versifier::engine::bench::{run_bench, BenchOptions};
+use versifier::engine::{check_precision, open_device, DeviceChoice, Precision};
+use versifier::generate::{generate, GenerateRequest, SamplingParams};
+use versifier::model::{inspect_safetensors, load_model, Gpt2Config, ModelFiles, WeightFormat};
+
+#[derive(Parser)]
+#[command(name = "versifier", version, about = "Writes poems with a local GPT-2 and gives the GPU back when it is done")]
+struct Cli {
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt.
+    Generate(GenerateArgs),
+    /// Describe a checkpoint: architecture, parameters, bytes per dtype, tokenizer.
+    Info {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure load time, first-token latency and decode speed (JSON).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Checkpoint folder (or a weights file inside one).
+    #[arg(long, default_value = "models/tang-poems")]
+    model: PathBuf,
+    /// Prompt text (empty starts from the model's start token).
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Prompt as comma-separated token ids (overrides --prompt).
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Number of variations, decoded together as one batch.
+    #[arg(long, default_value_t = 1)]
+    variations: usize,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Always take the most likely token.
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
+    greedy: bool,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Benchmark random weights of a known shape: gpt2-124m or tiny.
+    #[arg(long, conflicts_with = "model")]
+    synthetic: Option<String>,
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    #[arg(long, default_value_t = 16)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batches: Vec<usize>,
+    /// JSON output (the only output format; accepted for clarity).
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => {
+            eprintln!("The desktop window is not built yet; use `versifier generate --help`.");
+            Ok(())
+        }
+        Some(Command::Generate(args)) => run_generate(args),
+        Some(Command::Info { model, json }) => run_info(&model, json),
+        Some(Command::Bench(args)) => {
+            let opts = BenchOptions {
+                model: args.model,
+                synthetic: args.synthetic,
+                device: args.device.parse()?,
+                precision: args.dtype.parse()?,
+                prompt_tokens: args.prompt_tokens,
+                new_tokens: args.new_tokens,
+                batches: args.batches,
+            };
+            let _ = args.json;
+            let report = run_bench(&opts)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}
+
+fn run_generate(args: GenerateArgs) -> Result<()> {
+    let device_choice: DeviceChoice = args.device.parse()?;
+    let precision: Precision = args.dtype.parse()?;
+    check_precision(device_choice, precision)?;
+    let defaults = SamplingParams::default();
+    let sampling = if args.greedy {
+        SamplingParams { seed: args.seed.unwrap_or(defaults.seed), repetition_penalty: args.repetition_penalty.unwrap_or(1.0), ..SamplingParams::greedy() }
+    } else {
+        SamplingParams {
+            greedy: false,
+            temperature: args.temperature.unwrap_or(defaults.temperature),
+            top_k: args.top_k.unwrap_or(defaults.top_k),
+            top_p: args.top_p.unwrap_or(defaults.top_p),
+            repetition_penalty: args.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+            seed: args.seed.unwrap_or(defaults.seed),
+        }
+    };
+    // Fail on bad settings before paying for a load.
+    sampling.validate()?;
+    if args.max_tokens == 0 {
+        bail!("invalid setting `max_tokens`: must be at least 1");
+    }
+
+    let device = open_device(device_choice)?;
+    let t0 = Instant::now();
+    let loaded = load_model(&args.model, &device, precision.dtype())?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+
+    let prompt_ids = match (&args.prompt_ids, &loaded.tokenizer) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(tok)) => tok.prompt_ids(&args.prompt).with_context(|| format!("prompt {:?}", args.prompt))?,
+        (None, None) => bail!(
+            "{}: no tokenizer.json or vocab.txt, so a text prompt cannot be encoded; pass --prompt-ids",
+            loaded.files.dir.display()
+        ),
+    };
+    let prompt_ids = if prompt_ids.is_empty() {
+        loaded.config.bos_token_id.filter(|&b| (b as usize) < loaded.config.vocab_size).into_iter().collect()
+    } else {
+        prompt_ids
+    };
+    let stop_ids = match &loaded.tokenizer {
+        Some(t) => t.stop_ids().to_vec(),
+        None => loaded.config.eos_token_id.filter(|&e| (e as usize) < loaded.config.vocab_size).into_iter().collect(),
+    };
+    let req = GenerateRequest { prompt_ids, variations: args.variations, max_new_tokens: args.max_tokens, sampling, stop_ids };
+    let tok = loaded.tokenizer.as_ref();
+    let bytes = |id: u32| -> &[u8] { tok.map_or(&[], |t| t.token_bytes(id)) };
+    let cancel = AtomicBool::new(false);
+    let stream = !args.json && args.variations == 1 && tok.is_some();
+    let mut stdout = std::io::stdout();
+    let gen = generate(&loaded.model, &req, bytes, &cancel, |ev| {
+        if stream && !ev.text.is_empty() {
+            let _ = write!(stdout, "{}", ev.text);
+            let _ = stdout.flush();
+        }
+    })?;
+    if gen.truncated_prompt_tokens > 0 {
+        eprintln!(
+            "note: the prompt was longer than the model's context ({} positions); its first {} tokens were dropped",
+            loaded.config.n_positions, gen.truncated_prompt_tokens
+        );
+    }
+    let generated: usize = gen.generated_tokens();
+    let elapsed_s = (gen.timings.first_token_ms + gen.timings.decode_ms) / 1000.0;
+    let tokens_per_s = if gen.timings.decode_ms > 0.0 {
+        (generated.saturating_sub(gen.variations.len())) as f64 / (gen.timings.decode_ms / 1000.0)
+    } else {
+        0.0
+    };
+    if args.json {
+        let out = json!({
+            "model": loaded.files.dir.display().to_string(),
+            "prompt_ids": gen.prompt_ids,
+            "truncated_prompt_tokens": gen.truncated_prompt_tokens,
+            "ids": gen.variations.iter().map(|v| v.ids.clone()).collect::<Vec<_>>(),
+            "text": gen.variations.iter().map(|v| v.text.clone()).collect::<Vec<_>>(),
+            "stop": gen.variations.iter().map(|v| v.stop).collect::<Vec<_>>(),
+            "load_ms": load_ms,
+            "first_token_ms": gen.timings.first_token_ms,
+            "tokens_per_s": tokens_per_s,
+            "elapsed_s": elapsed_s,
+            "device": device_choice.to_string(),
+            "dtype": precision.to_string(),
+        });
+        println!("{}", serde_json::to_string(&out)?);
+    } else if stream {
+        println!();
+    } else {
+        for (i, v) in gen.variations.iter().enumerate() {
+            if tok.is_some() {
+                println!("--- variation {} ---\n{}", i + 1, v.text);
+            } else {
+                println!("--- variation {} --- ids: {:?}", i + 1, v.ids);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_info(path: &std::path::Path, as_json: bool) -> Result<()> {
+    let files = ModelFiles::locate(path)?;
+    let cfg = Gpt2Config::from_file(&files.config)?;
+    let tensors = match files.format {
+        WeightFormat::Safetensors => Some(inspect_safetensors(&files.weights)?.tensors.len()),
+        WeightFormat::PytorchBin => None,
+    };
+    let tokenizer = match &files.tokenizer {
+        Some(p) => Some(versifier::model::TextTokenizer::from_file(p, &cfg)?),
+        None => None,
+    };
+    let params = cfg.param_count();
+    let weights_bytes = std::fs::metadata(&files.weights).map(|m| m.len()).unwrap_or(0);
+    let bytes_per_dtype: serde_json::Map<String, serde_json::Value> =
+        Precision::ALL.iter().map(|p| (p.to_string(), json!(params * p.bytes()))).collect();
+    let info = json!({
+        "model": files.dir.display().to_string(),
+        "architecture": "GPT2LMHeadModel",
+        "weights": files.weights.display().to_string(),
+        "format": files.format,
+        "weights_file_bytes": weights_bytes,
+        "tensors": tensors,
+        "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
+        "n_positions": cfg.n_positions, "vocab_size": cfg.vocab_size,
+        "activation": cfg.activation.hf_name(),
+        "params": params,
+        "bytes_per_dtype": bytes_per_dtype,
+        "kv_cache_bytes_per_token_f32": cfg.kv_cache_bytes(1, 1, 4),
+        "tokenizer": tokenizer.as_ref().map(|t| json!({"kind": t.kind(), "path": t.path().display().to_string(), "vocab": t.vocab_size()})),
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!("model       {}", files.dir.display());
+        println!("weights     {} ({:?}, {:.1} MiB)", files.weights.display(), files.format, weights_bytes as f64 / 1048576.0);
+        println!("shape       GPT-2, {} layers, {} heads, {} wide, {} positions, vocab {}", cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.vocab_size);
+        println!("parameters  {} ({:.1}M)", params, params as f64 / 1e6);
+        for p in Precision::ALL {
+            println!("  as {:<5}   {:.1} MiB", p.to_string(), (params * p.bytes()) as f64 / 1048576.0);
+        }
+        match &tokenizer {
+            Some(t) => println!("tokenizer   {:?}, {} tokens ({})", t.kind(), t.vocab_size(), t.path().display()),
+            None => println!("tokenizer   none (generate needs --prompt-ids)"),
+        }
+    }
+    Ok(())
+}

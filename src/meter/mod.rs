@@ -1,0 +1,36 @@
+//! Memory sampling: this process's resident memory (and, later, NVML GPU
+//! figures and their history).
+//!
+//! Owns: reading memory figures. Must not: create a CUDA context, hold model
+//! objects, or block the UI.
+
+/// Resident memory of this process, from `/proc/self/status` (Linux).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProcessMemory {
+    /// Current resident set, bytes.
+    pub rss_bytes: u64,
+    /// Peak resident set since start, bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// Reads this process's memory; `None` where the platform does not say.
+pub fn process_memory() -> Option<ProcessMemory> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some(ProcessMemory { rss_bytes: field("VmRSS:")?, peak_rss_bytes: field("VmHWM:")? })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn reads_own_resident_memory() {
+        let m = super::process_memory().expect("linux has /proc/self/status");
+        assert!(m.rss_bytes > 0);
+        assert!(m.peak_rss_bytes >= m.rss_bytes);
+    }
+}

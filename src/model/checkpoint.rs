@@ -1,0 +1,344 @@
+//! Finding and reading checkpoint files: `model.safetensors` (memory-mapped, with
+//! or without the `transformer.` prefix, with or without `lm_head.weight`) and
+//! `pytorch_model.bin` (zip-format torch pickle, read by candle's inert pickle
+//! interpreter: nothing in the file is ever executed).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use serde_json::Value;
+
+use super::{Gpt2, Gpt2Config, LoadError, TextTokenizer};
+
+/// Safetensors headers larger than this are refused before being read.
+const MAX_SAFETENSORS_HEADER: u64 = 100 * 1024 * 1024;
+
+/// Which container the weights are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum WeightFormat {
+    Safetensors,
+    PytorchBin,
+}
+
+/// The files that make up one checkpoint.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// The folder the checkpoint lives in.
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub weights: PathBuf,
+    pub format: WeightFormat,
+    /// `tokenizer.json` or `vocab.txt`, when the folder has one.
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl ModelFiles {
+    /// Resolves a folder, or a single weights file inside a folder, to its files.
+    pub fn locate(path: &Path) -> Result<Self, LoadError> {
+        let meta = std::fs::metadata(path).map_err(|_| LoadError::NotFound { path: path.to_path_buf() })?;
+        let (dir, weights) = if meta.is_file() {
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            (dir, path.to_path_buf())
+        } else {
+            let weights = Self::find_weights(path)?;
+            (path.to_path_buf(), weights)
+        };
+        let format = match weights.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => WeightFormat::Safetensors,
+            Some("bin" | "pt" | "pth") => WeightFormat::PytorchBin,
+            _ => {
+                return Err(LoadError::NoWeights {
+                    path: weights,
+                    problem: "unknown weights file type: expected .safetensors or a PyTorch .bin/.pt/.pth".into(),
+                })
+            }
+        };
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            return Err(LoadError::NotFound { path: config });
+        }
+        let tokenizer = ["tokenizer.json", "vocab.txt"].iter().map(|n| dir.join(n)).find(|p| p.is_file());
+        Ok(Self { dir, config, weights, format, tokenizer })
+    }
+
+    fn find_weights(dir: &Path) -> Result<PathBuf, LoadError> {
+        let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| LoadError::Io { path: dir.to_path_buf(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        if entries.is_empty() {
+            return Err(LoadError::NoWeights {
+                path: dir.to_path_buf(),
+                problem: "the folder is empty; a GPT-2 checkpoint needs config.json, model.safetensors (or pytorch_model.bin) and tokenizer.json (or vocab.txt)".into(),
+            });
+        }
+        for preferred in ["model.safetensors", "pytorch_model.bin"] {
+            let p = dir.join(preferred);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        for index in ["model.safetensors.index.json", "pytorch_model.bin.index.json"] {
+            if dir.join(index).is_file() {
+                return Err(LoadError::Sharded { path: dir.to_path_buf(), index: index.into() });
+            }
+        }
+        let candidates: Vec<&PathBuf> = entries
+            .iter()
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("safetensors")))
+            .collect();
+        match candidates.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(LoadError::NoWeights {
+                path: dir.to_path_buf(),
+                problem: "no model.safetensors or pytorch_model.bin in this folder".into(),
+            }),
+            many => Err(LoadError::NoWeights {
+                path: dir.to_path_buf(),
+                problem: format!(
+                    "{} .safetensors files and no model.safetensors; open the one you mean directly",
+                    many.len()
+                ),
+            }),
+        }
+    }
+}
+
+/// One tensor as a safetensors header lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// What a checked safetensors header says.
+#[derive(Debug, Clone)]
+pub struct SafetensorsSummary {
+    pub tensors: Vec<TensorEntry>,
+    pub file_len: u64,
+}
+
+fn dtype_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
+        "I16" | "U16" | "F16" | "BF16" => 2,
+        "I32" | "U32" | "F32" => 4,
+        "I64" | "U64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Reads and checks a safetensors header against the file without mapping it:
+/// header length within the file and under 100 MB, valid JSON, every tensor's
+/// byte range inside the data section and consistent with its dtype and shape.
+pub fn inspect_safetensors(path: &Path) -> Result<SafetensorsSummary, LoadError> {
+    let bad = |problem: String| LoadError::Safetensors { path: path.to_path_buf(), problem };
+    let mut file = File::open(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    let file_len = file
+        .metadata()
+        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?
+        .len();
+    if file_len < 8 {
+        return Err(bad(format!(
+            "the file is {file_len} bytes; a safetensors file starts with an 8-byte header length"
+        )));
+    }
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes)
+        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_SAFETENSORS_HEADER {
+        return Err(bad(format!(
+            "header length {header_len} bytes is over the {MAX_SAFETENSORS_HEADER}-byte limit"
+        )));
+    }
+    if 8 + header_len > file_len {
+        return Err(bad(format!(
+            "header length {header_len} is larger than the file ({file_len} bytes): truncated, or not a safetensors file"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    let value: Value = serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let obj = value.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let data_len = file_len - 8 - header_len;
+    let mut tensors = Vec::with_capacity(obj.len());
+    for (name, info) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let field = |f: &str| info.get(f).ok_or_else(|| bad(format!("tensor `{name}` has no `{f}`")));
+        let dtype = field("dtype")?
+            .as_str()
+            .ok_or_else(|| bad(format!("tensor `{name}`: dtype is not a string")))?
+            .to_string();
+        let elem = dtype_size(&dtype).ok_or_else(|| bad(format!("tensor `{name}`: unknown dtype {dtype}")))?;
+        let shape: Vec<usize> = field("shape")?
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| bad(format!("tensor `{name}`: shape is not a list of sizes")))?;
+        let offsets: Vec<u64> = field("data_offsets")?
+            .as_array()
+            .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
+            .filter(|o| o.len() == 2)
+            .ok_or_else(|| bad(format!("tensor `{name}`: data_offsets is not [begin, end]")))?;
+        let (begin, end) = (offsets[0], offsets[1]);
+        if begin > end || end > data_len {
+            return Err(bad(format!(
+                "tensor `{name}` claims bytes {begin}..{end} but the data section has {data_len} bytes (truncated file?)"
+            )));
+        }
+        let expected = shape
+            .iter()
+            .try_fold(elem as u128, |acc, &d| acc.checked_mul(d as u128))
+            .ok_or_else(|| bad(format!("tensor `{name}`: shape {shape:?} overflows")))?;
+        if expected != (end - begin) as u128 {
+            return Err(bad(format!(
+                "tensor `{name}`: {dtype} {shape:?} needs {expected} bytes but its range holds {}",
+                end - begin
+            )));
+        }
+        tensors.push(TensorEntry { name: name.clone(), dtype, shape });
+    }
+    Ok(SafetensorsSummary { tensors, file_len })
+}
+
+/// The tensors of one weights file, read on demand.
+enum TensorSource {
+    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    Pth(candle_core::pickle::PthTensors),
+}
+
+/// A `VarBuilder` backend over one checkpoint file that accepts both key layouts
+/// (`transformer.h.0...` from `save_pretrained`, `h.0...` from the original hub
+/// files), checks shapes, and records the first problem as a typed error.
+struct CheckpointBackend {
+    path: PathBuf,
+    source: TensorSource,
+    names: HashSet<String>,
+    problem: Arc<Mutex<Option<LoadError>>>,
+}
+
+impl CheckpointBackend {
+    fn open(files: &ModelFiles) -> Result<Self, LoadError> {
+        let path = files.weights.clone();
+        let (source, names) = match files.format {
+            WeightFormat::Safetensors => {
+                let summary = inspect_safetensors(&path)?;
+                // SAFETY: the header was validated above; the mapping is read-only.
+                let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }
+                    .map_err(|e| LoadError::Safetensors { path: path.clone(), problem: e.to_string() })?;
+                let names = summary.tensors.into_iter().map(|t| t.name).collect();
+                (TensorSource::Safetensors(st), names)
+            }
+            WeightFormat::PytorchBin => {
+                let pth = candle_core::pickle::PthTensors::new(&path, None)
+                    .map_err(|e| LoadError::Pickle { path: path.clone(), problem: e.to_string() })?;
+                let names = pth.tensor_infos().keys().cloned().collect();
+                (TensorSource::Pth(pth), names)
+            }
+        };
+        Ok(Self { path, source, names, problem: Arc::new(Mutex::new(None)) })
+    }
+
+    /// The stored key for a canonical `GPT2Model` name, trying the `transformer.` prefix.
+    fn resolve(&self, name: &str) -> Option<String> {
+        if self.names.contains(name) {
+            return Some(name.to_string());
+        }
+        let prefixed = format!("transformer.{name}");
+        self.names.contains(&prefixed).then_some(prefixed)
+    }
+
+    fn record(&self, problem: LoadError) -> candle_core::Error {
+        let msg = problem.to_string();
+        if let Ok(mut slot) = self.problem.lock() {
+            slot.get_or_insert(problem);
+        }
+        candle_core::Error::Msg(msg)
+    }
+
+    fn read(&self, key: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        match &self.source {
+            TensorSource::Safetensors(st) => st.load(key, dev),
+            TensorSource::Pth(pth) => match pth.get(key)? {
+                Some(t) => t.to_device(dev),
+                None => Err(candle_core::Error::Msg(format!("{}: tensor `{key}` vanished", self.path.display()))),
+            },
+        }
+    }
+}
+
+impl SimpleBackend for CheckpointBackend {
+    fn get(&self, s: Shape, name: &str, _h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let Some(key) = self.resolve(name) else {
+            let mut sample: Vec<&String> = self.names.iter().collect();
+            sample.sort();
+            let sample = sample.iter().take(3).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+            return Err(self.record(LoadError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+                expected: s.dims().to_vec(),
+                count: self.names.len(),
+                sample,
+            }));
+        };
+        let t = self.read(&key, dev)?;
+        if t.shape() != &s {
+            return Err(self.record(LoadError::TensorShape {
+                path: self.path.clone(),
+                name: key,
+                expected: s.dims().to_vec(),
+                found: t.dims().to_vec(),
+            }));
+        }
+        t.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match self.resolve(name) {
+            Some(key) => self.read(&key, dev)?.to_dtype(dtype),
+            None => Err(candle_core::Error::Msg(format!("{}: tensor `{name}` is missing", self.path.display()))),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.resolve(name).is_some()
+    }
+}
+
+/// A checkpoint turned into a model (and its tokenizer, when the folder has one).
+pub struct LoadedModel {
+    pub files: ModelFiles,
+    pub config: Gpt2Config,
+    pub model: Gpt2,
+    pub tokenizer: Option<TextTokenizer>,
+}
+
+/// Loads config, weights and tokenizer from `path` onto `device` in `dtype`.
+pub fn load_model(path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel, LoadError> {
+    let files = ModelFiles::locate(path)?;
+    let config = Gpt2Config::from_file(&files.config)?;
+    let tokenizer = match &files.tokenizer {
+        Some(p) => Some(TextTokenizer::from_file(p, &config)?),
+        None => None,
+    };
+    let backend = CheckpointBackend::open(&files)?;
+    let problem = Arc::clone(&backend.problem);
+    let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+    match Gpt2::load(vb, &config) {
+        Ok(model) => Ok(LoadedModel { files, config, model, tokenizer }),
+        Err(source) => {
+            let recorded = problem.lock().ok().and_then(|mut p| p.take());
+            Err(recorded.unwrap_or(LoadError::Candle { path: files.weights, source }))
+        }
+    }
+}

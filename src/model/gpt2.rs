@@ -1,0 +1,394 @@
+//! GPT-2 on candle: pre-LN transformer blocks, Conv1D weights stored `[in, out]`,
+//! a tied LM head, and a KV cache that lives outside the weights so one loaded
+//! model can serve many batched generations.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+
+use super::config::{Activation, Gpt2Config};
+
+/// Value added to attention scores that must not be attended to. Finite, so that a
+/// row with every key masked (a padding query) gives a uniform softmax, not NaN.
+const MASKED: f32 = -1.0e30;
+
+/// What can go wrong in a forward pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("token id {id} at batch row {row} is out of range: the model's vocabulary has {vocab} entries")]
+    TokenOutOfRange { id: u32, row: usize, vocab: usize },
+    #[error("sequence {row} would reach position {position}, but the model has n_positions = {max}")]
+    ContextFull { row: usize, position: usize, max: usize },
+    #[error("batch shape mismatch: {0}")]
+    Shape(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// One step's input: `batch` rows of `len` tokens each, plus which of them are real
+/// (false marks padding, left or right).
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    pub ids: Vec<u32>,
+    pub valid: Vec<bool>,
+    pub batch: usize,
+    pub len: usize,
+}
+
+impl TokenBatch {
+    /// Rows of different lengths, left-padded with `pad` so all end at the same column.
+    pub fn left_padded(rows: &[Vec<u32>], pad: u32) -> Self {
+        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * len);
+        let mut valid = Vec::with_capacity(rows.len() * len);
+        for row in rows {
+            let padding = len - row.len();
+            ids.extend(std::iter::repeat_n(pad, padding).chain(row.iter().copied()));
+            valid.extend(std::iter::repeat_n(false, padding).chain(std::iter::repeat_n(true, row.len())));
+        }
+        Self { ids, valid, batch: rows.len(), len }
+    }
+
+    /// Rows of different lengths, right-padded with `pad`.
+    pub fn right_padded(rows: &[Vec<u32>], pad: u32) -> Self {
+        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * len);
+        let mut valid = Vec::with_capacity(rows.len() * len);
+        for row in rows {
+            let padding = len - row.len();
+            ids.extend(row.iter().copied().chain(std::iter::repeat_n(pad, padding)));
+            valid.extend(std::iter::repeat_n(true, row.len()).chain(std::iter::repeat_n(false, padding)));
+        }
+        Self { ids, valid, batch: rows.len(), len }
+    }
+
+    /// One new token per row (a decode step); `valid[r]` false for rows that have finished.
+    pub fn step(ids: Vec<u32>, valid: Vec<bool>) -> Self {
+        let batch = ids.len();
+        Self { ids, valid, batch, len: 1 }
+    }
+}
+
+/// Keys and values of every layer for a batch of sequences, plus which cached
+/// positions are real tokens. Owned by the caller, not by the weights.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// `valid[row][pos]`: whether cached position `pos` of `row` holds a real token.
+    valid: Vec<Vec<bool>>,
+    /// Real tokens seen so far per row (the next token's position id).
+    real_tokens: Vec<usize>,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize, batch: usize) -> Self {
+        Self {
+            layers: vec![None; n_layer],
+            valid: vec![Vec::new(); batch],
+            real_tokens: vec![0; batch],
+        }
+    }
+
+    /// Cached positions (including padding).
+    pub fn len(&self) -> usize {
+        self.valid.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn batch(&self) -> usize {
+        self.valid.len()
+    }
+
+    /// Bytes held by the cached keys and values.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+/// Conv1D as GPT-2 stores it: `y = x @ W + b` with `W` of shape `[in, out]`.
+#[derive(Debug, Clone)]
+struct Conv1D {
+    weight: Tensor, // (in, out)
+    bias: Tensor,   // (out)
+}
+
+impl Conv1D {
+    fn load(vb: VarBuilder, n_in: usize, n_out: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get((n_in, n_out), "weight")?,
+            bias: vb.get(n_out, "bias")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, c) = x.dims3()?; // (B, T, in)
+        let y = x.reshape((b * t, c))?.matmul(&self.weight)?; // (B*T, out)
+        let y = y.broadcast_add(&self.bias)?;
+        y.reshape((b, t, ()))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    c_attn: Conv1D,
+    c_proj: Conv1D,
+    n_head: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &Gpt2Config, layer: usize) -> candle_core::Result<Self> {
+        let c = cfg.n_embd;
+        let mut scale = 1.0 / (cfg.head_dim() as f64).sqrt();
+        if cfg.scale_attn_by_inverse_layer_idx {
+            scale /= (layer + 1) as f64;
+        }
+        Ok(Self {
+            c_attn: Conv1D::load(vb.pp("c_attn"), c, 3 * c)?,
+            c_proj: Conv1D::load(vb.pp("c_proj"), c, c)?,
+            n_head: cfg.n_head,
+            scale,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,            // (B, T, C)
+        mask: Option<&Tensor>, // (B, 1, T, S) f32
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let hd = c / self.n_head;
+        let qkv = self.c_attn.forward(x)?; // (B, T, 3C)
+        let heads = |i: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(D::Minus1, i * c, c)?
+                .reshape((b, t, self.n_head, hd))?
+                .transpose(1, 2)? // (B, H, T, hd)
+                .contiguous()
+        };
+        let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?), // (B, H, S, hd)
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+
+        let dtype = q.dtype();
+        let att = (q.matmul(&k.t()?)? * self.scale)?; // (B, H, T, S)
+        // Softmax in f32 whatever the weights' dtype: cheap at these sizes and exact enough.
+        let att = att.to_dtype(DType::F32)?;
+        let att = match mask {
+            Some(m) => att.broadcast_add(m)?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(dtype)?;
+        let y = att.matmul(&v)?; // (B, H, T, hd)
+        let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
+        self.c_proj.forward(&y)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    c_fc: Conv1D,
+    c_proj: Conv1D,
+    activation: Activation,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, cfg: &Gpt2Config) -> candle_core::Result<Self> {
+        Ok(Self {
+            c_fc: Conv1D::load(vb.pp("c_fc"), cfg.n_embd, cfg.n_inner)?,
+            c_proj: Conv1D::load(vb.pp("c_proj"), cfg.n_inner, cfg.n_embd)?,
+            activation: cfg.activation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.c_fc.forward(x)?; // (B, T, n_inner)
+        let h = match self.activation {
+            Activation::GeluTanh => h.gelu()?,
+            Activation::GeluErf => h.gelu_erf()?,
+            Activation::Relu => h.relu()?,
+        };
+        self.c_proj.forward(&h) // (B, T, C)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load(vb: VarBuilder, cfg: &Gpt2Config, layer: usize) -> candle_core::Result<Self> {
+        let eps = cfg.layer_norm_epsilon;
+        Ok(Self {
+            ln_1: candle_nn::layer_norm(cfg.n_embd, eps, vb.pp("ln_1"))?,
+            attn: Attention::load(vb.pp("attn"), cfg, layer)?,
+            ln_2: candle_nn::layer_norm(cfg.n_embd, eps, vb.pp("ln_2"))?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask, cache)?)?;
+        &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
+    }
+}
+
+/// A loaded GPT-2 language model.
+#[derive(Debug, Clone)]
+pub struct Gpt2 {
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    /// `(V, C)`: `lm_head.weight` when the checkpoint has one, else `wte` (tied).
+    lm_head: Tensor,
+    cfg: Gpt2Config,
+}
+
+impl Gpt2 {
+    /// Builds the model from checkpoint tensors named as in Hugging Face's
+    /// `GPT2Model` (`wte`, `wpe`, `h.N.*`, `ln_f`); `lm_head.weight` is used when present.
+    pub fn load(vb: VarBuilder, cfg: &Gpt2Config) -> candle_core::Result<Self> {
+        let wte = candle_nn::embedding(cfg.vocab_size, cfg.n_embd, vb.pp("wte"))?;
+        let wpe = candle_nn::embedding(cfg.n_positions, cfg.n_embd, vb.pp("wpe"))?;
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block::load(vb.pp("h").pp(i), cfg, i))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let ln_f = candle_nn::layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, vb.pp("ln_f"))?;
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?
+        } else {
+            wte.embeddings().clone()
+        };
+        Ok(Self { wte, wpe, blocks, ln_f, lm_head, cfg: cfg.clone() })
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.lm_head.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.lm_head.dtype()
+    }
+
+    /// A fresh, empty cache for `batch` sequences.
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(self.cfg.n_layer, batch)
+    }
+
+    /// Runs `input` after what `cache` holds and returns the final hidden states
+    /// `(B, T, C)` (after `ln_f`). Token ids are checked on the host first.
+    pub fn forward_hidden(&self, input: &TokenBatch, cache: &mut KvCache) -> Result<Tensor, ForwardError> {
+        let (b, t) = (input.batch, input.len);
+        if input.ids.len() != b * t || input.valid.len() != b * t {
+            return Err(ForwardError::Shape(format!(
+                "{} ids and {} validity flags for a {b}x{t} batch",
+                input.ids.len(),
+                input.valid.len()
+            )));
+        }
+        if cache.batch() != b {
+            return Err(ForwardError::Shape(format!("cache holds {} rows, input has {b}", cache.batch())));
+        }
+        if t == 0 {
+            return Err(ForwardError::Shape("empty input".into()));
+        }
+        for (i, &id) in input.ids.iter().enumerate() {
+            if id as usize >= self.cfg.vocab_size {
+                return Err(ForwardError::TokenOutOfRange { id, row: i / t.max(1), vocab: self.cfg.vocab_size });
+            }
+        }
+
+        // Position ids: each real token gets the count of real tokens before it in its row.
+        let mut positions = Vec::with_capacity(b * t);
+        for row in 0..b {
+            let mut next = cache.real_tokens[row];
+            for col in 0..t {
+                if input.valid[row * t + col] {
+                    if next >= self.cfg.n_positions {
+                        return Err(ForwardError::ContextFull { row, position: next, max: self.cfg.n_positions });
+                    }
+                    positions.push(next as u32);
+                    next += 1;
+                } else {
+                    positions.push(0);
+                }
+            }
+        }
+        let past = cache.len();
+        for row in 0..b {
+            let flags = &input.valid[row * t..(row + 1) * t];
+            cache.valid[row].extend_from_slice(flags);
+            cache.real_tokens[row] += flags.iter().filter(|v| **v).count();
+        }
+        let total = past + t;
+
+        let mask = if t == 1 && input.valid.iter().all(|v| *v) && cache.valid.iter().all(|r| r.iter().all(|v| *v)) {
+            None
+        } else {
+            // (B, 1, T, S): causal, and only real keys.
+            let mut m = Vec::with_capacity(b * t * total);
+            for row in 0..b {
+                for i in 0..t {
+                    for j in 0..total {
+                        let visible = j <= past + i && cache.valid[row][j];
+                        m.push(if visible { 0.0 } else { MASKED });
+                    }
+                }
+            }
+            Some(Tensor::from_vec(m, (b, 1, t, total), self.device())?)
+        };
+
+        let dev = self.device();
+        let ids = Tensor::from_vec(input.ids.clone(), (b, t), dev)?;
+        let pos = Tensor::from_vec(positions, (b, t), dev)?;
+        let mut x = (self.wte.forward(&ids)? + self.wpe.forward(&pos)?)?; // (B, T, C)
+        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward(&x, mask.as_ref(), layer_cache)?;
+        }
+        Ok(self.ln_f.forward(&x)?)
+    }
+
+    /// Logits `(B, T, V)` for every input position.
+    pub fn forward(&self, input: &TokenBatch, cache: &mut KvCache) -> Result<Tensor, ForwardError> {
+        let h = self.forward_hidden(input, cache)?;
+        Ok(self.project(&h)?)
+    }
+
+    /// Logits `(B, V)` of each row's last input position only (what sampling needs).
+    pub fn forward_last(&self, input: &TokenBatch, cache: &mut KvCache) -> Result<Tensor, ForwardError> {
+        let h = self.forward_hidden(input, cache)?;
+        let t = h.dim(1)?;
+        let last = h.narrow(1, t - 1, 1)?; // (B, 1, C)
+        Ok(self.project(&last)?.squeeze(1)?)
+    }
+
+    /// Hidden `(B, T, C)` to logits `(B, T, V)` through the tied head.
+    fn project(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, c) = h.dims3()?;
+        let logits = h.reshape((b * t, c))?.matmul(&self.lm_head.t()?)?; // (B*T, V)
+        logits.reshape((b, t, ()))
+    }
+}

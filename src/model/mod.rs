@@ -1,0 +1,79 @@
+//! The model layer: GPT-2 configuration, the network on candle, checkpoint and
+//! tokenizer loading.
+//!
+//! Owns: turning files on disk into a validated [`Gpt2Config`], a [`Gpt2`] on a
+//! given device, and a [`TextTokenizer`]. Must not: create or drop devices (the
+//! caller passes one in; only `engine/` opens devices), sample tokens (that is
+//! `generate/`), or touch the UI.
+
+mod checkpoint;
+mod config;
+mod gpt2;
+pub mod synthetic;
+mod tokenizer;
+
+pub use checkpoint::{
+    inspect_safetensors, load_model, LoadedModel, ModelFiles, SafetensorsSummary, TensorEntry, WeightFormat,
+};
+pub use config::{Activation, Gpt2Config};
+pub use gpt2::{ForwardError, Gpt2, KvCache, TokenBatch};
+pub use tokenizer::{TextTokenizer, TokenizerKind};
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong turning files into a model; each variant names
+/// the file and, where there is one, the field or tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: no such file or folder")]
+    NotFound { path: PathBuf },
+    #[error("{path}: {problem}")]
+    NoWeights { path: PathBuf, problem: String },
+    #[error("{path}: sharded checkpoints ({index}) are not supported; merge the shards into one model.safetensors (e.g. `model.save_pretrained(dir, max_shard_size=\"100GB\")`)")]
+    Sharded { path: PathBuf, index: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {}{problem}", field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
+    Config {
+        path: PathBuf,
+        field: Option<String>,
+        problem: String,
+    },
+    #[error("{path}: not a valid safetensors file: {problem}")]
+    Safetensors { path: PathBuf, problem: String },
+    #[error("{path}: not a readable PyTorch checkpoint: {problem}")]
+    Pickle { path: PathBuf, problem: String },
+    #[error("{path}: tensor `{name}` is missing (expected shape {expected:?}; the file has {count} tensors, e.g. {sample})")]
+    MissingTensor {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        count: usize,
+        sample: String,
+    },
+    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?} (from config.json)")]
+    TensorShape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{path}: {problem}")]
+    Tokenizer { path: PathBuf, problem: String },
+    #[error("{path}: tokenizer has {tokenizer_vocab} tokens but the model's embedding has only {model_vocab} rows (vocab_size in config.json); they do not belong together")]
+    VocabMismatch {
+        path: PathBuf,
+        tokenizer_vocab: usize,
+        model_vocab: usize,
+    },
+    #[error("{path}: {source}")]
+    Candle {
+        path: PathBuf,
+        #[source]
+        source: candle_core::Error,
+    },
+}

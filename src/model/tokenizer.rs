@@ -1,0 +1,341 @@
+//! Text <-> token ids for the two tokenizer layouts GPT-2 checkpoints ship:
+//! `tokenizer.json` (byte-level BPE like `gpt2`, or any other `tokenizers` model)
+//! and a BERT-style `vocab.txt` (character WordPiece, as the Chinese GPT-2 poem
+//! models use; those start a sequence with `[CLS]` and end it with `[SEP]`).
+//!
+//! Besides encoding, it gives every token the exact bytes it contributes to the
+//! text, so `generate/` can stream UTF-8 safely without re-decoding.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::Tokenizer;
+use std::str::FromStr;
+
+use super::{Gpt2Config, LoadError};
+
+/// How the tokenizer was described on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum TokenizerKind {
+    /// `tokenizer.json` with a byte-level BPE (GPT-2's own).
+    ByteLevelBpe,
+    /// `tokenizer.json` with another model (WordPiece, Metaspace, ...).
+    TokenizerJson,
+    /// BERT `vocab.txt`: character WordPiece with `[CLS]`/`[SEP]`.
+    VocabTxt,
+}
+
+/// Problems with a prompt's text.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("the model's vocabulary has no token for {chars} (from the prompt); use other characters")]
+    UnknownCharacters { chars: String },
+    #[error("the tokenizer failed on the prompt: {0}")]
+    Tokenizer(String),
+}
+
+/// A loaded tokenizer with the per-token byte table and the special ids.
+pub struct TextTokenizer {
+    kind: TokenizerKind,
+    path: PathBuf,
+    inner: Tokenizer,
+    /// Bytes each id adds to the text; empty for special tokens.
+    token_bytes: Vec<Vec<u8>>,
+    /// Token that starts a sequence (`[CLS]`, or BOS when the prompt is empty).
+    start_id: Option<u32>,
+    /// Tokens that end a generation (`[SEP]`, EOS).
+    stop_ids: Vec<u32>,
+    unk_id: Option<u32>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("vocab", &self.token_bytes.len())
+            .finish()
+    }
+}
+
+/// GPT-2's byte <-> printable-character table, inverted: char -> byte.
+fn byte_level_decoder() -> HashMap<char, u8> {
+    let mut bytes: Vec<u8> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut chars: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
+    let mut n = 0;
+    for b in 0..=255u8 {
+        if !bytes.contains(&b) {
+            bytes.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    bytes
+        .into_iter()
+        .zip(chars)
+        .filter_map(|(b, c)| char::from_u32(c).map(|c| (c, b)))
+        .collect()
+}
+
+fn json_type(v: Option<&Value>) -> Option<&str> {
+    v.and_then(|v| v.get("type")).and_then(Value::as_str)
+}
+
+/// Whether a `tokenizer.json` uses the byte-level decoder (directly or in a sequence).
+fn is_byte_level(json: &Value) -> bool {
+    let has = |v: Option<&Value>| -> bool {
+        match json_type(v) {
+            Some("ByteLevel") => true,
+            Some("Sequence") => v
+                .and_then(|v| v.get("decoders").or_else(|| v.get("pretokenizers")))
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|d| json_type(Some(d)) == Some("ByteLevel"))),
+            _ => false,
+        }
+    };
+    has(json.get("decoder")) || has(json.get("pre_tokenizer"))
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` or `vocab.txt` (by file name) and checks it fits `config`.
+    pub fn from_file(path: &Path, config: &Gpt2Config) -> Result<Self, LoadError> {
+        let is_vocab_txt = path.extension().and_then(|e| e.to_str()) == Some("txt");
+        let tok = if is_vocab_txt { Self::from_vocab_txt(path)? } else { Self::from_tokenizer_json(path, config)? };
+        let n = tok.token_bytes.len();
+        if n > config.vocab_size {
+            return Err(LoadError::VocabMismatch {
+                path: path.to_path_buf(),
+                tokenizer_vocab: n,
+                model_vocab: config.vocab_size,
+            });
+        }
+        Ok(tok)
+    }
+
+    fn from_tokenizer_json(path: &Path, config: &Gpt2Config) -> Result<Self, LoadError> {
+        let bad = |problem: String| LoadError::Tokenizer { path: path.to_path_buf(), problem };
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let inner = Tokenizer::from_str(&text).map_err(|e| bad(format!("not a valid tokenizer.json: {e}")))?;
+        let byte_level = is_byte_level(&json);
+        let model_type = json_type(json.get("model")).unwrap_or("");
+        let prefix = json
+            .get("model")
+            .and_then(|m| m.get("continuing_subword_prefix"))
+            .and_then(Value::as_str)
+            .unwrap_or("##")
+            .to_string();
+        let metaspace = json_type(json.get("decoder")) == Some("Metaspace");
+        let added = inner.get_added_tokens_decoder();
+        let n = inner.get_vocab_size(true);
+        let table = byte_level_decoder();
+        let mut token_bytes = Vec::with_capacity(n);
+        for id in 0..n as u32 {
+            if let Some(tok) = added.get(&id) {
+                token_bytes.push(if tok.special { Vec::new() } else { tok.content.clone().into_bytes() });
+                continue;
+            }
+            let Some(piece) = inner.id_to_token(id) else {
+                token_bytes.push(Vec::new());
+                continue;
+            };
+            let bytes = if byte_level {
+                piece.chars().map(|c| table.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_else(|| piece.into_bytes())
+            } else if model_type == "WordPiece" {
+                match piece.strip_prefix(prefix.as_str()) {
+                    Some(rest) => rest.as_bytes().to_vec(),
+                    None => piece.into_bytes(),
+                }
+            } else if metaspace {
+                piece.replace('\u{2581}', " ").into_bytes()
+            } else {
+                inner.decode(&[id], false).map(String::into_bytes).unwrap_or_default()
+            };
+            token_bytes.push(bytes);
+        }
+        let valid = |id: Option<u32>, field: &str| -> Option<u32> {
+            match id {
+                Some(i) if (i as usize) < n && (i as usize) < config.vocab_size => Some(i),
+                Some(i) => {
+                    tracing::warn!(
+                        "{}: config.json {field} = {i} is outside the {n}-token vocabulary; ignoring it",
+                        path.display()
+                    );
+                    None
+                }
+                None => None,
+            }
+        };
+        let eot = inner.token_to_id("<|endoftext|>");
+        let eos = valid(config.eos_token_id, "eos_token_id").or(eot);
+        let bos = valid(config.bos_token_id, "bos_token_id").or(eot);
+        let mut stop_ids: Vec<u32> = eos.into_iter().collect();
+        let (start_id, unk_id) = if model_type == "WordPiece" {
+            let cls = inner.token_to_id("[CLS]");
+            stop_ids.extend(inner.token_to_id("[SEP]"));
+            (cls.or(bos), inner.token_to_id("[UNK]"))
+        } else {
+            (bos, None)
+        };
+        Ok(Self {
+            kind: if byte_level { TokenizerKind::ByteLevelBpe } else { TokenizerKind::TokenizerJson },
+            path: path.to_path_buf(),
+            inner,
+            token_bytes,
+            start_id,
+            stop_ids,
+            unk_id,
+        })
+    }
+
+    fn from_vocab_txt(path: &Path) -> Result<Self, LoadError> {
+        let bad = |problem: String| LoadError::Tokenizer { path: path.to_path_buf(), problem };
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+        let mut vocab: HashMap<String, u32> = HashMap::new();
+        let mut pieces = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let tok = line.trim_end_matches('\r').to_string();
+            if tok.is_empty() {
+                return Err(bad(format!("line {}: empty token", i + 1)));
+            }
+            if vocab.insert(tok.clone(), i as u32).is_some() {
+                return Err(bad(format!("line {}: token {tok:?} appears twice", i + 1)));
+            }
+            pieces.push(tok);
+        }
+        if pieces.is_empty() {
+            return Err(bad("the vocabulary is empty".into()));
+        }
+        let unk = "[UNK]";
+        if !vocab.contains_key(unk) {
+            return Err(bad("no [UNK] token: not a BERT vocab.txt".into()));
+        }
+        let wordpiece = WordPiece::builder()
+            .vocab(vocab.clone().into_iter().collect::<ahash::AHashMap<_, _>>())
+            .unk_token(unk.into())
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        let mut inner = Tokenizer::new(wordpiece);
+        inner
+            .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
+            .map_err(|e| bad(e.to_string()))?;
+        inner.with_pre_tokenizer(Some(BertPreTokenizer));
+        let is_special = |p: &str| p.starts_with('[') && p.ends_with(']') && p.len() > 2;
+        let token_bytes = pieces
+            .iter()
+            .map(|p| {
+                if is_special(p) {
+                    Vec::new()
+                } else {
+                    p.strip_prefix("##").unwrap_or(p).as_bytes().to_vec()
+                }
+            })
+            .collect();
+        let start_id = vocab.get("[CLS]").copied();
+        let stop_ids = vocab.get("[SEP]").copied().into_iter().collect();
+        Ok(Self {
+            kind: TokenizerKind::VocabTxt,
+            path: path.to_path_buf(),
+            inner,
+            token_bytes,
+            start_id,
+            stop_ids,
+            unk_id: vocab.get(unk).copied(),
+        })
+    }
+
+    pub fn kind(&self) -> TokenizerKind {
+        self.kind
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of tokens, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    /// Tokens that end a generation.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    pub fn start_id(&self) -> Option<u32> {
+        self.start_id
+    }
+
+    /// The bytes token `id` contributes to the text (empty for special tokens and unknown ids).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Encodes text with no special tokens; characters the vocabulary cannot
+    /// express are an error that lists them.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, EncodeError> {
+        let enc = self.inner.encode(text, false).map_err(|e| EncodeError::Tokenizer(e.to_string()))?;
+        let ids = enc.get_ids().to_vec();
+        if let Some(unk) = self.unk_id {
+            let mut missing = String::new();
+            for (i, &id) in ids.iter().enumerate() {
+                if id == unk {
+                    if let Some((s, e)) = enc.get_offsets().get(i).copied() {
+                        if let Some(piece) = text.get(s..e) {
+                            if !missing.contains(piece) {
+                                if !missing.is_empty() {
+                                    missing.push_str(", ");
+                                }
+                                missing.push_str(&format!("\"{piece}\""));
+                            }
+                        }
+                    }
+                }
+            }
+            if !missing.is_empty() {
+                return Err(EncodeError::UnknownCharacters { chars: missing });
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The ids a generation starts from: `[CLS]` + text for WordPiece models; the
+    /// text alone for BPE models, or BOS when the text is empty.
+    pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>, EncodeError> {
+        let body = self.encode(text)?;
+        let mut ids = Vec::with_capacity(body.len() + 1);
+        let wants_start = self.kind != TokenizerKind::ByteLevelBpe || body.is_empty();
+        if wants_start {
+            ids.extend(self.start_id);
+        }
+        ids.extend(body);
+        Ok(ids)
+    }
+
+    /// Decodes ids to text (lossy for invalid UTF-8), skipping special tokens.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.token_bytes(id).iter().copied()).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_table_covers_all_bytes_once() {
+        let t = byte_level_decoder();
+        assert_eq!(t.len(), 256);
+        let mut seen: Vec<u8> = t.values().copied().collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 256);
+        assert_eq!(t[&'\u{120}'], b' '); // 'Ġ' is a space
+        assert_eq!(t[&'A'], b'A');
+    }
+}
