@@ -17,7 +17,7 @@ pub use checkpoint::{
 };
 pub use config::{Activation, Gpt2Config};
 pub use gpt2::{ForwardError, Gpt2, KvCache, TokenBatch};
-pub use tokenizer::{TextTokenizer, TokenizerKind};
+pub use tokenizer::{EncodeError, TextTokenizer, TokenizerKind};
 
 use std::path::PathBuf;
 

@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests: fixture paths, scratch copies, and
+//! running the real `versifier` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+pub const LAYOUTS: [&str; 3] = ["hf-safetensors", "hub-safetensors", "pytorch-bin"];
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The reference outputs the Python script recorded for a fixture.
+pub struct Reference {
+    pub prompt_ids: Vec<u32>,
+    pub logits: Vec<Vec<f32>>,
+    pub greedy_ids: Vec<u32>,
+    pub batch_prompts: Vec<Vec<u32>>,
+    pub batch_last_logits: Vec<Vec<f32>>,
+}
+
+pub fn reference(name: &str) -> Reference {
+    let path = fixture(name).join("reference.json");
+    let text = std::fs::read_to_string(&path).expect("fixture reference.json is committed");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("reference.json is JSON");
+    let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let mat = |v: &serde_json::Value| -> Vec<Vec<f32>> {
+        v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
+    };
+    Reference {
+        prompt_ids: ids(&v["prompt_ids"]),
+        logits: mat(&v["logits"]),
+        greedy_ids: ids(&v["greedy_ids"]),
+        batch_prompts: v["batch_prompts"].as_array().unwrap().iter().map(ids).collect(),
+        batch_last_logits: mat(&v["batch_last_logits"]),
+    }
+}
+
+/// A scratch copy of a fixture folder that a test may damage.
+pub fn scratch_copy(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+pub fn run_cli(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_versifier"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("versifier binary runs")
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn ids_arg(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
