@@ -3,14 +3,13 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use versifier::engine::bench::{run_bench, BenchOptions};
+use versifier::engine::bench::{run_bench, run_lifecycle, BenchOptions, LifecycleOptions};
 use versifier::engine::{check_precision, open_device, DeviceChoice, Precision};
 use versifier::generate::{generate, GenerateRequest, SamplingParams};
 use versifier::model::{inspect_safetensors, load_model, Gpt2Config, ModelFiles, WeightFormat};
@@ -101,6 +100,13 @@ struct BenchArgs {
     /// JSON output (the only output format; accepted for clarity).
     #[arg(long)]
     json: bool,
+    /// Run load -> generate -> release cycles through the engine and report this
+    /// process's memory after each phase (needs --model).
+    #[arg(long, requires = "model")]
+    lifecycle: bool,
+    /// Number of lifecycle cycles.
+    #[arg(long, default_value_t = 10)]
+    cycles: usize,
 }
 
 fn main() {
@@ -122,6 +128,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Info { model, json }) => run_info(&model, json),
+        Some(Command::Bench(args)) if args.lifecycle => {
+            let opts = LifecycleOptions {
+                model: args.model.context("--lifecycle needs --model")?,
+                device: args.device.parse()?,
+                precision: args.dtype.parse()?,
+                cycles: args.cycles,
+                new_tokens: args.new_tokens,
+            };
+            let report = run_lifecycle(&opts)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Some(Command::Bench(args)) => {
             let opts = BenchOptions {
                 model: args.model,
@@ -188,10 +206,9 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let req = GenerateRequest { prompt_ids, variations: args.variations, max_new_tokens: args.max_tokens, sampling, stop_ids };
     let tok = loaded.tokenizer.as_ref();
     let bytes = |id: u32| -> &[u8] { tok.map_or(&[], |t| t.token_bytes(id)) };
-    let cancel = AtomicBool::new(false);
     let stream = !args.json && args.variations == 1 && tok.is_some();
     let mut stdout = std::io::stdout();
-    let gen = generate(&loaded.model, &req, bytes, &cancel, |ev| {
+    let gen = generate(&loaded.model, &req, bytes, &|| false, |ev| {
         if stream && !ev.text.is_empty() {
             let _ = write!(stdout, "{}", ev.text);
             let _ = stdout.flush();

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
 use common::*;
@@ -57,7 +56,7 @@ fn greedy_continuation_matches_reference_exactly() {
             sampling: SamplingParams::greedy(),
             stop_ids: m.tokenizer.as_ref().unwrap().stop_ids().to_vec(),
         };
-        let g = generate(&m.model, &req, |_| &[], &AtomicBool::new(false), |_| {}).unwrap();
+        let g = generate(&m.model, &req, |_| &[], &|| false, |_| {}).unwrap();
         assert_eq!(g.variations[0].ids, r.greedy_ids, "{layout}");
     }
 }
@@ -106,7 +105,7 @@ fn batched_greedy_variations_equal_single_greedy_run() {
         sampling: SamplingParams::greedy(),
         stop_ids: vec![],
     };
-    let g = generate(&m.model, &req, |_| &[], &AtomicBool::new(false), |_| {}).unwrap();
+    let g = generate(&m.model, &req, |_| &[], &|| false, |_| {}).unwrap();
     for v in &g.variations {
         assert_eq!(v.ids, r.greedy_ids);
     }
@@ -169,7 +168,7 @@ fn streamed_pieces_concatenate_to_the_final_text_without_half_characters() {
         stop_ids: vec![],
     };
     let mut streamed = vec![String::new(); 2];
-    let g = generate(&m.model, &req, |id| tok.token_bytes(id), &AtomicBool::new(false), |ev| {
+    let g = generate(&m.model, &req, |id| tok.token_bytes(id), &|| false, |ev| {
         streamed[ev.variation].push_str(&ev.text);
     })
     .unwrap();

@@ -3,7 +3,6 @@
 //! in timed tests.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -124,11 +123,10 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let model = &loaded.model;
     let cfg = &loaded.config;
     let prompt: Vec<u32> = (0..opts.prompt_tokens.max(1)).map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32).collect();
-    let cancel = AtomicBool::new(false);
     let sampling = SamplingParams { seed: 7, ..SamplingParams::default() };
     // Warm-up: first kernels, allocator growth.
     let warm = GenerateRequest { prompt_ids: prompt.clone(), variations: 1, max_new_tokens: 4, sampling: sampling.clone(), stop_ids: vec![] };
-    generate(model, &warm, |_| &[], &cancel, |_| {})?;
+    generate(model, &warm, |_| &[], &|| false, |_| {})?;
     let mut decode = Vec::new();
     let mut first_token_ms = 0.0;
     for &batch in &opts.batches {
@@ -139,7 +137,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             sampling: sampling.clone(),
             stop_ids: vec![],
         };
-        let g = generate(model, &req, |_| &[], &cancel, |_| {})?;
+        let g = generate(model, &req, |_| &[], &|| false, |_| {})?;
         let steps = g.timings.steps_per_s();
         if batch == 1 {
             first_token_ms = g.timings.first_token_ms;
@@ -171,4 +169,166 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             arch: std::env::consts::ARCH,
         },
     })
+}
+
+/// Options of `versifier bench --lifecycle`.
+#[derive(Debug, Clone)]
+pub struct LifecycleOptions {
+    pub model: PathBuf,
+    pub device: DeviceChoice,
+    pub precision: Precision,
+    pub cycles: usize,
+    pub new_tokens: usize,
+}
+
+/// One load -> generate -> release cycle, with this process's memory after each phase.
+#[derive(Debug, Serialize)]
+pub struct LifecycleCycle {
+    pub cycle: usize,
+    pub load_ms: f64,
+    pub gpu_after_load_mib: Option<f64>,
+    pub generated_tokens: usize,
+    pub generate_ms: f64,
+    pub gpu_after_generate_mib: Option<f64>,
+    pub release_ms: f64,
+    pub gpu_before_release_mib: Option<f64>,
+    pub gpu_after_release_mib: Option<f64>,
+    pub context_reset: bool,
+    pub rss_after_release_mib: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LifecycleReport {
+    pub model: String,
+    pub device: String,
+    pub dtype: String,
+    pub gpu_name: Option<String>,
+    /// This process's GPU memory before anything was loaded.
+    pub gpu_baseline_mib: Option<f64>,
+    pub rss_baseline_mib: Option<f64>,
+    pub cycles: Vec<LifecycleCycle>,
+    /// Largest GPU memory left after any release (0 = everything given back every time).
+    pub max_gpu_after_release_mib: Option<f64>,
+    pub last_rss_after_release_mib: Option<f64>,
+}
+
+/// Errors of the lifecycle benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Engine(#[from] super::EngineError),
+    #[error("cycle {cycle}: {message}")]
+    Failed { cycle: usize, message: String },
+    #[error("cycle {cycle}: no {waiting_for} within {seconds} s")]
+    Timeout { cycle: usize, waiting_for: &'static str, seconds: u64 },
+}
+
+/// Runs load -> generate -> release `cycles` times through the real engine and
+/// reads this process's GPU memory (NVML) after every phase.
+pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport, LifecycleError> {
+    use super::{Command, Engine, EngineOptions, Event, GenerateJob, LoadSpec, Prompt};
+    use crate::meter::GpuMeter;
+    use std::time::Duration;
+
+    let meter = GpuMeter::open();
+    let nvml_index = match opts.device {
+        DeviceChoice::Cuda(o) => Some(GpuMeter::nvml_index(o)),
+        DeviceChoice::Cpu => None,
+    };
+    let gpu = |m: &GpuMeter| nvml_index.and_then(|i| m.read(i));
+    let gpu_mib = |m: &GpuMeter| gpu(m).and_then(|g| g.process_bytes).map(mib);
+    let gpu_name = gpu(&meter).map(|g| g.name);
+    let gpu_baseline = gpu_mib(&meter);
+    let rss_baseline = process_memory().map(|m| mib(m.rss_bytes));
+    let engine = Engine::spawn(EngineOptions { idle_timeout: None, ..EngineOptions::default() })?;
+    let spec = LoadSpec { model: opts.model.clone(), device: opts.device, precision: opts.precision };
+    const WAIT: Duration = Duration::from_secs(300);
+
+    let mut cycles = Vec::with_capacity(opts.cycles);
+    for cycle in 0..opts.cycles {
+        let mut row = LifecycleCycle {
+            cycle,
+            load_ms: 0.0,
+            gpu_after_load_mib: None,
+            generated_tokens: 0,
+            generate_ms: 0.0,
+            gpu_after_generate_mib: None,
+            release_ms: 0.0,
+            gpu_before_release_mib: None,
+            gpu_after_release_mib: None,
+            context_reset: false,
+            rss_after_release_mib: None,
+        };
+        engine.send(Command::Prepare(spec.clone()))?;
+        wait_for(&engine, cycle, "load", WAIT, |ev| match ev {
+            Event::Loaded(r) => Some(Ok(r.load_ms)),
+            Event::Error { message, .. } => Some(Err(message.clone())),
+            _ => None,
+        })
+        .map(|ms| row.load_ms = ms)?;
+        row.gpu_after_load_mib = gpu_mib(&meter);
+        let started = Instant::now();
+        engine.send(Command::Generate(GenerateJob {
+            id: engine.next_request_id(),
+            spec: spec.clone(),
+            prompt: Prompt::Text(String::new()),
+            variations: 1,
+            max_new_tokens: opts.new_tokens,
+            sampling: SamplingParams { seed: cycle as u64, ..SamplingParams::default() },
+        }))?;
+        row.generated_tokens = wait_for(&engine, cycle, "generation", WAIT, |ev| match ev {
+            Event::Done { generation, .. } => Some(Ok(generation.generated_tokens())),
+            Event::Error { message, .. } => Some(Err(message.clone())),
+            _ => None,
+        })?;
+        row.generate_ms = started.elapsed().as_secs_f64() * 1000.0;
+        row.gpu_after_generate_mib = gpu_mib(&meter);
+        engine.send(Command::Release)?;
+        let report = wait_for(&engine, cycle, "release report", WAIT, |ev| match ev {
+            Event::Released(r) => Some(Ok(r.clone())),
+            Event::Error { message, .. } => Some(Err(message.clone())),
+            _ => None,
+        })?;
+        row.release_ms = report.took_ms;
+        row.gpu_before_release_mib = report.gpu_before_bytes.map(mib);
+        row.gpu_after_release_mib = report.gpu_after_bytes.map(mib).or_else(|| gpu_mib(&meter));
+        row.context_reset = report.context_reset;
+        row.rss_after_release_mib = report.rss_after_bytes.map(mib);
+        cycles.push(row);
+    }
+    drop(engine);
+    let max_after = cycles.iter().filter_map(|c| c.gpu_after_release_mib).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let last_rss = cycles.last().and_then(|c| c.rss_after_release_mib);
+    Ok(LifecycleReport {
+        model: opts.model.display().to_string(),
+        device: opts.device.to_string(),
+        dtype: opts.precision.to_string(),
+        gpu_name,
+        gpu_baseline_mib: gpu_baseline,
+        rss_baseline_mib: rss_baseline,
+        cycles,
+        max_gpu_after_release_mib: max_after,
+        last_rss_after_release_mib: last_rss,
+    })
+}
+
+fn wait_for<T>(
+    engine: &super::Engine,
+    cycle: usize,
+    waiting_for: &'static str,
+    limit: std::time::Duration,
+    mut pick: impl FnMut(&super::Event) -> Option<Result<T, String>>,
+) -> Result<T, LifecycleError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(ev) = engine.recv_timeout(left) else {
+            return Err(LifecycleError::Timeout { cycle, waiting_for, seconds: limit.as_secs() });
+        };
+        match pick(&ev) {
+            Some(Ok(v)) => return Ok(v),
+            Some(Err(message)) => return Err(LifecycleError::Failed { cycle, message }),
+            None => {}
+        }
+    }
 }

@@ -130,6 +130,29 @@ pub fn check_precision(device: DeviceChoice, precision: Precision) -> Result<(),
     }
 }
 
+/// Resets the CUDA primary context of `ordinal` so the driver frees it. Call only
+/// when no candle object on that device is alive. Returns whether the reset ran.
+#[cfg(feature = "cuda")]
+pub fn reset_primary_context(ordinal: usize) -> bool {
+    use cudarc::driver::sys;
+    let Ok(ordinal) = i32::try_from(ordinal) else { return false };
+    let mut dev: sys::CUdevice = 0;
+    // SAFETY: plain driver calls with a valid out-pointer; the engine guarantees
+    // that nothing on this device is alive.
+    unsafe {
+        if sys::cuDeviceGet(&mut dev, ordinal) != sys::CUresult::CUDA_SUCCESS {
+            return false;
+        }
+        sys::cuDevicePrimaryCtxReset_v2(dev) == sys::CUresult::CUDA_SUCCESS
+    }
+}
+
+/// Without CUDA support there is no context to reset.
+#[cfg(not(feature = "cuda"))]
+pub fn reset_primary_context(_ordinal: usize) -> bool {
+    false
+}
+
 /// CPU threads candle uses for matmuls: physical cores, never more.
 pub fn cpu_threads() -> usize {
     candle_core::utils::get_num_threads().min(num_cpus::get_physical().max(1))

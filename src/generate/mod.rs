@@ -12,7 +12,6 @@ mod sampling;
 pub use detok::Utf8Stream;
 pub use sampling::{SamplingParams, TokenSampler};
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
@@ -145,7 +144,7 @@ pub fn validate_request(model: &Gpt2, req: &GenerateRequest) -> Result<(), Gener
 }
 
 /// Generates `req.variations` continuations as one batch, calling `on_token`
-/// for every sampled token and checking `cancel` between tokens.
+/// for every sampled token and asking `cancel` between tokens.
 ///
 /// `token_bytes` maps an id to the bytes it adds to the text (the tokenizer's
 /// table); without a tokenizer pass `|_| &[]` and read the ids.
@@ -153,7 +152,7 @@ pub fn generate<'t>(
     model: &Gpt2,
     req: &GenerateRequest,
     token_bytes: impl Fn(u32) -> &'t [u8],
-    cancel: &AtomicBool,
+    cancel: &dyn Fn() -> bool,
     mut on_token: impl FnMut(&TokenEvent),
 ) -> Result<Generation, GenerateError> {
     validate_request(model, req)?;
@@ -182,7 +181,7 @@ pub fn generate<'t>(
     let mut step = 0usize;
     let mut decode_started = None;
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if cancel() {
             finish_rows(&mut out, &mut streams, StopReason::Cancelled);
             break;
         }

@@ -4,6 +4,10 @@
 //! Owns: reading memory figures. Must not: create a CUDA context, hold model
 //! objects, or block the UI.
 
+mod gpu;
+
+pub use gpu::{GpuMemory, GpuMeter};
+
 /// Resident memory of this process, from `/proc/self/status` (Linux).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProcessMemory {

@@ -1,0 +1,496 @@
+//! The owner thread: the one place the model, its device, its caches and every
+//! candle tensor live. Clients hold an [`Engine`] handle and talk to it through
+//! [`Command`]s and [`Event`]s only, so nothing else can hold a CUDA object when
+//! the engine releases the device and resets the CUDA context.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+
+use super::device::{open_device, DeviceChoice};
+use super::protocol::*;
+use crate::generate::{generate, GenerateError, GenerateRequest};
+use crate::meter::{process_memory, GpuMeter};
+use crate::model::{load_model, LoadedModel};
+
+/// Default idle timeout before the model is unloaded.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Default number of commands that may wait in the queue.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 16;
+
+/// Where the engine reads the time, so tests can move it by hand.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Instant;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that only moves when told to (for idle-timer tests; send
+/// [`Command::Tick`] after moving it).
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<Mutex<Instant>>);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(Instant::now())))
+    }
+}
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        if let Ok(mut t) = self.0.lock() {
+            *t += by;
+        }
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.0.lock().map(|t| *t).unwrap_or_else(|p| *p.into_inner())
+    }
+}
+
+/// Called after events are sent, to wake the UI (e.g. `ctx.request_repaint_after(10ms)`).
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// How to start an engine.
+pub struct EngineOptions {
+    pub idle_timeout: Option<Duration>,
+    pub queue_capacity: usize,
+    pub clock: Arc<dyn Clock>,
+    pub waker: Option<Waker>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            clock: Arc::new(SystemClock),
+            waker: None,
+        }
+    }
+}
+
+/// Errors of the handle itself (the engine reports everything else as events).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the engine is busy: {0} commands are already waiting; try again when the current work ends")]
+    QueueFull(usize),
+    #[error("the engine thread has stopped")]
+    Stopped,
+    #[error("could not start the engine thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// The client side of the engine: send commands, read events. Dropping it shuts
+/// the thread down (releasing everything) and joins it.
+pub struct Engine {
+    commands: SyncSender<Command>,
+    events: Receiver<Event>,
+    /// Generations with an id at or below this are cancelled.
+    cancel_up_to: Arc<AtomicU64>,
+    next_id: AtomicU64,
+    capacity: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    pub fn spawn(opts: EngineOptions) -> Result<Self, EngineError> {
+        let capacity = opts.queue_capacity.max(1);
+        let (cmd_tx, cmd_rx) = mpsc::sync_channel(capacity);
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let cancel_up_to = Arc::new(AtomicU64::new(0));
+        let owner = OwnerThread {
+            commands: cmd_rx,
+            events: ev_tx,
+            waker: opts.waker,
+            clock: opts.clock,
+            idle_timeout: opts.idle_timeout,
+            pinned: false,
+            last_activity: None,
+            cancel_up_to: Arc::clone(&cancel_up_to),
+            loaded: None,
+            meter: None,
+        };
+        let thread = std::thread::Builder::new().name("versifier-engine".into()).spawn(move || owner.run())?;
+        Ok(Self { commands: cmd_tx, events: ev_rx, cancel_up_to, next_id: AtomicU64::new(1), capacity, thread: Some(thread) })
+    }
+
+    /// A fresh request id for a [`GenerateJob`].
+    pub fn next_request_id(&self) -> RequestId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a command without blocking; a full queue is an error, not a stall.
+    pub fn send(&self, cmd: Command) -> Result<(), EngineError> {
+        match self.commands.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(EngineError::QueueFull(self.capacity)),
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::Stopped),
+        }
+    }
+
+    /// Stops every generation requested so far (running or queued), between tokens.
+    pub fn cancel(&self) {
+        let last = self.next_id.load(Ordering::Relaxed).saturating_sub(1);
+        self.cancel_up_to.fetch_max(last, Ordering::Relaxed);
+    }
+
+    /// Cancels running work, then releases everything.
+    pub fn release(&self) -> Result<(), EngineError> {
+        self.cancel();
+        self.send(Command::Release)
+    }
+
+    pub fn try_recv(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// Waits up to `timeout` for the next event.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        self.events.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.cancel();
+        // A blocking send: the thread drains the queue, so this returns once there is room.
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What is in memory.
+struct Resident {
+    spec: LoadSpec,
+    model: LoadedModel,
+    /// Held so the device outlives the model's tensors and is dropped last.
+    device: Device,
+}
+
+struct OwnerThread {
+    commands: Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    waker: Option<Waker>,
+    clock: Arc<dyn Clock>,
+    idle_timeout: Option<Duration>,
+    pinned: bool,
+    last_activity: Option<Instant>,
+    cancel_up_to: Arc<AtomicU64>,
+    loaded: Option<Resident>,
+    /// NVML, opened on first use (never creates a CUDA context).
+    meter: Option<GpuMeter>,
+}
+
+/// A job failure, reported once as an `Event::Error`.
+struct JobFailure {
+    kind: ErrorKind,
+    message: String,
+    partial: Option<crate::generate::Generation>,
+}
+
+fn is_out_of_memory(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("out_of_memory") || m.contains("out of memory")
+}
+
+impl OwnerThread {
+    fn emit(&self, ev: Event) {
+        let _ = self.events.send(ev);
+        if let Some(w) = &self.waker {
+            w();
+        }
+    }
+
+    fn set_state(&self, s: EngineState) {
+        self.emit(Event::State(s));
+    }
+
+    fn idle_deadline(&self) -> Option<Instant> {
+        if self.loaded.is_none() || self.pinned {
+            return None;
+        }
+        Some(self.last_activity? + self.idle_timeout?)
+    }
+
+    fn announce_deadline(&self) {
+        let now = self.clock.now();
+        self.emit(Event::IdleDeadline(self.idle_deadline().map(|d| d.saturating_duration_since(now))));
+    }
+
+    fn run(mut self) {
+        self.set_state(EngineState::Unloaded);
+        loop {
+            let now = self.clock.now();
+            let next = match self.idle_deadline() {
+                Some(deadline) if deadline <= now => {
+                    self.release(ReleaseReason::IdleTimeout);
+                    continue;
+                }
+                Some(deadline) => self.commands.recv_timeout(deadline - now),
+                None => self.commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                    self.release(ReleaseReason::Shutdown);
+                    return;
+                }
+                Ok(cmd) => self.handle(cmd),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Prepare(spec) => {
+                let result = catch_unwind(AssertUnwindSafe(|| self.ensure_loaded(&spec)));
+                match result {
+                    Ok(Ok(())) => self.touch(),
+                    Ok(Err(f)) => self.fail(None, f),
+                    Err(panic) => self.caught_panic(None, panic),
+                }
+            }
+            Command::Generate(job) => {
+                let id = job.id;
+                let result = catch_unwind(AssertUnwindSafe(|| self.run_job(job)));
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(f)) => self.fail(Some(id), f),
+                    Err(panic) => self.caught_panic(Some(id), panic),
+                }
+                if self.loaded.is_some() {
+                    self.set_state(EngineState::Ready);
+                    self.touch();
+                }
+            }
+            Command::Release => self.release(ReleaseReason::Requested),
+            Command::SetIdleTimeout(t) => {
+                self.idle_timeout = t;
+                self.announce_deadline();
+            }
+            Command::SetPinned(p) => {
+                self.pinned = p;
+                self.touch();
+            }
+            Command::Tick => {}
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Work just ended: restart the idle timer.
+    fn touch(&mut self) {
+        self.last_activity = Some(self.clock.now());
+        self.announce_deadline();
+    }
+
+    fn fail(&mut self, request: Option<RequestId>, f: JobFailure) {
+        let oom = f.kind == ErrorKind::OutOfMemory;
+        self.emit(Event::Error { request, kind: f.kind, message: f.message, partial: f.partial });
+        if oom {
+            self.release(ReleaseReason::AfterError);
+        } else if self.loaded.is_none() {
+            self.set_state(EngineState::Unloaded);
+        }
+    }
+
+    fn caught_panic(&mut self, request: Option<RequestId>, panic: Box<dyn std::any::Any + Send>) {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!("engine caught a panic: {what}");
+        self.emit(Event::Error {
+            request,
+            kind: ErrorKind::Internal,
+            message: format!("internal error (the engine was reset): {what}"),
+            partial: None,
+        });
+        self.release(ReleaseReason::AfterError);
+        self.set_state(EngineState::Unloaded);
+    }
+
+    fn gpu_process_bytes(&mut self, device: DeviceChoice) -> Option<u64> {
+        let DeviceChoice::Cuda(ordinal) = device else { return None };
+        let meter = self.meter.get_or_insert_with(GpuMeter::open);
+        meter.read(GpuMeter::nvml_index(ordinal))?.process_bytes
+    }
+
+    fn ensure_loaded(&mut self, spec: &LoadSpec) -> Result<(), JobFailure> {
+        if self.loaded.as_ref().is_some_and(|r| &r.spec == spec) {
+            return Ok(());
+        }
+        if self.loaded.is_some() {
+            self.release(ReleaseReason::ModelChange);
+        }
+        self.set_state(EngineState::Loading { progress: 0.0 });
+        let gpu_before = self.gpu_process_bytes(spec.device);
+        let rss_before = process_memory().map(|m| m.rss_bytes);
+        let started = Instant::now();
+        let device = open_device(spec.device).map_err(|e| JobFailure {
+            kind: if is_out_of_memory(&e.to_string()) { ErrorKind::OutOfMemory } else { ErrorKind::Device },
+            message: e.to_string(),
+            partial: None,
+        })?;
+        let model = match load_model(&spec.model, &device, spec.precision.dtype()) {
+            Ok(m) => m,
+            Err(e) => {
+                let message = e.to_string();
+                drop(device);
+                self.reset_cuda_context(spec.device);
+                let kind = if is_out_of_memory(&message) { ErrorKind::OutOfMemory } else { ErrorKind::BadModel };
+                return Err(JobFailure { kind, message, partial: None });
+            }
+        };
+        let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let params = model.config.param_count();
+        self.loaded = Some(Resident { spec: spec.clone(), model, device });
+        let report = LoadReport {
+            spec: spec.clone(),
+            load_ms,
+            params,
+            weights_bytes: params * spec.precision.bytes(),
+            gpu_before_bytes: gpu_before,
+            gpu_after_bytes: self.gpu_process_bytes(spec.device),
+            rss_before_bytes: rss_before,
+            rss_after_bytes: process_memory().map(|m| m.rss_bytes),
+        };
+        self.emit(Event::Loaded(report));
+        self.set_state(EngineState::Ready);
+        Ok(())
+    }
+
+    fn run_job(&mut self, job: GenerateJob) -> Result<(), JobFailure> {
+        self.ensure_loaded(&job.spec)?;
+        let Some(resident) = self.loaded.as_ref() else {
+            return Err(JobFailure { kind: ErrorKind::Internal, message: "model vanished after loading".into(), partial: None });
+        };
+        let bad = |message: String| JobFailure { kind: ErrorKind::BadRequest, message, partial: None };
+        let m = &resident.model;
+        let tok = m.tokenizer.as_ref();
+        let mut prompt_ids = match &job.prompt {
+            Prompt::Ids(ids) => ids.clone(),
+            Prompt::Text(text) => match tok {
+                Some(t) => t.prompt_ids(text).map_err(|e| bad(e.to_string()))?,
+                None => {
+                    return Err(JobFailure {
+                        kind: ErrorKind::BadModel,
+                        message: format!("{}: no tokenizer.json or vocab.txt, so text prompts cannot be encoded", m.files.dir.display()),
+                        partial: None,
+                    })
+                }
+            },
+        };
+        if prompt_ids.is_empty() {
+            prompt_ids.extend(tok.and_then(|t| t.start_id()));
+        }
+        let stop_ids = match tok {
+            Some(t) => t.stop_ids().to_vec(),
+            None => m.config.eos_token_id.filter(|&e| (e as usize) < m.config.vocab_size).into_iter().collect(),
+        };
+        let req = GenerateRequest {
+            prompt_ids,
+            variations: job.variations,
+            max_new_tokens: job.max_new_tokens,
+            sampling: job.sampling,
+            stop_ids,
+        };
+        self.set_state(EngineState::Generating);
+        let cancel_up_to = Arc::clone(&self.cancel_up_to);
+        let is_cancelled = move || cancel_up_to.load(Ordering::Relaxed) >= job.id;
+        let bytes = |id: u32| -> &[u8] { tok.map_or(&[], |t| t.token_bytes(id)) };
+        let events = &self.events;
+        let waker = &self.waker;
+        let result = generate(&m.model, &req, bytes, &is_cancelled, |ev| {
+            if !ev.text.is_empty() {
+                let _ = events.send(Event::Token { request: job.id, variation: ev.variation, text: ev.text.clone() });
+                if let Some(w) = waker {
+                    w();
+                }
+            }
+        });
+        match result {
+            Ok(generation) => {
+                self.emit(Event::Done { request: job.id, generation });
+                Ok(())
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let (kind, partial) = match e {
+                    GenerateError::Invalid { .. } => (ErrorKind::BadRequest, None),
+                    GenerateError::Failed { partial, .. } => (ErrorKind::Generation, Some(*partial)),
+                    _ => (ErrorKind::Generation, None),
+                };
+                let kind = if is_out_of_memory(&message) { ErrorKind::OutOfMemory } else { kind };
+                Err(JobFailure { kind, message, partial })
+            }
+        }
+    }
+
+    /// Drops the model, its caches and the device, resets the CUDA primary
+    /// context, and reports what was measured.
+    fn release(&mut self, reason: ReleaseReason) {
+        let Some(resident) = self.loaded.take() else { return };
+        self.set_state(EngineState::Releasing);
+        let device = resident.spec.device;
+        let gpu_before = self.gpu_process_bytes(device);
+        let rss_before = process_memory().map(|m| m.rss_bytes);
+        let started = Instant::now();
+        let Resident { spec: _, model, device: dev } = resident;
+        drop(model);
+        drop(dev);
+        let context_reset = self.reset_cuda_context(device);
+        let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let gpu_after = self.gpu_process_bytes(device);
+        let still_held = match gpu_after {
+            Some(b) if b > 0 => Some(format!(
+                "{} MiB still held by this process on {device}{}",
+                b / (1024 * 1024),
+                if context_reset { "" } else { " (the CUDA context could not be reset)" }
+            )),
+            _ => None,
+        };
+        let report = ReleaseReport {
+            reason,
+            device,
+            took_ms,
+            gpu_before_bytes: gpu_before,
+            gpu_after_bytes: gpu_after,
+            rss_before_bytes: rss_before,
+            rss_after_bytes: process_memory().map(|m| m.rss_bytes),
+            context_reset,
+            still_held,
+        };
+        self.last_activity = None;
+        self.emit(Event::Released(report));
+        self.set_state(EngineState::Unloaded);
+        self.announce_deadline();
+    }
+
+    /// Resets the CUDA primary context of `device` once every candle object on it
+    /// is gone, so the driver frees the context itself. Returns whether it ran.
+    fn reset_cuda_context(&self, device: DeviceChoice) -> bool {
+        match device {
+            DeviceChoice::Cpu => false,
+            DeviceChoice::Cuda(ordinal) => super::device::reset_primary_context(ordinal),
+        }
+    }
+}

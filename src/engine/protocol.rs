@@ -1,0 +1,160 @@
+//! The engine's message protocol: commands in, events out. The UI and the CLI
+//! talk to the model only through these.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::device::{DeviceChoice, Precision};
+use crate::generate::{Generation, SamplingParams};
+
+/// Identifies one generation request in the events it causes.
+pub type RequestId = u64;
+
+/// Which model to have loaded, where, in what precision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadSpec {
+    pub model: PathBuf,
+    pub device: DeviceChoice,
+    pub precision: Precision,
+}
+
+/// A prompt as text (tokenized by the engine) or as token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateJob {
+    pub id: RequestId,
+    /// The model to generate with; loaded first if it is not the one in memory.
+    pub spec: LoadSpec,
+    pub prompt: Prompt,
+    pub variations: usize,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+}
+
+/// What the engine is told to do.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Load a model without generating (preload when the prompt box gets focus);
+    /// a no-op when that model is already loaded.
+    Prepare(LoadSpec),
+    /// Generate, loading the job's model first when needed. Jobs run in order.
+    Generate(GenerateJob),
+    /// Free the model, its caches and the device, and reset the CUDA context, so
+    /// the process holds no GPU memory. A generation in progress is stopped first.
+    Release,
+    /// Unload after this long without work; `None` never unloads.
+    SetIdleTimeout(Option<Duration>),
+    /// While pinned, the idle timer never unloads the model.
+    SetPinned(bool),
+    /// Re-evaluate timers now (sent by tests that move an injected clock).
+    Tick,
+    /// Stop the thread (after releasing everything).
+    Shutdown,
+}
+
+/// What the engine is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum EngineState {
+    Unloaded,
+    Loading { progress: f32 },
+    Ready,
+    Generating,
+    Releasing,
+}
+
+/// Why a release happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    /// The user pressed Release (or a client sent `Command::Release`).
+    Requested,
+    /// The idle timer fired.
+    IdleTimeout,
+    /// A different model was asked for.
+    ModelChange,
+    /// An error (out of memory, a caught panic) left the engine needing a clean slate.
+    AfterError,
+    /// The engine is shutting down.
+    Shutdown,
+}
+
+/// Measured cost of one load.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub spec: LoadSpec,
+    pub load_ms: f64,
+    pub params: usize,
+    pub weights_bytes: usize,
+    /// GPU memory of this process before and after the load (NVML), when measurable.
+    pub gpu_before_bytes: Option<u64>,
+    pub gpu_after_bytes: Option<u64>,
+    /// Resident memory before and after the load.
+    pub rss_before_bytes: Option<u64>,
+    pub rss_after_bytes: Option<u64>,
+}
+
+/// Checked result of one release, read from NVML and /proc, not assumed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseReport {
+    pub reason: ReleaseReason,
+    pub device: DeviceChoice,
+    pub took_ms: f64,
+    /// This process's memory on the GPU before and after (NVML); `None` when not measurable.
+    pub gpu_before_bytes: Option<u64>,
+    pub gpu_after_bytes: Option<u64>,
+    pub rss_before_bytes: Option<u64>,
+    pub rss_after_bytes: Option<u64>,
+    /// Whether the CUDA primary context was reset (CUDA devices only).
+    pub context_reset: bool,
+    /// What still holds memory, if anything could be named.
+    pub still_held: Option<String>,
+}
+
+impl ReleaseReport {
+    /// GPU bytes given back, when measured.
+    pub fn gpu_returned_bytes(&self) -> Option<u64> {
+        Some(self.gpu_before_bytes?.saturating_sub(self.gpu_after_bytes?))
+    }
+}
+
+/// Kinds of errors the UI offers different remedies for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The model folder or its files are bad.
+    BadModel,
+    /// The device could not be opened.
+    Device,
+    /// The GPU ran out of memory (the engine released everything).
+    OutOfMemory,
+    /// The request itself was invalid (settings, prompt characters).
+    BadRequest,
+    /// The command queue was full; the command was dropped.
+    QueueFull,
+    /// A bug: a panic caught at the engine boundary; the engine reset to Unloaded.
+    Internal,
+    /// Generation failed part-way (partial output is in the event).
+    Generation,
+}
+
+/// What the engine reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    State(EngineState),
+    Loaded(LoadReport),
+    Token { request: RequestId, variation: usize, text: String },
+    Done { request: RequestId, generation: Generation },
+    Released(ReleaseReport),
+    Error { request: Option<RequestId>, kind: ErrorKind, message: String, partial: Option<Generation> },
+    /// The idle timer's remaining time changed meaningfully (after work or a setting).
+    IdleDeadline(Option<Duration>),
+}
