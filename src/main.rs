@@ -37,6 +37,15 @@ enum Command {
     },
     /// Measure load time, first-token latency and decode speed (JSON).
     Bench(BenchArgs),
+    /// Check this build on a device against the reference fixtures (tests/fixtures).
+    Selftest {
+        #[arg(long, default_value = "tests/fixtures")]
+        fixtures: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
 }
 
 #[derive(Args)]
@@ -128,6 +137,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Info { model, json }) => run_info(&model, json),
+        Some(Command::Selftest { fixtures, device, dtype }) => {
+            let report = versifier::engine::selftest::run_selftest(&fixtures, device.parse()?, dtype.parse()?)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.passed {
+                bail!("selftest failed on {} {}", report.device, report.dtype);
+            }
+            Ok(())
+        }
         Some(Command::Bench(args)) if args.lifecycle => {
             let opts = LifecycleOptions {
                 model: args.model.context("--lifecycle needs --model")?,

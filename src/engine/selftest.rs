@@ -1,0 +1,175 @@
+//! `versifier selftest`: checks this build's numerics on a chosen device against
+//! reference outputs of Hugging Face transformers (the conformance fixtures in
+//! `tests/fixtures/`): full logits, greedy continuation, left-padded batch.
+//! This is how the CUDA path is verified on a GPU machine that has no Rust.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::device::{open_device, DeviceChoice, DeviceError, Precision};
+use crate::generate::{generate, GenerateRequest, SamplingParams};
+use crate::model::{load_model, LoadError, TokenBatch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelftestError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{path}: {problem}")]
+    Reference { path: PathBuf, problem: String },
+    #[error("{fixture}: {source}")]
+    Run {
+        fixture: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The result for one fixture.
+#[derive(Debug, Serialize)]
+pub struct FixtureResult {
+    pub fixture: String,
+    pub max_logit_diff: f32,
+    pub max_batch_logit_diff: f32,
+    pub greedy_matches: bool,
+    pub passed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SelftestReport {
+    pub device: String,
+    pub dtype: String,
+    /// Largest allowed logit difference: absolute for f32, relative to the largest
+    /// reference logit for f16/bf16.
+    pub tolerance: f32,
+    pub fixtures: Vec<FixtureResult>,
+    pub passed: bool,
+}
+
+/// Allowed logit difference: 1e-4 absolute in f32; for the half types, relative
+/// to the largest reference logit (f16 keeps ~3.3 significant digits, bf16 ~2.4).
+pub fn tolerance(precision: Precision) -> f32 {
+    match precision {
+        Precision::F32 => 1e-4,
+        Precision::F16 => 5e-3,
+        Precision::Bf16 => 3e-2,
+    }
+}
+
+struct Reference {
+    prompt_ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    greedy_ids: Vec<u32>,
+    batch_prompts: Vec<Vec<u32>>,
+    batch_last_logits: Vec<Vec<f32>>,
+}
+
+fn read_reference(path: &Path) -> Result<Reference, SelftestError> {
+    let bad = |problem: String| SelftestError::Reference { path: path.to_path_buf(), problem };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let ids = |v: &serde_json::Value, f: &str| -> Result<Vec<u32>, SelftestError> {
+        v.as_array()
+            .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as u32)).collect())
+            .ok_or_else(|| bad(format!("`{f}` is not a list of ids")))
+    };
+    let mat = |v: &serde_json::Value, f: &str| -> Result<Vec<Vec<f32>>, SelftestError> {
+        v.as_array()
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| r.as_array().and_then(|r| r.iter().map(|x| x.as_f64().map(|x| x as f32)).collect()))
+                    .collect()
+            })
+            .ok_or_else(|| bad(format!("`{f}` is not a matrix")))
+    };
+    let batch_prompts = v["batch_prompts"]
+        .as_array()
+        .ok_or_else(|| bad("`batch_prompts` missing".into()))?
+        .iter()
+        .map(|p| ids(p, "batch_prompts"))
+        .collect::<Result<_, _>>()?;
+    Ok(Reference {
+        prompt_ids: ids(&v["prompt_ids"], "prompt_ids")?,
+        logits: mat(&v["logits"], "logits")?,
+        greedy_ids: ids(&v["greedy_ids"], "greedy_ids")?,
+        batch_prompts,
+        batch_last_logits: mat(&v["batch_last_logits"], "batch_last_logits")?,
+    })
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.len() != y.len() {
+                return f32::INFINITY;
+            }
+            x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max)
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Runs every fixture folder under `fixtures` (those with a `reference.json`).
+pub fn run_selftest(fixtures: &Path, device: DeviceChoice, precision: Precision) -> Result<SelftestReport, SelftestError> {
+    let dev = open_device(device)?;
+    let tol = tolerance(precision);
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures)
+        .map_err(|source| LoadError::Io { path: fixtures.to_path_buf(), source })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("reference.json").is_file())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err(SelftestError::Reference { path: fixtures.to_path_buf(), problem: "no fixture folders with reference.json".into() });
+    }
+    let mut results = Vec::new();
+    for dir in dirs {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let run = |e: Box<dyn std::error::Error + Send + Sync>| SelftestError::Run { fixture: name.clone(), source: e };
+        let r = read_reference(&dir.join("reference.json"))?;
+        let m = load_model(&dir, &dev, precision.dtype())?;
+        let to_rows = |t: candle_core::Tensor| -> Result<Vec<Vec<f32>>, candle_core::Error> {
+            t.to_dtype(candle_core::DType::F32)?.to_device(&candle_core::Device::Cpu)?.to_vec2()
+        };
+        let mut cache = m.model.new_cache(1);
+        let logits = m
+            .model
+            .forward(&TokenBatch::left_padded(std::slice::from_ref(&r.prompt_ids), 0), &mut cache)
+            .map_err(|e| run(e.into()))?;
+        let logits = logits.squeeze(0).and_then(to_rows).map_err(|e| run(e.into()))?;
+        let mut cache = m.model.new_cache(r.batch_prompts.len());
+        let batch = m
+            .model
+            .forward_last(&TokenBatch::left_padded(&r.batch_prompts, 0), &mut cache)
+            .map_err(|e| run(e.into()))?;
+        let batch = to_rows(batch).map_err(|e| run(e.into()))?;
+        let req = GenerateRequest {
+            prompt_ids: r.prompt_ids.clone(),
+            variations: 1,
+            max_new_tokens: r.greedy_ids.len(),
+            sampling: SamplingParams::greedy(),
+            stop_ids: vec![],
+        };
+        let g = generate(&m.model, &req, |_| &[], &|| false, |_| {}).map_err(|e| run(e.into()))?;
+        let max_logit_diff = max_diff(&logits, &r.logits);
+        let max_batch_logit_diff = max_diff(&batch, &r.batch_last_logits);
+        let greedy_matches = g.variations[0].ids == r.greedy_ids;
+        // Half precision may flip near-ties in a greedy argmax; there only logits are judged.
+        let scale = if precision == Precision::F32 {
+            1.0
+        } else {
+            r.logits.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs())).max(1.0)
+        };
+        let passed = max_logit_diff < tol * scale
+            && max_batch_logit_diff < tol * scale
+            && (greedy_matches || precision != Precision::F32);
+        results.push(FixtureResult { fixture: name, max_logit_diff, max_batch_logit_diff, greedy_matches, passed });
+    }
+    let passed = results.iter().all(|r| r.passed);
+    Ok(SelftestReport { device: device.to_string(), dtype: precision.to_string(), tolerance: tol, fixtures: results, passed })
+}
