@@ -120,6 +120,7 @@ struct BenchArgs {
 
 fn main() {
     let cli = Cli::parse();
+    versifier::engine::device::pin_cpu_threads();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -153,6 +153,20 @@ pub fn reset_primary_context(_ordinal: usize) -> bool {
     false
 }
 
+/// Fixes the CPU thread count to the physical cores (or a smaller
+/// `RAYON_NUM_THREADS` the user set) before any pool starts. Candle would
+/// otherwise re-read /proc/cpuinfo on every matmul to work this out.
+/// Call once, first thing in `main`, before other threads exist.
+pub fn pin_cpu_threads() {
+    let physical = num_cpus::get_physical().max(1);
+    let wanted = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .map_or(physical, |n| n.min(physical));
+    std::env::set_var("RAYON_NUM_THREADS", wanted.to_string());
+}
+
 /// CPU threads candle uses for matmuls: physical cores, never more.
 pub fn cpu_threads() -> usize {
     candle_core::utils::get_num_threads().min(num_cpus::get_physical().max(1))

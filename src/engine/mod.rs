@@ -12,5 +12,5 @@ mod protocol;
 pub mod selftest;
 
 pub use device::{check_precision, cpu_threads, open_device, DeviceChoice, DeviceError, Precision};
-pub use owner::{Clock, Engine, EngineError, EngineOptions, ManualClock, SystemClock, Waker, DEFAULT_IDLE_TIMEOUT, DEFAULT_QUEUE_CAPACITY};
+pub use owner::{Clock, Engine, EngineError, EngineRemote, EngineOptions, ManualClock, SystemClock, Waker, DEFAULT_IDLE_TIMEOUT, DEFAULT_QUEUE_CAPACITY};
 pub use protocol::*;

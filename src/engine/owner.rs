@@ -96,40 +96,18 @@ pub enum EngineError {
     Spawn(#[from] std::io::Error),
 }
 
-/// The client side of the engine: send commands, read events. Dropping it shuts
-/// the thread down (releasing everything) and joins it.
-pub struct Engine {
+/// A cloneable way to send commands and cancel work, usable from any thread
+/// (the UI, a callback, a test).
+#[derive(Clone)]
+pub struct EngineRemote {
     commands: SyncSender<Command>,
-    events: Receiver<Event>,
     /// Generations with an id at or below this are cancelled.
     cancel_up_to: Arc<AtomicU64>,
-    next_id: AtomicU64,
+    next_id: Arc<AtomicU64>,
     capacity: usize,
-    thread: Option<JoinHandle<()>>,
 }
 
-impl Engine {
-    pub fn spawn(opts: EngineOptions) -> Result<Self, EngineError> {
-        let capacity = opts.queue_capacity.max(1);
-        let (cmd_tx, cmd_rx) = mpsc::sync_channel(capacity);
-        let (ev_tx, ev_rx) = mpsc::channel();
-        let cancel_up_to = Arc::new(AtomicU64::new(0));
-        let owner = OwnerThread {
-            commands: cmd_rx,
-            events: ev_tx,
-            waker: opts.waker,
-            clock: opts.clock,
-            idle_timeout: opts.idle_timeout,
-            pinned: false,
-            last_activity: None,
-            cancel_up_to: Arc::clone(&cancel_up_to),
-            loaded: None,
-            meter: None,
-        };
-        let thread = std::thread::Builder::new().name("versifier-engine".into()).spawn(move || owner.run())?;
-        Ok(Self { commands: cmd_tx, events: ev_rx, cancel_up_to, next_id: AtomicU64::new(1), capacity, thread: Some(thread) })
-    }
-
+impl EngineRemote {
     /// A fresh request id for a [`GenerateJob`].
     pub fn next_request_id(&self) -> RequestId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -155,6 +133,59 @@ impl Engine {
         self.cancel();
         self.send(Command::Release)
     }
+}
+
+/// The client side of the engine: send commands, read events. Dropping it shuts
+/// the thread down (releasing everything) and joins it.
+pub struct Engine {
+    remote: EngineRemote,
+    events: Receiver<Event>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    pub fn spawn(opts: EngineOptions) -> Result<Self, EngineError> {
+        let capacity = opts.queue_capacity.max(1);
+        let (cmd_tx, cmd_rx) = mpsc::sync_channel(capacity);
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let cancel_up_to = Arc::new(AtomicU64::new(0));
+        let owner = OwnerThread {
+            commands: cmd_rx,
+            events: ev_tx,
+            waker: opts.waker,
+            clock: opts.clock,
+            idle_timeout: opts.idle_timeout,
+            pinned: false,
+            last_activity: None,
+            cancel_up_to: Arc::clone(&cancel_up_to),
+            loaded: None,
+            meter: None,
+        };
+        let thread = std::thread::Builder::new().name("versifier-engine".into()).spawn(move || owner.run())?;
+        let remote = EngineRemote { commands: cmd_tx, cancel_up_to, next_id: Arc::new(AtomicU64::new(1)), capacity };
+        Ok(Self { remote, events: ev_rx, thread: Some(thread) })
+    }
+
+    /// A handle for sending and cancelling from elsewhere.
+    pub fn remote(&self) -> EngineRemote {
+        self.remote.clone()
+    }
+
+    pub fn next_request_id(&self) -> RequestId {
+        self.remote.next_request_id()
+    }
+
+    pub fn send(&self, cmd: Command) -> Result<(), EngineError> {
+        self.remote.send(cmd)
+    }
+
+    pub fn cancel(&self) {
+        self.remote.cancel()
+    }
+
+    pub fn release(&self) -> Result<(), EngineError> {
+        self.remote.release()
+    }
 
     pub fn try_recv(&self) -> Option<Event> {
         self.events.try_recv().ok()
@@ -168,9 +199,9 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.cancel();
+        self.remote.cancel();
         // A blocking send: the thread drains the queue, so this returns once there is room.
-        let _ = self.commands.send(Command::Shutdown);
+        let _ = self.remote.commands.send(Command::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -1,0 +1,328 @@
+//! The engine's state machine, driven only through its message API on CPU:
+//! lazy load, cancel and release mid-generation, the idle timer (with an
+//! injected clock), pinning, one load at a time, bad models, a full queue.
+//! Waits are bounded event waits, never sleeps.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::fixture;
+use versifier::engine::*;
+use versifier::generate::{SamplingParams, StopReason};
+
+const WAIT: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A test hook run on the engine thread after each event it sends.
+type Hook = Box<dyn Fn(&EngineRemote, &ManualClock) + Send + Sync>;
+
+struct Harness {
+    engine: Engine,
+    clock: ManualClock,
+    seen: Vec<Event>,
+    hook: Arc<Mutex<Option<Hook>>>,
+}
+
+impl Harness {
+    fn new(queue_capacity: usize) -> Self {
+        let clock = ManualClock::default();
+        let hook: Arc<Mutex<Option<Hook>>> = Arc::new(Mutex::new(None));
+        let remote: Arc<OnceLock<EngineRemote>> = Arc::new(OnceLock::new());
+        let (h, r, c) = (Arc::clone(&hook), Arc::clone(&remote), clock.clone());
+        let waker: Waker = Arc::new(move || {
+            if let (Some(remote), Ok(guard)) = (r.get(), h.lock()) {
+                if let Some(f) = guard.as_ref() {
+                    f(remote, &c);
+                }
+            }
+        });
+        let engine = Engine::spawn(EngineOptions {
+            idle_timeout: Some(TIMEOUT),
+            queue_capacity,
+            clock: Arc::new(clock.clone()),
+            waker: Some(waker),
+        })
+        .unwrap();
+        let _ = remote.set(engine.remote());
+        Self { engine, clock, seen: Vec::new(), hook }
+    }
+
+    fn set_hook(&self, f: impl Fn(&EngineRemote, &ManualClock) + Send + Sync + 'static) {
+        *self.hook.lock().unwrap() = Some(Box::new(f));
+    }
+
+    fn spec(name: &str) -> LoadSpec {
+        LoadSpec { model: fixture(name), device: DeviceChoice::Cpu, precision: Precision::F32 }
+    }
+
+    fn job(&self, max_new_tokens: usize) -> GenerateJob {
+        GenerateJob {
+            id: self.engine.next_request_id(),
+            spec: Self::spec("hf-safetensors"),
+            prompt: Prompt::Text("月".into()),
+            variations: 2,
+            max_new_tokens,
+            sampling: SamplingParams { seed: 1, ..SamplingParams::default() },
+        }
+    }
+
+    /// Collects events until `pred` matches one (which is returned); panics after WAIT.
+    fn until(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        loop {
+            let ev = self.engine.recv_timeout(WAIT).unwrap_or_else(|| panic!("no {what} within {WAIT:?}; saw {:#?}", self.seen));
+            self.seen.push(ev.clone());
+            if pred(&ev) {
+                return ev;
+            }
+        }
+    }
+
+    fn until_state(&mut self, want: EngineState) {
+        self.until(&format!("{want:?}"), |e| matches!(e, Event::State(s) if *s == want));
+    }
+
+    fn count(&self, pred: impl Fn(&Event) -> bool) -> usize {
+        self.seen.iter().filter(|e| pred(e)).count()
+    }
+}
+
+fn is_loaded(e: &Event) -> bool {
+    matches!(e, Event::Loaded(_))
+}
+fn is_released(e: &Event) -> bool {
+    matches!(e, Event::Released(_))
+}
+fn is_done(e: &Event) -> bool {
+    matches!(e, Event::Done { .. })
+}
+
+#[test]
+fn first_generate_loads_the_model_then_streams_tokens() {
+    let mut h = Harness::new(8);
+    h.until_state(EngineState::Unloaded);
+    let job = h.job(10);
+    let id = job.id;
+    h.engine.send(Command::Generate(job)).unwrap();
+    let done = h.until("done", is_done);
+    let Event::Done { request, generation } = done else { unreachable!() };
+    assert_eq!(request, id);
+    assert_eq!(generation.variations.len(), 2);
+    assert_eq!(h.count(is_loaded), 1);
+    let loaded_at = h.seen.iter().position(is_loaded).unwrap();
+    let first_token = h.seen.iter().position(|e| matches!(e, Event::Token { .. })).unwrap();
+    assert!(loaded_at < first_token, "the model loads before the first token");
+    // Streamed text equals the final text (up to a held-back partial character).
+    for v in 0..2 {
+        let streamed: String = h
+            .seen
+            .iter()
+            .filter_map(|e| match e {
+                Event::Token { variation, text, .. } if *variation == v => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(generation.variations[v].text.starts_with(&streamed));
+    }
+    h.until_state(EngineState::Ready);
+}
+
+#[test]
+fn cancel_mid_generation_stops_between_tokens_and_keeps_partial_output() {
+    let mut h = Harness::new(8);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until_state(EngineState::Ready);
+    let wakes = AtomicUsize::new(0);
+    h.set_hook(move |remote, _| {
+        if wakes.fetch_add(1, Ordering::SeqCst) == 4 {
+            remote.cancel();
+        }
+    });
+    h.engine.send(Command::Generate(h.job(40))).unwrap();
+    let Event::Done { generation, .. } = h.until("done", is_done) else { unreachable!() };
+    for v in &generation.variations {
+        assert_eq!(v.stop, Some(StopReason::Cancelled));
+        assert!(!v.ids.is_empty() && v.ids.len() < 40, "stopped part-way: {} tokens", v.ids.len());
+    }
+    assert_eq!(h.count(is_released), 0, "cancel does not unload");
+}
+
+#[test]
+fn release_mid_generation_stops_cleanly_then_releases() {
+    let mut h = Harness::new(8);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until_state(EngineState::Ready);
+    let wakes = AtomicUsize::new(0);
+    h.set_hook(move |remote, _| {
+        if wakes.fetch_add(1, Ordering::SeqCst) == 4 {
+            remote.release().unwrap();
+        }
+    });
+    h.engine.send(Command::Generate(h.job(40))).unwrap();
+    let Event::Released(report) = h.until("release", is_released) else { unreachable!() };
+    assert_eq!(report.reason, ReleaseReason::Requested);
+    let done_at = h.seen.iter().position(is_done).expect("the generation finished first");
+    let Event::Done { generation, .. } = &h.seen[done_at] else { unreachable!() };
+    assert!(generation.variations.iter().all(|v| v.stop == Some(StopReason::Cancelled)));
+    assert!(report.rss_before_bytes.is_some());
+    h.until_state(EngineState::Unloaded);
+}
+
+#[test]
+fn idle_timer_unloads_after_the_timeout_simulated_clock() {
+    let mut h = Harness::new(8);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until("deadline", |e| matches!(e, Event::IdleDeadline(Some(_))));
+    h.clock.advance(TIMEOUT - Duration::from_secs(1));
+    h.engine.send(Command::Tick).unwrap();
+    h.engine.send(Command::SetIdleTimeout(Some(TIMEOUT))).unwrap();
+    // The timeout is not up yet: the engine answers the setting with 1 s left.
+    let Event::IdleDeadline(Some(left)) = h.until("deadline", |e| matches!(e, Event::IdleDeadline(_))) else { panic!() };
+    assert_eq!(left, Duration::from_secs(1));
+    assert_eq!(h.count(is_released), 0);
+    h.clock.advance(Duration::from_secs(2));
+    h.engine.send(Command::Tick).unwrap();
+    let Event::Released(r) = h.until("release", is_released) else { unreachable!() };
+    assert_eq!(r.reason, ReleaseReason::IdleTimeout);
+}
+
+#[test]
+fn idle_timer_never_fires_during_a_generation_simulated_clock() {
+    let mut h = Harness::new(8);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until_state(EngineState::Ready);
+    // While tokens stream, time jumps far past the timeout and a Tick is queued.
+    let fired = AtomicBool::new(false);
+    h.set_hook(move |remote, clock| {
+        if !fired.swap(true, Ordering::SeqCst) {
+            clock.advance(TIMEOUT * 3);
+            remote.send(Command::Tick).unwrap();
+        }
+    });
+    h.engine.send(Command::Generate(h.job(20))).unwrap();
+    let Event::Done { generation, .. } = h.until("done", is_done) else { unreachable!() };
+    assert!(generation.variations.iter().all(|v| v.stop != Some(StopReason::Cancelled)));
+    // After the work the timer restarts from the full timeout.
+    let Event::IdleDeadline(Some(left)) = h.until("deadline", |e| matches!(e, Event::IdleDeadline(_))) else { panic!() };
+    assert_eq!(left, TIMEOUT);
+    h.engine.send(Command::Tick).unwrap();
+    h.engine.send(Command::SetPinned(false)).unwrap();
+    h.until("deadline", |e| matches!(e, Event::IdleDeadline(_)));
+    assert_eq!(h.count(is_released), 0, "no release during or right after the generation");
+}
+
+#[test]
+fn pinned_model_is_never_unloaded_by_the_idle_timer_simulated_clock() {
+    let mut h = Harness::new(8);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine.send(Command::SetPinned(true)).unwrap();
+    h.until("no deadline while pinned", |e| matches!(e, Event::IdleDeadline(None)));
+    h.clock.advance(TIMEOUT * 10);
+    h.engine.send(Command::Tick).unwrap();
+    h.engine.send(Command::SetIdleTimeout(Some(TIMEOUT))).unwrap();
+    h.until("deadline", |e| matches!(e, Event::IdleDeadline(None)));
+    assert_eq!(h.count(is_released), 0);
+    h.engine.send(Command::SetPinned(false)).unwrap();
+    h.until("deadline after unpin", |e| matches!(e, Event::IdleDeadline(Some(_))));
+    h.clock.advance(TIMEOUT * 2);
+    h.engine.send(Command::Tick).unwrap();
+    let Event::Released(r) = h.until("release after unpin", is_released) else { unreachable!() };
+    assert_eq!(r.reason, ReleaseReason::IdleTimeout);
+}
+
+#[test]
+fn requests_racing_the_idle_timer_never_load_twice_simulated_clock() {
+    let mut h = Harness::new(16);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until("deadline", |e| matches!(e, Event::IdleDeadline(Some(_))));
+    // The timer is due exactly as a burst of requests arrives.
+    h.clock.advance(TIMEOUT);
+    for _ in 0..3 {
+        h.engine.send(Command::Generate(h.job(4))).unwrap();
+        h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+        h.engine.send(Command::Tick).unwrap();
+    }
+    for _ in 0..3 {
+        h.until("done", is_done);
+    }
+    // Never two loads without a release between them.
+    let mut resident = false;
+    for e in &h.seen {
+        match e {
+            Event::Loaded(_) => {
+                assert!(!resident, "a second load while a model was resident: {:#?}", h.seen);
+                resident = true;
+            }
+            Event::Released(_) => resident = false,
+            _ => {}
+        }
+    }
+    assert!(h.count(is_loaded) <= 2);
+}
+
+#[test]
+fn corrupt_model_is_an_error_and_the_engine_stays_usable() {
+    let mut h = Harness::new(8);
+    let dir = common::scratch_copy("hf-safetensors");
+    std::fs::write(dir.path().join("model.safetensors"), b"garbage!").unwrap();
+    let spec = LoadSpec { model: dir.path().to_path_buf(), device: DeviceChoice::Cpu, precision: Precision::F32 };
+    h.engine.send(Command::Prepare(spec)).unwrap();
+    let Event::Error { kind, message, .. } = h.until("error", |e| matches!(e, Event::Error { .. })) else { unreachable!() };
+    assert_eq!(kind, ErrorKind::BadModel);
+    assert!(message.contains("model.safetensors"), "{message}");
+    h.until_state(EngineState::Unloaded);
+    h.engine.send(Command::Generate(h.job(3))).unwrap();
+    h.until("done after the bad model", is_done);
+}
+
+#[test]
+fn switching_models_releases_the_old_one_first() {
+    let mut h = Harness::new(8);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until_state(EngineState::Ready);
+    h.engine.send(Command::Prepare(Harness::spec("pytorch-bin"))).unwrap();
+    let Event::Released(r) = h.until("release", is_released) else { unreachable!() };
+    assert_eq!(r.reason, ReleaseReason::ModelChange);
+    let Event::Loaded(l) = h.until("second load", is_loaded) else { unreachable!() };
+    assert!(l.spec.model.ends_with("pytorch-bin"));
+}
+
+#[test]
+fn full_queue_is_an_error_not_a_stall() {
+    let mut h = Harness::new(1);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until_state(EngineState::Ready);
+    // Hold the engine inside a generation until the test says go.
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (busy_tx, busy_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let held = AtomicBool::new(false);
+    h.set_hook(move |_, _| {
+        if !held.swap(true, Ordering::SeqCst) {
+            let _ = busy_tx.send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(WAIT);
+        }
+    });
+    h.engine.send(Command::Generate(h.job(4))).unwrap();
+    busy_rx.recv_timeout(WAIT).expect("engine became busy");
+    h.engine.send(Command::Generate(h.job(4))).unwrap(); // fills the one slot
+    match h.engine.send(Command::Generate(h.job(4))) {
+        Err(EngineError::QueueFull(1)) => {}
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    go_tx.send(()).unwrap();
+    h.until("first done", is_done);
+    h.until("second done", is_done);
+}
+
+#[test]
+fn shutdown_releases_and_joins() {
+    let mut h = Harness::new(8);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until_state(EngineState::Ready);
+    let Harness { engine, .. } = h;
+    drop(engine); // joins the thread; a hang here fails the test run
+}
