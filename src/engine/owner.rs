@@ -431,7 +431,8 @@ impl OwnerThread {
             },
         };
         if prompt_ids.is_empty() {
-            prompt_ids.extend(tok.and_then(|t| t.start_id()));
+            let bos = m.config.bos_token_id.filter(|&b| (b as usize) < m.config.vocab_size);
+            prompt_ids.extend(tok.and_then(|t| t.start_id()).or(bos));
         }
         let stop_ids = match tok {
             Some(t) => t.stop_ids().to_vec(),

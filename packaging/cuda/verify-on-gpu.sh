@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Verifies a CUDA build on a GPU machine that has no Rust: conformance against the
+# transformers fixtures in f32/f16/bf16, decode speed, the load -> generate ->
+# release lifecycle with NVML figures, and a PyTorch baseline on the same GPU.
+#
+# Usage: packaging/cuda/verify-on-gpu.sh BINARY OUT_DIR [CYCLES]
+# Needs: the NVIDIA driver (libcuda, libnvidia-ml), cuBLAS/cuRAND/NVRTC 13 somewhere
+# on disk (found below), and python with torch + transformers for the baseline.
+set -uo pipefail
+bin=$1; out=$2; cycles=${3:-100}
+mkdir -p "$out"
+libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
+export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv | tee "$out/gpu.csv"
+for dt in f32 f16 bf16; do
+  "$bin" selftest --fixtures tests/fixtures --device cuda:0 --dtype "$dt" > "$out/selftest-$dt.json"; echo "selftest $dt exit $?"
+done
+for dt in f32 f16; do
+  "$bin" bench --synthetic gpt2-124m --device cuda:0 --dtype "$dt" --batches 1,8 --new-tokens 128 > "$out/bench-cuda-$dt.json"; echo "bench $dt exit $?"
+done
+model=$(mktemp -d)/gpt2-124m-random
+python3 - "$model" <<'PY'
+import sys, torch
+from transformers import GPT2Config, GPT2LMHeadModel
+torch.manual_seed(0)
+GPT2LMHeadModel(GPT2Config()).save_pretrained(sys.argv[1])
+PY
+cp tests/fixtures/hf-safetensors/tokenizer.json "$model/"
+"$bin" bench --lifecycle --model "$model" --device cuda:0 --dtype f32 --cycles "$cycles" --new-tokens 32 > "$out/lifecycle-cuda.json"; echo "lifecycle exit $?"
+python3 - "$model" > "$out/pytorch-baseline.json" <<'PY'
+import json, sys, time, torch
+from transformers import GPT2LMHeadModel
+m = GPT2LMHeadModel.from_pretrained(sys.argv[1]).cuda().eval()
+res = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0)}
+for b in (1, 8):
+    ids = torch.arange(16, device="cuda").unsqueeze(0).repeat(b, 1)
+    with torch.no_grad():
+        for rep in range(2):
+            out = m(ids, use_cache=True); past = out.past_key_values
+            nxt = out.logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize(); t = time.time(); n = 128
+            for _ in range(n):
+                out = m(nxt, past_key_values=past, use_cache=True); past = out.past_key_values
+                nxt = out.logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize()
+    res[f"batch{b}_tokens_per_s"] = n * b / (time.time() - t)
+print(json.dumps(res))
+PY
+echo "baseline exit $?"
