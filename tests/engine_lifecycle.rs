@@ -45,6 +45,7 @@ impl Harness {
             queue_capacity,
             clock: Arc::new(clock.clone()),
             waker: Some(waker),
+            memory_budget: None,
         })
         .unwrap();
         let _ = remote.set(engine.remote());
@@ -325,4 +326,103 @@ fn shutdown_releases_and_joins() {
     h.until_state(EngineState::Ready);
     let Harness { engine, .. } = h;
     drop(engine); // joins the thread; a hang here fails the test run
+}
+
+#[test]
+fn hot_swap_loads_beside_the_old_model_which_keeps_serving() {
+    let mut h = Harness::new(8);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until_state(EngineState::Ready);
+    h.engine.send(Command::Swap(Harness::spec("pytorch-bin"))).unwrap();
+    // A request for the current model while the new one loads is served by it.
+    h.engine.send(Command::Generate(h.job(4))).unwrap();
+    h.until("done", is_done);
+    h.until("swapped", |e| matches!(e, Event::Loaded(l) if l.spec.model.ends_with("pytorch-bin")));
+    assert_eq!(h.count(is_released), 0, "a swap never unloads to an empty engine");
+    // Now the new model serves its own requests without another load.
+    let mut job = h.job(4);
+    job.spec = Harness::spec("pytorch-bin");
+    h.engine.send(Command::Generate(job)).unwrap();
+    h.until("done on the new model", is_done);
+    assert_eq!(h.count(is_loaded), 2);
+}
+
+#[test]
+fn hot_swap_to_a_corrupt_model_rolls_back_to_the_old_one() {
+    let mut h = Harness::new(8);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until_state(EngineState::Ready);
+    let dir = common::scratch_copy("pytorch-bin");
+    std::fs::write(dir.path().join("pytorch_model.bin"), b"not a checkpoint").unwrap();
+    let bad = LoadSpec { model: dir.path().to_path_buf(), device: DeviceChoice::Cpu, precision: Precision::F32 };
+    h.engine.send(Command::Swap(bad)).unwrap();
+    let Event::Error { kind, message, .. } = h.until("swap error", |e| matches!(e, Event::Error { .. })) else { unreachable!() };
+    assert_eq!(kind, ErrorKind::BadModel);
+    assert!(message.contains("still using the current model") && message.contains("pytorch_model.bin"), "{message}");
+    h.engine.send(Command::Generate(h.job(4))).unwrap();
+    h.until("done on the old model", is_done);
+    assert_eq!(h.count(is_loaded), 1, "the old model was never reloaded");
+    assert_eq!(h.count(is_released), 0);
+}
+
+#[test]
+fn load_that_does_not_fit_is_refused_with_numbers_and_options() {
+    let clock = ManualClock::default();
+    let engine = Engine::spawn(EngineOptions {
+        memory_budget: Some(64 * 1024), // 64 KiB: the fixture needs more
+        clock: Arc::new(clock),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    loop {
+        match engine.recv_timeout(WAIT).expect("an answer") {
+            Event::Error { kind, message, fit, .. } => {
+                assert_eq!(kind, ErrorKind::DoesNotFit);
+                let fit = fit.expect("the refusal carries its numbers");
+                assert!(fit.need.total() > fit.free_bytes);
+                assert_eq!(fit.free_bytes, 64 * 1024);
+                assert!(fit.need.weights_bytes > 0 && fit.need.kv_cache_bytes > 0);
+                assert!(message.contains("MiB") && message.contains("hf-safetensors"), "{message}");
+                break;
+            }
+            Event::Loaded(_) => panic!("loaded despite not fitting"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn panic_inside_the_engine_is_caught_reported_and_reset() {
+    let mut h = Harness::new(8);
+    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.until_state(EngineState::Ready);
+    h.engine.send(Command::InjectPanic).unwrap();
+    let Event::Error { kind, message, .. } = h.until("panic report", |e| matches!(e, Event::Error { .. })) else { unreachable!() };
+    assert_eq!(kind, ErrorKind::Internal);
+    assert!(message.contains("injected panic"), "{message}");
+    let Event::Released(r) = h.until("reset", is_released) else { unreachable!() };
+    assert_eq!(r.reason, ReleaseReason::AfterError);
+    h.until_state(EngineState::Unloaded);
+    h.engine.send(Command::Generate(h.job(3))).unwrap();
+    h.until("done after the panic", is_done);
+}
+
+#[test]
+fn cuda_request_falls_back_to_cpu_with_one_notice_on_a_build_without_cuda() {
+    if candle_core::utils::cuda_is_available() {
+        return; // a CUDA build uses the GPU; the fallback is exercised by the default build
+    }
+    let mut h = Harness::new(8);
+    let mut spec = Harness::spec("hf-safetensors");
+    spec.device = DeviceChoice::Cuda(0);
+    h.engine.send(Command::Prepare(spec.clone())).unwrap();
+    h.until("loaded", is_loaded);
+    h.engine.send(Command::Release).unwrap();
+    h.until("released", is_released);
+    h.engine.send(Command::Prepare(spec)).unwrap();
+    h.until("loaded again", is_loaded);
+    let notices: Vec<&String> = h.seen.iter().filter_map(|e| if let Event::Notice(n) = e { Some(n) } else { None }).collect();
+    assert_eq!(notices.len(), 1, "the reason is reported once: {notices:?}");
+    assert!(notices[0].contains("CPU"), "{}", notices[0]);
 }

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod device;
+pub mod fit;
 mod owner;
 mod protocol;
 pub mod selftest;

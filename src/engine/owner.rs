@@ -3,6 +3,7 @@
 //! [`Command`]s and [`Event`]s only, so nothing else can hold a CUDA object when
 //! the engine releases the device and resets the CUDA context.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -16,7 +17,9 @@ use super::device::{open_device, DeviceChoice};
 use super::protocol::*;
 use crate::generate::{generate, GenerateError, GenerateRequest};
 use crate::meter::{process_memory, GpuMeter};
-use crate::model::{load_model, LoadedModel};
+use super::device::Precision;
+use super::fit::{available_ram, check_fit, FitRefusal};
+use crate::model::{load_model, Gpt2Config, LoadedModel, ModelFiles};
 
 /// Default idle timeout before the model is unloaded.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -72,11 +75,15 @@ pub struct EngineOptions {
     pub queue_capacity: usize,
     pub clock: Arc<dyn Clock>,
     pub waker: Option<Waker>,
+    /// Most bytes a model may need (weights + KV cache + runtime); `None` means
+    /// what the device has free. Loads above it are refused with options.
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
+            memory_budget: None,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             clock: Arc::new(SystemClock),
@@ -96,11 +103,18 @@ pub enum EngineError {
     Spawn(#[from] std::io::Error),
 }
 
+/// What arrives on the owner thread: client commands, and the result of a hot
+/// swap's background load.
+enum Inbox {
+    Command(Command),
+    SwapLoaded(Box<Result<Resident, JobFailure>>),
+}
+
 /// A cloneable way to send commands and cancel work, usable from any thread
 /// (the UI, a callback, a test).
 #[derive(Clone)]
 pub struct EngineRemote {
-    commands: SyncSender<Command>,
+    commands: SyncSender<Inbox>,
     /// Generations with an id at or below this are cancelled.
     cancel_up_to: Arc<AtomicU64>,
     next_id: Arc<AtomicU64>,
@@ -115,7 +129,7 @@ impl EngineRemote {
 
     /// Queues a command without blocking; a full queue is an error, not a stall.
     pub fn send(&self, cmd: Command) -> Result<(), EngineError> {
-        match self.commands.try_send(cmd) {
+        match self.commands.try_send(Inbox::Command(cmd)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(EngineError::QueueFull(self.capacity)),
             Err(TrySendError::Disconnected(_)) => Err(EngineError::Stopped),
@@ -150,7 +164,13 @@ impl Engine {
         let (ev_tx, ev_rx) = mpsc::channel();
         let cancel_up_to = Arc::new(AtomicU64::new(0));
         let owner = OwnerThread {
-            commands: cmd_rx,
+            inbox: cmd_rx,
+            loader_tx: cmd_tx.clone(),
+            swap: None,
+            deferred: VecDeque::new(),
+            memory_budget: opts.memory_budget,
+            cuda_overhead: super::fit::DEFAULT_CUDA_OVERHEAD_BYTES,
+            cuda_fallback_reported: false,
             events: ev_tx,
             waker: opts.waker,
             clock: opts.clock,
@@ -201,7 +221,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.remote.cancel();
         // A blocking send: the thread drains the queue, so this returns once there is room.
-        let _ = self.remote.commands.send(Command::Shutdown);
+        let _ = self.remote.commands.send(Inbox::Command(Command::Shutdown));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -210,14 +230,33 @@ impl Drop for Engine {
 
 /// What is in memory.
 struct Resident {
+    /// What was asked for.
     spec: LoadSpec,
+    /// Where it actually runs (CPU when CUDA was asked for but is unavailable).
+    actual: DeviceChoice,
     model: LoadedModel,
     /// Held so the device outlives the model's tensors and is dropped last.
     device: Device,
+    report: LoadReport,
+}
+
+/// A hot swap's background load.
+struct SwapInFlight {
+    spec: LoadSpec,
+    thread: JoinHandle<()>,
 }
 
 struct OwnerThread {
-    commands: Receiver<Command>,
+    inbox: Receiver<Inbox>,
+    /// Given to the loader thread of a hot swap.
+    loader_tx: SyncSender<Inbox>,
+    swap: Option<SwapInFlight>,
+    /// Commands that arrived while waiting for a swap, handled next, in order.
+    deferred: VecDeque<Command>,
+    memory_budget: Option<u64>,
+    /// Measured CUDA runtime overhead (context + cuBLAS), updated after each load.
+    cuda_overhead: u64,
+    cuda_fallback_reported: bool,
     events: mpsc::Sender<Event>,
     waker: Option<Waker>,
     clock: Arc<dyn Clock>,
@@ -235,6 +274,13 @@ struct JobFailure {
     kind: ErrorKind,
     message: String,
     partial: Option<crate::generate::Generation>,
+    fit: Option<FitRefusal>,
+}
+
+impl JobFailure {
+    fn new(kind: ErrorKind, message: String) -> Self {
+        Self { kind, message, partial: None, fit: None }
+    }
 }
 
 fn is_out_of_memory(msg: &str) -> bool {
@@ -269,21 +315,30 @@ impl OwnerThread {
     fn run(mut self) {
         self.set_state(EngineState::Unloaded);
         loop {
+            if let Some(cmd) = self.deferred.pop_front() {
+                if matches!(cmd, Command::Shutdown) {
+                    self.release(ReleaseReason::Shutdown);
+                    return;
+                }
+                self.handle(cmd);
+                continue;
+            }
             let now = self.clock.now();
             let next = match self.idle_deadline() {
                 Some(deadline) if deadline <= now => {
                     self.release(ReleaseReason::IdleTimeout);
                     continue;
                 }
-                Some(deadline) => self.commands.recv_timeout(deadline - now),
-                None => self.commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(deadline) => self.inbox.recv_timeout(deadline - now),
+                None => self.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match next {
-                Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                Ok(Inbox::Command(Command::Shutdown)) | Err(RecvTimeoutError::Disconnected) => {
                     self.release(ReleaseReason::Shutdown);
                     return;
                 }
-                Ok(cmd) => self.handle(cmd),
+                Ok(Inbox::Command(cmd)) => self.handle(cmd),
+                Ok(Inbox::SwapLoaded(result)) => self.finish_swap(*result),
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }
@@ -292,7 +347,7 @@ impl OwnerThread {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Prepare(spec) => {
-                let result = catch_unwind(AssertUnwindSafe(|| self.ensure_loaded(&spec)));
+                let result = catch_unwind(AssertUnwindSafe(|| self.ensure_loaded(&spec, 1)));
                 match result {
                     Ok(Ok(())) => self.touch(),
                     Ok(Err(f)) => self.fail(None, f),
@@ -310,6 +365,15 @@ impl OwnerThread {
                 if self.loaded.is_some() {
                     self.set_state(EngineState::Ready);
                     self.touch();
+                }
+            }
+            Command::Swap(spec) => self.start_swap(spec),
+            Command::InjectPanic => {
+                let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), JobFailure> {
+                    panic!("injected panic (Command::InjectPanic)")
+                }));
+                if let Err(panic) = result {
+                    self.caught_panic(None, panic);
                 }
             }
             Command::Release => self.release(ReleaseReason::Requested),
@@ -334,7 +398,7 @@ impl OwnerThread {
 
     fn fail(&mut self, request: Option<RequestId>, f: JobFailure) {
         let oom = f.kind == ErrorKind::OutOfMemory;
-        self.emit(Event::Error { request, kind: f.kind, message: f.message, partial: f.partial });
+        self.emit(Event::Error { request, kind: f.kind, message: f.message, partial: f.partial, fit: f.fit });
         if oom {
             self.release(ReleaseReason::AfterError);
         } else if self.loaded.is_none() {
@@ -354,6 +418,7 @@ impl OwnerThread {
             kind: ErrorKind::Internal,
             message: format!("internal error (the engine was reset): {what}"),
             partial: None,
+            fit: None,
         });
         self.release(ReleaseReason::AfterError);
         self.set_state(EngineState::Unloaded);
@@ -365,7 +430,97 @@ impl OwnerThread {
         meter.read(GpuMeter::nvml_index(ordinal))?.process_bytes
     }
 
-    fn ensure_loaded(&mut self, spec: &LoadSpec) -> Result<(), JobFailure> {
+    /// Memory free for a model on `device` now (NVML for GPUs, MemAvailable for
+    /// RAM), capped by the configured budget.
+    fn free_bytes(&mut self, device: DeviceChoice) -> Option<u64> {
+        let free = match device {
+            DeviceChoice::Cpu => available_ram(),
+            DeviceChoice::Cuda(o) => {
+                let meter = self.meter.get_or_insert_with(GpuMeter::open);
+                meter.read(GpuMeter::nvml_index(o)).map(|g| g.free_bytes)
+            }
+        };
+        match (free, self.memory_budget) {
+            (Some(f), Some(b)) => Some(f.min(b)),
+            (f, b) => f.or(b),
+        }
+    }
+
+    /// Refuses a load that would not fit, with the numbers and what would.
+    fn check_fit(&mut self, spec: &LoadSpec, device: DeviceChoice, batch: usize) -> Result<(), JobFailure> {
+        let files = ModelFiles::locate(&spec.model).map_err(|e| JobFailure::new(ErrorKind::BadModel, e.to_string()))?;
+        let cfg = Gpt2Config::from_file(&files.config).map_err(|e| JobFailure::new(ErrorKind::BadModel, e.to_string()))?;
+        let Some(free) = self.free_bytes(device) else { return Ok(()) };
+        let overhead = if device == DeviceChoice::Cpu { 0 } else { self.cuda_overhead };
+        let cpu_free = if device == DeviceChoice::Cpu { None } else { self.free_bytes(DeviceChoice::Cpu) };
+        let precision = if device == DeviceChoice::Cpu && spec.precision == Precision::F16 { Precision::F32 } else { spec.precision };
+        match check_fit(&cfg, device, precision, batch, cfg.n_positions, overhead, free, cpu_free) {
+            Ok(_) => Ok(()),
+            Err(refusal) => Err(JobFailure {
+                kind: ErrorKind::DoesNotFit,
+                message: format!("{}: {refusal}", spec.model.display()),
+                partial: None,
+                fit: Some(refusal),
+            }),
+        }
+    }
+
+    /// Opens the device for `spec`, falling back to the CPU (said once) when CUDA
+    /// is not available at all.
+    fn open_for(&mut self, spec: &LoadSpec) -> Result<(Device, DeviceChoice, Precision), JobFailure> {
+        match open_device(spec.device) {
+            Ok(d) => Ok((d, spec.device, spec.precision)),
+            Err(e) if spec.device != DeviceChoice::Cpu && !is_out_of_memory(&e.to_string()) => {
+                if !self.cuda_fallback_reported {
+                    self.cuda_fallback_reported = true;
+                    self.emit(Event::Notice(format!("{e}; running on the CPU instead")));
+                }
+                let precision = if spec.precision == Precision::F16 { Precision::F32 } else { spec.precision };
+                Ok((Device::Cpu, DeviceChoice::Cpu, precision))
+            }
+            Err(e) => Err(JobFailure::new(
+                if is_out_of_memory(&e.to_string()) { ErrorKind::OutOfMemory } else { ErrorKind::Device },
+                e.to_string(),
+            )),
+        }
+    }
+
+    /// Loads `spec` onto an opened device (used by both direct loads and swaps).
+    fn load_resident(spec: &LoadSpec, device: Device, actual: DeviceChoice, precision: Precision) -> Result<Resident, JobFailure> {
+        let started = Instant::now();
+        let rss_before = process_memory().map(|m| m.rss_bytes);
+        match load_model(&spec.model, &device, precision.dtype()) {
+            Ok(model) => {
+                let params = model.config.param_count();
+                let report = LoadReport {
+                    spec: spec.clone(),
+                    load_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    params,
+                    weights_bytes: params * precision.bytes(),
+                    gpu_before_bytes: None,
+                    gpu_after_bytes: None,
+                    rss_before_bytes: rss_before,
+                    rss_after_bytes: process_memory().map(|m| m.rss_bytes),
+                };
+                Ok(Resident { spec: spec.clone(), actual, model, device, report })
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let kind = if is_out_of_memory(&message) { ErrorKind::OutOfMemory } else { ErrorKind::BadModel };
+                Err(JobFailure::new(kind, message))
+            }
+        }
+    }
+
+    /// Makes `spec` the resident model, loading it (after a fit check for `batch`
+    /// sequences) unless it already is. One load at a time, ever: a swap in
+    /// flight is finished first.
+    fn ensure_loaded(&mut self, spec: &LoadSpec, batch: usize) -> Result<(), JobFailure> {
+        // The current model keeps serving while a swap loads beside it.
+        if self.loaded.as_ref().is_some_and(|r| &r.spec == spec) {
+            return Ok(());
+        }
+        self.wait_for_swap();
         if self.loaded.as_ref().is_some_and(|r| &r.spec == spec) {
             return Ok(());
         }
@@ -373,48 +528,138 @@ impl OwnerThread {
             self.release(ReleaseReason::ModelChange);
         }
         self.set_state(EngineState::Loading { progress: 0.0 });
+        let fit_device = if spec.device != DeviceChoice::Cpu && !candle_core::utils::cuda_is_available() {
+            DeviceChoice::Cpu
+        } else {
+            spec.device
+        };
+        if let Err(f) = self.check_fit(spec, fit_device, batch) {
+            self.set_state(EngineState::Unloaded);
+            return Err(f);
+        }
         let gpu_before = self.gpu_process_bytes(spec.device);
-        let rss_before = process_memory().map(|m| m.rss_bytes);
-        let started = Instant::now();
-        let device = open_device(spec.device).map_err(|e| JobFailure {
-            kind: if is_out_of_memory(&e.to_string()) { ErrorKind::OutOfMemory } else { ErrorKind::Device },
-            message: e.to_string(),
-            partial: None,
-        })?;
-        let model = match load_model(&spec.model, &device, spec.precision.dtype()) {
-            Ok(m) => m,
-            Err(e) => {
-                let message = e.to_string();
-                drop(device);
-                self.reset_cuda_context(spec.device);
-                let kind = if is_out_of_memory(&message) { ErrorKind::OutOfMemory } else { ErrorKind::BadModel };
-                return Err(JobFailure { kind, message, partial: None });
+        let (device, actual, precision) = self.open_for(spec)?;
+        let mut resident = match Self::load_resident(spec, device, actual, precision) {
+            Ok(r) => r,
+            Err(f) => {
+                // Nothing of the failed load may keep the context alive.
+                self.reset_cuda_context(actual);
+                return Err(f);
             }
         };
-        let load_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let params = model.config.param_count();
-        self.loaded = Some(Resident { spec: spec.clone(), model, device });
-        let report = LoadReport {
-            spec: spec.clone(),
-            load_ms,
-            params,
-            weights_bytes: params * spec.precision.bytes(),
-            gpu_before_bytes: gpu_before,
-            gpu_after_bytes: self.gpu_process_bytes(spec.device),
-            rss_before_bytes: rss_before,
-            rss_after_bytes: process_memory().map(|m| m.rss_bytes),
-        };
-        self.emit(Event::Loaded(report));
+        resident.report.gpu_before_bytes = gpu_before;
+        resident.report.gpu_after_bytes = self.gpu_process_bytes(actual);
+        if let (Some(after), Some(before)) = (resident.report.gpu_after_bytes, gpu_before) {
+            // Learn this machine's runtime overhead for the next fit check.
+            let weights = resident.report.weights_bytes as u64;
+            self.cuda_overhead = after.saturating_sub(before).saturating_sub(weights).max(1);
+        }
+        self.emit(Event::Loaded(resident.report.clone()));
+        self.loaded = Some(resident);
         self.set_state(EngineState::Ready);
         Ok(())
     }
 
-    fn run_job(&mut self, job: GenerateJob) -> Result<(), JobFailure> {
-        self.ensure_loaded(&job.spec)?;
-        let Some(resident) = self.loaded.as_ref() else {
-            return Err(JobFailure { kind: ErrorKind::Internal, message: "model vanished after loading".into(), partial: None });
+    /// Starts a hot swap: the new model loads on a loader thread beside the
+    /// current one, which keeps serving.
+    fn start_swap(&mut self, spec: LoadSpec) {
+        self.wait_for_swap();
+        let Some(current) = self.loaded.as_ref() else {
+            // Nothing to keep serving: a plain load.
+            if let Err(f) = self.ensure_loaded(&spec, 1) {
+                self.fail(None, f);
+            } else {
+                self.touch();
+            }
+            return;
         };
-        let bad = |message: String| JobFailure { kind: ErrorKind::BadRequest, message, partial: None };
+        if current.spec == spec {
+            return;
+        }
+        // Both at once must fit, or the current one goes first.
+        let same_gpu = current.actual == spec.device && spec.device != DeviceChoice::Cpu;
+        let current_device = current.device.clone();
+        let current_actual = current.actual;
+        if same_gpu && self.check_fit(&spec, spec.device, 1).is_err() {
+            self.emit(Event::Notice(format!(
+                "{} does not fit beside the current model; releasing the current one first",
+                spec.model.display()
+            )));
+            if let Err(f) = self.ensure_loaded(&spec, 1) {
+                self.fail(None, f);
+            } else {
+                self.touch();
+            }
+            return;
+        }
+        let device = if same_gpu { Ok((current_device, current_actual, spec.precision)) } else { self.open_for(&spec) };
+        let (device, actual, precision) = match device {
+            Ok(d) => d,
+            Err(f) => return self.fail(None, f),
+        };
+        let tx = self.loader_tx.clone();
+        let load_spec = spec.clone();
+        let spawned = std::thread::Builder::new().name("versifier-loader".into()).spawn(move || {
+            let result = catch_unwind(AssertUnwindSafe(|| Self::load_resident(&load_spec, device, actual, precision)))
+                .unwrap_or_else(|_| Err(JobFailure::new(ErrorKind::Internal, "the loader thread panicked".into())));
+            let _ = tx.send(Inbox::SwapLoaded(Box::new(result)));
+        });
+        match spawned {
+            Ok(thread) => self.swap = Some(SwapInFlight { spec, thread }),
+            Err(e) => self.fail(None, JobFailure::new(ErrorKind::Internal, format!("could not start the loader thread: {e}"))),
+        }
+    }
+
+    /// Blocks until a swap in flight has delivered its result, and applies it.
+    fn wait_for_swap(&mut self) {
+        while self.swap.is_some() {
+            match self.inbox.recv() {
+                Ok(Inbox::SwapLoaded(result)) => self.finish_swap(*result),
+                // Commands that arrive meanwhile are handled after the swap, in order.
+                Ok(Inbox::Command(cmd)) => self.deferred.push_back(cmd),
+                Err(_) => {
+                    if let Some(s) = self.swap.take() {
+                        let _ = s.thread.join();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Switches to a freshly loaded model, or keeps the old one when the load failed.
+    fn finish_swap(&mut self, result: Result<Resident, JobFailure>) {
+        let Some(swap) = self.swap.take() else { return };
+        let _ = swap.thread.join();
+        match result {
+            Ok(new) => {
+                let old = self.loaded.replace(new);
+                let old_device = old.as_ref().map(|o| o.actual);
+                drop(old);
+                // An old model on another GPU leaves that context behind: reset it.
+                if let Some(d) = old_device {
+                    if self.loaded.as_ref().is_some_and(|n| n.actual != d) {
+                        self.reset_cuda_context(d);
+                    }
+                }
+                if let Some(r) = self.loaded.as_ref() {
+                    self.emit(Event::Loaded(r.report.clone()));
+                }
+                self.set_state(EngineState::Ready);
+                self.touch();
+            }
+            Err(f) => {
+                let message = format!("could not switch to {}: {}; still using the current model", swap.spec.model.display(), f.message);
+                self.emit(Event::Error { request: None, kind: f.kind, message, partial: None, fit: f.fit });
+            }
+        }
+    }
+
+    fn run_job(&mut self, job: GenerateJob) -> Result<(), JobFailure> {
+        self.ensure_loaded(&job.spec, job.variations)?;
+        let Some(resident) = self.loaded.as_ref() else {
+            return Err(JobFailure::new(ErrorKind::Internal, "model vanished after loading".into()));
+        };
+        let bad = |message: String| JobFailure::new(ErrorKind::BadRequest, message);
         let m = &resident.model;
         let tok = m.tokenizer.as_ref();
         let mut prompt_ids = match &job.prompt {
@@ -422,11 +667,10 @@ impl OwnerThread {
             Prompt::Text(text) => match tok {
                 Some(t) => t.prompt_ids(text).map_err(|e| bad(e.to_string()))?,
                 None => {
-                    return Err(JobFailure {
-                        kind: ErrorKind::BadModel,
-                        message: format!("{}: no tokenizer.json or vocab.txt, so text prompts cannot be encoded", m.files.dir.display()),
-                        partial: None,
-                    })
+                    return Err(JobFailure::new(
+                        ErrorKind::BadModel,
+                        format!("{}: no tokenizer.json or vocab.txt, so text prompts cannot be encoded", m.files.dir.display()),
+                    ))
                 }
             },
         };
@@ -472,7 +716,7 @@ impl OwnerThread {
                     _ => (ErrorKind::Generation, None),
                 };
                 let kind = if is_out_of_memory(&message) { ErrorKind::OutOfMemory } else { kind };
-                Err(JobFailure { kind, message, partial })
+                Err(JobFailure { kind, message, partial, fit: None })
             }
         }
     }
@@ -480,13 +724,15 @@ impl OwnerThread {
     /// Drops the model, its caches and the device, resets the CUDA primary
     /// context, and reports what was measured.
     fn release(&mut self, reason: ReleaseReason) {
+        // A swap in flight holds device memory too: let it land, then drop it all.
+        self.wait_for_swap();
         let Some(resident) = self.loaded.take() else { return };
         self.set_state(EngineState::Releasing);
-        let device = resident.spec.device;
+        let device = resident.actual;
         let gpu_before = self.gpu_process_bytes(device);
         let rss_before = process_memory().map(|m| m.rss_bytes);
         let started = Instant::now();
-        let Resident { spec: _, model, device: dev } = resident;
+        let Resident { model, device: dev, .. } = resident;
         drop(model);
         drop(dev);
         let context_reset = self.reset_cuda_context(device);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::device::{DeviceChoice, Precision};
+use super::fit::FitRefusal;
 use crate::generate::{Generation, SamplingParams};
 
 /// Identifies one generation request in the events it causes.
@@ -47,6 +48,12 @@ pub enum Command {
     Prepare(LoadSpec),
     /// Generate, loading the job's model first when needed. Jobs run in order.
     Generate(GenerateJob),
+    /// Hot swap: load this model beside the current one on a loader thread while
+    /// the current one keeps serving, then switch between requests. If the new
+    /// model fails to load, the current one stays (rollback) and the error is
+    /// reported. If both cannot fit, the current one is released first (said in a
+    /// notice).
+    Swap(LoadSpec),
     /// Free the model, its caches and the device, and reset the CUDA context, so
     /// the process holds no GPU memory. A generation in progress is stopped first.
     Release,
@@ -58,6 +65,9 @@ pub enum Command {
     Tick,
     /// Stop the thread (after releasing everything).
     Shutdown,
+    /// Panics inside the job boundary. Exists so tests can prove that a panic in
+    /// load or generate is caught, reported, and leaves the engine Unloaded and usable.
+    InjectPanic,
 }
 
 /// What the engine is doing.
@@ -140,6 +150,8 @@ pub enum ErrorKind {
     BadRequest,
     /// The command queue was full; the command was dropped.
     QueueFull,
+    /// The load would not fit in the free memory; see the event's `fit`.
+    DoesNotFit,
     /// A bug: a panic caught at the engine boundary; the engine reset to Unloaded.
     Internal,
     /// Generation failed part-way (partial output is in the event).
@@ -154,7 +166,18 @@ pub enum Event {
     Token { request: RequestId, variation: usize, text: String },
     Done { request: RequestId, generation: Generation },
     Released(ReleaseReport),
-    Error { request: Option<RequestId>, kind: ErrorKind, message: String, partial: Option<Generation> },
+    Error {
+        request: Option<RequestId>,
+        kind: ErrorKind,
+        message: String,
+        /// What was written before a generation failed.
+        partial: Option<Generation>,
+        /// For `DoesNotFit`: the numbers and the options that would fit.
+        fit: Option<FitRefusal>,
+    },
+    /// Something the user should know that is not an error (CPU fallback, a swap
+    /// that had to release first).
+    Notice(String),
     /// The idle timer's remaining time changed meaningfully (after work or a setting).
     IdleDeadline(Option<Duration>),
 }

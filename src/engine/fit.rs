@@ -1,0 +1,192 @@
+//! Will a model fit? The exact need from the config (weights for the dtype, KV
+//! cache for the batch and context, the device's measured runtime overhead)
+//! against the memory free now, and the options that would fit when it does not.
+
+use serde::Serialize;
+
+use super::device::{DeviceChoice, Precision};
+use crate::model::Gpt2Config;
+
+/// CUDA context + cuBLAS workspace before anything was measured on this machine
+/// (measured 586 MiB for the context alone on an H100 with CUDA 13).
+pub const DEFAULT_CUDA_OVERHEAD_BYTES: u64 = 640 * 1024 * 1024;
+
+/// What a load needs, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FitNeed {
+    pub weights_bytes: u64,
+    pub kv_cache_bytes: u64,
+    pub overhead_bytes: u64,
+}
+
+impl FitNeed {
+    pub fn new(cfg: &Gpt2Config, precision: Precision, batch: usize, context: usize, overhead_bytes: u64) -> Self {
+        let bytes = precision.bytes();
+        Self {
+            weights_bytes: (cfg.param_count() * bytes) as u64,
+            kv_cache_bytes: cfg.kv_cache_bytes(batch.max(1), context.min(cfg.n_positions), bytes) as u64,
+            overhead_bytes,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.weights_bytes + self.kv_cache_bytes + self.overhead_bytes
+    }
+}
+
+/// Something the user could change so that the load fits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "option", rename_all = "snake_case")]
+pub enum FitOption {
+    /// Half precision on the same device.
+    Precision { precision: Precision, need_bytes: u64 },
+    /// Fewer variations per generation.
+    Variations { max: usize, need_bytes: u64 },
+    /// A shorter context.
+    Context { max_tokens: usize, need_bytes: u64 },
+    /// Run on the CPU instead.
+    Cpu { need_bytes: u64 },
+}
+
+/// A refused load: the numbers and what would fit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FitRefusal {
+    pub device: DeviceChoice,
+    pub need: FitNeed,
+    pub free_bytes: u64,
+    pub options: Vec<FitOption>,
+}
+
+fn mib(b: u64) -> u64 {
+    b / (1024 * 1024)
+}
+
+impl std::fmt::Display for FitRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the model needs {} MiB on {} (weights {} + KV cache {} + runtime {}) but only {} MiB is free",
+            mib(self.need.total()),
+            self.device,
+            mib(self.need.weights_bytes),
+            mib(self.need.kv_cache_bytes),
+            mib(self.need.overhead_bytes),
+            mib(self.free_bytes)
+        )?;
+        if !self.options.is_empty() {
+            let opts: Vec<String> = self
+                .options
+                .iter()
+                .map(|o| match o {
+                    FitOption::Precision { precision, need_bytes } => format!("{precision} ({} MiB)", mib(*need_bytes)),
+                    FitOption::Variations { max, need_bytes } => format!("at most {max} variations ({} MiB)", mib(*need_bytes)),
+                    FitOption::Context { max_tokens, need_bytes } => format!("a {max_tokens}-token context ({} MiB)", mib(*need_bytes)),
+                    FitOption::Cpu { need_bytes } => format!("the CPU ({} MiB of RAM)", mib(*need_bytes)),
+                })
+                .collect();
+            write!(f, "; what would fit: {}", opts.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks `need` against `free`; on refusal lists the options that fit.
+/// `cpu_free` is the RAM available for the CPU option (None: do not offer it).
+#[allow(clippy::too_many_arguments)]
+pub fn check_fit(
+    cfg: &Gpt2Config,
+    device: DeviceChoice,
+    precision: Precision,
+    batch: usize,
+    context: usize,
+    overhead_bytes: u64,
+    free_bytes: u64,
+    cpu_free: Option<u64>,
+) -> Result<FitNeed, FitRefusal> {
+    let need = FitNeed::new(cfg, precision, batch, context, overhead_bytes);
+    if need.total() <= free_bytes {
+        return Ok(need);
+    }
+    let mut options = Vec::new();
+    if precision == Precision::F32 && device != DeviceChoice::Cpu {
+        let half = FitNeed::new(cfg, Precision::F16, batch, context, overhead_bytes);
+        if half.total() <= free_bytes {
+            options.push(FitOption::Precision { precision: Precision::F16, need_bytes: half.total() });
+        }
+    }
+    if let Some(max) = (1..batch).rev().find(|&b| FitNeed::new(cfg, precision, b, context, overhead_bytes).total() <= free_bytes) {
+        options.push(FitOption::Variations { max, need_bytes: FitNeed::new(cfg, precision, max, context, overhead_bytes).total() });
+    }
+    let mut ctx = context.min(cfg.n_positions) / 2;
+    while ctx >= 64 {
+        let n = FitNeed::new(cfg, precision, batch, ctx, overhead_bytes);
+        if n.total() <= free_bytes {
+            options.push(FitOption::Context { max_tokens: ctx, need_bytes: n.total() });
+            break;
+        }
+        ctx /= 2;
+    }
+    if device != DeviceChoice::Cpu {
+        let cpu = FitNeed::new(cfg, Precision::F32, batch, context, 0);
+        if cpu_free.is_some_and(|f| cpu.total() <= f) {
+            options.push(FitOption::Cpu { need_bytes: cpu.total() });
+        }
+    }
+    Err(FitRefusal { device, need, free_bytes, options })
+}
+
+/// RAM available to new allocations (`MemAvailable`), where the OS says.
+pub fn available_ram() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line["MemAvailable:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn gpt2_small_needs_weights_cache_and_overhead() {
+        let cfg = Gpt2Config::gpt2_124m();
+        let need = FitNeed::new(&cfg, Precision::F32, 1, 1024, DEFAULT_CUDA_OVERHEAD_BYTES);
+        assert_eq!(need.weights_bytes, 124_439_808 * 4);
+        // 2 (k, v) x 12 layers x 1024 positions x 768 x 4 bytes = 72 MiB.
+        assert_eq!(need.kv_cache_bytes, 72 * MIB);
+        assert!(check_fit(&cfg, DeviceChoice::Cuda(0), Precision::F32, 1, 1024, 0, 10_000 * MIB, None).is_ok());
+    }
+
+    #[test]
+    fn refusal_offers_half_precision_fewer_variations_and_cpu() {
+        let cfg = Gpt2Config::gpt2_124m();
+        let overhead = 600 * MIB;
+        // f32 with 8 variations: 475 + 576 + 600 MiB; give it 1,300 MiB.
+        let refusal = check_fit(&cfg, DeviceChoice::Cuda(0), Precision::F32, 8, 1024, overhead, 1300 * MIB, Some(64_000 * MIB)).unwrap_err();
+        assert!(refusal.need.total() > refusal.free_bytes);
+        assert!(refusal.options.iter().any(|o| matches!(o, FitOption::Cpu { .. })));
+        assert!(refusal.options.iter().any(|o| matches!(o, FitOption::Precision { precision: Precision::F16, .. })));
+        assert!(refusal.options.iter().any(|o| matches!(o, FitOption::Variations { max: 3, .. })));
+        assert!(refusal.options.iter().any(|o| matches!(o, FitOption::Context { .. })));
+        for o in &refusal.options {
+            let need = match o {
+                FitOption::Precision { need_bytes, .. }
+                | FitOption::Variations { need_bytes, .. }
+                | FitOption::Context { need_bytes, .. } => *need_bytes,
+                FitOption::Cpu { .. } => continue,
+            };
+            assert!(need <= 1300 * MIB, "offered option must fit: {o:?}");
+        }
+        let text = refusal.to_string();
+        assert!(text.contains("MiB") && text.contains("what would fit"), "{text}");
+    }
+
+    #[test]
+    fn nothing_fits_means_no_options() {
+        let cfg = Gpt2Config::gpt2_124m();
+        let refusal = check_fit(&cfg, DeviceChoice::Cpu, Precision::F32, 1, 1024, 0, MIB, Some(MIB)).unwrap_err();
+        assert!(refusal.options.is_empty());
+    }
+}
