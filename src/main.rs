@@ -15,7 +15,11 @@ use versifier::generate::{generate, GenerateRequest, SamplingParams};
 use versifier::model::{inspect_safetensors, load_model, Gpt2Config, ModelFiles, WeightFormat};
 
 #[derive(Parser)]
-#[command(name = "versifier", version, about = "Writes poems with a local GPT-2 and gives the GPU back when it is done")]
+#[command(
+    name = "versifier",
+    version,
+    about = "Writes poems with a local GPT-2 and gives the GPU back when it is done"
+)]
 struct Cli {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, default_value = "warn")]
@@ -123,7 +127,10 @@ fn main() {
     versifier::engine::device::pin_cpu_threads();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -138,8 +145,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Info { model, json }) => run_info(&model, json),
-        Some(Command::Selftest { fixtures, device, dtype }) => {
-            let report = versifier::engine::selftest::run_selftest(&fixtures, device.parse()?, dtype.parse()?)?;
+        Some(Command::Selftest {
+            fixtures,
+            device,
+            dtype,
+        }) => {
+            let report = versifier::engine::selftest::run_selftest(
+                &fixtures,
+                device.parse()?,
+                dtype.parse()?,
+            )?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !report.passed {
                 bail!("selftest failed on {} {}", report.device, report.dtype);
@@ -182,14 +197,20 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     check_precision(device_choice, precision)?;
     let defaults = SamplingParams::default();
     let sampling = if args.greedy {
-        SamplingParams { seed: args.seed.unwrap_or(defaults.seed), repetition_penalty: args.repetition_penalty.unwrap_or(1.0), ..SamplingParams::greedy() }
+        SamplingParams {
+            seed: args.seed.unwrap_or(defaults.seed),
+            repetition_penalty: args.repetition_penalty.unwrap_or(1.0),
+            ..SamplingParams::greedy()
+        }
     } else {
         SamplingParams {
             greedy: false,
             temperature: args.temperature.unwrap_or(defaults.temperature),
             top_k: args.top_k.unwrap_or(defaults.top_k),
             top_p: args.top_p.unwrap_or(defaults.top_p),
-            repetition_penalty: args.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+            repetition_penalty: args
+                .repetition_penalty
+                .unwrap_or(defaults.repetition_penalty),
             seed: args.seed.unwrap_or(defaults.seed),
         }
     };
@@ -213,15 +234,31 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         ),
     };
     let prompt_ids = if prompt_ids.is_empty() {
-        loaded.config.bos_token_id.filter(|&b| (b as usize) < loaded.config.vocab_size).into_iter().collect()
+        loaded
+            .config
+            .bos_token_id
+            .filter(|&b| (b as usize) < loaded.config.vocab_size)
+            .into_iter()
+            .collect()
     } else {
         prompt_ids
     };
     let stop_ids = match &loaded.tokenizer {
         Some(t) => t.stop_ids().to_vec(),
-        None => loaded.config.eos_token_id.filter(|&e| (e as usize) < loaded.config.vocab_size).into_iter().collect(),
+        None => loaded
+            .config
+            .eos_token_id
+            .filter(|&e| (e as usize) < loaded.config.vocab_size)
+            .into_iter()
+            .collect(),
     };
-    let req = GenerateRequest { prompt_ids, variations: args.variations, max_new_tokens: args.max_tokens, sampling, stop_ids };
+    let req = GenerateRequest {
+        prompt_ids,
+        variations: args.variations,
+        max_new_tokens: args.max_tokens,
+        sampling,
+        stop_ids,
+    };
     let tok = loaded.tokenizer.as_ref();
     let bytes = |id: u32| -> &[u8] { tok.map_or(&[], |t| t.token_bytes(id)) };
     let stream = !args.json && args.variations == 1 && tok.is_some();
@@ -287,9 +324,13 @@ fn run_info(path: &std::path::Path, as_json: bool) -> Result<()> {
         None => None,
     };
     let params = cfg.param_count();
-    let weights_bytes = std::fs::metadata(&files.weights).map(|m| m.len()).unwrap_or(0);
-    let bytes_per_dtype: serde_json::Map<String, serde_json::Value> =
-        Precision::ALL.iter().map(|p| (p.to_string(), json!(params * p.bytes()))).collect();
+    let weights_bytes = std::fs::metadata(&files.weights)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let bytes_per_dtype: serde_json::Map<String, serde_json::Value> = Precision::ALL
+        .iter()
+        .map(|p| (p.to_string(), json!(params * p.bytes())))
+        .collect();
     let info = json!({
         "model": files.dir.display().to_string(),
         "architecture": "GPT2LMHeadModel",
@@ -309,14 +350,31 @@ fn run_info(path: &std::path::Path, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         println!("model       {}", files.dir.display());
-        println!("weights     {} ({:?}, {:.1} MiB)", files.weights.display(), files.format, weights_bytes as f64 / 1048576.0);
-        println!("shape       GPT-2, {} layers, {} heads, {} wide, {} positions, vocab {}", cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.vocab_size);
+        println!(
+            "weights     {} ({:?}, {:.1} MiB)",
+            files.weights.display(),
+            files.format,
+            weights_bytes as f64 / 1048576.0
+        );
+        println!(
+            "shape       GPT-2, {} layers, {} heads, {} wide, {} positions, vocab {}",
+            cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.vocab_size
+        );
         println!("parameters  {} ({:.1}M)", params, params as f64 / 1e6);
         for p in Precision::ALL {
-            println!("  as {:<5}   {:.1} MiB", p.to_string(), (params * p.bytes()) as f64 / 1048576.0);
+            println!(
+                "  as {:<5}   {:.1} MiB",
+                p.to_string(),
+                (params * p.bytes()) as f64 / 1048576.0
+            );
         }
         match &tokenizer {
-            Some(t) => println!("tokenizer   {:?}, {} tokens ({})", t.kind(), t.vocab_size(), t.path().display()),
+            Some(t) => println!(
+                "tokenizer   {:?}, {} tokens ({})",
+                t.kind(),
+                t.vocab_size(),
+                t.path().display()
+            ),
             None => println!("tokenizer   none (generate needs --prompt-ids)"),
         }
     }

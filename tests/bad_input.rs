@@ -13,7 +13,11 @@ use common::*;
 fn expect_failure(args: &[&str], needles: &[&str]) {
     let out = run_cli(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{args:?} should fail; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     for n in needles {
         assert!(stderr.contains(n), "{args:?}: stderr lacks {n:?}: {stderr}");
@@ -21,7 +25,13 @@ fn expect_failure(args: &[&str], needles: &[&str]) {
 }
 
 fn generate_on(dir: &Path, extra: &[&str], needles: &[&str]) {
-    let mut args = vec!["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", "1,2,3"];
+    let mut args = vec![
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-ids",
+        "1,2,3",
+    ];
     args.extend_from_slice(extra);
     expect_failure(&args, needles);
 }
@@ -35,14 +45,19 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) 
 
 fn edit_config(dir: &Path, field: &str, value: serde_json::Value) {
     let path = dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     cfg[field] = value;
     std::fs::write(&path, cfg.to_string()).unwrap();
 }
 
 #[test]
 fn missing_folder() {
-    generate_on(Path::new("/nonexistent/versifier-model"), &[], &["/nonexistent/versifier-model", "no such file"]);
+    generate_on(
+        Path::new("/nonexistent/versifier-model"),
+        &[],
+        &["/nonexistent/versifier-model", "no such file"],
+    );
 }
 
 #[test]
@@ -70,9 +85,15 @@ fn truncated_safetensors() {
 #[test]
 fn garbage_safetensors() {
     let d = scratch_copy("hf-safetensors");
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(d.path().join("model.safetensors"), garbage).unwrap();
-    generate_on(d.path(), &[], &["model.safetensors", "not a valid safetensors file"]);
+    generate_on(
+        d.path(),
+        &[],
+        &["model.safetensors", "not a valid safetensors file"],
+    );
 }
 
 #[test]
@@ -81,7 +102,14 @@ fn header_length_larger_than_file() {
     let mut bytes = 5000u64.to_le_bytes().to_vec();
     bytes.extend_from_slice(b"{}");
     std::fs::write(d.path().join("model.safetensors"), bytes).unwrap();
-    generate_on(d.path(), &[], &["model.safetensors", "header length 5000 is larger than the file"]);
+    generate_on(
+        d.path(),
+        &[],
+        &[
+            "model.safetensors",
+            "header length 5000 is larger than the file",
+        ],
+    );
 }
 
 #[test]
@@ -99,23 +127,43 @@ fn tensor_missing() {
     rewrite_weights(d.path(), |t| {
         t.remove("transformer.h.1.mlp.c_fc.weight");
     });
-    generate_on(d.path(), &[], &["model.safetensors", "`h.1.mlp.c_fc.weight` is missing"]);
+    generate_on(
+        d.path(),
+        &[],
+        &["model.safetensors", "`h.1.mlp.c_fc.weight` is missing"],
+    );
 }
 
 #[test]
 fn tensor_with_wrong_shape() {
     let d = scratch_copy("hf-safetensors");
     rewrite_weights(d.path(), |t| {
-        t.insert("transformer.h.0.attn.c_attn.weight".into(), Tensor::zeros((32, 95), candle_core::DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "transformer.h.0.attn.c_attn.weight".into(),
+            Tensor::zeros((32, 95), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
     });
-    generate_on(d.path(), &[], &["model.safetensors", "h.0.attn.c_attn.weight", "[32, 95]", "expected [32, 96]"]);
+    generate_on(
+        d.path(),
+        &[],
+        &[
+            "model.safetensors",
+            "h.0.attn.c_attn.weight",
+            "[32, 95]",
+            "expected [32, 96]",
+        ],
+    );
 }
 
 #[test]
 fn config_with_n_embd_not_divisible_by_n_head() {
     let d = scratch_copy("hf-safetensors");
     edit_config(d.path(), "n_head", 5.into());
-    generate_on(d.path(), &[], &["config.json", "n_embd", "divisible by n_head"]);
+    generate_on(
+        d.path(),
+        &[],
+        &["config.json", "n_embd", "divisible by n_head"],
+    );
 }
 
 #[test]
@@ -129,14 +177,27 @@ fn config_with_zero_heads() {
 fn config_with_huge_n_layer() {
     let d = scratch_copy("hf-safetensors");
     edit_config(d.path(), "n_layer", 1_000_000_000u64.into());
-    generate_on(d.path(), &[], &["config.json", "`n_layer`", "supported maximum"]);
+    generate_on(
+        d.path(),
+        &[],
+        &["config.json", "`n_layer`", "supported maximum"],
+    );
 }
 
 #[test]
 fn config_with_wrong_types() {
     let d = scratch_copy("hf-safetensors");
     edit_config(d.path(), "n_layer", "two".into());
-    generate_on(d.path(), &[], &["config.json", "`n_layer`", "expected a positive integer", "a string"]);
+    generate_on(
+        d.path(),
+        &[],
+        &[
+            "config.json",
+            "`n_layer`",
+            "expected a positive integer",
+            "a string",
+        ],
+    );
     let d = scratch_copy("hf-safetensors");
     edit_config(d.path(), "layer_norm_epsilon", serde_json::json!([1]));
     generate_on(d.path(), &[], &["config.json", "`layer_norm_epsilon`"]);
@@ -164,34 +225,68 @@ fn tokenizer_vocab_larger_than_embedding() {
 #[test]
 fn malformed_tokenizer_json() {
     let d = scratch_copy("hf-safetensors");
-    std::fs::write(d.path().join("tokenizer.json"), r#"{"model": {"type": "BPE", "vocab": 7}}"#).unwrap();
-    generate_on(d.path(), &[], &["tokenizer.json", "not a valid tokenizer.json"]);
+    std::fs::write(
+        d.path().join("tokenizer.json"),
+        r#"{"model": {"type": "BPE", "vocab": 7}}"#,
+    )
+    .unwrap();
+    generate_on(
+        d.path(),
+        &[],
+        &["tokenizer.json", "not a valid tokenizer.json"],
+    );
 }
 
 #[test]
 fn token_ids_out_of_range() {
     let d = fixture("hf-safetensors");
     expect_failure(
-        &["generate", "--model", d.to_str().unwrap(), "--prompt-ids", "1,99999"],
+        &[
+            "generate",
+            "--model",
+            d.to_str().unwrap(),
+            "--prompt-ids",
+            "1,99999",
+        ],
         &["token id 99999 is out of range"],
     );
 }
 
 #[test]
 fn max_tokens_zero() {
-    generate_on(&fixture("hf-safetensors"), &["--max-tokens", "0"], &["max_tokens", "at least 1"]);
+    generate_on(
+        &fixture("hf-safetensors"),
+        &["--max-tokens", "0"],
+        &["max_tokens", "at least 1"],
+    );
 }
 
 #[test]
 fn temperature_nan_or_negative() {
-    generate_on(&fixture("hf-safetensors"), &["--temperature", "NaN"], &["temperature", "positive"]);
-    generate_on(&fixture("hf-safetensors"), &["--temperature=-0.5"], &["temperature", "positive"]);
+    generate_on(
+        &fixture("hf-safetensors"),
+        &["--temperature", "NaN"],
+        &["temperature", "positive"],
+    );
+    generate_on(
+        &fixture("hf-safetensors"),
+        &["--temperature=-0.5"],
+        &["temperature", "positive"],
+    );
 }
 
 #[test]
 fn top_p_outside_unit_interval() {
-    generate_on(&fixture("hf-safetensors"), &["--top-p", "0"], &["top_p", "(0, 1]"]);
-    generate_on(&fixture("hf-safetensors"), &["--top-p", "1.01"], &["top_p", "(0, 1]"]);
+    generate_on(
+        &fixture("hf-safetensors"),
+        &["--top-p", "0"],
+        &["top_p", "(0, 1]"],
+    );
+    generate_on(
+        &fixture("hf-safetensors"),
+        &["--top-p", "1.01"],
+        &["top_p", "(0, 1]"],
+    );
 }
 
 #[test]
@@ -205,27 +300,68 @@ fn sharded_checkpoint() {
 #[test]
 fn garbage_pytorch_bin() {
     let d = scratch_copy("pytorch-bin");
-    std::fs::write(d.path().join("pytorch_model.bin"), b"PK\x03\x04 definitely not a zip").unwrap();
-    generate_on(d.path(), &[], &["pytorch_model.bin", "not a readable PyTorch checkpoint"]);
+    std::fs::write(
+        d.path().join("pytorch_model.bin"),
+        b"PK\x03\x04 definitely not a zip",
+    )
+    .unwrap();
+    generate_on(
+        d.path(),
+        &[],
+        &["pytorch_model.bin", "not a readable PyTorch checkpoint"],
+    );
 }
 
 #[test]
 fn unknown_device_and_precision() {
-    generate_on(&fixture("hf-safetensors"), &["--device", "tpu"], &["unknown device `tpu`"]);
-    generate_on(&fixture("hf-safetensors"), &["--dtype", "f8"], &["unknown precision `f8`"]);
+    generate_on(
+        &fixture("hf-safetensors"),
+        &["--device", "tpu"],
+        &["unknown device `tpu`"],
+    );
+    generate_on(
+        &fixture("hf-safetensors"),
+        &["--dtype", "f8"],
+        &["unknown precision `f8`"],
+    );
 }
 
 #[test]
 fn empty_prompt_starts_from_the_start_token() {
-    for (layout, start) in [("hf-safetensors", "<|endoftext|>"), ("hub-safetensors", "[CLS]")] {
+    for (layout, start) in [
+        ("hf-safetensors", "<|endoftext|>"),
+        ("hub-safetensors", "[CLS]"),
+    ] {
         let d = fixture(layout);
-        let out = run_cli(&["generate", "--model", d.to_str().unwrap(), "--prompt", "", "--greedy", "--json", "--max-tokens", "3"]);
-        assert!(out.status.success(), "{layout}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run_cli(&[
+            "generate",
+            "--model",
+            d.to_str().unwrap(),
+            "--prompt",
+            "",
+            "--greedy",
+            "--json",
+            "--max-tokens",
+            "3",
+        ]);
+        assert!(
+            out.status.success(),
+            "{layout}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let ids = v["prompt_ids"].as_array().unwrap();
-        assert_eq!(ids.len(), 1, "{layout}: starts from exactly one token ({start})");
+        assert_eq!(
+            ids.len(),
+            1,
+            "{layout}: starts from exactly one token ({start})"
+        );
         let m = versifier::model::load_model(&d, &Device::Cpu, candle_core::DType::F32).unwrap();
-        assert_eq!(Some(ids[0].as_u64().unwrap() as u32), m.tokenizer.unwrap().start_id(), "{layout}");
+        assert_eq!(
+            Some(ids[0].as_u64().unwrap() as u32),
+            m.tokenizer.unwrap().start_id(),
+            "{layout}"
+        );
     }
 }
 
@@ -233,8 +369,22 @@ fn empty_prompt_starts_from_the_start_token() {
 fn prompt_longer_than_context_is_truncated_from_the_left_with_a_note() {
     let d = fixture("hf-safetensors");
     let ids: Vec<u32> = (0..100).map(|i| (i % 250) as u32).collect();
-    let out = run_cli(&["generate", "--model", d.to_str().unwrap(), "--prompt-ids", &ids_arg(&ids), "--greedy", "--json", "--max-tokens", "4"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_cli(&[
+        "generate",
+        "--model",
+        d.to_str().unwrap(),
+        "--prompt-ids",
+        &ids_arg(&ids),
+        "--greedy",
+        "--json",
+        "--max-tokens",
+        "4",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // n_positions is 64: keep the last 63 prompt tokens, leaving room for one new token.
     assert_eq!(v["truncated_prompt_tokens"], 37);

@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use candle_core::{DType, Device};
 use common::*;
 use versifier::generate::{generate, GenerateRequest, SamplingParams};
@@ -18,7 +17,13 @@ fn logits_match_reference_for_every_layout() {
         let r = reference(layout);
         let m = load_model(&fixture(layout), &Device::Cpu, DType::F32).unwrap();
         let mut cache = m.model.new_cache(1);
-        let logits = m.model.forward(&TokenBatch::left_padded(&[r.prompt_ids.clone()], 0), &mut cache).unwrap();
+        let logits = m
+            .model
+            .forward(
+                &TokenBatch::left_padded(&[r.prompt_ids.clone()], 0),
+                &mut cache,
+            )
+            .unwrap();
         let logits: Vec<Vec<f32>> = logits.squeeze(0).unwrap().to_vec2().unwrap();
         assert_eq!(logits.len(), r.logits.len(), "{layout}");
         for (t, (ours, theirs)) in logits.iter().zip(&r.logits).enumerate() {
@@ -36,7 +41,10 @@ fn logits_with_kv_cache_match_one_full_pass() {
         let m = load_model(&fixture(layout), &Device::Cpu, DType::F32).unwrap();
         let mut cache = m.model.new_cache(1);
         for (t, &id) in r.prompt_ids.iter().enumerate() {
-            let l = m.model.forward_last(&TokenBatch::step(vec![id], vec![true]), &mut cache).unwrap();
+            let l = m
+                .model
+                .forward_last(&TokenBatch::step(vec![id], vec![true]), &mut cache)
+                .unwrap();
             let l: Vec<f32> = l.squeeze(0).unwrap().to_vec1().unwrap();
             let d = max_abs_diff(&l, &r.logits[t]);
             assert!(d < TOL, "{layout}: cached step {t} differs by {d}");
@@ -66,9 +74,19 @@ fn left_padded_batch_matches_each_prompt_alone() {
     for layout in LAYOUTS {
         let r = reference(layout);
         let m = load_model(&fixture(layout), &Device::Cpu, DType::F32).unwrap();
-        assert!(r.batch_prompts.iter().map(Vec::len).collect::<std::collections::HashSet<_>>().len() > 1);
+        assert!(
+            r.batch_prompts
+                .iter()
+                .map(Vec::len)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 1
+        );
         let mut cache = m.model.new_cache(r.batch_prompts.len());
-        let last = m.model.forward_last(&TokenBatch::left_padded(&r.batch_prompts, 0), &mut cache).unwrap();
+        let last = m
+            .model
+            .forward_last(&TokenBatch::left_padded(&r.batch_prompts, 0), &mut cache)
+            .unwrap();
         let last: Vec<Vec<f32>> = last.to_vec2().unwrap();
         for (row, (ours, theirs)) in last.iter().zip(&r.batch_last_logits).enumerate() {
             let d = max_abs_diff(ours, theirs);
@@ -83,9 +101,18 @@ fn right_padded_batch_matches_each_prompt_at_its_last_real_token() {
         let r = reference(layout);
         let m = load_model(&fixture(layout), &Device::Cpu, DType::F32).unwrap();
         let mut cache = m.model.new_cache(r.batch_prompts.len());
-        let all = m.model.forward(&TokenBatch::right_padded(&r.batch_prompts, 0), &mut cache).unwrap();
+        let all = m
+            .model
+            .forward(&TokenBatch::right_padded(&r.batch_prompts, 0), &mut cache)
+            .unwrap();
         for (row, prompt) in r.batch_prompts.iter().enumerate() {
-            let ours: Vec<f32> = all.get(row).unwrap().get(prompt.len() - 1).unwrap().to_vec1().unwrap();
+            let ours: Vec<f32> = all
+                .get(row)
+                .unwrap()
+                .get(prompt.len() - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let d = max_abs_diff(&ours, &r.batch_last_logits[row]);
             assert!(d < TOL, "{layout}: right-padded row {row} differs by {d}");
         }
@@ -127,11 +154,28 @@ fn cli_greedy_json_reproduces_reference_for_every_layout() {
             "--max-tokens",
             &r.greedy_ids.len().to_string(),
         ]);
-        assert!(out.status.success(), "{layout}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{layout}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let ids: Vec<u32> = v["ids"][0].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = v["ids"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(ids, r.greedy_ids, "{layout}");
-        for key in ["prompt_ids", "text", "load_ms", "first_token_ms", "tokens_per_s", "device", "dtype"] {
+        for key in [
+            "prompt_ids",
+            "text",
+            "load_ms",
+            "first_token_ms",
+            "tokens_per_s",
+            "device",
+            "dtype",
+        ] {
             assert!(v.get(key).is_some(), "{layout}: JSON lacks {key}");
         }
     }
@@ -142,10 +186,16 @@ fn tokenizers_encode_prompts_like_the_reference() {
     // The fixture prompts were encoded by the Python tokenizers; ours must agree.
     let m = load_model(&fixture("hf-safetensors"), &Device::Cpu, DType::F32).unwrap();
     let tok = m.tokenizer.unwrap();
-    assert_eq!(tok.prompt_ids("春眠不覺曉 🌸").unwrap(), reference("hf-safetensors").prompt_ids);
+    assert_eq!(
+        tok.prompt_ids("春眠不覺曉 🌸").unwrap(),
+        reference("hf-safetensors").prompt_ids
+    );
     let m = load_model(&fixture("hub-safetensors"), &Device::Cpu, DType::F32).unwrap();
     let tok = m.tokenizer.unwrap();
-    assert_eq!(tok.prompt_ids("床前明月光").unwrap(), reference("hub-safetensors").prompt_ids);
+    assert_eq!(
+        tok.prompt_ids("床前明月光").unwrap(),
+        reference("hub-safetensors").prompt_ids
+    );
     // [SEP] ends a generation for vocab.txt models even though config.json's eos (50256) is out of range.
     assert_eq!(tok.stop_ids(), &[3]);
     assert!(matches!(
@@ -164,13 +214,26 @@ fn streamed_pieces_concatenate_to_the_final_text_without_half_characters() {
         prompt_ids: tok.prompt_ids("月亮 🌙").unwrap(),
         variations: 2,
         max_new_tokens: 40,
-        sampling: SamplingParams { seed: 3, temperature: 1.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, greedy: false },
+        sampling: SamplingParams {
+            seed: 3,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            greedy: false,
+        },
         stop_ids: vec![],
     };
     let mut streamed = vec![String::new(); 2];
-    let g = generate(&m.model, &req, |id| tok.token_bytes(id), &|| false, |ev| {
-        streamed[ev.variation].push_str(&ev.text);
-    })
+    let g = generate(
+        &m.model,
+        &req,
+        |id| tok.token_bytes(id),
+        &|| false,
+        |ev| {
+            streamed[ev.variation].push_str(&ev.text);
+        },
+    )
     .unwrap();
     for (v, s) in g.variations.iter().zip(&streamed) {
         assert!(v.text.starts_with(s.as_str()));

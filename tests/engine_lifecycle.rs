@@ -49,7 +49,12 @@ impl Harness {
         })
         .unwrap();
         let _ = remote.set(engine.remote());
-        Self { engine, clock, seen: Vec::new(), hook }
+        Self {
+            engine,
+            clock,
+            seen: Vec::new(),
+            hook,
+        }
     }
 
     fn set_hook(&self, f: impl Fn(&EngineRemote, &ManualClock) + Send + Sync + 'static) {
@@ -57,7 +62,11 @@ impl Harness {
     }
 
     fn spec(name: &str) -> LoadSpec {
-        LoadSpec { model: fixture(name), device: DeviceChoice::Cpu, precision: Precision::F32 }
+        LoadSpec {
+            model: fixture(name),
+            device: DeviceChoice::Cpu,
+            precision: Precision::F32,
+        }
     }
 
     fn job(&self, max_new_tokens: usize) -> GenerateJob {
@@ -67,14 +76,20 @@ impl Harness {
             prompt: Prompt::Text("月".into()),
             variations: 2,
             max_new_tokens,
-            sampling: SamplingParams { seed: 1, ..SamplingParams::default() },
+            sampling: SamplingParams {
+                seed: 1,
+                ..SamplingParams::default()
+            },
         }
     }
 
     /// Collects events until `pred` matches one (which is returned); panics after WAIT.
     fn until(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
         loop {
-            let ev = self.engine.recv_timeout(WAIT).unwrap_or_else(|| panic!("no {what} within {WAIT:?}; saw {:#?}", self.seen));
+            let ev = self
+                .engine
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|| panic!("no {what} within {WAIT:?}; saw {:#?}", self.seen));
             self.seen.push(ev.clone());
             if pred(&ev) {
                 return ev;
@@ -83,7 +98,10 @@ impl Harness {
     }
 
     fn until_state(&mut self, want: EngineState) {
-        self.until(&format!("{want:?}"), |e| matches!(e, Event::State(s) if *s == want));
+        self.until(
+            &format!("{want:?}"),
+            |e| matches!(e, Event::State(s) if *s == want),
+        );
     }
 
     fn count(&self, pred: impl Fn(&Event) -> bool) -> usize {
@@ -109,20 +127,35 @@ fn first_generate_loads_the_model_then_streams_tokens() {
     let id = job.id;
     h.engine.send(Command::Generate(job)).unwrap();
     let done = h.until("done", is_done);
-    let Event::Done { request, generation } = done else { unreachable!() };
+    let Event::Done {
+        request,
+        generation,
+    } = done
+    else {
+        unreachable!()
+    };
     assert_eq!(request, id);
     assert_eq!(generation.variations.len(), 2);
     assert_eq!(h.count(is_loaded), 1);
     let loaded_at = h.seen.iter().position(is_loaded).unwrap();
-    let first_token = h.seen.iter().position(|e| matches!(e, Event::Token { .. })).unwrap();
-    assert!(loaded_at < first_token, "the model loads before the first token");
+    let first_token = h
+        .seen
+        .iter()
+        .position(|e| matches!(e, Event::Token { .. }))
+        .unwrap();
+    assert!(
+        loaded_at < first_token,
+        "the model loads before the first token"
+    );
     // Streamed text equals the final text (up to a held-back partial character).
     for v in 0..2 {
         let streamed: String = h
             .seen
             .iter()
             .filter_map(|e| match e {
-                Event::Token { variation, text, .. } if *variation == v => Some(text.as_str()),
+                Event::Token {
+                    variation, text, ..
+                } if *variation == v => Some(text.as_str()),
                 _ => None,
             })
             .collect();
@@ -134,7 +167,9 @@ fn first_generate_loads_the_model_then_streams_tokens() {
 #[test]
 fn cancel_mid_generation_stops_between_tokens_and_keeps_partial_output() {
     let mut h = Harness::new(8);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until_state(EngineState::Ready);
     let wakes = AtomicUsize::new(0);
     h.set_hook(move |remote, _| {
@@ -143,10 +178,16 @@ fn cancel_mid_generation_stops_between_tokens_and_keeps_partial_output() {
         }
     });
     h.engine.send(Command::Generate(h.job(40))).unwrap();
-    let Event::Done { generation, .. } = h.until("done", is_done) else { unreachable!() };
+    let Event::Done { generation, .. } = h.until("done", is_done) else {
+        unreachable!()
+    };
     for v in &generation.variations {
         assert_eq!(v.stop, Some(StopReason::Cancelled));
-        assert!(!v.ids.is_empty() && v.ids.len() < 40, "stopped part-way: {} tokens", v.ids.len());
+        assert!(
+            !v.ids.is_empty() && v.ids.len() < 40,
+            "stopped part-way: {} tokens",
+            v.ids.len()
+        );
     }
     assert_eq!(h.count(is_released), 0, "cancel does not unload");
 }
@@ -154,7 +195,9 @@ fn cancel_mid_generation_stops_between_tokens_and_keeps_partial_output() {
 #[test]
 fn release_mid_generation_stops_cleanly_then_releases() {
     let mut h = Harness::new(8);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until_state(EngineState::Ready);
     let wakes = AtomicUsize::new(0);
     h.set_hook(move |remote, _| {
@@ -163,11 +206,22 @@ fn release_mid_generation_stops_cleanly_then_releases() {
         }
     });
     h.engine.send(Command::Generate(h.job(40))).unwrap();
-    let Event::Released(report) = h.until("release", is_released) else { unreachable!() };
+    let Event::Released(report) = h.until("release", is_released) else {
+        unreachable!()
+    };
     assert_eq!(report.reason, ReleaseReason::Requested);
-    let done_at = h.seen.iter().position(is_done).expect("the generation finished first");
-    let Event::Done { generation, .. } = &h.seen[done_at] else { unreachable!() };
-    assert!(generation.variations.iter().all(|v| v.stop == Some(StopReason::Cancelled)));
+    let done_at = h
+        .seen
+        .iter()
+        .position(is_done)
+        .expect("the generation finished first");
+    let Event::Done { generation, .. } = &h.seen[done_at] else {
+        unreachable!()
+    };
+    assert!(generation
+        .variations
+        .iter()
+        .all(|v| v.stop == Some(StopReason::Cancelled)));
     assert!(report.rss_before_bytes.is_some());
     h.until_state(EngineState::Unloaded);
 }
@@ -175,25 +229,37 @@ fn release_mid_generation_stops_cleanly_then_releases() {
 #[test]
 fn idle_timer_unloads_after_the_timeout_simulated_clock() {
     let mut h = Harness::new(8);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until("deadline", |e| matches!(e, Event::IdleDeadline(Some(_))));
     h.clock.advance(TIMEOUT - Duration::from_secs(1));
     h.engine.send(Command::Tick).unwrap();
-    h.engine.send(Command::SetIdleTimeout(Some(TIMEOUT))).unwrap();
+    h.engine
+        .send(Command::SetIdleTimeout(Some(TIMEOUT)))
+        .unwrap();
     // The timeout is not up yet: the engine answers the setting with 1 s left.
-    let Event::IdleDeadline(Some(left)) = h.until("deadline", |e| matches!(e, Event::IdleDeadline(_))) else { panic!() };
+    let Event::IdleDeadline(Some(left)) =
+        h.until("deadline", |e| matches!(e, Event::IdleDeadline(_)))
+    else {
+        panic!()
+    };
     assert_eq!(left, Duration::from_secs(1));
     assert_eq!(h.count(is_released), 0);
     h.clock.advance(Duration::from_secs(2));
     h.engine.send(Command::Tick).unwrap();
-    let Event::Released(r) = h.until("release", is_released) else { unreachable!() };
+    let Event::Released(r) = h.until("release", is_released) else {
+        unreachable!()
+    };
     assert_eq!(r.reason, ReleaseReason::IdleTimeout);
 }
 
 #[test]
 fn idle_timer_never_fires_during_a_generation_simulated_clock() {
     let mut h = Harness::new(8);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until_state(EngineState::Ready);
     // While tokens stream, time jumps far past the timeout and a Tick is queued.
     let fired = AtomicBool::new(false);
@@ -204,46 +270,73 @@ fn idle_timer_never_fires_during_a_generation_simulated_clock() {
         }
     });
     h.engine.send(Command::Generate(h.job(20))).unwrap();
-    let Event::Done { generation, .. } = h.until("done", is_done) else { unreachable!() };
-    assert!(generation.variations.iter().all(|v| v.stop != Some(StopReason::Cancelled)));
+    let Event::Done { generation, .. } = h.until("done", is_done) else {
+        unreachable!()
+    };
+    assert!(generation
+        .variations
+        .iter()
+        .all(|v| v.stop != Some(StopReason::Cancelled)));
     // After the work the timer restarts from the full timeout.
-    let Event::IdleDeadline(Some(left)) = h.until("deadline", |e| matches!(e, Event::IdleDeadline(_))) else { panic!() };
+    let Event::IdleDeadline(Some(left)) =
+        h.until("deadline", |e| matches!(e, Event::IdleDeadline(_)))
+    else {
+        panic!()
+    };
     assert_eq!(left, TIMEOUT);
     h.engine.send(Command::Tick).unwrap();
     h.engine.send(Command::SetPinned(false)).unwrap();
     h.until("deadline", |e| matches!(e, Event::IdleDeadline(_)));
-    assert_eq!(h.count(is_released), 0, "no release during or right after the generation");
+    assert_eq!(
+        h.count(is_released),
+        0,
+        "no release during or right after the generation"
+    );
 }
 
 #[test]
 fn pinned_model_is_never_unloaded_by_the_idle_timer_simulated_clock() {
     let mut h = Harness::new(8);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.engine.send(Command::SetPinned(true)).unwrap();
-    h.until("no deadline while pinned", |e| matches!(e, Event::IdleDeadline(None)));
+    h.until("no deadline while pinned", |e| {
+        matches!(e, Event::IdleDeadline(None))
+    });
     h.clock.advance(TIMEOUT * 10);
     h.engine.send(Command::Tick).unwrap();
-    h.engine.send(Command::SetIdleTimeout(Some(TIMEOUT))).unwrap();
+    h.engine
+        .send(Command::SetIdleTimeout(Some(TIMEOUT)))
+        .unwrap();
     h.until("deadline", |e| matches!(e, Event::IdleDeadline(None)));
     assert_eq!(h.count(is_released), 0);
     h.engine.send(Command::SetPinned(false)).unwrap();
-    h.until("deadline after unpin", |e| matches!(e, Event::IdleDeadline(Some(_))));
+    h.until("deadline after unpin", |e| {
+        matches!(e, Event::IdleDeadline(Some(_)))
+    });
     h.clock.advance(TIMEOUT * 2);
     h.engine.send(Command::Tick).unwrap();
-    let Event::Released(r) = h.until("release after unpin", is_released) else { unreachable!() };
+    let Event::Released(r) = h.until("release after unpin", is_released) else {
+        unreachable!()
+    };
     assert_eq!(r.reason, ReleaseReason::IdleTimeout);
 }
 
 #[test]
 fn requests_racing_the_idle_timer_never_load_twice_simulated_clock() {
     let mut h = Harness::new(16);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until("deadline", |e| matches!(e, Event::IdleDeadline(Some(_))));
     // The timer is due exactly as a burst of requests arrives.
     h.clock.advance(TIMEOUT);
     for _ in 0..3 {
         h.engine.send(Command::Generate(h.job(4))).unwrap();
-        h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+        h.engine
+            .send(Command::Prepare(Harness::spec("hf-safetensors")))
+            .unwrap();
         h.engine.send(Command::Tick).unwrap();
     }
     for _ in 0..3 {
@@ -254,7 +347,11 @@ fn requests_racing_the_idle_timer_never_load_twice_simulated_clock() {
     for e in &h.seen {
         match e {
             Event::Loaded(_) => {
-                assert!(!resident, "a second load while a model was resident: {:#?}", h.seen);
+                assert!(
+                    !resident,
+                    "a second load while a model was resident: {:#?}",
+                    h.seen
+                );
                 resident = true;
             }
             Event::Released(_) => resident = false,
@@ -269,9 +366,16 @@ fn corrupt_model_is_an_error_and_the_engine_stays_usable() {
     let mut h = Harness::new(8);
     let dir = common::scratch_copy("hf-safetensors");
     std::fs::write(dir.path().join("model.safetensors"), b"garbage!").unwrap();
-    let spec = LoadSpec { model: dir.path().to_path_buf(), device: DeviceChoice::Cpu, precision: Precision::F32 };
+    let spec = LoadSpec {
+        model: dir.path().to_path_buf(),
+        device: DeviceChoice::Cpu,
+        precision: Precision::F32,
+    };
     h.engine.send(Command::Prepare(spec)).unwrap();
-    let Event::Error { kind, message, .. } = h.until("error", |e| matches!(e, Event::Error { .. })) else { unreachable!() };
+    let Event::Error { kind, message, .. } = h.until("error", |e| matches!(e, Event::Error { .. }))
+    else {
+        unreachable!()
+    };
     assert_eq!(kind, ErrorKind::BadModel);
     assert!(message.contains("model.safetensors"), "{message}");
     h.until_state(EngineState::Unloaded);
@@ -282,19 +386,29 @@ fn corrupt_model_is_an_error_and_the_engine_stays_usable() {
 #[test]
 fn switching_models_releases_the_old_one_first() {
     let mut h = Harness::new(8);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until_state(EngineState::Ready);
-    h.engine.send(Command::Prepare(Harness::spec("pytorch-bin"))).unwrap();
-    let Event::Released(r) = h.until("release", is_released) else { unreachable!() };
+    h.engine
+        .send(Command::Prepare(Harness::spec("pytorch-bin")))
+        .unwrap();
+    let Event::Released(r) = h.until("release", is_released) else {
+        unreachable!()
+    };
     assert_eq!(r.reason, ReleaseReason::ModelChange);
-    let Event::Loaded(l) = h.until("second load", is_loaded) else { unreachable!() };
+    let Event::Loaded(l) = h.until("second load", is_loaded) else {
+        unreachable!()
+    };
     assert!(l.spec.model.ends_with("pytorch-bin"));
 }
 
 #[test]
 fn full_queue_is_an_error_not_a_stall() {
     let mut h = Harness::new(1);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until_state(EngineState::Ready);
     // Hold the engine inside a generation until the test says go.
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -322,7 +436,9 @@ fn full_queue_is_an_error_not_a_stall() {
 #[test]
 fn shutdown_releases_and_joins() {
     let mut h = Harness::new(8);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until_state(EngineState::Ready);
     let Harness { engine, .. } = h;
     drop(engine); // joins the thread; a hang here fails the test run
@@ -331,14 +447,25 @@ fn shutdown_releases_and_joins() {
 #[test]
 fn hot_swap_loads_beside_the_old_model_which_keeps_serving() {
     let mut h = Harness::new(8);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until_state(EngineState::Ready);
-    h.engine.send(Command::Swap(Harness::spec("pytorch-bin"))).unwrap();
+    h.engine
+        .send(Command::Swap(Harness::spec("pytorch-bin")))
+        .unwrap();
     // A request for the current model while the new one loads is served by it.
     h.engine.send(Command::Generate(h.job(4))).unwrap();
     h.until("done", is_done);
-    h.until("swapped", |e| matches!(e, Event::Loaded(l) if l.spec.model.ends_with("pytorch-bin")));
-    assert_eq!(h.count(is_released), 0, "a swap never unloads to an empty engine");
+    h.until(
+        "swapped",
+        |e| matches!(e, Event::Loaded(l) if l.spec.model.ends_with("pytorch-bin")),
+    );
+    assert_eq!(
+        h.count(is_released),
+        0,
+        "a swap never unloads to an empty engine"
+    );
     // Now the new model serves its own requests without another load.
     let mut job = h.job(4);
     job.spec = Harness::spec("pytorch-bin");
@@ -350,15 +477,28 @@ fn hot_swap_loads_beside_the_old_model_which_keeps_serving() {
 #[test]
 fn hot_swap_to_a_corrupt_model_rolls_back_to_the_old_one() {
     let mut h = Harness::new(8);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until_state(EngineState::Ready);
     let dir = common::scratch_copy("pytorch-bin");
     std::fs::write(dir.path().join("pytorch_model.bin"), b"not a checkpoint").unwrap();
-    let bad = LoadSpec { model: dir.path().to_path_buf(), device: DeviceChoice::Cpu, precision: Precision::F32 };
+    let bad = LoadSpec {
+        model: dir.path().to_path_buf(),
+        device: DeviceChoice::Cpu,
+        precision: Precision::F32,
+    };
     h.engine.send(Command::Swap(bad)).unwrap();
-    let Event::Error { kind, message, .. } = h.until("swap error", |e| matches!(e, Event::Error { .. })) else { unreachable!() };
+    let Event::Error { kind, message, .. } =
+        h.until("swap error", |e| matches!(e, Event::Error { .. }))
+    else {
+        unreachable!()
+    };
     assert_eq!(kind, ErrorKind::BadModel);
-    assert!(message.contains("still using the current model") && message.contains("pytorch_model.bin"), "{message}");
+    assert!(
+        message.contains("still using the current model") && message.contains("pytorch_model.bin"),
+        "{message}"
+    );
     h.engine.send(Command::Generate(h.job(4))).unwrap();
     h.until("done on the old model", is_done);
     assert_eq!(h.count(is_loaded), 1, "the old model was never reloaded");
@@ -374,16 +514,23 @@ fn load_that_does_not_fit_is_refused_with_numbers_and_options() {
         ..EngineOptions::default()
     })
     .unwrap();
-    engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     loop {
         match engine.recv_timeout(WAIT).expect("an answer") {
-            Event::Error { kind, message, fit, .. } => {
+            Event::Error {
+                kind, message, fit, ..
+            } => {
                 assert_eq!(kind, ErrorKind::DoesNotFit);
                 let fit = fit.expect("the refusal carries its numbers");
                 assert!(fit.need.total() > fit.free_bytes);
                 assert_eq!(fit.free_bytes, 64 * 1024);
                 assert!(fit.need.weights_bytes > 0 && fit.need.kv_cache_bytes > 0);
-                assert!(message.contains("MiB") && message.contains("hf-safetensors"), "{message}");
+                assert!(
+                    message.contains("MiB") && message.contains("hf-safetensors"),
+                    "{message}"
+                );
                 break;
             }
             Event::Loaded(_) => panic!("loaded despite not fitting"),
@@ -395,13 +542,21 @@ fn load_that_does_not_fit_is_refused_with_numbers_and_options() {
 #[test]
 fn panic_inside_the_engine_is_caught_reported_and_reset() {
     let mut h = Harness::new(8);
-    h.engine.send(Command::Prepare(Harness::spec("hf-safetensors"))).unwrap();
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
     h.until_state(EngineState::Ready);
     h.engine.send(Command::InjectPanic).unwrap();
-    let Event::Error { kind, message, .. } = h.until("panic report", |e| matches!(e, Event::Error { .. })) else { unreachable!() };
+    let Event::Error { kind, message, .. } =
+        h.until("panic report", |e| matches!(e, Event::Error { .. }))
+    else {
+        unreachable!()
+    };
     assert_eq!(kind, ErrorKind::Internal);
     assert!(message.contains("injected panic"), "{message}");
-    let Event::Released(r) = h.until("reset", is_released) else { unreachable!() };
+    let Event::Released(r) = h.until("reset", is_released) else {
+        unreachable!()
+    };
     assert_eq!(r.reason, ReleaseReason::AfterError);
     h.until_state(EngineState::Unloaded);
     h.engine.send(Command::Generate(h.job(3))).unwrap();
@@ -422,7 +577,17 @@ fn cuda_request_falls_back_to_cpu_with_one_notice_on_a_build_without_cuda() {
     h.until("released", is_released);
     h.engine.send(Command::Prepare(spec)).unwrap();
     h.until("loaded again", is_loaded);
-    let notices: Vec<&String> = h.seen.iter().filter_map(|e| if let Event::Notice(n) = e { Some(n) } else { None }).collect();
+    let notices: Vec<&String> = h
+        .seen
+        .iter()
+        .filter_map(|e| {
+            if let Event::Notice(n) = e {
+                Some(n)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(notices.len(), 1, "the reason is reported once: {notices:?}");
     assert!(notices[0].contains("CPU"), "{}", notices[0]);
 }

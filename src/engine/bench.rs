@@ -95,7 +95,10 @@ fn synthetic_config(name: &str) -> Result<Gpt2Config, BenchError> {
 /// Writes a synthetic checkpoint into `dir` (so loading goes through the real path).
 pub fn write_synthetic(name: &str, dir: &Path) -> Result<Gpt2Config, BenchError> {
     let cfg = synthetic_config(name)?;
-    let tensors = synthetic::synthetic_tensors(&cfg, 1234).map_err(|source| LoadError::Candle { path: dir.to_path_buf(), source })?;
+    let tensors = synthetic::synthetic_tensors(&cfg, 1234).map_err(|source| LoadError::Candle {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     synthetic::write_checkpoint(dir, &cfg, &tensors, candle_core::DType::F32)?;
     Ok(cfg)
 }
@@ -106,11 +109,18 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let (path, label) = match (&opts.model, &opts.synthetic) {
         (Some(p), _) => (p.clone(), p.display().to_string()),
         (None, Some(name)) => {
-            scratch = std::env::temp_dir().join(format!("versifier-bench-{}-{}", name, std::process::id()));
+            scratch = std::env::temp_dir().join(format!(
+                "versifier-bench-{}-{}",
+                name,
+                std::process::id()
+            ));
             write_synthetic(name, &scratch)?;
             (scratch.clone(), format!("synthetic:{name}"))
         }
-        (None, None) => (PathBuf::from("models/tang-poems"), "models/tang-poems".into()),
+        (None, None) => (
+            PathBuf::from("models/tang-poems"),
+            "models/tang-poems".into(),
+        ),
     };
     let device = open_device(opts.device)?;
     let t0 = Instant::now();
@@ -122,10 +132,21 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let model = &loaded.model;
     let cfg = &loaded.config;
-    let prompt: Vec<u32> = (0..opts.prompt_tokens.max(1)).map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32).collect();
-    let sampling = SamplingParams { seed: 7, ..SamplingParams::default() };
+    let prompt: Vec<u32> = (0..opts.prompt_tokens.max(1))
+        .map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32)
+        .collect();
+    let sampling = SamplingParams {
+        seed: 7,
+        ..SamplingParams::default()
+    };
     // Warm-up: first kernels, allocator growth.
-    let warm = GenerateRequest { prompt_ids: prompt.clone(), variations: 1, max_new_tokens: 4, sampling: sampling.clone(), stop_ids: vec![] };
+    let warm = GenerateRequest {
+        prompt_ids: prompt.clone(),
+        variations: 1,
+        max_new_tokens: 4,
+        sampling: sampling.clone(),
+        stop_ids: vec![],
+    };
     generate(model, &warm, |_| &[], &|| false, |_| {})?;
     let mut decode = Vec::new();
     let mut first_token_ms = 0.0;
@@ -220,7 +241,11 @@ pub enum LifecycleError {
     #[error("cycle {cycle}: {message}")]
     Failed { cycle: usize, message: String },
     #[error("cycle {cycle}: no {waiting_for} within {seconds} s")]
-    Timeout { cycle: usize, waiting_for: &'static str, seconds: u64 },
+    Timeout {
+        cycle: usize,
+        waiting_for: &'static str,
+        seconds: u64,
+    },
 }
 
 /// Runs load -> generate -> release `cycles` times through the real engine and
@@ -240,8 +265,15 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport, Lifecyc
     let gpu_name = gpu(&meter).map(|g| g.name);
     let gpu_baseline = gpu_mib(&meter);
     let rss_baseline = process_memory().map(|m| mib(m.rss_bytes));
-    let engine = Engine::spawn(EngineOptions { idle_timeout: None, ..EngineOptions::default() })?;
-    let spec = LoadSpec { model: opts.model.clone(), device: opts.device, precision: opts.precision };
+    let engine = Engine::spawn(EngineOptions {
+        idle_timeout: None,
+        ..EngineOptions::default()
+    })?;
+    let spec = LoadSpec {
+        model: opts.model.clone(),
+        device: opts.device,
+        precision: opts.precision,
+    };
     const WAIT: Duration = Duration::from_secs(300);
 
     let mut cycles = Vec::with_capacity(opts.cycles);
@@ -274,7 +306,10 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport, Lifecyc
             prompt: Prompt::Text(String::new()),
             variations: 1,
             max_new_tokens: opts.new_tokens,
-            sampling: SamplingParams { seed: cycle as u64, ..SamplingParams::default() },
+            sampling: SamplingParams {
+                seed: cycle as u64,
+                ..SamplingParams::default()
+            },
         }))?;
         row.generated_tokens = wait_for(&engine, cycle, "generation", WAIT, |ev| match ev {
             Event::Done { generation, .. } => Some(Ok(generation.generated_tokens())),
@@ -297,7 +332,10 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport, Lifecyc
         cycles.push(row);
     }
     drop(engine);
-    let max_after = cycles.iter().filter_map(|c| c.gpu_after_release_mib).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let max_after = cycles
+        .iter()
+        .filter_map(|c| c.gpu_after_release_mib)
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
     let last_rss = cycles.last().and_then(|c| c.rss_after_release_mib);
     Ok(LifecycleReport {
         model: opts.model.display().to_string(),
@@ -323,7 +361,11 @@ fn wait_for<T>(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let Some(ev) = engine.recv_timeout(left) else {
-            return Err(LifecycleError::Timeout { cycle, waiting_for, seconds: limit.as_secs() });
+            return Err(LifecycleError::Timeout {
+                cycle,
+                waiting_for,
+                seconds: limit.as_secs(),
+            });
         };
         match pick(&ev) {
             Some(Ok(v)) => return Ok(v),

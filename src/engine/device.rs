@@ -101,7 +101,11 @@ pub enum DeviceError {
     #[error("cannot open cuda:{ordinal}: {message}")]
     Cuda { ordinal: usize, message: String },
     #[error("{precision} is not supported on {device}: {why}")]
-    PrecisionUnsupported { precision: Precision, device: DeviceChoice, why: &'static str },
+    PrecisionUnsupported {
+        precision: Precision,
+        device: DeviceChoice,
+        why: &'static str,
+    },
 }
 
 /// Opens the chosen device.
@@ -112,7 +116,10 @@ pub fn open_device(choice: DeviceChoice) -> Result<Device, DeviceError> {
             if !candle_core::utils::cuda_is_available() {
                 return Err(DeviceError::NoCudaSupport);
             }
-            Device::new_cuda(ordinal).map_err(|e| DeviceError::Cuda { ordinal, message: e.to_string() })
+            Device::new_cuda(ordinal).map_err(|e| DeviceError::Cuda {
+                ordinal,
+                message: e.to_string(),
+            })
         }
     }
 }
@@ -135,7 +142,9 @@ pub fn check_precision(device: DeviceChoice, precision: Precision) -> Result<(),
 #[cfg(feature = "cuda")]
 pub fn reset_primary_context(ordinal: usize) -> bool {
     use cudarc::driver::sys;
-    let Ok(ordinal) = i32::try_from(ordinal) else { return false };
+    let Ok(ordinal) = i32::try_from(ordinal) else {
+        return false;
+    };
     let mut dev: sys::CUdevice = 0;
     // SAFETY: plain driver calls with a valid out-pointer; the engine guarantees
     // that nothing on this device is alive.
@@ -179,8 +188,14 @@ mod tests {
     #[test]
     fn parses_devices_and_precisions() {
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-        assert_eq!("cuda:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(1));
-        assert_eq!("CUDA".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
+        assert_eq!(
+            "cuda:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(1)
+        );
+        assert_eq!(
+            "CUDA".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(0)
+        );
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
         assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);

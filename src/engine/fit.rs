@@ -20,11 +20,18 @@ pub struct FitNeed {
 }
 
 impl FitNeed {
-    pub fn new(cfg: &Gpt2Config, precision: Precision, batch: usize, context: usize, overhead_bytes: u64) -> Self {
+    pub fn new(
+        cfg: &Gpt2Config,
+        precision: Precision,
+        batch: usize,
+        context: usize,
+        overhead_bytes: u64,
+    ) -> Self {
         let bytes = precision.bytes();
         Self {
             weights_bytes: (cfg.param_count() * bytes) as u64,
-            kv_cache_bytes: cfg.kv_cache_bytes(batch.max(1), context.min(cfg.n_positions), bytes) as u64,
+            kv_cache_bytes: cfg.kv_cache_bytes(batch.max(1), context.min(cfg.n_positions), bytes)
+                as u64,
             overhead_bytes,
         }
     }
@@ -39,7 +46,10 @@ impl FitNeed {
 #[serde(tag = "option", rename_all = "snake_case")]
 pub enum FitOption {
     /// Half precision on the same device.
-    Precision { precision: Precision, need_bytes: u64 },
+    Precision {
+        precision: Precision,
+        need_bytes: u64,
+    },
     /// Fewer variations per generation.
     Variations { max: usize, need_bytes: u64 },
     /// A shorter context.
@@ -78,10 +88,20 @@ impl std::fmt::Display for FitRefusal {
                 .options
                 .iter()
                 .map(|o| match o {
-                    FitOption::Precision { precision, need_bytes } => format!("{precision} ({} MiB)", mib(*need_bytes)),
-                    FitOption::Variations { max, need_bytes } => format!("at most {max} variations ({} MiB)", mib(*need_bytes)),
-                    FitOption::Context { max_tokens, need_bytes } => format!("a {max_tokens}-token context ({} MiB)", mib(*need_bytes)),
-                    FitOption::Cpu { need_bytes } => format!("the CPU ({} MiB of RAM)", mib(*need_bytes)),
+                    FitOption::Precision {
+                        precision,
+                        need_bytes,
+                    } => format!("{precision} ({} MiB)", mib(*need_bytes)),
+                    FitOption::Variations { max, need_bytes } => {
+                        format!("at most {max} variations ({} MiB)", mib(*need_bytes))
+                    }
+                    FitOption::Context {
+                        max_tokens,
+                        need_bytes,
+                    } => format!("a {max_tokens}-token context ({} MiB)", mib(*need_bytes)),
+                    FitOption::Cpu { need_bytes } => {
+                        format!("the CPU ({} MiB of RAM)", mib(*need_bytes))
+                    }
                 })
                 .collect();
             write!(f, "; what would fit: {}", opts.join(", "))?;
@@ -111,17 +131,29 @@ pub fn check_fit(
     if precision == Precision::F32 && device != DeviceChoice::Cpu {
         let half = FitNeed::new(cfg, Precision::F16, batch, context, overhead_bytes);
         if half.total() <= free_bytes {
-            options.push(FitOption::Precision { precision: Precision::F16, need_bytes: half.total() });
+            options.push(FitOption::Precision {
+                precision: Precision::F16,
+                need_bytes: half.total(),
+            });
         }
     }
-    if let Some(max) = (1..batch).rev().find(|&b| FitNeed::new(cfg, precision, b, context, overhead_bytes).total() <= free_bytes) {
-        options.push(FitOption::Variations { max, need_bytes: FitNeed::new(cfg, precision, max, context, overhead_bytes).total() });
+    if let Some(max) = (1..batch)
+        .rev()
+        .find(|&b| FitNeed::new(cfg, precision, b, context, overhead_bytes).total() <= free_bytes)
+    {
+        options.push(FitOption::Variations {
+            max,
+            need_bytes: FitNeed::new(cfg, precision, max, context, overhead_bytes).total(),
+        });
     }
     let mut ctx = context.min(cfg.n_positions) / 2;
     while ctx >= 64 {
         let n = FitNeed::new(cfg, precision, batch, ctx, overhead_bytes);
         if n.total() <= free_bytes {
-            options.push(FitOption::Context { max_tokens: ctx, need_bytes: n.total() });
+            options.push(FitOption::Context {
+                max_tokens: ctx,
+                need_bytes: n.total(),
+            });
             break;
         }
         ctx /= 2;
@@ -129,17 +161,29 @@ pub fn check_fit(
     if device != DeviceChoice::Cpu {
         let cpu = FitNeed::new(cfg, Precision::F32, batch, context, 0);
         if cpu_free.is_some_and(|f| cpu.total() <= f) {
-            options.push(FitOption::Cpu { need_bytes: cpu.total() });
+            options.push(FitOption::Cpu {
+                need_bytes: cpu.total(),
+            });
         }
     }
-    Err(FitRefusal { device, need, free_bytes, options })
+    Err(FitRefusal {
+        device,
+        need,
+        free_bytes,
+        options,
+    })
 }
 
 /// RAM available to new allocations (`MemAvailable`), where the OS says.
 pub fn available_ram() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line["MemAvailable:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: u64 = line["MemAvailable:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -156,7 +200,17 @@ mod tests {
         assert_eq!(need.weights_bytes, 124_439_808 * 4);
         // 2 (k, v) x 12 layers x 1024 positions x 768 x 4 bytes = 72 MiB.
         assert_eq!(need.kv_cache_bytes, 72 * MIB);
-        assert!(check_fit(&cfg, DeviceChoice::Cuda(0), Precision::F32, 1, 1024, 0, 10_000 * MIB, None).is_ok());
+        assert!(check_fit(
+            &cfg,
+            DeviceChoice::Cuda(0),
+            Precision::F32,
+            1,
+            1024,
+            0,
+            10_000 * MIB,
+            None
+        )
+        .is_ok());
     }
 
     #[test]
@@ -164,12 +218,37 @@ mod tests {
         let cfg = Gpt2Config::gpt2_124m();
         let overhead = 600 * MIB;
         // f32 with 8 variations: 475 + 576 + 600 MiB; give it 1,300 MiB.
-        let refusal = check_fit(&cfg, DeviceChoice::Cuda(0), Precision::F32, 8, 1024, overhead, 1300 * MIB, Some(64_000 * MIB)).unwrap_err();
+        let refusal = check_fit(
+            &cfg,
+            DeviceChoice::Cuda(0),
+            Precision::F32,
+            8,
+            1024,
+            overhead,
+            1300 * MIB,
+            Some(64_000 * MIB),
+        )
+        .unwrap_err();
         assert!(refusal.need.total() > refusal.free_bytes);
-        assert!(refusal.options.iter().any(|o| matches!(o, FitOption::Cpu { .. })));
-        assert!(refusal.options.iter().any(|o| matches!(o, FitOption::Precision { precision: Precision::F16, .. })));
-        assert!(refusal.options.iter().any(|o| matches!(o, FitOption::Variations { max: 3, .. })));
-        assert!(refusal.options.iter().any(|o| matches!(o, FitOption::Context { .. })));
+        assert!(refusal
+            .options
+            .iter()
+            .any(|o| matches!(o, FitOption::Cpu { .. })));
+        assert!(refusal.options.iter().any(|o| matches!(
+            o,
+            FitOption::Precision {
+                precision: Precision::F16,
+                ..
+            }
+        )));
+        assert!(refusal
+            .options
+            .iter()
+            .any(|o| matches!(o, FitOption::Variations { max: 3, .. })));
+        assert!(refusal
+            .options
+            .iter()
+            .any(|o| matches!(o, FitOption::Context { .. })));
         for o in &refusal.options {
             let need = match o {
                 FitOption::Precision { need_bytes, .. }
@@ -180,13 +259,26 @@ mod tests {
             assert!(need <= 1300 * MIB, "offered option must fit: {o:?}");
         }
         let text = refusal.to_string();
-        assert!(text.contains("MiB") && text.contains("what would fit"), "{text}");
+        assert!(
+            text.contains("MiB") && text.contains("what would fit"),
+            "{text}"
+        );
     }
 
     #[test]
     fn nothing_fits_means_no_options() {
         let cfg = Gpt2Config::gpt2_124m();
-        let refusal = check_fit(&cfg, DeviceChoice::Cpu, Precision::F32, 1, 1024, 0, MIB, Some(MIB)).unwrap_err();
+        let refusal = check_fit(
+            &cfg,
+            DeviceChoice::Cpu,
+            Precision::F32,
+            1,
+            1024,
+            0,
+            MIB,
+            Some(MIB),
+        )
+        .unwrap_err();
         assert!(refusal.options.is_empty());
     }
 }

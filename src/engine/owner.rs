@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
+use super::device::Precision;
 use super::device::{open_device, DeviceChoice};
+use super::fit::{available_ram, check_fit, FitRefusal};
 use super::protocol::*;
 use crate::generate::{generate, GenerateError, GenerateRequest};
 use crate::meter::{process_memory, GpuMeter};
-use super::device::Precision;
-use super::fit::{available_ram, check_fit, FitRefusal};
 use crate::model::{load_model, Gpt2Config, LoadedModel, ModelFiles};
 
 /// Default idle timeout before the model is unloaded.
@@ -62,7 +62,10 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        self.0.lock().map(|t| *t).unwrap_or_else(|p| *p.into_inner())
+        self.0
+            .lock()
+            .map(|t| *t)
+            .unwrap_or_else(|p| *p.into_inner())
     }
 }
 
@@ -181,9 +184,20 @@ impl Engine {
             loaded: None,
             meter: None,
         };
-        let thread = std::thread::Builder::new().name("versifier-engine".into()).spawn(move || owner.run())?;
-        let remote = EngineRemote { commands: cmd_tx, cancel_up_to, next_id: Arc::new(AtomicU64::new(1)), capacity };
-        Ok(Self { remote, events: ev_rx, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("versifier-engine".into())
+            .spawn(move || owner.run())?;
+        let remote = EngineRemote {
+            commands: cmd_tx,
+            cancel_up_to,
+            next_id: Arc::new(AtomicU64::new(1)),
+            capacity,
+        };
+        Ok(Self {
+            remote,
+            events: ev_rx,
+            thread: Some(thread),
+        })
     }
 
     /// A handle for sending and cancelling from elsewhere.
@@ -279,7 +293,22 @@ struct JobFailure {
 
 impl JobFailure {
     fn new(kind: ErrorKind, message: String) -> Self {
-        Self { kind, message, partial: None, fit: None }
+        Self {
+            kind,
+            message,
+            partial: None,
+            fit: None,
+        }
+    }
+}
+
+/// glibc keeps freed memory in its arenas (and raises its mmap threshold after
+/// the first big free), so dropped weights would stay resident; trim them.
+fn return_freed_heap_to_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -309,7 +338,10 @@ impl OwnerThread {
 
     fn announce_deadline(&self) {
         let now = self.clock.now();
-        self.emit(Event::IdleDeadline(self.idle_deadline().map(|d| d.saturating_duration_since(now))));
+        self.emit(Event::IdleDeadline(
+            self.idle_deadline()
+                .map(|d| d.saturating_duration_since(now)),
+        ));
     }
 
     fn run(mut self) {
@@ -330,7 +362,10 @@ impl OwnerThread {
                     continue;
                 }
                 Some(deadline) => self.inbox.recv_timeout(deadline - now),
-                None => self.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => self
+                    .inbox
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
             };
             match next {
                 Ok(Inbox::Command(Command::Shutdown)) | Err(RecvTimeoutError::Disconnected) => {
@@ -398,7 +433,13 @@ impl OwnerThread {
 
     fn fail(&mut self, request: Option<RequestId>, f: JobFailure) {
         let oom = f.kind == ErrorKind::OutOfMemory;
-        self.emit(Event::Error { request, kind: f.kind, message: f.message, partial: f.partial, fit: f.fit });
+        self.emit(Event::Error {
+            request,
+            kind: f.kind,
+            message: f.message,
+            partial: f.partial,
+            fit: f.fit,
+        });
         if oom {
             self.release(ReleaseReason::AfterError);
         } else if self.loaded.is_none() {
@@ -425,7 +466,9 @@ impl OwnerThread {
     }
 
     fn gpu_process_bytes(&mut self, device: DeviceChoice) -> Option<u64> {
-        let DeviceChoice::Cuda(ordinal) = device else { return None };
+        let DeviceChoice::Cuda(ordinal) = device else {
+            return None;
+        };
         let meter = self.meter.get_or_insert_with(GpuMeter::open);
         meter.read(GpuMeter::nvml_index(ordinal))?.process_bytes
     }
@@ -447,14 +490,44 @@ impl OwnerThread {
     }
 
     /// Refuses a load that would not fit, with the numbers and what would.
-    fn check_fit(&mut self, spec: &LoadSpec, device: DeviceChoice, batch: usize) -> Result<(), JobFailure> {
-        let files = ModelFiles::locate(&spec.model).map_err(|e| JobFailure::new(ErrorKind::BadModel, e.to_string()))?;
-        let cfg = Gpt2Config::from_file(&files.config).map_err(|e| JobFailure::new(ErrorKind::BadModel, e.to_string()))?;
-        let Some(free) = self.free_bytes(device) else { return Ok(()) };
-        let overhead = if device == DeviceChoice::Cpu { 0 } else { self.cuda_overhead };
-        let cpu_free = if device == DeviceChoice::Cpu { None } else { self.free_bytes(DeviceChoice::Cpu) };
-        let precision = if device == DeviceChoice::Cpu && spec.precision == Precision::F16 { Precision::F32 } else { spec.precision };
-        match check_fit(&cfg, device, precision, batch, cfg.n_positions, overhead, free, cpu_free) {
+    fn check_fit(
+        &mut self,
+        spec: &LoadSpec,
+        device: DeviceChoice,
+        batch: usize,
+    ) -> Result<(), JobFailure> {
+        let files = ModelFiles::locate(&spec.model)
+            .map_err(|e| JobFailure::new(ErrorKind::BadModel, e.to_string()))?;
+        let cfg = Gpt2Config::from_file(&files.config)
+            .map_err(|e| JobFailure::new(ErrorKind::BadModel, e.to_string()))?;
+        let Some(free) = self.free_bytes(device) else {
+            return Ok(());
+        };
+        let overhead = if device == DeviceChoice::Cpu {
+            0
+        } else {
+            self.cuda_overhead
+        };
+        let cpu_free = if device == DeviceChoice::Cpu {
+            None
+        } else {
+            self.free_bytes(DeviceChoice::Cpu)
+        };
+        let precision = if device == DeviceChoice::Cpu && spec.precision == Precision::F16 {
+            Precision::F32
+        } else {
+            spec.precision
+        };
+        match check_fit(
+            &cfg,
+            device,
+            precision,
+            batch,
+            cfg.n_positions,
+            overhead,
+            free,
+            cpu_free,
+        ) {
             Ok(_) => Ok(()),
             Err(refusal) => Err(JobFailure {
                 kind: ErrorKind::DoesNotFit,
@@ -467,7 +540,10 @@ impl OwnerThread {
 
     /// Opens the device for `spec`, falling back to the CPU (said once) when CUDA
     /// is not available at all.
-    fn open_for(&mut self, spec: &LoadSpec) -> Result<(Device, DeviceChoice, Precision), JobFailure> {
+    fn open_for(
+        &mut self,
+        spec: &LoadSpec,
+    ) -> Result<(Device, DeviceChoice, Precision), JobFailure> {
         match open_device(spec.device) {
             Ok(d) => Ok((d, spec.device, spec.precision)),
             Err(e) if spec.device != DeviceChoice::Cpu && !is_out_of_memory(&e.to_string()) => {
@@ -475,18 +551,31 @@ impl OwnerThread {
                     self.cuda_fallback_reported = true;
                     self.emit(Event::Notice(format!("{e}; running on the CPU instead")));
                 }
-                let precision = if spec.precision == Precision::F16 { Precision::F32 } else { spec.precision };
+                let precision = if spec.precision == Precision::F16 {
+                    Precision::F32
+                } else {
+                    spec.precision
+                };
                 Ok((Device::Cpu, DeviceChoice::Cpu, precision))
             }
             Err(e) => Err(JobFailure::new(
-                if is_out_of_memory(&e.to_string()) { ErrorKind::OutOfMemory } else { ErrorKind::Device },
+                if is_out_of_memory(&e.to_string()) {
+                    ErrorKind::OutOfMemory
+                } else {
+                    ErrorKind::Device
+                },
                 e.to_string(),
             )),
         }
     }
 
     /// Loads `spec` onto an opened device (used by both direct loads and swaps).
-    fn load_resident(spec: &LoadSpec, device: Device, actual: DeviceChoice, precision: Precision) -> Result<Resident, JobFailure> {
+    fn load_resident(
+        spec: &LoadSpec,
+        device: Device,
+        actual: DeviceChoice,
+        precision: Precision,
+    ) -> Result<Resident, JobFailure> {
         let started = Instant::now();
         let rss_before = process_memory().map(|m| m.rss_bytes);
         match load_model(&spec.model, &device, precision.dtype()) {
@@ -502,11 +591,21 @@ impl OwnerThread {
                     rss_before_bytes: rss_before,
                     rss_after_bytes: process_memory().map(|m| m.rss_bytes),
                 };
-                Ok(Resident { spec: spec.clone(), actual, model, device, report })
+                Ok(Resident {
+                    spec: spec.clone(),
+                    actual,
+                    model,
+                    device,
+                    report,
+                })
             }
             Err(e) => {
                 let message = e.to_string();
-                let kind = if is_out_of_memory(&message) { ErrorKind::OutOfMemory } else { ErrorKind::BadModel };
+                let kind = if is_out_of_memory(&message) {
+                    ErrorKind::OutOfMemory
+                } else {
+                    ErrorKind::BadModel
+                };
                 Err(JobFailure::new(kind, message))
             }
         }
@@ -528,11 +627,12 @@ impl OwnerThread {
             self.release(ReleaseReason::ModelChange);
         }
         self.set_state(EngineState::Loading { progress: 0.0 });
-        let fit_device = if spec.device != DeviceChoice::Cpu && !candle_core::utils::cuda_is_available() {
-            DeviceChoice::Cpu
-        } else {
-            spec.device
-        };
+        let fit_device =
+            if spec.device != DeviceChoice::Cpu && !candle_core::utils::cuda_is_available() {
+                DeviceChoice::Cpu
+            } else {
+                spec.device
+            };
         if let Err(f) = self.check_fit(spec, fit_device, batch) {
             self.set_state(EngineState::Unloaded);
             return Err(f);
@@ -592,21 +692,40 @@ impl OwnerThread {
             }
             return;
         }
-        let device = if same_gpu { Ok((current_device, current_actual, spec.precision)) } else { self.open_for(&spec) };
+        let device = if same_gpu {
+            Ok((current_device, current_actual, spec.precision))
+        } else {
+            self.open_for(&spec)
+        };
         let (device, actual, precision) = match device {
             Ok(d) => d,
             Err(f) => return self.fail(None, f),
         };
         let tx = self.loader_tx.clone();
         let load_spec = spec.clone();
-        let spawned = std::thread::Builder::new().name("versifier-loader".into()).spawn(move || {
-            let result = catch_unwind(AssertUnwindSafe(|| Self::load_resident(&load_spec, device, actual, precision)))
-                .unwrap_or_else(|_| Err(JobFailure::new(ErrorKind::Internal, "the loader thread panicked".into())));
-            let _ = tx.send(Inbox::SwapLoaded(Box::new(result)));
-        });
+        let spawned = std::thread::Builder::new()
+            .name("versifier-loader".into())
+            .spawn(move || {
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    Self::load_resident(&load_spec, device, actual, precision)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(JobFailure::new(
+                        ErrorKind::Internal,
+                        "the loader thread panicked".into(),
+                    ))
+                });
+                let _ = tx.send(Inbox::SwapLoaded(Box::new(result)));
+            });
         match spawned {
             Ok(thread) => self.swap = Some(SwapInFlight { spec, thread }),
-            Err(e) => self.fail(None, JobFailure::new(ErrorKind::Internal, format!("could not start the loader thread: {e}"))),
+            Err(e) => self.fail(
+                None,
+                JobFailure::new(
+                    ErrorKind::Internal,
+                    format!("could not start the loader thread: {e}"),
+                ),
+            ),
         }
     }
 
@@ -648,8 +767,18 @@ impl OwnerThread {
                 self.touch();
             }
             Err(f) => {
-                let message = format!("could not switch to {}: {}; still using the current model", swap.spec.model.display(), f.message);
-                self.emit(Event::Error { request: None, kind: f.kind, message, partial: None, fit: f.fit });
+                let message = format!(
+                    "could not switch to {}: {}; still using the current model",
+                    swap.spec.model.display(),
+                    f.message
+                );
+                self.emit(Event::Error {
+                    request: None,
+                    kind: f.kind,
+                    message,
+                    partial: None,
+                    fit: f.fit,
+                });
             }
         }
     }
@@ -657,30 +786,43 @@ impl OwnerThread {
     fn run_job(&mut self, job: GenerateJob) -> Result<(), JobFailure> {
         self.ensure_loaded(&job.spec, job.variations)?;
         let Some(resident) = self.loaded.as_ref() else {
-            return Err(JobFailure::new(ErrorKind::Internal, "model vanished after loading".into()));
+            return Err(JobFailure::new(
+                ErrorKind::Internal,
+                "model vanished after loading".into(),
+            ));
         };
         let bad = |message: String| JobFailure::new(ErrorKind::BadRequest, message);
         let m = &resident.model;
         let tok = m.tokenizer.as_ref();
-        let mut prompt_ids = match &job.prompt {
-            Prompt::Ids(ids) => ids.clone(),
-            Prompt::Text(text) => match tok {
-                Some(t) => t.prompt_ids(text).map_err(|e| bad(e.to_string()))?,
-                None => {
-                    return Err(JobFailure::new(
+        let mut prompt_ids =
+            match &job.prompt {
+                Prompt::Ids(ids) => ids.clone(),
+                Prompt::Text(text) => match tok {
+                    Some(t) => t.prompt_ids(text).map_err(|e| bad(e.to_string()))?,
+                    None => return Err(JobFailure::new(
                         ErrorKind::BadModel,
-                        format!("{}: no tokenizer.json or vocab.txt, so text prompts cannot be encoded", m.files.dir.display()),
-                    ))
-                }
-            },
-        };
+                        format!(
+                            "{}: no tokenizer.json or vocab.txt, so text prompts cannot be encoded",
+                            m.files.dir.display()
+                        ),
+                    )),
+                },
+            };
         if prompt_ids.is_empty() {
-            let bos = m.config.bos_token_id.filter(|&b| (b as usize) < m.config.vocab_size);
+            let bos = m
+                .config
+                .bos_token_id
+                .filter(|&b| (b as usize) < m.config.vocab_size);
             prompt_ids.extend(tok.and_then(|t| t.start_id()).or(bos));
         }
         let stop_ids = match tok {
             Some(t) => t.stop_ids().to_vec(),
-            None => m.config.eos_token_id.filter(|&e| (e as usize) < m.config.vocab_size).into_iter().collect(),
+            None => m
+                .config
+                .eos_token_id
+                .filter(|&e| (e as usize) < m.config.vocab_size)
+                .into_iter()
+                .collect(),
         };
         let req = GenerateRequest {
             prompt_ids,
@@ -697,7 +839,11 @@ impl OwnerThread {
         let waker = &self.waker;
         let result = generate(&m.model, &req, bytes, &is_cancelled, |ev| {
             if !ev.text.is_empty() {
-                let _ = events.send(Event::Token { request: job.id, variation: ev.variation, text: ev.text.clone() });
+                let _ = events.send(Event::Token {
+                    request: job.id,
+                    variation: ev.variation,
+                    text: ev.text.clone(),
+                });
                 if let Some(w) = waker {
                     w();
                 }
@@ -705,18 +851,32 @@ impl OwnerThread {
         });
         match result {
             Ok(generation) => {
-                self.emit(Event::Done { request: job.id, generation });
+                self.emit(Event::Done {
+                    request: job.id,
+                    generation,
+                });
                 Ok(())
             }
             Err(e) => {
                 let message = e.to_string();
                 let (kind, partial) = match e {
                     GenerateError::Invalid { .. } => (ErrorKind::BadRequest, None),
-                    GenerateError::Failed { partial, .. } => (ErrorKind::Generation, Some(*partial)),
+                    GenerateError::Failed { partial, .. } => {
+                        (ErrorKind::Generation, Some(*partial))
+                    }
                     _ => (ErrorKind::Generation, None),
                 };
-                let kind = if is_out_of_memory(&message) { ErrorKind::OutOfMemory } else { kind };
-                Err(JobFailure { kind, message, partial, fit: None })
+                let kind = if is_out_of_memory(&message) {
+                    ErrorKind::OutOfMemory
+                } else {
+                    kind
+                };
+                Err(JobFailure {
+                    kind,
+                    message,
+                    partial,
+                    fit: None,
+                })
             }
         }
     }
@@ -726,23 +886,32 @@ impl OwnerThread {
     fn release(&mut self, reason: ReleaseReason) {
         // A swap in flight holds device memory too: let it land, then drop it all.
         self.wait_for_swap();
-        let Some(resident) = self.loaded.take() else { return };
+        let Some(resident) = self.loaded.take() else {
+            return;
+        };
         self.set_state(EngineState::Releasing);
         let device = resident.actual;
         let gpu_before = self.gpu_process_bytes(device);
         let rss_before = process_memory().map(|m| m.rss_bytes);
         let started = Instant::now();
-        let Resident { model, device: dev, .. } = resident;
+        let Resident {
+            model, device: dev, ..
+        } = resident;
         drop(model);
         drop(dev);
         let context_reset = self.reset_cuda_context(device);
+        return_freed_heap_to_os();
         let took_ms = started.elapsed().as_secs_f64() * 1000.0;
         let gpu_after = self.gpu_process_bytes(device);
         let still_held = match gpu_after {
             Some(b) if b > 0 => Some(format!(
                 "{} MiB still held by this process on {device}{}",
                 b / (1024 * 1024),
-                if context_reset { "" } else { " (the CUDA context could not be reset)" }
+                if context_reset {
+                    ""
+                } else {
+                    " (the CUDA context could not be reset)"
+                }
             )),
             _ => None,
         };

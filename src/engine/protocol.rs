@@ -163,8 +163,15 @@ pub enum ErrorKind {
 pub enum Event {
     State(EngineState),
     Loaded(LoadReport),
-    Token { request: RequestId, variation: usize, text: String },
-    Done { request: RequestId, generation: Generation },
+    Token {
+        request: RequestId,
+        variation: usize,
+        text: String,
+    },
+    Done {
+        request: RequestId,
+        generation: Generation,
+    },
     Released(ReleaseReport),
     Error {
         request: Option<RequestId>,

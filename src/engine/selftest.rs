@@ -67,7 +67,10 @@ struct Reference {
 }
 
 fn read_reference(path: &Path) -> Result<Reference, SelftestError> {
-    let bad = |problem: String| SelftestError::Reference { path: path.to_path_buf(), problem };
+    let bad = |problem: String| SelftestError::Reference {
+        path: path.to_path_buf(),
+        problem,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let ids = |v: &serde_json::Value, f: &str| -> Result<Vec<u32>, SelftestError> {
@@ -79,7 +82,10 @@ fn read_reference(path: &Path) -> Result<Reference, SelftestError> {
         v.as_array()
             .and_then(|rows| {
                 rows.iter()
-                    .map(|r| r.as_array().and_then(|r| r.iter().map(|x| x.as_f64().map(|x| x as f32)).collect()))
+                    .map(|r| {
+                        r.as_array()
+                            .and_then(|r| r.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+                    })
                     .collect()
             })
             .ok_or_else(|| bad(format!("`{f}` is not a matrix")))
@@ -109,39 +115,66 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
             if x.len() != y.len() {
                 return f32::INFINITY;
             }
-            x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max)
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max)
         })
         .fold(0.0, f32::max)
 }
 
 /// Runs every fixture folder under `fixtures` (those with a `reference.json`).
-pub fn run_selftest(fixtures: &Path, device: DeviceChoice, precision: Precision) -> Result<SelftestReport, SelftestError> {
+pub fn run_selftest(
+    fixtures: &Path,
+    device: DeviceChoice,
+    precision: Precision,
+) -> Result<SelftestReport, SelftestError> {
     let dev = open_device(device)?;
     let tol = tolerance(precision);
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures)
-        .map_err(|source| LoadError::Io { path: fixtures.to_path_buf(), source })?
+        .map_err(|source| LoadError::Io {
+            path: fixtures.to_path_buf(),
+            source,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("reference.json").is_file())
         .collect();
     dirs.sort();
     if dirs.is_empty() {
-        return Err(SelftestError::Reference { path: fixtures.to_path_buf(), problem: "no fixture folders with reference.json".into() });
+        return Err(SelftestError::Reference {
+            path: fixtures.to_path_buf(),
+            problem: "no fixture folders with reference.json".into(),
+        });
     }
     let mut results = Vec::new();
     for dir in dirs {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let run = |e: Box<dyn std::error::Error + Send + Sync>| SelftestError::Run { fixture: name.clone(), source: e };
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let run = |e: Box<dyn std::error::Error + Send + Sync>| SelftestError::Run {
+            fixture: name.clone(),
+            source: e,
+        };
         let r = read_reference(&dir.join("reference.json"))?;
         let m = load_model(&dir, &dev, precision.dtype())?;
         let to_rows = |t: candle_core::Tensor| -> Result<Vec<Vec<f32>>, candle_core::Error> {
-            t.to_dtype(candle_core::DType::F32)?.to_device(&candle_core::Device::Cpu)?.to_vec2()
+            t.to_dtype(candle_core::DType::F32)?
+                .to_device(&candle_core::Device::Cpu)?
+                .to_vec2()
         };
         let mut cache = m.model.new_cache(1);
         let logits = m
             .model
-            .forward(&TokenBatch::left_padded(std::slice::from_ref(&r.prompt_ids), 0), &mut cache)
+            .forward(
+                &TokenBatch::left_padded(std::slice::from_ref(&r.prompt_ids), 0),
+                &mut cache,
+            )
             .map_err(|e| run(e.into()))?;
-        let logits = logits.squeeze(0).and_then(to_rows).map_err(|e| run(e.into()))?;
+        let logits = logits
+            .squeeze(0)
+            .and_then(to_rows)
+            .map_err(|e| run(e.into()))?;
         let mut cache = m.model.new_cache(r.batch_prompts.len());
         let batch = m
             .model
@@ -163,13 +196,29 @@ pub fn run_selftest(fixtures: &Path, device: DeviceChoice, precision: Precision)
         let scale = if precision == Precision::F32 {
             1.0
         } else {
-            r.logits.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs())).max(1.0)
+            r.logits
+                .iter()
+                .flatten()
+                .fold(0.0f32, |m, x| m.max(x.abs()))
+                .max(1.0)
         };
         let passed = max_logit_diff < tol * scale
             && max_batch_logit_diff < tol * scale
             && (greedy_matches || precision != Precision::F32);
-        results.push(FixtureResult { fixture: name, max_logit_diff, max_batch_logit_diff, greedy_matches, passed });
+        results.push(FixtureResult {
+            fixture: name,
+            max_logit_diff,
+            max_batch_logit_diff,
+            greedy_matches,
+            passed,
+        });
     }
     let passed = results.iter().all(|r| r.passed);
-    Ok(SelftestReport { device: device.to_string(), dtype: precision.to_string(), tolerance: tol, fixtures: results, passed })
+    Ok(SelftestReport {
+        device: device.to_string(),
+        dtype: precision.to_string(),
+        tolerance: tol,
+        fixtures: results,
+        passed,
+    })
 }

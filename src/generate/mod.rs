@@ -26,7 +26,10 @@ pub const MAX_VARIATIONS: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     #[error("invalid setting `{field}`: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
     #[error("the model produced NaN logits (numerical overflow; try --dtype f32)")]
     NonFinite,
     #[error(transparent)]
@@ -125,20 +128,30 @@ impl Generation {
 
 /// Checks a request against the model before anything runs on the device.
 pub fn validate_request(model: &Gpt2, req: &GenerateRequest) -> Result<(), GenerateError> {
-    let invalid = |field: &'static str, problem: String| Err(GenerateError::Invalid { field, problem });
+    let invalid =
+        |field: &'static str, problem: String| Err(GenerateError::Invalid { field, problem });
     req.sampling.validate()?;
     if req.max_new_tokens == 0 {
         return invalid("max_new_tokens", "must be at least 1".into());
     }
     if req.variations == 0 || req.variations > MAX_VARIATIONS {
-        return invalid("variations", format!("must be 1..={MAX_VARIATIONS}, found {}", req.variations));
+        return invalid(
+            "variations",
+            format!("must be 1..={MAX_VARIATIONS}, found {}", req.variations),
+        );
     }
     if req.prompt_ids.is_empty() {
-        return invalid("prompt", "is empty and the model has no start token; give a prompt".into());
+        return invalid(
+            "prompt",
+            "is empty and the model has no start token; give a prompt".into(),
+        );
     }
     let vocab = model.config().vocab_size;
     if let Some(&id) = req.prompt_ids.iter().find(|&&id| id as usize >= vocab) {
-        return invalid("prompt_ids", format!("token id {id} is out of range (vocabulary has {vocab} tokens)"));
+        return invalid(
+            "prompt_ids",
+            format!("token id {id} is out of range (vocabulary has {vocab} tokens)"),
+        );
     }
     Ok(())
 }
@@ -160,7 +173,10 @@ pub fn generate<'t>(
     let mut prompt = req.prompt_ids.clone();
     let truncated = prompt.len().saturating_sub(n_positions - 1);
     if truncated > 0 {
-        tracing::warn!("prompt is {} tokens; dropped the first {truncated} to fit n_positions = {n_positions}", prompt.len());
+        tracing::warn!(
+            "prompt is {} tokens; dropped the first {truncated} to fit n_positions = {n_positions}",
+            prompt.len()
+        );
         prompt.drain(..truncated);
     }
 
@@ -168,10 +184,19 @@ pub fn generate<'t>(
     let mut out = Generation {
         prompt_ids: prompt.clone(),
         truncated_prompt_tokens: truncated,
-        variations: vec![Variation { ids: Vec::new(), text: String::new(), stop: None }; rows],
+        variations: vec![
+            Variation {
+                ids: Vec::new(),
+                text: String::new(),
+                stop: None
+            };
+            rows
+        ],
         timings: GenerationTimings::default(),
     };
-    let mut samplers: Vec<TokenSampler> = (0..rows).map(|r| TokenSampler::new(&req.sampling, r)).collect();
+    let mut samplers: Vec<TokenSampler> = (0..rows)
+        .map(|r| TokenSampler::new(&req.sampling, r))
+        .collect();
     let mut streams = vec![Utf8Stream::new(); rows];
     let mut contexts: Vec<Vec<u32>> = vec![prompt.clone(); rows];
     let mut cache = model.new_cache(rows);
@@ -193,7 +218,11 @@ pub fn generate<'t>(
             }
             Err(e) => return Err(fail(e.into(), out)),
         };
-        let logits = match logits.to_dtype(DType::F32).and_then(|l| l.to_device(&Device::Cpu)).and_then(|l| l.to_vec2::<f32>()) {
+        let logits = match logits
+            .to_dtype(DType::F32)
+            .and_then(|l| l.to_device(&Device::Cpu))
+            .and_then(|l| l.to_vec2::<f32>())
+        {
             Ok(l) => l,
             Err(e) => return Err(fail(e.into(), out)),
         };
@@ -217,7 +246,11 @@ pub fn generate<'t>(
             out.variations[r].text.push_str(&text);
             out.variations[r].ids.push(id);
             contexts[r].push(id);
-            on_token(&TokenEvent { variation: r, id, text });
+            on_token(&TokenEvent {
+                variation: r,
+                id,
+                text,
+            });
             if out.variations[r].ids.len() >= req.max_new_tokens {
                 out.variations[r].stop = Some(StopReason::MaxTokens);
                 let tail = streams[r].finish();
@@ -256,5 +289,8 @@ fn finish_rows(out: &mut Generation, streams: &mut [Utf8Stream], reason: StopRea
 }
 
 fn fail(source: GenerateError, partial: Generation) -> GenerateError {
-    GenerateError::Failed { source: Box::new(source), partial: Box::new(partial) }
+    GenerateError::Failed {
+        source: Box::new(source),
+        partial: Box::new(partial),
+    }
 }

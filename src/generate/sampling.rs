@@ -27,20 +27,35 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { greedy: false, temperature: 0.8, top_k: 40, top_p: 0.95, repetition_penalty: 1.1, seed: 42 }
+        Self {
+            greedy: false,
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            repetition_penalty: 1.1,
+            seed: 42,
+        }
     }
 }
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { greedy: true, repetition_penalty: 1.0, ..Self::default() }
+        Self {
+            greedy: true,
+            repetition_penalty: 1.0,
+            ..Self::default()
+        }
     }
 
     /// Checks every field; the error names the field and what is wrong.
     pub fn validate(&self) -> Result<(), GenerateError> {
-        let invalid = |field: &'static str, problem: String| Err(GenerateError::Invalid { field, problem });
+        let invalid =
+            |field: &'static str, problem: String| Err(GenerateError::Invalid { field, problem });
         if !self.greedy && !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return invalid("temperature", format!("must be a positive number, found {}", self.temperature));
+            return invalid(
+                "temperature",
+                format!("must be a positive number, found {}", self.temperature),
+            );
         }
         if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
             return invalid("top_p", format!("must be in (0, 1], found {}", self.top_p));
@@ -48,7 +63,10 @@ impl SamplingParams {
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty >= 1.0) {
             return invalid(
                 "repetition_penalty",
-                format!("must be a number >= 1 (1 disables it), found {}", self.repetition_penalty),
+                format!(
+                    "must be a number >= 1 (1 disables it), found {}",
+                    self.repetition_penalty
+                ),
             );
         }
         Ok(())
@@ -59,9 +77,19 @@ impl SamplingParams {
         let top_p = self.top_p < 1.0;
         match (self.greedy, self.top_k > 0, top_p) {
             (true, _, _) => Sampling::ArgMax,
-            (false, true, true) => Sampling::TopKThenTopP { k: self.top_k, p: self.top_p, temperature },
-            (false, true, false) => Sampling::TopK { k: self.top_k, temperature },
-            (false, false, true) => Sampling::TopP { p: self.top_p, temperature },
+            (false, true, true) => Sampling::TopKThenTopP {
+                k: self.top_k,
+                p: self.top_p,
+                temperature,
+            },
+            (false, true, false) => Sampling::TopK {
+                k: self.top_k,
+                temperature,
+            },
+            (false, false, true) => Sampling::TopP {
+                p: self.top_p,
+                temperature,
+            },
             (false, false, false) => Sampling::All { temperature },
         }
     }
@@ -77,7 +105,10 @@ pub struct TokenSampler {
 impl TokenSampler {
     pub fn new(params: &SamplingParams, row: usize) -> Self {
         Self {
-            processor: LogitsProcessor::from_sampling(params.seed.wrapping_add(row as u64), params.sampling()),
+            processor: LogitsProcessor::from_sampling(
+                params.seed.wrapping_add(row as u64),
+                params.sampling(),
+            ),
             penalty: params.repetition_penalty,
             greedy: params.greedy,
         }
@@ -93,7 +124,11 @@ impl TokenSampler {
             for &id in context {
                 if seen.insert(id) {
                     if let Some(l) = logits.get_mut(id as usize) {
-                        *l = if *l >= 0.0 { *l / self.penalty } else { *l * self.penalty };
+                        *l = if *l >= 0.0 {
+                            *l / self.penalty
+                        } else {
+                            *l * self.penalty
+                        };
                     }
                 }
             }
@@ -121,11 +156,41 @@ mod tests {
     #[test]
     fn invalid_settings_name_the_field() {
         let bad = [
-            (SamplingParams { temperature: f64::NAN, ..Default::default() }, "temperature"),
-            (SamplingParams { temperature: -1.0, ..Default::default() }, "temperature"),
-            (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
-            (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
-            (SamplingParams { repetition_penalty: 0.5, ..Default::default() }, "repetition_penalty"),
+            (
+                SamplingParams {
+                    temperature: f64::NAN,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: -1.0,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: 0.0,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    top_p: 1.5,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.5,
+                    ..Default::default()
+                },
+                "repetition_penalty",
+            ),
         ];
         for (p, field) in bad {
             match p.validate() {
@@ -140,10 +205,18 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_and_other_seed_differs() {
         let logits: Vec<f32> = (0..50).map(|i| ((i * 7919) % 13) as f32 / 4.0).collect();
-        let p = SamplingParams { top_k: 0, top_p: 1.0, temperature: 1.5, repetition_penalty: 1.0, ..Default::default() };
+        let p = SamplingParams {
+            top_k: 0,
+            top_p: 1.0,
+            temperature: 1.5,
+            repetition_penalty: 1.0,
+            ..Default::default()
+        };
         let draw = |seed: u64| {
             let mut s = TokenSampler::new(&SamplingParams { seed, ..p.clone() }, 0);
-            (0..40).map(|_| s.sample(logits.clone(), &[]).unwrap()).collect::<Vec<_>>()
+            (0..40)
+                .map(|_| s.sample(logits.clone(), &[]).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
@@ -151,7 +224,10 @@ mod tests {
 
     #[test]
     fn repetition_penalty_steers_greedy_away_from_seen_token() {
-        let p = SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        };
         let mut s = TokenSampler::new(&p, 0);
         assert_eq!(s.sample(vec![1.0, 3.0, 2.0], &[]).unwrap(), 1);
         assert_eq!(s.sample(vec![1.0, 3.0, 2.0], &[1]).unwrap(), 2);
@@ -160,6 +236,9 @@ mod tests {
     #[test]
     fn nan_logits_are_an_error_not_a_token() {
         let mut s = TokenSampler::new(&SamplingParams::default(), 0);
-        assert!(matches!(s.sample(vec![0.0, f32::NAN], &[]), Err(GenerateError::NonFinite)));
+        assert!(matches!(
+            s.sample(vec![0.0, f32::NAN], &[]),
+            Err(GenerateError::NonFinite)
+        ));
     }
 }

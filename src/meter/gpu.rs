@@ -26,14 +26,19 @@ pub struct GpuMeter {
 
 impl std::fmt::Debug for GpuMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuMeter").field("available", &self.nvml.is_ok()).finish()
+        f.debug_struct("GpuMeter")
+            .field("available", &self.nvml.is_ok())
+            .finish()
     }
 }
 
 impl GpuMeter {
     /// Opens NVML; never fails (a missing driver is recorded as the reason).
     pub fn open() -> Self {
-        Self { nvml: Nvml::init().map_err(|e| format!("NVML is not available ({e}); no NVIDIA driver?")) }
+        Self {
+            nvml: Nvml::init()
+                .map_err(|e| format!("NVML is not available ({e}); no NVIDIA driver?")),
+        }
     }
 
     /// Why there are no GPU figures, if there are none.
@@ -42,14 +47,22 @@ impl GpuMeter {
     }
 
     pub fn device_count(&self) -> u32 {
-        self.nvml.as_ref().ok().and_then(|n| n.device_count().ok()).unwrap_or(0)
+        self.nvml
+            .as_ref()
+            .ok()
+            .and_then(|n| n.device_count().ok())
+            .unwrap_or(0)
     }
 
     /// NVML index for a CUDA ordinal, honouring a numeric `CUDA_VISIBLE_DEVICES`.
     pub fn nvml_index(cuda_ordinal: usize) -> u32 {
         std::env::var("CUDA_VISIBLE_DEVICES")
             .ok()
-            .and_then(|v| v.split(',').nth(cuda_ordinal).and_then(|s| s.trim().parse().ok()))
+            .and_then(|v| {
+                v.split(',')
+                    .nth(cuda_ordinal)
+                    .and_then(|s| s.trim().parse().ok())
+            })
             .unwrap_or(cuda_ordinal as u32)
     }
 

@@ -22,10 +22,18 @@ pub fn process_memory() -> Option<ProcessMemory> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
-        let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kb * 1024)
     };
-    Some(ProcessMemory { rss_bytes: field("VmRSS:")?, peak_rss_bytes: field("VmHWM:")? })
+    Some(ProcessMemory {
+        rss_bytes: field("VmRSS:")?,
+        peak_rss_bytes: field("VmHWM:")?,
+    })
 }
 
 #[cfg(test)]

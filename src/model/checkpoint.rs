@@ -41,9 +41,14 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// Resolves a folder, or a single weights file inside a folder, to its files.
     pub fn locate(path: &Path) -> Result<Self, LoadError> {
-        let meta = std::fs::metadata(path).map_err(|_| LoadError::NotFound { path: path.to_path_buf() })?;
+        let meta = std::fs::metadata(path).map_err(|_| LoadError::NotFound {
+            path: path.to_path_buf(),
+        })?;
         let (dir, weights) = if meta.is_file() {
-            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
             (dir, path.to_path_buf())
         } else {
             let weights = Self::find_weights(path)?;
@@ -52,24 +57,36 @@ impl ModelFiles {
         let format = match weights.extension().and_then(|e| e.to_str()) {
             Some("safetensors") => WeightFormat::Safetensors,
             Some("bin" | "pt" | "pth") => WeightFormat::PytorchBin,
-            _ => {
-                return Err(LoadError::NoWeights {
-                    path: weights,
-                    problem: "unknown weights file type: expected .safetensors or a PyTorch .bin/.pt/.pth".into(),
-                })
-            }
+            _ => return Err(LoadError::NoWeights {
+                path: weights,
+                problem:
+                    "unknown weights file type: expected .safetensors or a PyTorch .bin/.pt/.pth"
+                        .into(),
+            }),
         };
         let config = dir.join("config.json");
         if !config.is_file() {
             return Err(LoadError::NotFound { path: config });
         }
-        let tokenizer = ["tokenizer.json", "vocab.txt"].iter().map(|n| dir.join(n)).find(|p| p.is_file());
-        Ok(Self { dir, config, weights, format, tokenizer })
+        let tokenizer = ["tokenizer.json", "vocab.txt"]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file());
+        Ok(Self {
+            dir,
+            config,
+            weights,
+            format,
+            tokenizer,
+        })
     }
 
     fn find_weights(dir: &Path) -> Result<PathBuf, LoadError> {
         let entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| LoadError::Io { path: dir.to_path_buf(), source })?
+            .map_err(|source| LoadError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         if entries.is_empty() {
@@ -84,9 +101,15 @@ impl ModelFiles {
                 return Ok(p);
             }
         }
-        for index in ["model.safetensors.index.json", "pytorch_model.bin.index.json"] {
+        for index in [
+            "model.safetensors.index.json",
+            "pytorch_model.bin.index.json",
+        ] {
             if dir.join(index).is_file() {
-                return Err(LoadError::Sharded { path: dir.to_path_buf(), index: index.into() });
+                return Err(LoadError::Sharded {
+                    path: dir.to_path_buf(),
+                    index: index.into(),
+                });
             }
         }
         let candidates: Vec<&PathBuf> = entries
@@ -139,11 +162,20 @@ fn dtype_size(dtype: &str) -> Option<usize> {
 /// header length within the file and under 100 MB, valid JSON, every tensor's
 /// byte range inside the data section and consistent with its dtype and shape.
 pub fn inspect_safetensors(path: &Path) -> Result<SafetensorsSummary, LoadError> {
-    let bad = |problem: String| LoadError::Safetensors { path: path.to_path_buf(), problem };
-    let mut file = File::open(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    let bad = |problem: String| LoadError::Safetensors {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut file = File::open(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let file_len = file
         .metadata()
-        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?
+        .map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
         .len();
     if file_len < 8 {
         return Err(bad(format!(
@@ -152,7 +184,10 @@ pub fn inspect_safetensors(path: &Path) -> Result<SafetensorsSummary, LoadError>
     }
     let mut len_bytes = [0u8; 8];
     file.read_exact(&mut len_bytes)
-        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+        .map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_SAFETENSORS_HEADER {
         return Err(bad(format!(
@@ -166,24 +201,38 @@ pub fn inspect_safetensors(path: &Path) -> Result<SafetensorsSummary, LoadError>
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header)
-        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
-    let value: Value = serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-    let obj = value.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+        .map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let value: Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| bad("header is not a JSON object".into()))?;
     let data_len = file_len - 8 - header_len;
     let mut tensors = Vec::with_capacity(obj.len());
     for (name, info) in obj {
         if name == "__metadata__" {
             continue;
         }
-        let field = |f: &str| info.get(f).ok_or_else(|| bad(format!("tensor `{name}` has no `{f}`")));
+        let field = |f: &str| {
+            info.get(f)
+                .ok_or_else(|| bad(format!("tensor `{name}` has no `{f}`")))
+        };
         let dtype = field("dtype")?
             .as_str()
             .ok_or_else(|| bad(format!("tensor `{name}`: dtype is not a string")))?
             .to_string();
-        let elem = dtype_size(&dtype).ok_or_else(|| bad(format!("tensor `{name}`: unknown dtype {dtype}")))?;
+        let elem = dtype_size(&dtype)
+            .ok_or_else(|| bad(format!("tensor `{name}`: unknown dtype {dtype}")))?;
         let shape: Vec<usize> = field("shape")?
             .as_array()
-            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+            .and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect::<Option<Vec<_>>>()
+            })
             .ok_or_else(|| bad(format!("tensor `{name}`: shape is not a list of sizes")))?;
         let offsets: Vec<u64> = field("data_offsets")?
             .as_array()
@@ -206,7 +255,11 @@ pub fn inspect_safetensors(path: &Path) -> Result<SafetensorsSummary, LoadError>
                 end - begin
             )));
         }
-        tensors.push(TensorEntry { name: name.clone(), dtype, shape });
+        tensors.push(TensorEntry {
+            name: name.clone(),
+            dtype,
+            shape,
+        });
     }
     Ok(SafetensorsSummary { tensors, file_len })
 }
@@ -235,18 +288,30 @@ impl CheckpointBackend {
                 let summary = inspect_safetensors(&path)?;
                 // SAFETY: the header was validated above; the mapping is read-only.
                 let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }
-                    .map_err(|e| LoadError::Safetensors { path: path.clone(), problem: e.to_string() })?;
+                    .map_err(|e| LoadError::Safetensors {
+                        path: path.clone(),
+                        problem: e.to_string(),
+                    })?;
                 let names = summary.tensors.into_iter().map(|t| t.name).collect();
                 (TensorSource::Safetensors(st), names)
             }
             WeightFormat::PytorchBin => {
-                let pth = candle_core::pickle::PthTensors::new(&path, None)
-                    .map_err(|e| LoadError::Pickle { path: path.clone(), problem: e.to_string() })?;
+                let pth = candle_core::pickle::PthTensors::new(&path, None).map_err(|e| {
+                    LoadError::Pickle {
+                        path: path.clone(),
+                        problem: e.to_string(),
+                    }
+                })?;
                 let names = pth.tensor_infos().keys().cloned().collect();
                 (TensorSource::Pth(pth), names)
             }
         };
-        Ok(Self { path, source, names, problem: Arc::new(Mutex::new(None)) })
+        Ok(Self {
+            path,
+            source,
+            names,
+            problem: Arc::new(Mutex::new(None)),
+        })
     }
 
     /// The stored key for a canonical `GPT2Model` name, trying the `transformer.` prefix.
@@ -271,18 +336,33 @@ impl CheckpointBackend {
             TensorSource::Safetensors(st) => st.load(key, dev),
             TensorSource::Pth(pth) => match pth.get(key)? {
                 Some(t) => t.to_device(dev),
-                None => Err(candle_core::Error::Msg(format!("{}: tensor `{key}` vanished", self.path.display()))),
+                None => Err(candle_core::Error::Msg(format!(
+                    "{}: tensor `{key}` vanished",
+                    self.path.display()
+                ))),
             },
         }
     }
 }
 
 impl SimpleBackend for CheckpointBackend {
-    fn get(&self, s: Shape, name: &str, _h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let Some(key) = self.resolve(name) else {
             let mut sample: Vec<&String> = self.names.iter().collect();
             sample.sort();
-            let sample = sample.iter().take(3).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+            let sample = sample
+                .iter()
+                .take(3)
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(self.record(LoadError::MissingTensor {
                 path: self.path.clone(),
                 name: name.to_string(),
@@ -306,7 +386,10 @@ impl SimpleBackend for CheckpointBackend {
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match self.resolve(name) {
             Some(key) => self.read(&key, dev)?.to_dtype(dtype),
-            None => Err(candle_core::Error::Msg(format!("{}: tensor `{name}` is missing", self.path.display()))),
+            None => Err(candle_core::Error::Msg(format!(
+                "{}: tensor `{name}` is missing",
+                self.path.display()
+            ))),
         }
     }
 
@@ -335,10 +418,18 @@ pub fn load_model(path: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
     let problem = Arc::clone(&backend.problem);
     let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
     match Gpt2::load(vb, &config) {
-        Ok(model) => Ok(LoadedModel { files, config, model, tokenizer }),
+        Ok(model) => Ok(LoadedModel {
+            files,
+            config,
+            model,
+            tokenizer,
+        }),
         Err(source) => {
             let recorded = problem.lock().ok().and_then(|mut p| p.take());
-            Err(recorded.unwrap_or(LoadError::Candle { path: files.weights, source }))
+            Err(recorded.unwrap_or(LoadError::Candle {
+                path: files.weights,
+                source,
+            }))
         }
     }
 }

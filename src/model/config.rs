@@ -150,10 +150,16 @@ impl Gpt2Config {
             }
         }
         if fields.bool_or("add_cross_attention", false)? {
-            return Err(fields.err("add_cross_attention", "cross-attention (encoder-decoder) GPT-2 is not supported".into()));
+            return Err(fields.err(
+                "add_cross_attention",
+                "cross-attention (encoder-decoder) GPT-2 is not supported".into(),
+            ));
         }
         if fields.bool_or("reorder_and_upcast_attn", false)? {
-            tracing::warn!("{}: reorder_and_upcast_attn is set; attention is computed in f32 anyway", path.display());
+            tracing::warn!(
+                "{}: reorder_and_upcast_attn is set; attention is computed in f32 anyway",
+                path.display()
+            );
         }
 
         let n_embd = fields.count("n_embd", 768, MAX_EMBD)?;
@@ -203,7 +209,8 @@ impl Gpt2Config {
                 }
             },
         };
-        let scale_attn_by_inverse_layer_idx = fields.bool_or("scale_attn_by_inverse_layer_idx", false)?;
+        let scale_attn_by_inverse_layer_idx =
+            fields.bool_or("scale_attn_by_inverse_layer_idx", false)?;
         if !fields.bool_or("scale_attn_weights", true)? {
             return Err(fields.err("scale_attn_weights", "false is not supported".into()));
         }
@@ -278,9 +285,10 @@ impl ConfigFields<'_> {
             None => Ok(default),
             Some(v) => match v.as_u64() {
                 Some(0) => Err(self.err(field, "must be at least 1, found 0".into())),
-                Some(n) if n as u128 > max as u128 => {
-                    Err(self.err(field, format!("{n} is larger than the supported maximum {max}")))
-                }
+                Some(n) if n as u128 > max as u128 => Err(self.err(
+                    field,
+                    format!("{n} is larger than the supported maximum {max}"),
+                )),
                 Some(n) => Ok(n as usize),
                 None => Err(self.err(
                     field,
@@ -294,7 +302,10 @@ impl ConfigFields<'_> {
         match self.obj.get(field) {
             None | Some(Value::Null) => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(self.err(field, format!("expected true or false, found {}", kind_of(v)))),
+            Some(v) => Err(self.err(
+                field,
+                format!("expected true or false, found {}", kind_of(v)),
+            )),
         }
     }
 

@@ -16,8 +16,14 @@ const MASKED: f32 = -1.0e30;
 pub enum ForwardError {
     #[error("token id {id} at batch row {row} is out of range: the model's vocabulary has {vocab} entries")]
     TokenOutOfRange { id: u32, row: usize, vocab: usize },
-    #[error("sequence {row} would reach position {position}, but the model has n_positions = {max}")]
-    ContextFull { row: usize, position: usize, max: usize },
+    #[error(
+        "sequence {row} would reach position {position}, but the model has n_positions = {max}"
+    )]
+    ContextFull {
+        row: usize,
+        position: usize,
+        max: usize,
+    },
     #[error("batch shape mismatch: {0}")]
     Shape(String),
     #[error(transparent)]
@@ -43,9 +49,16 @@ impl TokenBatch {
         for row in rows {
             let padding = len - row.len();
             ids.extend(std::iter::repeat_n(pad, padding).chain(row.iter().copied()));
-            valid.extend(std::iter::repeat_n(false, padding).chain(std::iter::repeat_n(true, row.len())));
+            valid.extend(
+                std::iter::repeat_n(false, padding).chain(std::iter::repeat_n(true, row.len())),
+            );
         }
-        Self { ids, valid, batch: rows.len(), len }
+        Self {
+            ids,
+            valid,
+            batch: rows.len(),
+            len,
+        }
     }
 
     /// Rows of different lengths, right-padded with `pad`.
@@ -56,15 +69,27 @@ impl TokenBatch {
         for row in rows {
             let padding = len - row.len();
             ids.extend(row.iter().copied().chain(std::iter::repeat_n(pad, padding)));
-            valid.extend(std::iter::repeat_n(true, row.len()).chain(std::iter::repeat_n(false, padding)));
+            valid.extend(
+                std::iter::repeat_n(true, row.len()).chain(std::iter::repeat_n(false, padding)),
+            );
         }
-        Self { ids, valid, batch: rows.len(), len }
+        Self {
+            ids,
+            valid,
+            batch: rows.len(),
+            len,
+        }
     }
 
     /// One new token per row (a decode step); `valid[r]` false for rows that have finished.
     pub fn step(ids: Vec<u32>, valid: Vec<bool>) -> Self {
         let batch = ids.len();
-        Self { ids, valid, batch, len: 1 }
+        Self {
+            ids,
+            valid,
+            batch,
+            len: 1,
+        }
     }
 }
 
@@ -181,7 +206,7 @@ impl Attention {
 
         let dtype = q.dtype();
         let att = (q.matmul(&k.t()?)? * self.scale)?; // (B, H, T, S)
-        // Softmax in f32 whatever the weights' dtype: cheap at these sizes and exact enough.
+                                                      // Softmax in f32 whatever the weights' dtype: cheap at these sizes and exact enough.
         let att = att.to_dtype(DType::F32)?;
         let att = match mask {
             Some(m) => att.broadcast_add(m)?,
@@ -278,7 +303,14 @@ impl Gpt2 {
         } else {
             wte.embeddings().clone()
         };
-        Ok(Self { wte, wpe, blocks, ln_f, lm_head, cfg: cfg.clone() })
+        Ok(Self {
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn config(&self) -> &Gpt2Config {
@@ -300,7 +332,11 @@ impl Gpt2 {
 
     /// Runs `input` after what `cache` holds and returns the final hidden states
     /// `(B, T, C)` (after `ln_f`). Token ids are checked on the host first.
-    pub fn forward_hidden(&self, input: &TokenBatch, cache: &mut KvCache) -> Result<Tensor, ForwardError> {
+    pub fn forward_hidden(
+        &self,
+        input: &TokenBatch,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ForwardError> {
         let (b, t) = (input.batch, input.len);
         if input.ids.len() != b * t || input.valid.len() != b * t {
             return Err(ForwardError::Shape(format!(
@@ -310,14 +346,21 @@ impl Gpt2 {
             )));
         }
         if cache.batch() != b {
-            return Err(ForwardError::Shape(format!("cache holds {} rows, input has {b}", cache.batch())));
+            return Err(ForwardError::Shape(format!(
+                "cache holds {} rows, input has {b}",
+                cache.batch()
+            )));
         }
         if t == 0 {
             return Err(ForwardError::Shape("empty input".into()));
         }
         for (i, &id) in input.ids.iter().enumerate() {
             if id as usize >= self.cfg.vocab_size {
-                return Err(ForwardError::TokenOutOfRange { id, row: i / t.max(1), vocab: self.cfg.vocab_size });
+                return Err(ForwardError::TokenOutOfRange {
+                    id,
+                    row: i / t.max(1),
+                    vocab: self.cfg.vocab_size,
+                });
             }
         }
 
@@ -328,7 +371,11 @@ impl Gpt2 {
             for col in 0..t {
                 if input.valid[row * t + col] {
                     if next >= self.cfg.n_positions {
-                        return Err(ForwardError::ContextFull { row, position: next, max: self.cfg.n_positions });
+                        return Err(ForwardError::ContextFull {
+                            row,
+                            position: next,
+                            max: self.cfg.n_positions,
+                        });
                     }
                     positions.push(next as u32);
                     next += 1;
@@ -345,7 +392,10 @@ impl Gpt2 {
         }
         let total = past + t;
 
-        let mask = if t == 1 && input.valid.iter().all(|v| *v) && cache.valid.iter().all(|r| r.iter().all(|v| *v)) {
+        let mask = if t == 1
+            && input.valid.iter().all(|v| *v)
+            && cache.valid.iter().all(|r| r.iter().all(|v| *v))
+        {
             None
         } else {
             // (B, 1, T, S): causal, and only real keys.
@@ -378,7 +428,11 @@ impl Gpt2 {
     }
 
     /// Logits `(B, V)` of each row's last input position only (what sampling needs).
-    pub fn forward_last(&self, input: &TokenBatch, cache: &mut KvCache) -> Result<Tensor, ForwardError> {
+    pub fn forward_last(
+        &self,
+        input: &TokenBatch,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ForwardError> {
         let h = self.forward_hidden(input, cache)?;
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?; // (B, 1, C)

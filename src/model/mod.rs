@@ -13,7 +13,8 @@ pub mod synthetic;
 mod tokenizer;
 
 pub use checkpoint::{
-    inspect_safetensors, load_model, LoadedModel, ModelFiles, SafetensorsSummary, TensorEntry, WeightFormat,
+    inspect_safetensors, load_model, LoadedModel, ModelFiles, SafetensorsSummary, TensorEntry,
+    WeightFormat,
 };
 pub use config::{Activation, Gpt2Config};
 pub use gpt2::{ForwardError, Gpt2, KvCache, TokenBatch};
@@ -55,7 +56,9 @@ pub enum LoadError {
         count: usize,
         sample: String,
     },
-    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?} (from config.json)")]
+    #[error(
+        "{path}: tensor `{name}` has shape {found:?}, expected {expected:?} (from config.json)"
+    )]
     TensorShape {
         path: PathBuf,
         name: String,

@@ -15,7 +15,9 @@ struct Normal {
 
 impl Normal {
     fn new(seed: u64) -> Self {
-        Self { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 }
+        Self {
+            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        }
     }
 
     fn uniform(&mut self) -> f64 {
@@ -39,25 +41,52 @@ impl Normal {
 }
 
 /// Random tensors for every weight of `cfg`, named as in `GPT2Model` (`wte.weight`, `h.0...`).
-pub fn synthetic_tensors(cfg: &Gpt2Config, seed: u64) -> candle_core::Result<HashMap<String, Tensor>> {
+pub fn synthetic_tensors(
+    cfg: &Gpt2Config,
+    seed: u64,
+) -> candle_core::Result<HashMap<String, Tensor>> {
     let mut rng = Normal::new(seed);
     let (c, inner) = (cfg.n_embd, cfg.n_inner);
     let mut t = HashMap::new();
-    t.insert("wte.weight".into(), rng.tensor(&[cfg.vocab_size, c], 0.0, 0.02)?);
-    t.insert("wpe.weight".into(), rng.tensor(&[cfg.n_positions, c], 0.0, 0.01)?);
+    t.insert(
+        "wte.weight".into(),
+        rng.tensor(&[cfg.vocab_size, c], 0.0, 0.02)?,
+    );
+    t.insert(
+        "wpe.weight".into(),
+        rng.tensor(&[cfg.n_positions, c], 0.0, 0.01)?,
+    );
     for i in 0..cfg.n_layer {
         let p = format!("h.{i}.");
         for ln in ["ln_1", "ln_2"] {
             t.insert(format!("{p}{ln}.weight"), rng.tensor(&[c], 1.0, 0.1)?);
             t.insert(format!("{p}{ln}.bias"), rng.tensor(&[c], 0.0, 0.1)?);
         }
-        t.insert(format!("{p}attn.c_attn.weight"), rng.tensor(&[c, 3 * c], 0.0, 0.02)?);
-        t.insert(format!("{p}attn.c_attn.bias"), rng.tensor(&[3 * c], 0.0, 0.02)?);
-        t.insert(format!("{p}attn.c_proj.weight"), rng.tensor(&[c, c], 0.0, 0.02)?);
+        t.insert(
+            format!("{p}attn.c_attn.weight"),
+            rng.tensor(&[c, 3 * c], 0.0, 0.02)?,
+        );
+        t.insert(
+            format!("{p}attn.c_attn.bias"),
+            rng.tensor(&[3 * c], 0.0, 0.02)?,
+        );
+        t.insert(
+            format!("{p}attn.c_proj.weight"),
+            rng.tensor(&[c, c], 0.0, 0.02)?,
+        );
         t.insert(format!("{p}attn.c_proj.bias"), rng.tensor(&[c], 0.0, 0.02)?);
-        t.insert(format!("{p}mlp.c_fc.weight"), rng.tensor(&[c, inner], 0.0, 0.02)?);
-        t.insert(format!("{p}mlp.c_fc.bias"), rng.tensor(&[inner], 0.0, 0.02)?);
-        t.insert(format!("{p}mlp.c_proj.weight"), rng.tensor(&[inner, c], 0.0, 0.02)?);
+        t.insert(
+            format!("{p}mlp.c_fc.weight"),
+            rng.tensor(&[c, inner], 0.0, 0.02)?,
+        );
+        t.insert(
+            format!("{p}mlp.c_fc.bias"),
+            rng.tensor(&[inner], 0.0, 0.02)?,
+        );
+        t.insert(
+            format!("{p}mlp.c_proj.weight"),
+            rng.tensor(&[inner, c], 0.0, 0.02)?,
+        );
         t.insert(format!("{p}mlp.c_proj.bias"), rng.tensor(&[c], 0.0, 0.02)?);
     }
     t.insert("ln_f.weight".into(), rng.tensor(&[c], 1.0, 0.1)?);
@@ -73,7 +102,10 @@ pub fn write_checkpoint(
     tensors: &HashMap<String, Tensor>,
     dtype: DType,
 ) -> Result<(), LoadError> {
-    std::fs::create_dir_all(dir).map_err(|source| LoadError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let config_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&cfg.to_hf_json()).map_err(|e| LoadError::Config {
         path: config_path.clone(),
@@ -84,12 +116,21 @@ pub fn write_checkpoint(
     let weights = dir.join("model.safetensors");
     let mut named = HashMap::with_capacity(tensors.len());
     for (k, v) in tensors {
-        let v = v.to_dtype(dtype).map_err(|source| LoadError::Candle { path: weights.clone(), source })?;
+        let v = v.to_dtype(dtype).map_err(|source| LoadError::Candle {
+            path: weights.clone(),
+            source,
+        })?;
         named.insert(format!("transformer.{k}"), v);
     }
-    candle_core::safetensors::save(&named, &weights).map_err(|source| LoadError::Candle { path: weights, source })
+    candle_core::safetensors::save(&named, &weights).map_err(|source| LoadError::Candle {
+        path: weights,
+        source,
+    })
 }
 
 fn crate_write(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
-    std::fs::write(path, bytes).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, bytes).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

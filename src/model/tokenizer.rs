@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use std::str::FromStr;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::Tokenizer;
-use std::str::FromStr;
 
 use super::{Gpt2Config, LoadError};
 
@@ -32,7 +32,9 @@ pub enum TokenizerKind {
 /// Problems with a prompt's text.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
-    #[error("the model's vocabulary has no token for {chars} (from the prompt); use other characters")]
+    #[error(
+        "the model's vocabulary has no token for {chars} (from the prompt); use other characters"
+    )]
     UnknownCharacters { chars: String },
     #[error("the tokenizer failed on the prompt: {0}")]
     Tokenizer(String),
@@ -64,7 +66,10 @@ impl std::fmt::Debug for TextTokenizer {
 
 /// GPT-2's byte <-> printable-character table, inverted: char -> byte.
 fn byte_level_decoder() -> HashMap<char, u8> {
-    let mut bytes: Vec<u8> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bytes: Vec<u8> = (b'!'..=b'~')
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut chars: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
     let mut n = 0;
     for b in 0..=255u8 {
@@ -104,7 +109,11 @@ impl TextTokenizer {
     /// Loads `tokenizer.json` or `vocab.txt` (by file name) and checks it fits `config`.
     pub fn from_file(path: &Path, config: &Gpt2Config) -> Result<Self, LoadError> {
         let is_vocab_txt = path.extension().and_then(|e| e.to_str()) == Some("txt");
-        let tok = if is_vocab_txt { Self::from_vocab_txt(path)? } else { Self::from_tokenizer_json(path, config)? };
+        let tok = if is_vocab_txt {
+            Self::from_vocab_txt(path)?
+        } else {
+            Self::from_tokenizer_json(path, config)?
+        };
         let n = tok.token_bytes.len();
         if n > config.vocab_size {
             return Err(LoadError::VocabMismatch {
@@ -117,10 +126,18 @@ impl TextTokenizer {
     }
 
     fn from_tokenizer_json(path: &Path, config: &Gpt2Config) -> Result<Self, LoadError> {
-        let bad = |problem: String| LoadError::Tokenizer { path: path.to_path_buf(), problem };
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let inner = Tokenizer::from_str(&text).map_err(|e| bad(format!("not a valid tokenizer.json: {e}")))?;
+        let bad = |problem: String| LoadError::Tokenizer {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let inner = Tokenizer::from_str(&text)
+            .map_err(|e| bad(format!("not a valid tokenizer.json: {e}")))?;
         let byte_level = is_byte_level(&json);
         let model_type = json_type(json.get("model")).unwrap_or("");
         let prefix = json
@@ -136,7 +153,11 @@ impl TextTokenizer {
         let mut token_bytes = Vec::with_capacity(n);
         for id in 0..n as u32 {
             if let Some(tok) = added.get(&id) {
-                token_bytes.push(if tok.special { Vec::new() } else { tok.content.clone().into_bytes() });
+                token_bytes.push(if tok.special {
+                    Vec::new()
+                } else {
+                    tok.content.clone().into_bytes()
+                });
                 continue;
             }
             let Some(piece) = inner.id_to_token(id) else {
@@ -144,7 +165,11 @@ impl TextTokenizer {
                 continue;
             };
             let bytes = if byte_level {
-                piece.chars().map(|c| table.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_else(|| piece.into_bytes())
+                piece
+                    .chars()
+                    .map(|c| table.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .unwrap_or_else(|| piece.into_bytes())
             } else if model_type == "WordPiece" {
                 match piece.strip_prefix(prefix.as_str()) {
                     Some(rest) => rest.as_bytes().to_vec(),
@@ -153,7 +178,10 @@ impl TextTokenizer {
             } else if metaspace {
                 piece.replace('\u{2581}', " ").into_bytes()
             } else {
-                inner.decode(&[id], false).map(String::into_bytes).unwrap_or_default()
+                inner
+                    .decode(&[id], false)
+                    .map(String::into_bytes)
+                    .unwrap_or_default()
             };
             token_bytes.push(bytes);
         }
@@ -182,7 +210,11 @@ impl TextTokenizer {
             (bos, None)
         };
         Ok(Self {
-            kind: if byte_level { TokenizerKind::ByteLevelBpe } else { TokenizerKind::TokenizerJson },
+            kind: if byte_level {
+                TokenizerKind::ByteLevelBpe
+            } else {
+                TokenizerKind::TokenizerJson
+            },
             path: path.to_path_buf(),
             inner,
             token_bytes,
@@ -193,8 +225,14 @@ impl TextTokenizer {
     }
 
     fn from_vocab_txt(path: &Path) -> Result<Self, LoadError> {
-        let bad = |problem: String| LoadError::Tokenizer { path: path.to_path_buf(), problem };
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+        let bad = |problem: String| LoadError::Tokenizer {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut vocab: HashMap<String, u32> = HashMap::new();
         let mut pieces = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -278,7 +316,10 @@ impl TextTokenizer {
     /// Encodes text with no special tokens; characters the vocabulary cannot
     /// express are an error that lists them.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EncodeError> {
-        let enc = self.inner.encode(text, false).map_err(|e| EncodeError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EncodeError::Tokenizer(e.to_string()))?;
         let ids = enc.get_ids().to_vec();
         if let Some(unk) = self.unk_id {
             let mut missing = String::new();
@@ -318,7 +359,10 @@ impl TextTokenizer {
 
     /// Decodes ids to text (lossy for invalid UTF-8), skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.token_bytes(id).iter().copied()).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| self.token_bytes(id).iter().copied())
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }

@@ -8,7 +8,9 @@ use std::process::Output;
 pub const LAYOUTS: [&str; 3] = ["hf-safetensors", "hub-safetensors", "pytorch-bin"];
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The reference outputs the Python script recorded for a fixture.
@@ -24,15 +26,36 @@ pub fn reference(name: &str) -> Reference {
     let path = fixture(name).join("reference.json");
     let text = std::fs::read_to_string(&path).expect("fixture reference.json is committed");
     let v: serde_json::Value = serde_json::from_str(&text).expect("reference.json is JSON");
-    let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
     let mat = |v: &serde_json::Value| -> Vec<Vec<f32>> {
-        v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect()
     };
     Reference {
         prompt_ids: ids(&v["prompt_ids"]),
         logits: mat(&v["logits"]),
         greedy_ids: ids(&v["greedy_ids"]),
-        batch_prompts: v["batch_prompts"].as_array().unwrap().iter().map(ids).collect(),
+        batch_prompts: v["batch_prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect(),
         batch_last_logits: mat(&v["batch_last_logits"]),
     }
 }
@@ -57,7 +80,10 @@ pub fn run_cli(args: &[&str]) -> Output {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn ids_arg(ids: &[u32]) -> String {
