@@ -20,7 +20,7 @@ fn logits_match_reference_for_every_layout() {
         let logits = m
             .model
             .forward(
-                &TokenBatch::left_padded(&[r.prompt_ids.clone()], 0),
+                &TokenBatch::left_padded(std::slice::from_ref(&r.prompt_ids), 0),
                 &mut cache,
             )
             .unwrap();

@@ -287,8 +287,8 @@ struct OwnerThread {
 struct JobFailure {
     kind: ErrorKind,
     message: String,
-    partial: Option<crate::generate::Generation>,
-    fit: Option<FitRefusal>,
+    partial: Option<Box<crate::generate::Generation>>,
+    fit: Option<Box<FitRefusal>>,
 }
 
 impl JobFailure {
@@ -437,8 +437,8 @@ impl OwnerThread {
             request,
             kind: f.kind,
             message: f.message,
-            partial: f.partial,
-            fit: f.fit,
+            partial: f.partial.map(|p| *p),
+            fit: f.fit.map(|f| *f),
         });
         if oom {
             self.release(ReleaseReason::AfterError);
@@ -533,7 +533,7 @@ impl OwnerThread {
                 kind: ErrorKind::DoesNotFit,
                 message: format!("{}: {refusal}", spec.model.display()),
                 partial: None,
-                fit: Some(refusal),
+                fit: Some(Box::new(refusal)),
             }),
         }
     }
@@ -777,7 +777,7 @@ impl OwnerThread {
                     kind: f.kind,
                     message,
                     partial: None,
-                    fit: f.fit,
+                    fit: f.fit.map(|f| *f),
                 });
             }
         }
@@ -794,20 +794,21 @@ impl OwnerThread {
         let bad = |message: String| JobFailure::new(ErrorKind::BadRequest, message);
         let m = &resident.model;
         let tok = m.tokenizer.as_ref();
-        let mut prompt_ids =
-            match &job.prompt {
-                Prompt::Ids(ids) => ids.clone(),
-                Prompt::Text(text) => match tok {
-                    Some(t) => t.prompt_ids(text).map_err(|e| bad(e.to_string()))?,
-                    None => return Err(JobFailure::new(
+        let mut prompt_ids = match &job.prompt {
+            Prompt::Ids(ids) => ids.clone(),
+            Prompt::Text(text) => match tok {
+                Some(t) => t.prompt_ids(text).map_err(|e| bad(e.to_string()))?,
+                None => {
+                    return Err(JobFailure::new(
                         ErrorKind::BadModel,
                         format!(
                             "{}: no tokenizer.json or vocab.txt, so text prompts cannot be encoded",
                             m.files.dir.display()
                         ),
-                    )),
-                },
-            };
+                    ))
+                }
+            },
+        };
         if prompt_ids.is_empty() {
             let bos = m
                 .config
@@ -861,9 +862,7 @@ impl OwnerThread {
                 let message = e.to_string();
                 let (kind, partial) = match e {
                     GenerateError::Invalid { .. } => (ErrorKind::BadRequest, None),
-                    GenerateError::Failed { partial, .. } => {
-                        (ErrorKind::Generation, Some(*partial))
-                    }
+                    GenerateError::Failed { partial, .. } => (ErrorKind::Generation, Some(partial)),
                     _ => (ErrorKind::Generation, None),
                 };
                 let kind = if is_out_of_memory(&message) {
@@ -897,7 +896,9 @@ impl OwnerThread {
         let Resident {
             model, device: dev, ..
         } = resident;
+        // The model's tensors first, then the device they live on.
         drop(model);
+        #[allow(clippy::drop_non_drop)]
         drop(dev);
         let context_reset = self.reset_cuda_context(device);
         return_freed_heap_to_os();

@@ -51,7 +51,7 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<(), GenerateError> {
         let invalid =
             |field: &'static str, problem: String| Err(GenerateError::Invalid { field, problem });
-        if !self.greedy && !(self.temperature.is_finite() && self.temperature > 0.0) {
+        if !(self.greedy || self.temperature.is_finite() && self.temperature > 0.0) {
             return invalid(
                 "temperature",
                 format!("must be a positive number, found {}", self.temperature),
