@@ -258,6 +258,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         max_new_tokens: args.max_tokens,
         sampling,
         stop_ids,
+        constraint: None,
     };
     let tok = loaded.tokenizer.as_ref();
     let bytes = |id: u32| -> &[u8] { tok.map_or(&[], |t| t.token_bytes(id)) };

@@ -63,6 +63,7 @@ fn greedy_continuation_matches_reference_exactly() {
             max_new_tokens: r.greedy_ids.len(),
             sampling: SamplingParams::greedy(),
             stop_ids: m.tokenizer.as_ref().unwrap().stop_ids().to_vec(),
+            constraint: None,
         };
         let g = generate(&m.model, &req, |_| &[], &|| false, |_| {}).unwrap();
         assert_eq!(g.variations[0].ids, r.greedy_ids, "{layout}");
@@ -131,6 +132,7 @@ fn batched_greedy_variations_equal_single_greedy_run() {
         max_new_tokens: r.greedy_ids.len(),
         sampling: SamplingParams::greedy(),
         stop_ids: vec![],
+        constraint: None,
     };
     let g = generate(&m.model, &req, |_| &[], &|| false, |_| {}).unwrap();
     for v in &g.variations {
@@ -223,6 +225,7 @@ fn streamed_pieces_concatenate_to_the_final_text_without_half_characters() {
             greedy: false,
         },
         stop_ids: vec![],
+        constraint: None,
     };
     let mut streamed = vec![String::new(); 2];
     let g = generate(

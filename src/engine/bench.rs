@@ -146,6 +146,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         max_new_tokens: 4,
         sampling: sampling.clone(),
         stop_ids: vec![],
+        constraint: None,
     };
     generate(model, &warm, |_| &[], &|| false, |_| {})?;
     let mut decode = Vec::new();
@@ -157,6 +158,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             max_new_tokens: opts.new_tokens,
             sampling: sampling.clone(),
             stop_ids: vec![],
+            constraint: None,
         };
         let g = generate(model, &req, |_| &[], &|| false, |_| {})?;
         let steps = g.timings.steps_per_s();

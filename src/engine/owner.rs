@@ -831,6 +831,7 @@ impl OwnerThread {
             max_new_tokens: job.max_new_tokens,
             sampling: job.sampling,
             stop_ids,
+            constraint: None,
         };
         self.set_state(EngineState::Generating);
         let cancel_up_to = Arc::clone(&self.cancel_up_to);

@@ -187,6 +187,7 @@ pub fn run_selftest(
             max_new_tokens: r.greedy_ids.len(),
             sampling: SamplingParams::greedy(),
             stop_ids: vec![],
+            constraint: None,
         };
         let g = generate(&m.model, &req, |_| &[], &|| false, |_| {}).map_err(|e| run(e.into()))?;
         let max_logit_diff = max_diff(&logits, &r.logits);

@@ -7,6 +7,7 @@
 //! callback.
 
 mod detok;
+pub mod forms;
 mod sampling;
 
 pub use detok::Utf8Stream;
@@ -56,6 +57,9 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// Tokens that end a variation (not included in its output).
     pub stop_ids: Vec<u32>,
+    /// A poem form enforced while decoding, and the text the poem starts with
+    /// (the prompt's own characters).
+    pub constraint: Option<(forms::FormConstraint, String)>,
 }
 
 /// Why a variation ended.
@@ -231,6 +235,11 @@ pub fn generate<'t>(
         for (r, row_logits) in logits.into_iter().enumerate() {
             if out.variations[r].stop.is_some() {
                 continue;
+            }
+            let mut row_logits = row_logits;
+            if let Some((c, start)) = &req.constraint {
+                let written = format!("{start}{}", out.variations[r].text);
+                c.apply(&written, &mut row_logits);
             }
             let id = match samplers[r].sample(row_logits, &contexts[r]) {
                 Ok(id) => id,

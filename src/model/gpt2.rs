@@ -3,7 +3,7 @@
 //! model can serve many batched generations.
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
 
 use super::config::{Activation, Gpt2Config};
 
@@ -136,6 +136,33 @@ impl KvCache {
     }
 }
 
+/// Layer norm with GPT-2's `weight`/`bias`: candle's fused kernel for inference,
+/// the composite (differentiable) form for training.
+#[derive(Debug, Clone)]
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if train || !x.is_contiguous() {
+            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+        } else {
+            candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+        }
+    }
+}
+
 /// Conv1D as GPT-2 stores it: `y = x @ W + b` with `W` of shape `[in, out]`.
 #[derive(Debug, Clone)]
 struct Conv1D {
@@ -146,8 +173,8 @@ struct Conv1D {
 impl Conv1D {
     fn load(vb: VarBuilder, n_in: usize, n_out: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            weight: vb.get((n_in, n_out), "weight")?,
-            bias: vb.get(n_out, "bias")?,
+            weight: vb.get_with_hints((n_in, n_out), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?,
+            bias: vb.get_with_hints(n_out, "bias", Init::Const(0.0))?,
         })
     }
 
@@ -185,9 +212,10 @@ impl Attention {
     fn forward(
         &self,
         x: &Tensor,            // (B, T, C)
-        mask: Option<&Tensor>, // (B, 1, T, S) f32
-        cache: &mut Option<(Tensor, Tensor)>,
+        mask: Option<&Tensor>, // (B or 1, 1, T, S) f32
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
+        let train = cache.is_none();
         let (b, t, c) = x.dims3()?;
         let hd = c / self.n_head;
         let qkv = self.c_attn.forward(x)?; // (B, T, 3C)
@@ -198,11 +226,17 @@ impl Attention {
                 .contiguous()
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?), // (B, H, S, hd)
+        let (k, v) = match cache {
+            Some(cache) => {
+                let (k, v) = match cache.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?), // (B, H, S, hd)
+                    None => (k, v),
+                };
+                *cache = Some((k.clone(), v.clone()));
+                (k, v)
+            }
             None => (k, v),
         };
-        *cache = Some((k.clone(), v.clone()));
 
         let dtype = q.dtype();
         let att = (q.matmul(&k.t()?)? * self.scale)?; // (B, H, T, S)
@@ -212,7 +246,12 @@ impl Attention {
             Some(m) => att.broadcast_add(m)?,
             None => att,
         };
-        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(dtype)?;
+        let att = if train {
+            candle_nn::ops::softmax(&att, D::Minus1)? // differentiable
+        } else {
+            candle_nn::ops::softmax_last_dim(&att)?
+        };
+        let att = att.to_dtype(dtype)?;
         let y = att.matmul(&v)?; // (B, H, T, hd)
         let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
         self.c_proj.forward(&y)
@@ -248,9 +287,9 @@ impl Mlp {
 
 #[derive(Debug, Clone)]
 struct Block {
-    ln_1: LayerNorm,
+    ln_1: Norm,
     attn: Attention,
-    ln_2: LayerNorm,
+    ln_2: Norm,
     mlp: Mlp,
 }
 
@@ -258,21 +297,23 @@ impl Block {
     fn load(vb: VarBuilder, cfg: &Gpt2Config, layer: usize) -> candle_core::Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         Ok(Self {
-            ln_1: candle_nn::layer_norm(cfg.n_embd, eps, vb.pp("ln_1"))?,
+            ln_1: Norm::load(vb.pp("ln_1"), cfg.n_embd, eps)?,
             attn: Attention::load(vb.pp("attn"), cfg, layer)?,
-            ln_2: candle_nn::layer_norm(cfg.n_embd, eps, vb.pp("ln_2"))?,
+            ln_2: Norm::load(vb.pp("ln_2"), cfg.n_embd, eps)?,
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
         })
     }
 
+    /// `cache: None` is the training path (no cache, differentiable ops).
     fn forward(
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask, cache)?)?;
-        &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
+        let train = cache.is_none();
+        let x = (x + self.attn.forward(&self.ln_1.forward(x, train)?, mask, cache)?)?;
+        &x + self.mlp.forward(&self.ln_2.forward(&x, train)?)?
     }
 }
 
@@ -282,7 +323,7 @@ pub struct Gpt2 {
     wte: Embedding,
     wpe: Embedding,
     blocks: Vec<Block>,
-    ln_f: LayerNorm,
+    ln_f: Norm,
     /// `(V, C)`: `lm_head.weight` when the checkpoint has one, else `wte` (tied).
     lm_head: Tensor,
     cfg: Gpt2Config,
@@ -292,12 +333,16 @@ impl Gpt2 {
     /// Builds the model from checkpoint tensors named as in Hugging Face's
     /// `GPT2Model` (`wte`, `wpe`, `h.N.*`, `ln_f`); `lm_head.weight` is used when present.
     pub fn load(vb: VarBuilder, cfg: &Gpt2Config) -> candle_core::Result<Self> {
-        let wte = candle_nn::embedding(cfg.vocab_size, cfg.n_embd, vb.pp("wte"))?;
-        let wpe = candle_nn::embedding(cfg.n_positions, cfg.n_embd, vb.pp("wpe"))?;
+        let emb = |name: &str, rows: usize, stdev: f64| -> candle_core::Result<Embedding> {
+            let w = vb.pp(name).get_with_hints((rows, cfg.n_embd), "weight", Init::Randn { mean: 0.0, stdev })?;
+            Ok(Embedding::new(w, cfg.n_embd))
+        };
+        let wte = emb("wte", cfg.vocab_size, 0.02)?;
+        let wpe = emb("wpe", cfg.n_positions, 0.01)?;
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::load(vb.pp("h").pp(i), cfg, i))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let ln_f = candle_nn::layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, vb.pp("ln_f"))?;
+        let ln_f = Norm::load(vb.pp("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?;
         let lm_head = if vb.contains_tensor("lm_head.weight") {
             vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?
         } else {
@@ -416,9 +461,9 @@ impl Gpt2 {
         let pos = Tensor::from_vec(positions, (b, t), dev)?;
         let mut x = (self.wte.forward(&ids)? + self.wpe.forward(&pos)?)?; // (B, T, C)
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(&x, mask.as_ref(), layer_cache)?;
+            x = block.forward(&x, mask.as_ref(), Some(layer_cache))?;
         }
-        Ok(self.ln_f.forward(&x)?)
+        Ok(self.ln_f.forward(&x, false)?)
     }
 
     /// Logits `(B, T, V)` for every input position.
@@ -437,6 +482,27 @@ impl Gpt2 {
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?; // (B, 1, C)
         Ok(self.project(&last)?.squeeze(1)?)
+    }
+
+    /// The training forward pass: full sequences `(B, T)` of token ids, no cache,
+    /// differentiable ops only; `causal` is a `(T, T)` f32 mask (0 or a large
+    /// negative). Returns logits `(B, T, V)`.
+    pub fn forward_train(&self, ids: &Tensor, causal: &Tensor) -> candle_core::Result<Tensor> {
+        let (_b, t) = ids.dims2()?;
+        let pos = Tensor::arange(0u32, t as u32, ids.device())?;
+        let mut x = self.wte.forward(ids)?.broadcast_add(&self.wpe.forward(&pos)?)?; // (B, T, C)
+        let mask = causal.unsqueeze(0)?.unsqueeze(0)?; // (1, 1, T, T)
+        for block in &self.blocks {
+            x = block.forward(&x, Some(&mask), None)?;
+        }
+        let h = self.ln_f.forward(&x, true)?;
+        self.project(&h)
+    }
+
+    /// A `(T, T)` causal mask for [`Gpt2::forward_train`].
+    pub fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
+        let m: Vec<f32> = (0..t * t).map(|i| if i % t <= i / t { 0.0 } else { MASKED }).collect();
+        Tensor::from_vec(m, (t, t), device)
     }
 
     /// Hidden `(B, T, C)` to logits `(B, T, V)` through the tied head.

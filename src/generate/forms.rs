@@ -1,0 +1,369 @@
+//! Classical poem forms: recognising them (for the corpus and the quality
+//! benchmark) and enforcing them while decoding (punctuation only at the ends of
+//! lines, `，`/`。` alternating, a stop after the last line, acrostic heads).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Comma ending the first line of a couplet.
+pub const COMMA: char = '，';
+/// Full stop ending a couplet.
+pub const PERIOD: char = '。';
+
+/// What shape a poem must take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum PoemForm {
+    /// No constraint.
+    #[default]
+    Free,
+    /// 五言絕句: 4 lines of 5.
+    WuJue,
+    /// 七言絕句: 4 lines of 7.
+    QiJue,
+    /// 五言律詩: 8 lines of 5.
+    WuLv,
+    /// 七言律詩: 8 lines of 7.
+    QiLv,
+    /// 藏頭詩: one line per head character, each line starting with it
+    /// (7 characters a line).
+    Acrostic(Vec<char>),
+}
+
+impl PoemForm {
+    /// `(lines, characters per line)`, or `None` for free verse.
+    pub fn shape(&self) -> Option<(usize, usize)> {
+        match self {
+            Self::Free => None,
+            Self::WuJue => Some((4, 5)),
+            Self::QiJue => Some((4, 7)),
+            Self::WuLv => Some((8, 5)),
+            Self::QiLv => Some((8, 7)),
+            Self::Acrostic(heads) => Some((heads.len(), 7)),
+        }
+    }
+
+    /// The conditioning token the bundled model was trained with, if any.
+    pub fn tag(&self) -> Option<&'static str> {
+        match self {
+            Self::WuJue => Some("[WUJUE]"),
+            Self::QiJue | Self::Acrostic(_) => Some("[QIJUE]"),
+            Self::WuLv => Some("[WULV]"),
+            Self::QiLv => Some("[QILV]"),
+            Self::Free => None,
+        }
+    }
+
+    /// The regular form with this shape.
+    pub fn from_shape(lines: usize, chars: usize) -> Option<Self> {
+        match (lines, chars) {
+            (4, 5) => Some(Self::WuJue),
+            (4, 7) => Some(Self::QiJue),
+            (8, 5) => Some(Self::WuLv),
+            (8, 7) => Some(Self::QiLv),
+            _ => None,
+        }
+    }
+
+    /// Chinese name for display.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Free => "free".into(),
+            Self::WuJue => "五絕".into(),
+            Self::QiJue => "七絕".into(),
+            Self::WuLv => "五律".into(),
+            Self::QiLv => "七律".into(),
+            Self::Acrostic(h) => format!("藏頭 {}", h.iter().collect::<String>()),
+        }
+    }
+}
+
+impl fmt::Display for PoemForm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Free => f.write_str("free"),
+            Self::WuJue => f.write_str("wujue"),
+            Self::QiJue => f.write_str("qijue"),
+            Self::WuLv => f.write_str("wulv"),
+            Self::QiLv => f.write_str("qilv"),
+            Self::Acrostic(h) => write!(f, "acrostic:{}", h.iter().collect::<String>()),
+        }
+    }
+}
+
+/// A form name the CLI or settings did not understand.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown poem form `{0}`: expected free, wujue, qijue, wulv, qilv or acrostic:<2-8 characters>")]
+pub struct FormParseError(String);
+
+impl FromStr for PoemForm {
+    type Err = FormParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "free" | "" => Ok(Self::Free),
+            "wujue" | "五絕" | "五绝" => Ok(Self::WuJue),
+            "qijue" | "七絕" | "七绝" => Ok(Self::QiJue),
+            "wulv" | "五律" => Ok(Self::WuLv),
+            "qilv" | "七律" => Ok(Self::QiLv),
+            other => {
+                let heads: Vec<char> = other
+                    .strip_prefix("acrostic:")
+                    .or_else(|| other.strip_prefix("藏頭:"))
+                    .or_else(|| other.strip_prefix("藏头:"))
+                    .ok_or_else(|| FormParseError(s.to_string()))?
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
+                if (2..=8).contains(&heads.len()) && heads.iter().all(|c| is_hanzi(*c)) {
+                    Ok(Self::Acrostic(heads))
+                } else {
+                    Err(FormParseError(s.to_string()))
+                }
+            }
+        }
+    }
+}
+
+/// Whether `c` is a CJK ideograph (the characters a line is made of).
+pub fn is_hanzi(c: char) -> bool {
+    matches!(c as u32,
+        0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2A6DF | 0x2A700..=0x2EBEF | 0x30000..=0x3134F)
+}
+
+/// Lines of a poem: the runs of characters between `，` and `。`, with the mark
+/// that ended each. `None` if anything but ideographs and those two marks appears.
+pub fn split_lines(text: &str) -> Option<Vec<(String, char)>> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for c in text.chars() {
+        if c == COMMA || c == PERIOD {
+            if cur.is_empty() {
+                return None;
+            }
+            lines.push((std::mem::take(&mut cur), c));
+        } else if is_hanzi(c) {
+            cur.push(c);
+        } else if c.is_whitespace() {
+            continue;
+        } else {
+            return None;
+        }
+    }
+    if !cur.is_empty() {
+        return None; // a line without its closing mark
+    }
+    Some(lines)
+}
+
+/// The regular form of `text` when it is well-formed regular verse: 4 or 8
+/// lines, all of 5 or all of 7 characters, `，`/`。` alternating, no line repeated.
+pub fn regular_form(text: &str) -> Option<PoemForm> {
+    let lines = split_lines(text)?;
+    let n = lines.first()?.0.chars().count();
+    if !lines.iter().all(|(l, _)| l.chars().count() == n) {
+        return None;
+    }
+    if !lines.iter().enumerate().all(|(i, (_, m))| *m == if i % 2 == 0 { COMMA } else { PERIOD }) {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !lines.iter().all(|(l, _)| seen.insert(l.as_str())) {
+        return None;
+    }
+    PoemForm::from_shape(lines.len(), n)
+}
+
+/// Whether `text` satisfies `form` exactly (free verse: any regular form counts).
+pub fn satisfies(text: &str, form: &PoemForm) -> bool {
+    match form {
+        PoemForm::Free => regular_form(text).is_some(),
+        PoemForm::Acrostic(heads) => split_lines(text).is_some_and(|lines| {
+            lines.len() == heads.len()
+                && lines.iter().zip(heads).enumerate().all(|(i, ((l, m), h))| {
+                    l.chars().count() == 7 && l.starts_with(*h) && *m == if i % 2 == 0 { COMMA } else { PERIOD }
+                })
+        }),
+        regular => regular_form(text).as_ref() == Some(regular),
+    }
+}
+
+/// Lays a poem out one couplet per line, for display.
+pub fn layout(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        out.push(c);
+        if c == PERIOD {
+            out.push('\n');
+        }
+    }
+    out.trim_end().to_string()
+}
+
+/// What the next token may be, given the characters written so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextToken {
+    /// Any ideograph (no punctuation, no stop).
+    Hanzi,
+    /// Exactly this character.
+    Char(char),
+    /// The end of the poem.
+    Stop,
+    /// Unconstrained.
+    Any,
+}
+
+/// What may come next under `form`, after `written` (the generated text so far,
+/// prompt included when the prompt is the poem's start).
+pub fn next_token(form: &PoemForm, written: &str) -> NextToken {
+    let Some((lines, per_line)) = form.shape() else { return NextToken::Any };
+    let mut line = 0usize;
+    let mut col = 0usize;
+    for c in written.chars() {
+        if c == COMMA || c == PERIOD {
+            line += 1;
+            col = 0;
+        } else if is_hanzi(c) {
+            col += 1;
+        }
+    }
+    if line >= lines {
+        return NextToken::Stop;
+    }
+    if col >= per_line {
+        return NextToken::Char(if line % 2 == 0 { COMMA } else { PERIOD });
+    }
+    if col == 0 {
+        if let PoemForm::Acrostic(heads) = form {
+            return NextToken::Char(heads[line]);
+        }
+    }
+    NextToken::Hanzi
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_the_four_regular_forms() {
+        assert_eq!(regular_form("床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"), Some(PoemForm::WuJue));
+        assert_eq!(
+            regular_form("朝辭白帝彩雲間，千里江陵一日還。兩岸猿聲啼不住，輕舟已過萬重山。"),
+            Some(PoemForm::QiJue)
+        );
+        assert_eq!(regular_form("床前明月光，疑是地上霜。舉頭望明月，"), None, "3 lines");
+        assert_eq!(regular_form("床前明月光。疑是地上霜，舉頭望明月。低頭思故鄉，"), None, "marks swapped");
+        assert_eq!(regular_form("床前明月光，床前明月光。舉頭望明月，低頭思故鄉。"), None, "repeated line");
+        assert_eq!(regular_form("床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉"), None, "unclosed");
+        assert_eq!(regular_form("床前明月光，疑是地上霜。舉頭望明月，低頭思故。"), None, "ragged");
+    }
+
+    #[test]
+    fn acrostic_heads_are_checked() {
+        let f: PoemForm = "acrostic:春夏秋冬".parse().unwrap();
+        assert!(satisfies("春風又綠江南岸，夏日長吟碧水間。秋月照人千里外，冬雲未散雪山前。", &f));
+        assert!(!satisfies("春風又綠江南岸，夏日長吟碧水間。秋月照人千里外，雪雲未散冬山前。", &f));
+    }
+
+    #[test]
+    fn next_token_walks_a_quatrain() {
+        let f = PoemForm::WuJue;
+        assert_eq!(next_token(&f, ""), NextToken::Hanzi);
+        assert_eq!(next_token(&f, "床前明月光"), NextToken::Char(COMMA));
+        assert_eq!(next_token(&f, "床前明月光，疑是地上霜"), NextToken::Char(PERIOD));
+        assert_eq!(next_token(&f, "床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"), NextToken::Stop);
+        let a: PoemForm = "acrostic:春秋".parse().unwrap();
+        assert_eq!(next_token(&a, ""), NextToken::Char('春'));
+        assert_eq!(next_token(&a, "春風又綠江南岸，"), NextToken::Char('秋'));
+        assert_eq!(next_token(&PoemForm::Free, "x"), NextToken::Any);
+    }
+
+    #[test]
+    fn form_names_parse_and_print() {
+        for s in ["free", "wujue", "qijue", "wulv", "qilv", "acrostic:春夏秋冬"] {
+            assert_eq!(s.parse::<PoemForm>().unwrap().to_string(), s);
+        }
+        assert!("acrostic:".parse::<PoemForm>().is_err());
+        assert!("sonnet".parse::<PoemForm>().is_err());
+    }
+}
+
+/// A form turned into token ids for one tokenizer: which ids are single
+/// ideographs, which are the two marks and the stop.
+#[derive(Debug, Clone)]
+pub struct FormConstraint {
+    pub form: PoemForm,
+    hanzi: Vec<bool>,
+    char_ids: std::collections::HashMap<char, u32>,
+    stop: u32,
+}
+
+/// Why a form cannot be enforced with this tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConstraintError {
+    #[error("the model's vocabulary has no `{0}`, so the form cannot be enforced")]
+    MissingChar(char),
+    #[error("the model has no stop token, so the form cannot be ended")]
+    NoStop,
+}
+
+impl FormConstraint {
+    /// `token_text(id)` is the text id adds (empty for special tokens); `vocab` its size.
+    pub fn new(
+        form: PoemForm,
+        vocab: usize,
+        token_text: impl Fn(u32) -> String,
+        stop: Option<u32>,
+    ) -> Result<Self, ConstraintError> {
+        let mut hanzi = vec![false; vocab];
+        let mut char_ids = std::collections::HashMap::new();
+        for id in 0..vocab as u32 {
+            let t = token_text(id);
+            let mut chars = t.chars();
+            if let (Some(c), None) = (chars.next(), chars.next()) {
+                hanzi[id as usize] = is_hanzi(c);
+                char_ids.entry(c).or_insert(id);
+            }
+        }
+        for c in [COMMA, PERIOD] {
+            if !char_ids.contains_key(&c) {
+                return Err(ConstraintError::MissingChar(c));
+            }
+        }
+        if let PoemForm::Acrostic(heads) = &form {
+            if let Some(c) = heads.iter().find(|c| !char_ids.contains_key(c)) {
+                return Err(ConstraintError::MissingChar(*c));
+            }
+        }
+        let stop = stop.ok_or(ConstraintError::NoStop)?;
+        Ok(Self { form, hanzi, char_ids, stop })
+    }
+
+    /// Masks `logits` so only tokens allowed after `written` stay possible.
+    pub fn apply(&self, written: &str, logits: &mut [f32]) {
+        let keep_only = |logits: &mut [f32], id: u32| {
+            for (i, l) in logits.iter_mut().enumerate() {
+                if i as u32 != id {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        };
+        match next_token(&self.form, written) {
+            NextToken::Any => {}
+            NextToken::Stop => keep_only(logits, self.stop),
+            NextToken::Char(c) => {
+                if let Some(&id) = self.char_ids.get(&c) {
+                    keep_only(logits, id);
+                }
+            }
+            NextToken::Hanzi => {
+                for (i, l) in logits.iter_mut().enumerate() {
+                    if !self.hanzi.get(i).copied().unwrap_or(false) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+    }
+}
