@@ -8,3 +8,4 @@ pub mod engine;
 pub mod generate;
 pub mod meter;
 pub mod model;
+pub mod train;

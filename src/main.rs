@@ -11,7 +11,8 @@ use serde_json::json;
 
 use versifier::engine::bench::{run_bench, run_lifecycle, BenchOptions, LifecycleOptions};
 use versifier::engine::{check_precision, open_device, DeviceChoice, Precision};
-use versifier::generate::{generate, GenerateRequest, SamplingParams};
+use versifier::generate::forms::{layout, PoemForm};
+use versifier::generate::{generate, poem_prompt, GenerateRequest, SamplingParams};
 use versifier::model::{inspect_safetensors, load_model, Gpt2Config, ModelFiles, WeightFormat};
 
 #[derive(Parser)]
@@ -41,6 +42,24 @@ enum Command {
     },
     /// Measure load time, first-token latency and decode speed (JSON).
     Bench(BenchArgs),
+    /// Turn the chinese-poetry collection into training text (see packaging/corpus/).
+    Corpus {
+        /// chinese-poetry's package folder (npm pack chinese-poetry@2.0.1, unpacked).
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long, default_value = "data/corpus")]
+        out: PathBuf,
+        /// Also use the Song poems.
+        #[arg(long)]
+        song: bool,
+        /// Held-out share in poems per ten thousand.
+        #[arg(long, default_value_t = 200)]
+        holdout_per_10k: u64,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
+    /// Train a GPT-2 poem model on a prepared corpus.
+    Train(TrainArgs),
     /// Check this build on a device against the reference fixtures (tests/fixtures).
     Selftest {
         #[arg(long, default_value = "tests/fixtures")]
@@ -87,9 +106,53 @@ struct GenerateArgs {
     /// Always take the most likely token.
     #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
     greedy: bool,
+    /// Poem form enforced while decoding: free, wujue, qijue, wulv, qilv or
+    /// acrostic:<head characters>.
+    #[arg(long, default_value = "free")]
+    form: String,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[arg(long, default_value = "data/corpus")]
+    corpus: PathBuf,
+    #[arg(long, default_value = "models/tang-poems")]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 6)]
+    n_layer: usize,
+    #[arg(long, default_value_t = 6)]
+    n_head: usize,
+    #[arg(long, default_value_t = 384)]
+    n_embd: usize,
+    #[arg(long, default_value_t = 128)]
+    context: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 5000)]
+    steps: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    #[arg(long, default_value_t = 250)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_every: usize,
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Continue from OUT/checkpoint.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 2)]
+    min_char_count: usize,
+    /// Precision of the saved model.
+    #[arg(long, default_value = "f16")]
+    save_dtype: String,
 }
 
 #[derive(Args)]
@@ -145,6 +208,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Info { model, json }) => run_info(&model, json),
+        Some(Command::Corpus { source, out, song, holdout_per_10k, seed }) => {
+            let stats = versifier::train::prepare_corpus(&versifier::train::CorpusOptions {
+                source,
+                out,
+                include_song: song,
+                holdout_per_10k,
+                seed,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+            Ok(())
+        }
+        Some(Command::Train(a)) => run_train(a),
         Some(Command::Selftest {
             fixtures,
             device,
@@ -225,8 +300,15 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let loaded = load_model(&args.model, &device, precision.dtype())?;
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
 
+    let form: PoemForm = args.form.parse()?;
+    let mut constraint = None;
     let prompt_ids = match (&args.prompt_ids, &loaded.tokenizer) {
         (Some(ids), _) => ids.clone(),
+        (None, Some(tok)) if form != PoemForm::Free => {
+            let (ids, c) = poem_prompt(tok, &args.prompt, &form)?;
+            constraint = c;
+            ids
+        }
         (None, Some(tok)) => tok.prompt_ids(&args.prompt).with_context(|| format!("prompt {:?}", args.prompt))?,
         (None, None) => bail!(
             "{}: no tokenizer.json or vocab.txt, so a text prompt cannot be encoded; pass --prompt-ids",
@@ -258,15 +340,24 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         max_new_tokens: args.max_tokens,
         sampling,
         stop_ids,
-        constraint: None,
+        constraint,
     };
     let tok = loaded.tokenizer.as_ref();
     let bytes = |id: u32| -> &[u8] { tok.map_or(&[], |t| t.token_bytes(id)) };
     let stream = !args.json && args.variations == 1 && tok.is_some();
     let mut stdout = std::io::stdout();
+    // The prompt's text opens the output (an acrostic's heads come from the form).
+    let echoed = if args.prompt_ids.is_none() && !matches!(form, PoemForm::Acrostic(_)) {
+        args.prompt.trim().to_string()
+    } else {
+        String::new()
+    };
+    if stream {
+        let _ = write!(stdout, "{echoed}");
+    }
     let gen = generate(&loaded.model, &req, bytes, &|| false, |ev| {
         if stream && !ev.text.is_empty() {
-            let _ = write!(stdout, "{}", ev.text);
+            let _ = write!(stdout, "{}", ev.text.replace('。', "。\n"));
             let _ = stdout.flush();
         }
     })?;
@@ -286,6 +377,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     if args.json {
         let out = json!({
             "model": loaded.files.dir.display().to_string(),
+            "prompt": echoed,
             "prompt_ids": gen.prompt_ids,
             "truncated_prompt_tokens": gen.truncated_prompt_tokens,
             "ids": gen.variations.iter().map(|v| v.ids.clone()).collect::<Vec<_>>(),
@@ -304,7 +396,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     } else {
         for (i, v) in gen.variations.iter().enumerate() {
             if tok.is_some() {
-                println!("--- variation {} ---\n{}", i + 1, v.text);
+                println!("--- variation {} ---\n{}", i + 1, layout(&format!("{echoed}{}", v.text)));
             } else {
                 println!("--- variation {} --- ids: {:?}", i + 1, v.ids);
             }
@@ -379,5 +471,51 @@ fn run_info(path: &std::path::Path, as_json: bool) -> Result<()> {
             None => println!("tokenizer   none (generate needs --prompt-ids)"),
         }
     }
+    Ok(())
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let opts = versifier::train::TrainOptions {
+        corpus: a.corpus,
+        out: a.out,
+        device: a.device.parse()?,
+        n_layer: a.n_layer,
+        n_head: a.n_head,
+        n_embd: a.n_embd,
+        context: a.context,
+        batch_size: a.batch_size,
+        steps: a.steps,
+        lr: a.lr,
+        warmup: a.warmup,
+        eval_every: a.eval_every,
+        checkpoint_every: a.checkpoint_every,
+        seed: a.seed,
+        resume: a.resume,
+        min_char_count: a.min_char_count,
+        save_dtype: a.save_dtype.parse()?,
+        ..Default::default()
+    };
+    let bar = indicatif::ProgressBar::new(opts.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // Without a terminal the bar is hidden: print evaluations and every 100th step instead.
+    let plain = bar.is_hidden();
+    let summary = versifier::train::train(&opts, |msg| {
+        let step: Option<u64> = msg.strip_prefix("step ").and_then(|m| m.split(['/', ':']).next()).and_then(|s| s.parse().ok());
+        if let Some(step) = step {
+            bar.set_position(step);
+        }
+        bar.set_message(msg.to_string());
+        let milestone = msg.contains("eval") || msg.starts_with("resumed") || step.is_some_and(|s| s % 100 == 0);
+        if plain && milestone {
+            eprintln!("{msg}");
+        } else if milestone && msg.contains("eval") {
+            bar.suspend(|| eprintln!("{msg}"));
+        }
+    })?;
+    bar.finish_and_clear();
+    println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

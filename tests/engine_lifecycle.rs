@@ -74,6 +74,7 @@ impl Harness {
             id: self.engine.next_request_id(),
             spec: Self::spec("hf-safetensors"),
             prompt: Prompt::Text("月".into()),
+            form: Default::default(),
             variations: 2,
             max_new_tokens,
             sampling: SamplingParams {

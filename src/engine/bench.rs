@@ -306,6 +306,7 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport, Lifecyc
             id: engine.next_request_id(),
             spec: spec.clone(),
             prompt: Prompt::Text(String::new()),
+            form: Default::default(),
             variations: 1,
             max_new_tokens: opts.new_tokens,
             sampling: SamplingParams {

@@ -17,7 +17,8 @@ use super::device::Precision;
 use super::device::{open_device, DeviceChoice};
 use super::fit::{available_ram, check_fit, FitRefusal};
 use super::protocol::*;
-use crate::generate::{generate, GenerateError, GenerateRequest};
+use crate::generate::forms::PoemForm;
+use crate::generate::{generate, poem_prompt, GenerateError, GenerateRequest};
 use crate::meter::{process_memory, GpuMeter};
 use crate::model::{load_model, Gpt2Config, LoadedModel, ModelFiles};
 
@@ -794,9 +795,15 @@ impl OwnerThread {
         let bad = |message: String| JobFailure::new(ErrorKind::BadRequest, message);
         let m = &resident.model;
         let tok = m.tokenizer.as_ref();
+        let mut constraint = None;
         let mut prompt_ids = match &job.prompt {
             Prompt::Ids(ids) => ids.clone(),
             Prompt::Text(text) => match tok {
+                Some(t) if job.form != PoemForm::Free => {
+                    let (ids, c) = poem_prompt(t, text, &job.form).map_err(|e| bad(e.to_string()))?;
+                    constraint = c;
+                    ids
+                }
                 Some(t) => t.prompt_ids(text).map_err(|e| bad(e.to_string()))?,
                 None => {
                     return Err(JobFailure::new(
@@ -831,7 +838,7 @@ impl OwnerThread {
             max_new_tokens: job.max_new_tokens,
             sampling: job.sampling,
             stop_ids,
-            constraint: None,
+            constraint,
         };
         self.set_state(EngineState::Generating);
         let cancel_up_to = Arc::clone(&self.cancel_up_to);

@@ -35,6 +35,8 @@ pub struct GenerateJob {
     /// The model to generate with; loaded first if it is not the one in memory.
     pub spec: LoadSpec,
     pub prompt: Prompt,
+    /// Poem form enforced while decoding (text prompts only).
+    pub form: crate::generate::forms::PoemForm,
     pub variations: usize,
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,

@@ -94,7 +94,9 @@ impl fmt::Display for PoemForm {
 
 /// A form name the CLI or settings did not understand.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown poem form `{0}`: expected free, wujue, qijue, wulv, qilv or acrostic:<2-8 characters>")]
+#[error(
+    "unknown poem form `{0}`: expected free, wujue, qijue, wulv, qilv or acrostic:<2-8 characters>"
+)]
 pub struct FormParseError(String);
 
 impl FromStr for PoemForm {
@@ -164,7 +166,11 @@ pub fn regular_form(text: &str) -> Option<PoemForm> {
     if !lines.iter().all(|(l, _)| l.chars().count() == n) {
         return None;
     }
-    if !lines.iter().enumerate().all(|(i, (_, m))| *m == if i % 2 == 0 { COMMA } else { PERIOD }) {
+    if !lines
+        .iter()
+        .enumerate()
+        .all(|(i, (_, m))| *m == if i % 2 == 0 { COMMA } else { PERIOD })
+    {
         return None;
     }
     let mut seen = std::collections::HashSet::new();
@@ -181,7 +187,9 @@ pub fn satisfies(text: &str, form: &PoemForm) -> bool {
         PoemForm::Acrostic(heads) => split_lines(text).is_some_and(|lines| {
             lines.len() == heads.len()
                 && lines.iter().zip(heads).enumerate().all(|(i, ((l, m), h))| {
-                    l.chars().count() == 7 && l.starts_with(*h) && *m == if i % 2 == 0 { COMMA } else { PERIOD }
+                    l.chars().count() == 7
+                        && l.starts_with(*h)
+                        && *m == if i % 2 == 0 { COMMA } else { PERIOD }
                 })
         }),
         regular => regular_form(text).as_ref() == Some(regular),
@@ -216,7 +224,9 @@ pub enum NextToken {
 /// What may come next under `form`, after `written` (the generated text so far,
 /// prompt included when the prompt is the poem's start).
 pub fn next_token(form: &PoemForm, written: &str) -> NextToken {
-    let Some((lines, per_line)) = form.shape() else { return NextToken::Any };
+    let Some((lines, per_line)) = form.shape() else {
+        return NextToken::Any;
+    };
     let mut line = 0usize;
     let mut col = 0usize;
     for c in written.chars() {
@@ -247,23 +257,52 @@ mod tests {
 
     #[test]
     fn recognises_the_four_regular_forms() {
-        assert_eq!(regular_form("床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"), Some(PoemForm::WuJue));
+        assert_eq!(
+            regular_form("床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"),
+            Some(PoemForm::WuJue)
+        );
         assert_eq!(
             regular_form("朝辭白帝彩雲間，千里江陵一日還。兩岸猿聲啼不住，輕舟已過萬重山。"),
             Some(PoemForm::QiJue)
         );
-        assert_eq!(regular_form("床前明月光，疑是地上霜。舉頭望明月，"), None, "3 lines");
-        assert_eq!(regular_form("床前明月光。疑是地上霜，舉頭望明月。低頭思故鄉，"), None, "marks swapped");
-        assert_eq!(regular_form("床前明月光，床前明月光。舉頭望明月，低頭思故鄉。"), None, "repeated line");
-        assert_eq!(regular_form("床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉"), None, "unclosed");
-        assert_eq!(regular_form("床前明月光，疑是地上霜。舉頭望明月，低頭思故。"), None, "ragged");
+        assert_eq!(
+            regular_form("床前明月光，疑是地上霜。舉頭望明月，"),
+            None,
+            "3 lines"
+        );
+        assert_eq!(
+            regular_form("床前明月光。疑是地上霜，舉頭望明月。低頭思故鄉，"),
+            None,
+            "marks swapped"
+        );
+        assert_eq!(
+            regular_form("床前明月光，床前明月光。舉頭望明月，低頭思故鄉。"),
+            None,
+            "repeated line"
+        );
+        assert_eq!(
+            regular_form("床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉"),
+            None,
+            "unclosed"
+        );
+        assert_eq!(
+            regular_form("床前明月光，疑是地上霜。舉頭望明月，低頭思故。"),
+            None,
+            "ragged"
+        );
     }
 
     #[test]
     fn acrostic_heads_are_checked() {
         let f: PoemForm = "acrostic:春夏秋冬".parse().unwrap();
-        assert!(satisfies("春風又綠江南岸，夏日長吟碧水間。秋月照人千里外，冬雲未散雪山前。", &f));
-        assert!(!satisfies("春風又綠江南岸，夏日長吟碧水間。秋月照人千里外，雪雲未散冬山前。", &f));
+        assert!(satisfies(
+            "春風又綠江南岸，夏日長吟碧水間。秋月照人千里外，冬雲未散雪山前。",
+            &f
+        ));
+        assert!(!satisfies(
+            "春風又綠江南岸，夏日長吟碧水間。秋月照人千里外，雪雲未散冬山前。",
+            &f
+        ));
     }
 
     #[test]
@@ -271,8 +310,14 @@ mod tests {
         let f = PoemForm::WuJue;
         assert_eq!(next_token(&f, ""), NextToken::Hanzi);
         assert_eq!(next_token(&f, "床前明月光"), NextToken::Char(COMMA));
-        assert_eq!(next_token(&f, "床前明月光，疑是地上霜"), NextToken::Char(PERIOD));
-        assert_eq!(next_token(&f, "床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"), NextToken::Stop);
+        assert_eq!(
+            next_token(&f, "床前明月光，疑是地上霜"),
+            NextToken::Char(PERIOD)
+        );
+        assert_eq!(
+            next_token(&f, "床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"),
+            NextToken::Stop
+        );
         let a: PoemForm = "acrostic:春秋".parse().unwrap();
         assert_eq!(next_token(&a, ""), NextToken::Char('春'));
         assert_eq!(next_token(&a, "春風又綠江南岸，"), NextToken::Char('秋'));
@@ -281,7 +326,14 @@ mod tests {
 
     #[test]
     fn form_names_parse_and_print() {
-        for s in ["free", "wujue", "qijue", "wulv", "qilv", "acrostic:春夏秋冬"] {
+        for s in [
+            "free",
+            "wujue",
+            "qijue",
+            "wulv",
+            "qilv",
+            "acrostic:春夏秋冬",
+        ] {
             assert_eq!(s.parse::<PoemForm>().unwrap().to_string(), s);
         }
         assert!("acrostic:".parse::<PoemForm>().is_err());
@@ -337,7 +389,12 @@ impl FormConstraint {
             }
         }
         let stop = stop.ok_or(ConstraintError::NoStop)?;
-        Ok(Self { form, hanzi, char_ids, stop })
+        Ok(Self {
+            form,
+            hanzi,
+            char_ids,
+            stop,
+        })
     }
 
     /// Masks `logits` so only tokens allowed after `written` stay possible.

@@ -130,6 +130,39 @@ impl Generation {
     }
 }
 
+/// The prompt ids and form constraint for a poem: the start token, the form's
+/// tag when the model was trained with one, then the prompt's characters (for an
+/// acrostic the heads lead instead, and the prompt is not used).
+pub fn poem_prompt(
+    tok: &crate::model::TextTokenizer,
+    prompt: &str,
+    form: &forms::PoemForm,
+) -> Result<(Vec<u32>, Option<(forms::FormConstraint, String)>), GenerateError> {
+    let invalid = |field: &'static str, problem: String| GenerateError::Invalid { field, problem };
+    let text = if matches!(form, forms::PoemForm::Acrostic(_)) { String::new() } else { prompt.trim().to_string() };
+    let mut ids: Vec<u32> = tok.start_id().into_iter().collect();
+    if let Some(tag) = form.tag().and_then(|t| tok.token_id(t)) {
+        ids.push(tag);
+    }
+    ids.extend(tok.encode(&text).map_err(|e| invalid("prompt", e.to_string()))?);
+    if *form == forms::PoemForm::Free {
+        return Ok((ids, None));
+    }
+    if let Some((_, per_line)) = form.shape() {
+        if text.chars().filter(|c| forms::is_hanzi(*c)).count() >= per_line {
+            return Err(invalid("prompt", format!("is longer than one line of {} ({per_line} characters)", form.label())));
+        }
+    }
+    let constraint = forms::FormConstraint::new(
+        form.clone(),
+        tok.vocab_size(),
+        |id| String::from_utf8_lossy(tok.token_bytes(id)).into_owned(),
+        tok.stop_ids().first().copied(),
+    )
+    .map_err(|e| invalid("form", e.to_string()))?;
+    Ok((ids, Some((constraint, text))))
+}
+
 /// Checks a request against the model before anything runs on the device.
 pub fn validate_request(model: &Gpt2, req: &GenerateRequest) -> Result<(), GenerateError> {
     let invalid =

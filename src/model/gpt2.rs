@@ -173,7 +173,14 @@ struct Conv1D {
 impl Conv1D {
     fn load(vb: VarBuilder, n_in: usize, n_out: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            weight: vb.get_with_hints((n_in, n_out), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?,
+            weight: vb.get_with_hints(
+                (n_in, n_out),
+                "weight",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            )?,
             bias: vb.get_with_hints(n_out, "bias", Init::Const(0.0))?,
         })
     }
@@ -312,7 +319,9 @@ impl Block {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let train = cache.is_none();
-        let x = (x + self.attn.forward(&self.ln_1.forward(x, train)?, mask, cache)?)?;
+        let x = (x + self
+            .attn
+            .forward(&self.ln_1.forward(x, train)?, mask, cache)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x, train)?)?
     }
 }
@@ -334,7 +343,11 @@ impl Gpt2 {
     /// `GPT2Model` (`wte`, `wpe`, `h.N.*`, `ln_f`); `lm_head.weight` is used when present.
     pub fn load(vb: VarBuilder, cfg: &Gpt2Config) -> candle_core::Result<Self> {
         let emb = |name: &str, rows: usize, stdev: f64| -> candle_core::Result<Embedding> {
-            let w = vb.pp(name).get_with_hints((rows, cfg.n_embd), "weight", Init::Randn { mean: 0.0, stdev })?;
+            let w = vb.pp(name).get_with_hints(
+                (rows, cfg.n_embd),
+                "weight",
+                Init::Randn { mean: 0.0, stdev },
+            )?;
             Ok(Embedding::new(w, cfg.n_embd))
         };
         let wte = emb("wte", cfg.vocab_size, 0.02)?;
@@ -490,7 +503,10 @@ impl Gpt2 {
     pub fn forward_train(&self, ids: &Tensor, causal: &Tensor) -> candle_core::Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let pos = Tensor::arange(0u32, t as u32, ids.device())?;
-        let mut x = self.wte.forward(ids)?.broadcast_add(&self.wpe.forward(&pos)?)?; // (B, T, C)
+        let mut x = self
+            .wte
+            .forward(ids)?
+            .broadcast_add(&self.wpe.forward(&pos)?)?; // (B, T, C)
         let mask = causal.unsqueeze(0)?.unsqueeze(0)?; // (1, 1, T, T)
         for block in &self.blocks {
             x = block.forward(&x, Some(&mask), None)?;
@@ -501,7 +517,9 @@ impl Gpt2 {
 
     /// A `(T, T)` causal mask for [`Gpt2::forward_train`].
     pub fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
-        let m: Vec<f32> = (0..t * t).map(|i| if i % t <= i / t { 0.0 } else { MASKED }).collect();
+        let m: Vec<f32> = (0..t * t)
+            .map(|i| if i % t <= i / t { 0.0 } else { MASKED })
+            .collect();
         Tensor::from_vec(m, (t, t), device)
     }
 

@@ -134,3 +134,55 @@ fn crate_write(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
         source,
     })
 }
+
+/// GPT-2's own initialisation (normal 0.02, residual projections scaled by
+/// `1/sqrt(2 * n_layer)`, zero biases, unit layer norms), deterministic in `seed`.
+pub fn gpt2_init_tensors(
+    cfg: &Gpt2Config,
+    seed: u64,
+) -> candle_core::Result<HashMap<String, Tensor>> {
+    let mut rng = Normal::new(seed);
+    let (c, inner) = (cfg.n_embd, cfg.n_inner);
+    let resid = 0.02 / ((2 * cfg.n_layer) as f32).sqrt();
+    let zeros = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu);
+    let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
+    let mut t = HashMap::new();
+    t.insert(
+        "wte.weight".into(),
+        rng.tensor(&[cfg.vocab_size, c], 0.0, 0.02)?,
+    );
+    t.insert(
+        "wpe.weight".into(),
+        rng.tensor(&[cfg.n_positions, c], 0.0, 0.01)?,
+    );
+    for i in 0..cfg.n_layer {
+        let p = format!("h.{i}.");
+        for ln in ["ln_1", "ln_2"] {
+            t.insert(format!("{p}{ln}.weight"), ones(c)?);
+            t.insert(format!("{p}{ln}.bias"), zeros(c)?);
+        }
+        t.insert(
+            format!("{p}attn.c_attn.weight"),
+            rng.tensor(&[c, 3 * c], 0.0, 0.02)?,
+        );
+        t.insert(format!("{p}attn.c_attn.bias"), zeros(3 * c)?);
+        t.insert(
+            format!("{p}attn.c_proj.weight"),
+            rng.tensor(&[c, c], 0.0, resid)?,
+        );
+        t.insert(format!("{p}attn.c_proj.bias"), zeros(c)?);
+        t.insert(
+            format!("{p}mlp.c_fc.weight"),
+            rng.tensor(&[c, inner], 0.0, 0.02)?,
+        );
+        t.insert(format!("{p}mlp.c_fc.bias"), zeros(inner)?);
+        t.insert(
+            format!("{p}mlp.c_proj.weight"),
+            rng.tensor(&[inner, c], 0.0, resid)?,
+        );
+        t.insert(format!("{p}mlp.c_proj.bias"), zeros(c)?);
+    }
+    t.insert("ln_f.weight".into(), ones(c)?);
+    t.insert("ln_f.bias".into(), zeros(c)?);
+    Ok(t)
+}

@@ -52,6 +52,9 @@ pub struct TextTokenizer {
     /// Tokens that end a generation (`[SEP]`, EOS).
     stop_ids: Vec<u32>,
     unk_id: Option<u32>,
+    /// Simplified -> traditional characters (`s2t.tsv` beside the tokenizer), applied
+    /// to prompt characters the vocabulary lacks, so 春风 finds 春風.
+    variants: HashMap<char, char>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -109,11 +112,14 @@ impl TextTokenizer {
     /// Loads `tokenizer.json` or `vocab.txt` (by file name) and checks it fits `config`.
     pub fn from_file(path: &Path, config: &Gpt2Config) -> Result<Self, LoadError> {
         let is_vocab_txt = path.extension().and_then(|e| e.to_str()) == Some("txt");
-        let tok = if is_vocab_txt {
+        let mut tok = if is_vocab_txt {
             Self::from_vocab_txt(path)?
         } else {
             Self::from_tokenizer_json(path, config)?
         };
+        if let Some(variants) = path.parent().map(|d| d.join("s2t.tsv")).filter(|p| p.is_file()) {
+            tok.variants = Self::read_variants(&variants)?;
+        }
         let n = tok.token_bytes.len();
         if n > config.vocab_size {
             return Err(LoadError::VocabMismatch {
@@ -221,6 +227,7 @@ impl TextTokenizer {
             start_id,
             stop_ids,
             unk_id,
+            variants: HashMap::new(),
         })
     }
 
@@ -283,7 +290,52 @@ impl TextTokenizer {
             start_id,
             stop_ids,
             unk_id: vocab.get(unk).copied(),
+            variants: HashMap::new(),
         })
+    }
+
+    /// Reads `s2t.tsv`: one `simplified<TAB>traditional` pair of characters a line.
+    fn read_variants(path: &Path) -> Result<HashMap<char, char>, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+        let mut map = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let mut parts = line.split('\t');
+            let one = |p: Option<&str>| -> Option<char> {
+                let mut cs = p?.chars();
+                let c = cs.next()?;
+                cs.next().is_none().then_some(c)
+            };
+            match (one(parts.next()), one(parts.next())) {
+                (Some(s), Some(t)) => {
+                    map.insert(s, t);
+                }
+                _ => {
+                    return Err(LoadError::Tokenizer {
+                        path: path.to_path_buf(),
+                        problem: format!("line {}: expected `simplified<TAB>traditional`, found {line:?}", i + 1),
+                    })
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    /// Replaces characters the vocabulary lacks by their traditional form when it has that.
+    fn map_variants(&self, text: &str) -> String {
+        if self.variants.is_empty() {
+            return text.to_string();
+        }
+        text.chars()
+            .map(|c| match self.variants.get(&c) {
+                Some(&t) if self.inner.token_to_id(c.encode_utf8(&mut [0; 4])).is_none() => t,
+                _ => c,
+            })
+            .collect()
+    }
+
+    /// Whether the vocabulary has this exact token.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
     }
 
     pub fn kind(&self) -> TokenizerKind {
@@ -316,6 +368,8 @@ impl TextTokenizer {
     /// Encodes text with no special tokens; characters the vocabulary cannot
     /// express are an error that lists them.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EncodeError> {
+        let mapped = self.map_variants(text);
+        let text = mapped.as_str();
         let enc = self
             .inner
             .encode(text, false)

@@ -1,0 +1,239 @@
+//! `versifier corpus`: chinese-poetry JSON (`poet.tang.*.json`, `poet.song.*.json`)
+//! to training text. One poem per line, prefixed with its form tag; only regular
+//! verse is kept (4 or 8 lines of 5 or 7 characters, `，`/`。` alternating, no
+//! repeated line), editorial notes removed, poems with missing characters
+//! dropped, duplicates dropped. A fixed share is held out by a seeded hash.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::generate::forms::regular_form;
+
+/// Errors of corpus preparation.
+#[derive(Debug, thiserror::Error)]
+pub enum CorpusError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {problem}")]
+    Format { path: PathBuf, problem: String },
+    #[error("{path}: no poet.tang.*.json files; point --source at chinese-poetry's package folder (see packaging/corpus/fetch.sh)")]
+    NoSource { path: PathBuf },
+}
+
+/// What to read and where to write.
+#[derive(Debug, Clone)]
+pub struct CorpusOptions {
+    /// chinese-poetry's package folder (or its `dist/quantangshi`).
+    pub source: PathBuf,
+    pub out: PathBuf,
+    /// Add the Song poems (`poet.song.*`) to the Tang ones.
+    pub include_song: bool,
+    /// Per ten thousand poems held out for evaluation (200 = 2%).
+    pub holdout_per_10k: u64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CorpusStats {
+    pub files: usize,
+    pub poems_read: usize,
+    pub dropped_missing_characters: usize,
+    pub dropped_not_regular: usize,
+    pub dropped_duplicates: usize,
+    pub kept: usize,
+    pub by_form: BTreeMap<String, usize>,
+    pub train_poems: usize,
+    pub eval_poems: usize,
+    pub holdout_per_10k: u64,
+    pub seed: u64,
+    pub include_song: bool,
+}
+
+/// Marks editors use for characters missing from the sources.
+const MISSING: [char; 6] = ['□', '■', '○', '◻', '�', '？'];
+
+/// Removes editorial notes: anything inside （）, (), 〔〕, [], 【】, {}, 《》 notes after text.
+pub fn clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut depth = 0usize;
+    for c in text.chars() {
+        match c {
+            '（' | '(' | '〔' | '[' | '【' | '{' => depth += 1,
+            '）' | ')' | '〕' | ']' | '】' | '}' => depth = depth.saturating_sub(1),
+            _ if depth == 0 && !c.is_whitespace() => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A stable 64-bit hash (FNV-1a) of the seed and the text, for the split.
+fn split_hash(seed: u64, text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in text.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn source_files(dir: &Path, include_song: bool) -> Result<Vec<PathBuf>, CorpusError> {
+    let dist = [
+        dir.join("dist/quantangshi"),
+        dir.join("quantangshi"),
+        dir.to_path_buf(),
+    ]
+    .into_iter()
+    .find(|d| d.join("poet.tang.0.json").is_file())
+    .ok_or_else(|| CorpusError::NoSource {
+        path: dir.to_path_buf(),
+    })?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dist)
+        .map_err(|source| CorpusError::Io {
+            path: dist.clone(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".json")
+                && (name.starts_with("poet.tang.")
+                    || (include_song && name.starts_with("poet.song.")))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads the sources and writes `train.txt`, `eval.txt` and `corpus.json` into `opts.out`.
+pub fn prepare_corpus(opts: &CorpusOptions) -> Result<CorpusStats, CorpusError> {
+    let files = source_files(&opts.source, opts.include_song)?;
+    let mut stats = CorpusStats {
+        files: files.len(),
+        holdout_per_10k: opts.holdout_per_10k,
+        seed: opts.seed,
+        include_song: opts.include_song,
+        ..Default::default()
+    };
+    let mut seen = HashSet::new();
+    let (mut train, mut eval) = (String::new(), String::new());
+    for path in &files {
+        let text = std::fs::read_to_string(path).map_err(|source| CorpusError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let poems: Value = serde_json::from_str(&text).map_err(|e| CorpusError::Format {
+            path: path.clone(),
+            problem: format!("not valid JSON: {e}"),
+        })?;
+        let poems = poems.as_array().ok_or_else(|| CorpusError::Format {
+            path: path.clone(),
+            problem: "expected a list of poems".into(),
+        })?;
+        for poem in poems {
+            stats.poems_read += 1;
+            let Some(paragraphs) = poem.get("paragraphs").and_then(Value::as_array) else {
+                continue;
+            };
+            let raw: String = paragraphs.iter().filter_map(Value::as_str).collect();
+            let body = clean(&raw);
+            if body.chars().any(|c| MISSING.contains(&c)) {
+                stats.dropped_missing_characters += 1;
+                continue;
+            }
+            let Some(form) = regular_form(&body) else {
+                stats.dropped_not_regular += 1;
+                continue;
+            };
+            if !seen.insert(body.clone()) {
+                stats.dropped_duplicates += 1;
+                continue;
+            }
+            stats.kept += 1;
+            *stats.by_form.entry(form.to_string()).or_insert(0) += 1;
+            let line = format!("{}{}\n", form.tag().unwrap_or(""), body);
+            if split_hash(opts.seed, &body) % 10_000 < opts.holdout_per_10k {
+                stats.eval_poems += 1;
+                eval.push_str(&line);
+            } else {
+                stats.train_poems += 1;
+                train.push_str(&line);
+            }
+        }
+    }
+    std::fs::create_dir_all(&opts.out).map_err(|source| CorpusError::Io {
+        path: opts.out.clone(),
+        source,
+    })?;
+    let write = |name: &str, data: &str| -> Result<(), CorpusError> {
+        let p = opts.out.join(name);
+        std::fs::write(&p, data).map_err(|source| CorpusError::Io { path: p, source })
+    };
+    write("train.txt", &train)?;
+    write("eval.txt", &eval)?;
+    let json = serde_json::to_string_pretty(&stats).unwrap_or_default();
+    write("corpus.json", &json)?;
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_removes_notes_and_spaces() {
+        assert_eq!(
+            clean("床前明月光（一作看月光），疑是 地上霜。"),
+            "床前明月光，疑是地上霜。"
+        );
+        assert_eq!(clean("春眠[一作眠]不覺曉，"), "春眠不覺曉，");
+    }
+
+    #[test]
+    fn prepares_a_small_corpus_with_split_and_stats() {
+        let src = tempfile::tempdir().unwrap();
+        let dist = src.path().join("dist/quantangshi");
+        std::fs::create_dir_all(&dist).unwrap();
+        let poems = serde_json::json!([
+            {"paragraphs": ["床前明月光，疑是地上霜。", "舉頭望明月，低頭思故鄉。"]},
+            {"paragraphs": ["床前明月光，疑是地上霜。", "舉頭望明月，低頭思故鄉。"]},
+            {"paragraphs": ["朝辭白帝彩雲間，千里江陵一日還。", "兩岸猿聲啼不住，輕舟已過萬重山。"]},
+            {"paragraphs": ["春眠不覺□，處處聞啼鳥。", "夜來風雨聲，花落知多少。"]},
+            {"paragraphs": ["君不見黃河之水天上來，奔流到海不復回。"]}
+        ]);
+        std::fs::write(dist.join("poet.tang.0.json"), poems.to_string()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let opts = CorpusOptions {
+            source: src.path().into(),
+            out: out.path().into(),
+            include_song: false,
+            holdout_per_10k: 0,
+            seed: 7,
+        };
+        let stats = prepare_corpus(&opts).unwrap();
+        assert_eq!(stats.poems_read, 5);
+        assert_eq!(stats.kept, 2);
+        assert_eq!(stats.dropped_duplicates, 1);
+        assert_eq!(stats.dropped_missing_characters, 1);
+        assert_eq!(stats.dropped_not_regular, 1);
+        let train = std::fs::read_to_string(out.path().join("train.txt")).unwrap();
+        assert!(train
+            .lines()
+            .any(|l| l == "[WUJUE]床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"));
+        assert!(train.lines().any(|l| l.starts_with("[QIJUE]朝辭")));
+        // Everything held out at 100%.
+        let opts = CorpusOptions {
+            holdout_per_10k: 10_000,
+            ..opts
+        };
+        let stats = prepare_corpus(&opts).unwrap();
+        assert_eq!((stats.train_poems, stats.eval_poems), (0, 2));
+    }
+}

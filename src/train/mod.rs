@@ -1,0 +1,14 @@
+//! Training our own poem models: corpus preparation from the chinese-poetry
+//! collection, the character vocabulary, and a GPT-2 trainer on candle.
+//!
+//! Owns: `versifier corpus` and `versifier train`. Must not: touch the UI or
+//! the engine's resident model; it opens its own device for the run and writes
+//! an ordinary Hugging Face-layout folder that the loader reads like any other.
+
+mod adamw;
+pub mod corpus;
+pub mod trainer;
+pub mod vocab;
+
+pub use corpus::{prepare_corpus, CorpusOptions, CorpusStats};
+pub use trainer::{train, TrainOptions, TrainSummary};

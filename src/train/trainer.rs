@@ -1,0 +1,502 @@
+//! `versifier train`: a GPT-2 trained on candle from a prepared corpus, with
+//! AdamW, linear warm-up then cosine decay, gradient clipping, a deterministic
+//! seed, evaluation on the held-out poems, checkpoints and resume. The output
+//! folder is an ordinary Hugging Face GPT-2 checkpoint (`config.json`,
+//! `model.safetensors`, `vocab.txt`).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::adamw::AdamW;
+use super::vocab::CharVocab;
+use crate::engine::{open_device, DeviceChoice, DeviceError, Precision};
+use crate::model::{synthetic, Gpt2, Gpt2Config, LoadError};
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {problem}")]
+    Corpus { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Save(#[from] LoadError),
+    #[error("training step {step}: {source}")]
+    Step {
+        step: usize,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("invalid setting `{field}`: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("{path}: cannot resume: {problem}")]
+    Resume { path: PathBuf, problem: String },
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    /// Folder with `train.txt` and `eval.txt` from `versifier corpus`.
+    pub corpus: PathBuf,
+    pub out: PathBuf,
+    pub device: DeviceChoice,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Sequence length in training, also the model's `n_positions`.
+    pub context: usize,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub lr: f64,
+    /// The cosine decays to `lr * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub eval_every: usize,
+    pub eval_batches: usize,
+    pub checkpoint_every: usize,
+    pub seed: u64,
+    pub resume: bool,
+    /// Characters seen fewer times than this become `[UNK]`.
+    pub min_char_count: usize,
+    /// Precision of the final `model.safetensors`.
+    pub save_dtype: Precision,
+    /// Use TF32 tensor cores for f32 matmuls on CUDA.
+    pub tf32: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            corpus: PathBuf::from("data/corpus"),
+            out: PathBuf::from("models/tang-poems"),
+            device: DeviceChoice::Cpu,
+            n_layer: 6,
+            n_head: 6,
+            n_embd: 384,
+            context: 128,
+            batch_size: 64,
+            steps: 5000,
+            lr: 1e-3,
+            min_lr_ratio: 0.1,
+            warmup: 200,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            eval_every: 250,
+            eval_batches: 8,
+            checkpoint_every: 1000,
+            seed: 1234,
+            resume: false,
+            min_char_count: 2,
+            save_dtype: Precision::F16,
+            tf32: true,
+        }
+    }
+}
+
+/// What a run achieved, also written to `train_summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub params: usize,
+    pub vocab: usize,
+    pub train_tokens: usize,
+    pub eval_tokens: usize,
+    pub tokens_seen: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub final_train_loss: f64,
+    /// Mean cross-entropy (nats) per predicted token over the whole held-out set.
+    pub eval_loss: f64,
+    pub eval_perplexity: f64,
+    /// The same measure for an add-one-smoothed character bigram model fitted on the training set.
+    pub bigram_eval_perplexity: f64,
+    pub device: String,
+    pub options: TrainOptions,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    step: usize,
+    rng: u64,
+    tokens_seen: usize,
+}
+
+/// A deterministic xorshift generator for batch positions.
+struct BatchRng(u64);
+
+impl BatchRng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn read(path: &Path) -> Result<String, TrainError> {
+    std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<(), TrainError> {
+    std::fs::write(path, data).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn lr_at(o: &TrainOptions, step: usize) -> f64 {
+    if step < o.warmup {
+        return o.lr * (step + 1) as f64 / o.warmup as f64;
+    }
+    let progress = (step - o.warmup) as f64 / (o.steps.saturating_sub(o.warmup)).max(1) as f64;
+    let min = o.lr * o.min_lr_ratio;
+    min + 0.5 * (o.lr - min) * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
+
+/// `(x, y)` for sequences starting at `starts`: inputs and next-token targets.
+fn batch(
+    stream: &[u32],
+    starts: &[usize],
+    t: usize,
+    dev: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let mut x = Vec::with_capacity(starts.len() * t);
+    let mut y = Vec::with_capacity(starts.len() * t);
+    for &s in starts {
+        x.extend_from_slice(&stream[s..s + t]);
+        y.extend_from_slice(&stream[s + 1..s + t + 1]);
+    }
+    Ok((
+        Tensor::from_vec(x, (starts.len(), t), dev)?,
+        Tensor::from_vec(y, (starts.len(), t), dev)?,
+    ))
+}
+
+fn loss_on(model: &Gpt2, x: &Tensor, y: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let logits = model.forward_train(x, mask)?; // (B, T, V)
+    let (b, t, v) = logits.dims3()?;
+    candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &y.reshape(b * t)?)
+}
+
+/// Mean loss over non-overlapping windows of `stream` (at most `max_batches` batches; 0 = all).
+fn evaluate(
+    model: &Gpt2,
+    stream: &[u32],
+    o: &TrainOptions,
+    mask: &Tensor,
+    max_batches: usize,
+) -> candle_core::Result<f64> {
+    let t = o.context;
+    let starts: Vec<usize> = (0..stream.len().saturating_sub(t + 1) / t)
+        .map(|i| i * t)
+        .collect();
+    let mut total = 0.0;
+    let mut n = 0usize;
+    for (i, chunk) in starts.chunks(o.batch_size).enumerate() {
+        if max_batches > 0 && i >= max_batches {
+            break;
+        }
+        let (x, y) = batch(stream, chunk, t, mask.device())?;
+        total += loss_on(model, &x, &y, mask)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?
+            * chunk.len() as f64;
+        n += chunk.len();
+    }
+    Ok(if n == 0 { f64::NAN } else { total / n as f64 })
+}
+
+/// Cross-entropy of an add-one bigram model, fitted on `train`, over the same
+/// eval positions the network is scored on.
+fn bigram_loss(train: &[u32], eval: &[u32], vocab: usize, t: usize) -> f64 {
+    let mut counts: HashMap<(u32, u32), u32> = HashMap::new();
+    let mut totals = vec![0u32; vocab];
+    for w in train.windows(2) {
+        *counts.entry((w[0], w[1])).or_insert(0) += 1;
+        totals[w[0] as usize] += 1;
+    }
+    let windows = eval.len().saturating_sub(t + 1) / t;
+    let (mut total, mut n) = (0.0, 0usize);
+    for wi in 0..windows {
+        for j in wi * t..wi * t + t {
+            let (a, b) = (eval[j], eval[j + 1]);
+            let c = counts.get(&(a, b)).copied().unwrap_or(0) as f64;
+            let p = (c + 1.0) / (totals[a as usize] as f64 + vocab as f64);
+            total -= p.ln();
+            n += 1;
+        }
+    }
+    if n == 0 {
+        f64::NAN
+    } else {
+        total / n as f64
+    }
+}
+
+/// Trains a model as `o` says and writes it to `o.out`.
+pub fn train(
+    o: &TrainOptions,
+    mut on_progress: impl FnMut(&str),
+) -> Result<TrainSummary, TrainError> {
+    if o.n_embd % o.n_head != 0 {
+        return Err(TrainError::Invalid {
+            field: "n_embd",
+            problem: format!("{} is not divisible by n_head {}", o.n_embd, o.n_head),
+        });
+    }
+    if o.steps == 0 || o.batch_size == 0 || o.context < 8 {
+        return Err(TrainError::Invalid {
+            field: "steps",
+            problem: "steps and batch size must be positive, context at least 8".into(),
+        });
+    }
+    let train_path = o.corpus.join("train.txt");
+    let eval_path = o.corpus.join("eval.txt");
+    let train_text = read(&train_path)?;
+    let eval_text = read(&eval_path)?;
+    std::fs::create_dir_all(&o.out).map_err(|source| TrainError::Io {
+        path: o.out.clone(),
+        source,
+    })?;
+    let ckpt_dir = o.out.join("checkpoint");
+
+    let vocab = if o.resume {
+        let text = read(&ckpt_dir.join("vocab.txt"))?;
+        CharVocab::from_tokens(text.lines().map(String::from).collect())
+    } else {
+        CharVocab::build(&train_text, o.min_char_count)
+    };
+    // Every other poem loses its form tag, so the model learns both the tagged
+    // (form-conditioned) and the untagged (free) start.
+    let encode = |text: &str| -> Vec<u32> {
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .enumerate()
+            .flat_map(|(i, l)| vocab.encode_line(if i % 2 == 1 { super::vocab::strip_tag(l).1 } else { l }))
+            .collect()
+    };
+    let train_ids = encode(&train_text);
+    let eval_ids = encode(&eval_text);
+    if train_ids.len() < o.context + 2 {
+        return Err(TrainError::Corpus {
+            path: train_path,
+            problem: format!(
+                "only {} tokens; need more than the context ({})",
+                train_ids.len(),
+                o.context
+            ),
+        });
+    }
+    let mut cfg = Gpt2Config::small(vocab.len(), o.context, o.n_embd, o.n_layer, o.n_head);
+    cfg.bos_token_id = vocab.id("[CLS]");
+    cfg.eos_token_id = vocab.id("[SEP]");
+
+    let device = open_device(o.device)?;
+    if o.tf32 {
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+    }
+    let step_err =
+        |step: usize| move |source: candle_core::Error| TrainError::Step { step, source };
+
+    // Parameters: deterministic init, or the checkpoint's.
+    let varmap = VarMap::new();
+    let init = if o.resume {
+        let p = ckpt_dir.join("model.safetensors");
+        let loaded =
+            candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| TrainError::Resume {
+                path: p.clone(),
+                problem: e.to_string(),
+            })?;
+        loaded
+            .into_iter()
+            .map(|(k, v)| (k.strip_prefix("transformer.").unwrap_or(&k).to_string(), v))
+            .collect()
+    } else {
+        synthetic::gpt2_init_tensors(&cfg, o.seed).map_err(step_err(0))?
+    };
+    {
+        let mut data = varmap.data().lock().map_err(|_| TrainError::Invalid {
+            field: "varmap",
+            problem: "poisoned".into(),
+        })?;
+        for (name, t) in init {
+            let t = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.to_device(&device))
+                .map_err(step_err(0))?;
+            data.insert(name, Var::from_tensor(&t).map_err(step_err(0))?);
+        }
+    }
+    let model = Gpt2::load(VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)
+        .map_err(step_err(0))?;
+    let params: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Invalid {
+            field: "varmap",
+            problem: "poisoned".into(),
+        })?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut opt = AdamW::new(params, o.weight_decay).map_err(step_err(0))?;
+    let mut rng = BatchRng(o.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut tokens_seen = 0usize;
+    let mut start_step = 0usize;
+    if o.resume {
+        let state: CheckpointState = serde_json::from_str(&read(&ckpt_dir.join("state.json"))?)
+            .map_err(|e| TrainError::Resume {
+                path: ckpt_dir.join("state.json"),
+                problem: e.to_string(),
+            })?;
+        let p = ckpt_dir.join("optimizer.safetensors");
+        let moments =
+            candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| TrainError::Resume {
+                path: p.clone(),
+                problem: e.to_string(),
+            })?;
+        opt.restore(&moments, state.step)
+            .map_err(step_err(state.step))?;
+        rng = BatchRng(state.rng);
+        tokens_seen = state.tokens_seen;
+        start_step = state.step;
+        on_progress(&format!("resumed at step {start_step}"));
+    }
+
+    let mask = Gpt2::causal_mask(o.context, &device).map_err(step_err(0))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(o.out.join("train_log.jsonl"))
+        .map_err(|source| TrainError::Io {
+            path: o.out.join("train_log.jsonl"),
+            source,
+        })?;
+    let save = |dir: &Path,
+                dtype: DType,
+                opt: Option<(&AdamW, &BatchRng, usize)>|
+     -> Result<(), TrainError> {
+        let tensors: HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .map_err(|_| TrainError::Invalid {
+                field: "varmap",
+                problem: "poisoned".into(),
+            })?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        synthetic::write_checkpoint(dir, &cfg, &tensors, dtype)?;
+        write(&dir.join("vocab.txt"), vocab.to_vocab_txt().as_bytes())?;
+        if let Some((opt, rng, tokens_seen)) = opt {
+            let p = dir.join("optimizer.safetensors");
+            candle_core::safetensors::save(&opt.state(), &p)
+                .map_err(|source| LoadError::Candle { path: p, source })?;
+            let state = CheckpointState {
+                step: opt.step,
+                rng: rng.0,
+                tokens_seen,
+            };
+            write(
+                &dir.join("state.json"),
+                serde_json::to_string(&state).unwrap_or_default().as_bytes(),
+            )?;
+        }
+        Ok(())
+    };
+
+    let started = Instant::now();
+    let mut last_loss = f64::NAN;
+    let span = train_ids.len() - o.context - 1;
+    for step in start_step..o.steps {
+        let starts: Vec<usize> = (0..o.batch_size).map(|_| rng.below(span)).collect();
+        let (x, y) = batch(&train_ids, &starts, o.context, &device).map_err(step_err(step))?;
+        let loss = loss_on(&model, &x, &y, &mask).map_err(step_err(step))?;
+        let grads = loss.backward().map_err(step_err(step))?;
+        let norm = opt.grad_norm(&grads).map_err(step_err(step))?;
+        let scale = if norm > o.grad_clip && norm.is_finite() {
+            o.grad_clip / norm
+        } else {
+            1.0
+        };
+        let lr = lr_at(o, step);
+        opt.step(&grads, lr, scale).map_err(step_err(step))?;
+        tokens_seen += o.batch_size * o.context;
+        let done = step + 1;
+        if done % 10 == 0 || done == o.steps {
+            last_loss = loss
+                .to_dtype(DType::F64)
+                .and_then(|l| l.to_scalar::<f64>())
+                .map_err(step_err(step))?;
+            let secs = started.elapsed().as_secs_f64();
+            let rate = (done - start_step) as f64 / secs.max(1e-9);
+            let eta = (o.steps - done) as f64 / rate.max(1e-9);
+            on_progress(&format!(
+                "step {done}/{} loss {last_loss:.3} lr {lr:.2e} grad-norm {norm:.2} {:.0} tok/s eta {:.0}s",
+                o.steps,
+                (tokens_seen as f64) / secs.max(1e-9) * ((done - start_step) as f64 / done as f64).max(0.0),
+                eta
+            ));
+        }
+        if done % o.eval_every == 0 || done == o.steps {
+            let eval =
+                evaluate(&model, &eval_ids, o, &mask, o.eval_batches).map_err(step_err(step))?;
+            let line = serde_json::json!({"step": done, "train_loss": last_loss, "eval_loss": eval, "lr": lr, "seconds": started.elapsed().as_secs_f64()});
+            let _ = writeln!(log, "{line}");
+            on_progress(&format!(
+                "step {done}: eval loss {eval:.3} (perplexity {:.1})",
+                eval.exp()
+            ));
+        }
+        if o.checkpoint_every > 0 && done % o.checkpoint_every == 0 {
+            save(&ckpt_dir, DType::F32, Some((&opt, &rng, tokens_seen)))?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let eval_loss = evaluate(&model, &eval_ids, o, &mask, 0).map_err(step_err(o.steps))?;
+    let bigram = bigram_loss(&train_ids, &eval_ids, vocab.len(), o.context);
+    save(&o.out, o.save_dtype.dtype(), None)?;
+    let summary = TrainSummary {
+        steps: o.steps,
+        params: cfg.param_count(),
+        vocab: vocab.len(),
+        train_tokens: train_ids.len(),
+        eval_tokens: eval_ids.len(),
+        tokens_seen,
+        seconds,
+        tokens_per_s: (tokens_seen as f64) / seconds.max(1e-9),
+        final_train_loss: last_loss,
+        eval_loss,
+        eval_perplexity: eval_loss.exp(),
+        bigram_eval_perplexity: bigram.exp(),
+        device: o.device.to_string(),
+        options: o.clone(),
+    };
+    write(
+        &o.out.join("train_summary.json"),
+        serde_json::to_string_pretty(&summary)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    Ok(summary)
+}

@@ -1,0 +1,120 @@
+//! The character vocabulary of a poem model, written as a BERT-style
+//! `vocab.txt` so the model loads like the Chinese GPT-2 poem checkpoints.
+
+use std::collections::HashMap;
+
+use crate::generate::forms::{PoemForm, COMMA, PERIOD};
+
+/// Special tokens, in id order.
+pub const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+/// A character vocabulary with the form tags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CharVocab {
+    pub tokens: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl CharVocab {
+    /// Specials, form tags, `，` `。`, then every character seen at least
+    /// `min_count` times, most frequent first (ties by code point).
+    pub fn build(text: &str, min_count: usize) -> Self {
+        let mut counts: HashMap<char, usize> = HashMap::new();
+        for line in text.lines() {
+            for c in strip_tag(line).1.chars() {
+                *counts.entry(c).or_insert(0) += 1;
+            }
+        }
+        let mut chars: Vec<(char, usize)> = counts
+            .into_iter()
+            .filter(|(c, n)| *n >= min_count && *c != COMMA && *c != PERIOD)
+            .collect();
+        chars.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
+        for f in [
+            PoemForm::WuJue,
+            PoemForm::QiJue,
+            PoemForm::WuLv,
+            PoemForm::QiLv,
+        ] {
+            tokens.extend(f.tag().map(String::from));
+        }
+        tokens.push(COMMA.to_string());
+        tokens.push(PERIOD.to_string());
+        tokens.extend(chars.into_iter().map(|(c, _)| c.to_string()));
+        Self::from_tokens(tokens)
+    }
+
+    pub fn from_tokens(tokens: Vec<String>) -> Self {
+        let index = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        Self { tokens, index }
+    }
+
+    pub fn id(&self, token: &str) -> Option<u32> {
+        self.index.get(token).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// `[CLS] [TAG] characters [SEP]` for one corpus line; unknown characters become `[UNK]`.
+    pub fn encode_line(&self, line: &str) -> Vec<u32> {
+        let unk = self.id("[UNK]").unwrap_or(1);
+        let (tag, body) = strip_tag(line);
+        let mut ids = Vec::with_capacity(body.chars().count() + 3);
+        ids.extend(self.id("[CLS]"));
+        if let Some(t) = tag {
+            ids.extend(self.id(t));
+        }
+        ids.extend(body.chars().map(|c| {
+            self.index
+                .get(c.encode_utf8(&mut [0; 4]) as &str)
+                .copied()
+                .unwrap_or(unk)
+        }));
+        ids.extend(self.id("[SEP]"));
+        ids
+    }
+
+    pub fn to_vocab_txt(&self) -> String {
+        let mut s = self.tokens.join("\n");
+        s.push('\n');
+        s
+    }
+}
+
+/// Splits a leading `[TAG]` off a corpus line.
+pub fn strip_tag(line: &str) -> (Option<&str>, &str) {
+    if line.starts_with('[') {
+        if let Some(end) = line.find(']') {
+            return (Some(&line[..=end]), &line[end + 1..]);
+        }
+    }
+    (None, line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vocab_orders_specials_tags_marks_then_frequency() {
+        let v = CharVocab::build("[WUJUE]月月月，花花。\n[QIJUE]月花風，", 1);
+        assert_eq!(&v.tokens[..5], &SPECIALS.map(String::from));
+        assert_eq!(v.tokens[5], "[WUJUE]");
+        assert_eq!(v.tokens[9], "，");
+        assert_eq!(v.tokens[10], "。");
+        assert_eq!(v.tokens[11], "月");
+        assert_eq!(v.encode_line("[WUJUE]月花"), vec![2, 5, 11, 12, 3]);
+        assert_eq!(v.encode_line("雪"), vec![2, 1, 3]);
+    }
+}
