@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use versifier::engine::bench::{run_bench, run_lifecycle, BenchOptions, LifecycleOptions};
+use versifier::engine::bench::{run_quality, QualityOptions, run_bench, run_lifecycle, BenchOptions, LifecycleOptions};
 use versifier::engine::{check_precision, open_device, DeviceChoice, Precision};
 use versifier::generate::forms::{layout, PoemForm};
 use versifier::generate::{generate, poem_prompt, GenerateRequest, SamplingParams};
@@ -148,6 +148,9 @@ struct TrainArgs {
     /// Continue from OUT/checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Stop after this many steps of this run (checkpointing), keeping the schedule of --steps.
+    #[arg(long)]
+    stop_after: Option<usize>,
     #[arg(long, default_value_t = 2)]
     min_char_count: usize,
     /// Precision of the saved model.
@@ -183,6 +186,21 @@ struct BenchArgs {
     /// Number of lifecycle cycles.
     #[arg(long, default_value_t = 10)]
     cycles: usize,
+    /// Poem quality: well-formed share of free and constrained samples, distinct-2,
+    /// and with --corpus the held-out perplexity against a bigram model (needs --model).
+    #[arg(long, requires = "model", conflicts_with = "lifecycle")]
+    quality: bool,
+    /// Corpus folder from `versifier corpus`, for the held-out perplexity.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Free-form samples per prompt (20 prompts).
+    #[arg(long, default_value_t = 10)]
+    samples_per_prompt: usize,
+    /// Samples per constrained form.
+    #[arg(long, default_value_t = 20)]
+    constrained_samples: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 fn main() {
@@ -234,6 +252,19 @@ fn run(cli: Cli) -> Result<()> {
             if !report.passed {
                 bail!("selftest failed on {} {}", report.device, report.dtype);
             }
+            Ok(())
+        }
+        Some(Command::Bench(args)) if args.quality => {
+            let opts = QualityOptions {
+                model: args.model.context("--quality needs --model")?,
+                device: args.device.parse()?,
+                samples_per_prompt: args.samples_per_prompt,
+                constrained_samples: args.constrained_samples,
+                seed: args.seed,
+                corpus: args.corpus,
+            };
+            let report = run_quality(&opts)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Some(Command::Bench(args)) if args.lifecycle => {
@@ -493,6 +524,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         resume: a.resume,
         min_char_count: a.min_char_count,
         save_dtype: a.save_dtype.parse()?,
+        stop_after: a.stop_after,
         ..Default::default()
     };
     let bar = indicatif::ProgressBar::new(opts.steps as u64);

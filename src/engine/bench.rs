@@ -377,3 +377,145 @@ fn wait_for<T>(
         }
     }
 }
+
+/// The one-character prompts of the quality benchmark.
+pub const QUALITY_PROMPTS: [&str; 20] =
+    ["春", "夏", "秋", "冬", "月", "風", "花", "雪", "山", "水", "雲", "雨", "江", "柳", "夜", "酒", "鄉", "舟", "鶴", "松"];
+
+/// Options of `versifier bench --quality`.
+#[derive(Debug, Clone)]
+pub struct QualityOptions {
+    pub model: PathBuf,
+    pub device: DeviceChoice,
+    /// Free-form samples per prompt (200 in all with the 20 prompts).
+    pub samples_per_prompt: usize,
+    /// Samples per constrained form.
+    pub constrained_samples: usize,
+    pub seed: u64,
+    /// A corpus folder (`train.txt`, `eval.txt`) to measure held-out perplexity on.
+    pub corpus: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FormFigure {
+    pub form: String,
+    pub samples: usize,
+    pub well_formed: usize,
+    pub fraction: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QualityReport {
+    pub model: String,
+    pub settings: String,
+    pub free_samples: usize,
+    /// Free-form samples that are regular verse (4 or 8 lines of 5 or 7, `，`/`。`
+    /// alternating, no repeated line) and ended with the stop token.
+    pub free_well_formed: usize,
+    pub free_fraction: f64,
+    pub constrained: Vec<FormFigure>,
+    /// Distinct character bigrams / all bigrams over the free samples.
+    pub distinct_2: f64,
+    pub held_out_perplexity: Option<f64>,
+    pub bigram_perplexity: Option<f64>,
+    pub examples: Vec<String>,
+}
+
+/// Samples poems and measures how many are well-formed, how varied they are,
+/// and (with a corpus) the held-out perplexity against a bigram baseline.
+pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
+    use crate::generate::forms::{regular_form, satisfies, PoemForm};
+    use crate::generate::{poem_prompt, StopReason};
+
+    let device = open_device(opts.device)?;
+    let loaded = load_model(&opts.model, &device, candle_core::DType::F32)?;
+    let tok = loaded.tokenizer.as_ref().ok_or_else(|| {
+        BenchError::Load(LoadError::NoWeights { path: opts.model.clone(), problem: "the quality benchmark needs a tokenizer".into() })
+    })?;
+    let sampling = |seed: u64| SamplingParams { greedy: false, temperature: 0.8, top_k: 40, top_p: 1.0, repetition_penalty: 1.0, seed };
+    let bytes = |id: u32| tok.token_bytes(id);
+    let mut free_texts = Vec::new();
+    let mut free_ok = 0usize;
+    for (pi, prompt) in QUALITY_PROMPTS.iter().enumerate() {
+        let ids = tok.prompt_ids(prompt).map_err(|e| GenerateError::Invalid { field: "prompt", problem: e.to_string() })?;
+        let mut left = opts.samples_per_prompt;
+        let mut batch_no = 0u64;
+        while left > 0 {
+            let n = left.min(crate::generate::MAX_VARIATIONS);
+            let req = GenerateRequest {
+                prompt_ids: ids.clone(),
+                variations: n,
+                max_new_tokens: 80,
+                sampling: sampling(opts.seed + 1000 * pi as u64 + 100 * batch_no),
+                stop_ids: tok.stop_ids().to_vec(),
+                constraint: None,
+            };
+            let g = generate(&loaded.model, &req, bytes, &|| false, |_| {})?;
+            for v in g.variations {
+                let text = format!("{prompt}{}", v.text);
+                if v.stop == Some(StopReason::Stop) && regular_form(&text).is_some() {
+                    free_ok += 1;
+                }
+                free_texts.push(text);
+            }
+            left -= n;
+            batch_no += 1;
+        }
+    }
+    let forms: Vec<PoemForm> = ["wujue", "qijue", "wulv", "qilv", "acrostic:春夏秋冬", "acrostic:風花雪月"]
+        .iter()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let mut constrained = Vec::new();
+    for (fi, form) in forms.iter().enumerate() {
+        let mut ok = 0usize;
+        let mut done = 0usize;
+        while done < opts.constrained_samples {
+            let n = (opts.constrained_samples - done).min(crate::generate::MAX_VARIATIONS);
+            let prompt = QUALITY_PROMPTS[(fi + done) % QUALITY_PROMPTS.len()];
+            let (ids, constraint) = poem_prompt(tok, prompt, form)?;
+            let start = constraint.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+            let req = GenerateRequest {
+                prompt_ids: ids,
+                variations: n,
+                max_new_tokens: 80,
+                sampling: sampling(opts.seed + 7919 * (fi as u64 + 1) + done as u64),
+                stop_ids: tok.stop_ids().to_vec(),
+                constraint,
+            };
+            let g = generate(&loaded.model, &req, bytes, &|| false, |_| {})?;
+            ok += g.variations.iter().filter(|v| satisfies(&format!("{start}{}", v.text), form)).count();
+            done += n;
+        }
+        constrained.push(FormFigure { form: form.to_string(), samples: done, well_formed: ok, fraction: ok as f64 / done.max(1) as f64 });
+    }
+    let mut bigrams = std::collections::HashSet::new();
+    let mut total = 0usize;
+    for t in &free_texts {
+        let chars: Vec<char> = t.chars().collect();
+        for w in chars.windows(2) {
+            bigrams.insert((w[0], w[1]));
+            total += 1;
+        }
+    }
+    let (held_out, bigram) = match &opts.corpus {
+        Some(dir) => {
+            let (m, b) = crate::train::held_out_perplexity(&loaded.model, &loaded.files.dir.join("vocab.txt"), dir, loaded.config.n_positions)
+                .map_err(|e| BenchError::Io { path: dir.clone(), source: std::io::Error::other(e.to_string()) })?;
+            (Some(m), Some(b))
+        }
+        None => (None, None),
+    };
+    Ok(QualityReport {
+        model: opts.model.display().to_string(),
+        settings: "temperature 0.8, top-k 40, no top-p, no repetition penalty, 80 tokens max".into(),
+        free_samples: free_texts.len(),
+        free_well_formed: free_ok,
+        free_fraction: free_ok as f64 / free_texts.len().max(1) as f64,
+        constrained,
+        distinct_2: bigrams.len() as f64 / total.max(1) as f64,
+        held_out_perplexity: held_out,
+        bigram_perplexity: bigram,
+        examples: free_texts.iter().step_by(opts.samples_per_prompt.max(1)).take(6).cloned().collect(),
+    })
+}

@@ -79,6 +79,9 @@ pub struct TrainOptions {
     pub save_dtype: Precision,
     /// Use TF32 tensor cores for f32 matmuls on CUDA.
     pub tf32: bool,
+    /// Stop after this many steps in this run (saving a checkpoint), keeping the
+    /// schedule of `steps`; `--resume` continues from there.
+    pub stop_after: Option<usize>,
 }
 
 impl Default for TrainOptions {
@@ -106,6 +109,7 @@ impl Default for TrainOptions {
             min_char_count: 2,
             save_dtype: Precision::F16,
             tf32: true,
+            stop_after: None,
         }
     }
 }
@@ -253,6 +257,31 @@ fn bigram_loss(train: &[u32], eval: &[u32], vocab: usize, t: usize) -> f64 {
     }
 }
 
+/// The token stream of a corpus text. Every other poem loses its form tag, so the
+/// model learns both the tagged (form-conditioned) and the untagged (free) start.
+fn encode_corpus(vocab: &CharVocab, text: &str) -> Vec<u32> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .flat_map(|(i, l)| vocab.encode_line(if i % 2 == 1 { super::vocab::strip_tag(l).1 } else { l }))
+        .collect()
+}
+
+/// Held-out perplexity of `model` on `corpus/eval.txt` (windows of `context`),
+/// and of an add-one character bigram model fitted on `corpus/train.txt`, on the
+/// same positions, both with the model's vocabulary (`vocab_path`). Tokens are
+/// characters, the two marks, `[CLS]`/`[SEP]` and form tags.
+pub fn held_out_perplexity(model: &Gpt2, vocab_path: &Path, corpus: &Path, context: usize) -> Result<(f64, f64), TrainError> {
+    let vocab = CharVocab::from_tokens(read(&vocab_path)?.lines().map(String::from).collect());
+    let train_ids = encode_corpus(&vocab, &read(&corpus.join("train.txt"))?);
+    let eval_ids = encode_corpus(&vocab, &read(&corpus.join("eval.txt"))?);
+    let o = TrainOptions { context, batch_size: 16, ..TrainOptions::default() };
+    let mask = Gpt2::causal_mask(context, model.device()).map_err(|source| TrainError::Step { step: 0, source })?;
+    let loss = evaluate(model, &eval_ids, &o, &mask, 0).map_err(|source| TrainError::Step { step: 0, source })?;
+    let bigram = bigram_loss(&train_ids, &eval_ids, vocab.len(), context);
+    Ok((loss.exp(), bigram.exp()))
+}
+
 /// Trains a model as `o` says and writes it to `o.out`.
 pub fn train(
     o: &TrainOptions,
@@ -286,15 +315,7 @@ pub fn train(
     } else {
         CharVocab::build(&train_text, o.min_char_count)
     };
-    // Every other poem loses its form tag, so the model learns both the tagged
-    // (form-conditioned) and the untagged (free) start.
-    let encode = |text: &str| -> Vec<u32> {
-        text.lines()
-            .filter(|l| !l.is_empty())
-            .enumerate()
-            .flat_map(|(i, l)| vocab.encode_line(if i % 2 == 1 { super::vocab::strip_tag(l).1 } else { l }))
-            .collect()
-    };
+    let encode = |text: &str| encode_corpus(&vocab, text);
     let train_ids = encode(&train_text);
     let eval_ids = encode(&eval_text);
     if train_ids.len() < o.context + 2 {
@@ -468,8 +489,13 @@ pub fn train(
                 eval.exp()
             ));
         }
-        if o.checkpoint_every > 0 && done % o.checkpoint_every == 0 {
+        let interrupted = o.stop_after.is_some_and(|n| done - start_step >= n) && done < o.steps;
+        if (o.checkpoint_every > 0 && done % o.checkpoint_every == 0) || interrupted {
             save(&ckpt_dir, DType::F32, Some((&opt, &rng, tokens_seen)))?;
+        }
+        if interrupted {
+            on_progress(&format!("stopped after step {done}; continue with --resume"));
+            break;
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -477,7 +503,7 @@ pub fn train(
     let bigram = bigram_loss(&train_ids, &eval_ids, vocab.len(), o.context);
     save(&o.out, o.save_dtype.dtype(), None)?;
     let summary = TrainSummary {
-        steps: o.steps,
+        steps: opt.step,
         params: cfg.param_count(),
         vocab: vocab.len(),
         train_tokens: train_ids.len(),
