@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use versifier::engine::bench::{run_quality, QualityOptions, run_bench, run_lifecycle, BenchOptions, LifecycleOptions};
+use versifier::engine::bench::{
+    run_bench, run_lifecycle, run_quality, BenchOptions, LifecycleOptions, QualityOptions,
+};
 use versifier::engine::{check_precision, open_device, DeviceChoice, Precision};
 use versifier::generate::forms::{layout, PoemForm};
 use versifier::generate::{generate, poem_prompt, GenerateRequest, SamplingParams};
@@ -226,7 +228,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Info { model, json }) => run_info(&model, json),
-        Some(Command::Corpus { source, out, song, holdout_per_10k, seed }) => {
+        Some(Command::Corpus {
+            source,
+            out,
+            song,
+            holdout_per_10k,
+            seed,
+        }) => {
             let stats = versifier::train::prepare_corpus(&versifier::train::CorpusOptions {
                 source,
                 out,
@@ -427,7 +435,11 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     } else {
         for (i, v) in gen.variations.iter().enumerate() {
             if tok.is_some() {
-                println!("--- variation {} ---\n{}", i + 1, layout(&format!("{echoed}{}", v.text)));
+                println!(
+                    "--- variation {} ---\n{}",
+                    i + 1,
+                    layout(&format!("{echoed}{}", v.text))
+                );
             } else {
                 println!("--- variation {} --- ids: {:?}", i + 1, v.ids);
             }
@@ -535,12 +547,17 @@ fn run_train(a: TrainArgs) -> Result<()> {
     // Without a terminal the bar is hidden: print evaluations and every 100th step instead.
     let plain = bar.is_hidden();
     let summary = versifier::train::train(&opts, |msg| {
-        let step: Option<u64> = msg.strip_prefix("step ").and_then(|m| m.split(['/', ':']).next()).and_then(|s| s.parse().ok());
+        let step: Option<u64> = msg
+            .strip_prefix("step ")
+            .and_then(|m| m.split(['/', ':']).next())
+            .and_then(|s| s.parse().ok());
         if let Some(step) = step {
             bar.set_position(step);
         }
         bar.set_message(msg.to_string());
-        let milestone = msg.contains("eval") || msg.starts_with("resumed") || step.is_some_and(|s| s % 100 == 0);
+        let milestone = msg.contains("eval")
+            || msg.starts_with("resumed")
+            || step.is_some_and(|s| s % 100 == 0);
         if plain && milestone {
             eprintln!("{msg}");
         } else if milestone && msg.contains("eval") {

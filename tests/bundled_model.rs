@@ -17,8 +17,15 @@ fn poem_from_cli(args: &[&str]) -> String {
     let mut all = vec!["generate", "--model", model.to_str().unwrap()];
     all.extend_from_slice(args);
     let out = run_cli(&all);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().split_whitespace().collect()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .collect()
 }
 
 #[test]
@@ -30,7 +37,12 @@ fn cli_writes_a_well_formed_qijue_from_one_character() {
 
 #[test]
 fn every_constrained_form_is_well_formed() {
-    for (form, prompt) in [("wujue", "月"), ("wulv", "山"), ("qilv", "江"), ("acrostic:風花雪月", "")] {
+    for (form, prompt) in [
+        ("wujue", "月"),
+        ("wulv", "山"),
+        ("qilv", "江"),
+        ("acrostic:風花雪月", ""),
+    ] {
         for seed in ["1", "2"] {
             let poem = poem_from_cli(&["--prompt", prompt, "--form", form, "--seed", seed]);
             let f: PoemForm = form.parse().unwrap();
@@ -42,10 +54,32 @@ fn every_constrained_form_is_well_formed() {
 #[test]
 fn free_form_mostly_writes_regular_verse() {
     let model = bundled();
-    let out = run_cli(&["generate", "--model", model.to_str().unwrap(), "--prompt", "雪", "--variations", "8", "--seed", "5", "--json", "--max-tokens", "80"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_cli(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "雪",
+        "--variations",
+        "8",
+        "--seed",
+        "5",
+        "--json",
+        "--max-tokens",
+        "80",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let texts: Vec<String> = v["text"].as_array().unwrap().iter().map(|t| format!("雪{}", t.as_str().unwrap())).collect();
+    let texts: Vec<String> = v["text"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("雪{}", t.as_str().unwrap()))
+        .collect();
     let regular = texts.iter().filter(|t| regular_form(t).is_some()).count();
     assert!(regular >= 6, "only {regular}/8 regular: {texts:#?}");
 }
@@ -55,14 +89,25 @@ fn simplified_prompt_finds_the_traditional_characters() {
     let simplified = poem_from_cli(&["--prompt", "春风", "--form", "qijue", "--seed", "4"]);
     let traditional = poem_from_cli(&["--prompt", "春風", "--form", "qijue", "--seed", "4"]);
     // The echoed prompt differs; the poem the model wrote is the same.
-    assert_eq!(simplified.chars().skip(2).collect::<String>(), traditional.chars().skip(2).collect::<String>());
+    assert_eq!(
+        simplified.chars().skip(2).collect::<String>(),
+        traditional.chars().skip(2).collect::<String>()
+    );
     assert!(satisfies(&traditional, &PoemForm::QiJue), "{traditional}");
 }
 
 #[test]
 fn characters_outside_the_vocabulary_are_a_clear_error() {
     let model = bundled();
-    let out = run_cli(&["generate", "--model", model.to_str().unwrap(), "--prompt", "春😀", "--form", "qijue"]);
+    let out = run_cli(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "春😀",
+        "--form",
+        "qijue",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no token for") && err.contains('😀'), "{err}");

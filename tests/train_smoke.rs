@@ -17,9 +17,19 @@ const POEMS: [&str; 4] = [
 
 fn tiny_corpus() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let train: String = POEMS.iter().cycle().take(40).map(|p| format!("{p}\n")).collect();
+    let train: String = POEMS
+        .iter()
+        .cycle()
+        .take(40)
+        .map(|p| format!("{p}\n"))
+        .collect();
     std::fs::write(dir.path().join("train.txt"), train).unwrap();
-    let eval: String = [POEMS[0], POEMS[2]].iter().cycle().take(8).map(|p| format!("{p}\n")).collect();
+    let eval: String = [POEMS[0], POEMS[2]]
+        .iter()
+        .cycle()
+        .take(8)
+        .map(|p| format!("{p}\n"))
+        .collect();
     std::fs::write(dir.path().join("eval.txt"), eval).unwrap();
     dir
 }
@@ -52,9 +62,19 @@ fn training_lowers_the_loss_and_writes_a_loadable_checkpoint() {
     let out = tempfile::tempdir().unwrap();
     let summary = train(&options(corpus.path(), out.path(), 60), |_| {}).unwrap();
     let log = std::fs::read_to_string(out.path().join("train_log.jsonl")).unwrap();
-    let evals: Vec<f64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["eval_loss"].as_f64().unwrap()).collect();
+    let evals: Vec<f64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["eval_loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
     assert!(evals.len() >= 6);
-    assert!(evals.last().unwrap() < &(evals[0] - 0.5), "eval loss did not fall: {evals:?}");
+    assert!(
+        evals.last().unwrap() < &(evals[0] - 0.5),
+        "eval loss did not fall: {evals:?}"
+    );
     assert!(summary.eval_perplexity < summary.bigram_eval_perplexity * 2.0);
     let m = load_model(out.path(), &Device::Cpu, DType::F32).unwrap();
     let tok = m.tokenizer.unwrap();
@@ -78,12 +98,21 @@ fn resumed_training_matches_an_uninterrupted_run() {
     second.resume = true;
     let s2 = train(&second, |_| {}).unwrap();
     assert_eq!(s2.steps, 20);
-    let a = candle_core::safetensors::load(straight.path().join("model.safetensors"), &Device::Cpu).unwrap();
-    let b = candle_core::safetensors::load(resumed.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let a = candle_core::safetensors::load(straight.path().join("model.safetensors"), &Device::Cpu)
+        .unwrap();
+    let b = candle_core::safetensors::load(resumed.path().join("model.safetensors"), &Device::Cpu)
+        .unwrap();
     assert_eq!(a.len(), b.len());
     for (name, ta) in &a {
         let tb = &b[name];
-        let diff = (ta - tb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (ta - tb)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "{name} differs by {diff} after resume");
     }
 }

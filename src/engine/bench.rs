@@ -379,8 +379,10 @@ fn wait_for<T>(
 }
 
 /// The one-character prompts of the quality benchmark.
-pub const QUALITY_PROMPTS: [&str; 20] =
-    ["春", "夏", "秋", "冬", "月", "風", "花", "雪", "山", "水", "雲", "雨", "江", "柳", "夜", "酒", "鄉", "舟", "鶴", "松"];
+pub const QUALITY_PROMPTS: [&str; 20] = [
+    "春", "夏", "秋", "冬", "月", "風", "花", "雪", "山", "水", "雲", "雨", "江", "柳", "夜", "酒",
+    "鄉", "舟", "鶴", "松",
+];
 
 /// Options of `versifier bench --quality`.
 #[derive(Debug, Clone)]
@@ -430,14 +432,27 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
     let device = open_device(opts.device)?;
     let loaded = load_model(&opts.model, &device, candle_core::DType::F32)?;
     let tok = loaded.tokenizer.as_ref().ok_or_else(|| {
-        BenchError::Load(LoadError::NoWeights { path: opts.model.clone(), problem: "the quality benchmark needs a tokenizer".into() })
+        BenchError::Load(LoadError::NoWeights {
+            path: opts.model.clone(),
+            problem: "the quality benchmark needs a tokenizer".into(),
+        })
     })?;
-    let sampling = |seed: u64| SamplingParams { greedy: false, temperature: 0.8, top_k: 40, top_p: 1.0, repetition_penalty: 1.0, seed };
+    let sampling = |seed: u64| SamplingParams {
+        greedy: false,
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 1.0,
+        repetition_penalty: 1.0,
+        seed,
+    };
     let bytes = |id: u32| tok.token_bytes(id);
     let mut free_texts = Vec::new();
     let mut free_ok = 0usize;
     for (pi, prompt) in QUALITY_PROMPTS.iter().enumerate() {
-        let ids = tok.prompt_ids(prompt).map_err(|e| GenerateError::Invalid { field: "prompt", problem: e.to_string() })?;
+        let ids = tok.prompt_ids(prompt).map_err(|e| GenerateError::Invalid {
+            field: "prompt",
+            problem: e.to_string(),
+        })?;
         let mut left = opts.samples_per_prompt;
         let mut batch_no = 0u64;
         while left > 0 {
@@ -462,10 +477,17 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
             batch_no += 1;
         }
     }
-    let forms: Vec<PoemForm> = ["wujue", "qijue", "wulv", "qilv", "acrostic:春夏秋冬", "acrostic:風花雪月"]
-        .iter()
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let forms: Vec<PoemForm> = [
+        "wujue",
+        "qijue",
+        "wulv",
+        "qilv",
+        "acrostic:春夏秋冬",
+        "acrostic:風花雪月",
+    ]
+    .iter()
+    .filter_map(|f| f.parse().ok())
+    .collect();
     let mut constrained = Vec::new();
     for (fi, form) in forms.iter().enumerate() {
         let mut ok = 0usize;
@@ -474,7 +496,10 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
             let n = (opts.constrained_samples - done).min(crate::generate::MAX_VARIATIONS);
             let prompt = QUALITY_PROMPTS[(fi + done) % QUALITY_PROMPTS.len()];
             let (ids, constraint) = poem_prompt(tok, prompt, form)?;
-            let start = constraint.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+            let start = constraint
+                .as_ref()
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default();
             let req = GenerateRequest {
                 prompt_ids: ids,
                 variations: n,
@@ -484,10 +509,19 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
                 constraint,
             };
             let g = generate(&loaded.model, &req, bytes, &|| false, |_| {})?;
-            ok += g.variations.iter().filter(|v| satisfies(&format!("{start}{}", v.text), form)).count();
+            ok += g
+                .variations
+                .iter()
+                .filter(|v| satisfies(&format!("{start}{}", v.text), form))
+                .count();
             done += n;
         }
-        constrained.push(FormFigure { form: form.to_string(), samples: done, well_formed: ok, fraction: ok as f64 / done.max(1) as f64 });
+        constrained.push(FormFigure {
+            form: form.to_string(),
+            samples: done,
+            well_formed: ok,
+            fraction: ok as f64 / done.max(1) as f64,
+        });
     }
     let mut bigrams = std::collections::HashSet::new();
     let mut total = 0usize;
@@ -500,15 +534,24 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
     }
     let (held_out, bigram) = match &opts.corpus {
         Some(dir) => {
-            let (m, b) = crate::train::held_out_perplexity(&loaded.model, &loaded.files.dir.join("vocab.txt"), dir, loaded.config.n_positions)
-                .map_err(|e| BenchError::Io { path: dir.clone(), source: std::io::Error::other(e.to_string()) })?;
+            let (m, b) = crate::train::held_out_perplexity(
+                &loaded.model,
+                &loaded.files.dir.join("vocab.txt"),
+                dir,
+                loaded.config.n_positions,
+            )
+            .map_err(|e| BenchError::Io {
+                path: dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
             (Some(m), Some(b))
         }
         None => (None, None),
     };
     Ok(QualityReport {
         model: opts.model.display().to_string(),
-        settings: "temperature 0.8, top-k 40, no top-p, no repetition penalty, 80 tokens max".into(),
+        settings: "temperature 0.8, top-k 40, no top-p, no repetition penalty, 80 tokens max"
+            .into(),
         free_samples: free_texts.len(),
         free_well_formed: free_ok,
         free_fraction: free_ok as f64 / free_texts.len().max(1) as f64,
@@ -516,6 +559,11 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
         distinct_2: bigrams.len() as f64 / total.max(1) as f64,
         held_out_perplexity: held_out,
         bigram_perplexity: bigram,
-        examples: free_texts.iter().step_by(opts.samples_per_prompt.max(1)).take(6).cloned().collect(),
+        examples: free_texts
+            .iter()
+            .step_by(opts.samples_per_prompt.max(1))
+            .take(6)
+            .cloned()
+            .collect(),
     })
 }

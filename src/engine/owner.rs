@@ -800,7 +800,8 @@ impl OwnerThread {
             Prompt::Ids(ids) => ids.clone(),
             Prompt::Text(text) => match tok {
                 Some(t) if job.form != PoemForm::Free => {
-                    let (ids, c) = poem_prompt(t, text, &job.form).map_err(|e| bad(e.to_string()))?;
+                    let (ids, c) =
+                        poem_prompt(t, text, &job.form).map_err(|e| bad(e.to_string()))?;
                     constraint = c;
                     ids
                 }

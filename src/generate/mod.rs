@@ -122,6 +122,8 @@ pub struct Generation {
     pub truncated_prompt_tokens: usize,
     pub variations: Vec<Variation>,
     pub timings: GenerationTimings,
+    /// Bytes the KV cache held at the end (for the memory meter's split).
+    pub kv_cache_bytes: usize,
 }
 
 impl Generation {
@@ -139,18 +141,31 @@ pub fn poem_prompt(
     form: &forms::PoemForm,
 ) -> Result<(Vec<u32>, Option<(forms::FormConstraint, String)>), GenerateError> {
     let invalid = |field: &'static str, problem: String| GenerateError::Invalid { field, problem };
-    let text = if matches!(form, forms::PoemForm::Acrostic(_)) { String::new() } else { prompt.trim().to_string() };
+    let text = if matches!(form, forms::PoemForm::Acrostic(_)) {
+        String::new()
+    } else {
+        prompt.trim().to_string()
+    };
     let mut ids: Vec<u32> = tok.start_id().into_iter().collect();
     if let Some(tag) = form.tag().and_then(|t| tok.token_id(t)) {
         ids.push(tag);
     }
-    ids.extend(tok.encode(&text).map_err(|e| invalid("prompt", e.to_string()))?);
+    ids.extend(
+        tok.encode(&text)
+            .map_err(|e| invalid("prompt", e.to_string()))?,
+    );
     if *form == forms::PoemForm::Free {
         return Ok((ids, None));
     }
     if let Some((_, per_line)) = form.shape() {
         if text.chars().filter(|c| forms::is_hanzi(*c)).count() >= per_line {
-            return Err(invalid("prompt", format!("is longer than one line of {} ({per_line} characters)", form.label())));
+            return Err(invalid(
+                "prompt",
+                format!(
+                    "is longer than one line of {} ({per_line} characters)",
+                    form.label()
+                ),
+            ));
         }
     }
     let constraint = forms::FormConstraint::new(
@@ -317,6 +332,7 @@ pub fn generate<'t>(
     if let Some(t) = decode_started {
         out.timings.decode_ms = t.elapsed().as_secs_f64() * 1000.0;
     }
+    out.kv_cache_bytes = cache.bytes();
     Ok(out)
 }
 

@@ -1,12 +1,17 @@
-//! Memory sampling: this process's resident memory (and, later, NVML GPU
-//! figures and their history).
+//! Memory sampling: NVML figures for every GPU, this process's resident
+//! memory, a history of the last minutes with markers, and its export.
 //!
 //! Owns: reading memory figures. Must not: create a CUDA context, hold model
 //! objects, or block the UI.
 
 mod gpu;
+mod sampler;
 
 pub use gpu::{GpuMemory, GpuMeter};
+pub use sampler::{
+    Marker, MarkerKind, MemoryHistory, MemorySampler, MemorySnapshot, DEFAULT_CAPACITY,
+    DEFAULT_INTERVAL,
+};
 
 /// Resident memory of this process, from `/proc/self/status` (Linux).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

@@ -117,7 +117,11 @@ impl TextTokenizer {
         } else {
             Self::from_tokenizer_json(path, config)?
         };
-        if let Some(variants) = path.parent().map(|d| d.join("s2t.tsv")).filter(|p| p.is_file()) {
+        if let Some(variants) = path
+            .parent()
+            .map(|d| d.join("s2t.tsv"))
+            .filter(|p| p.is_file())
+        {
             tok.variants = Self::read_variants(&variants)?;
         }
         let n = tok.token_bytes.len();
@@ -296,7 +300,10 @@ impl TextTokenizer {
 
     /// Reads `s2t.tsv`: one `simplified<TAB>traditional` pair of characters a line.
     fn read_variants(path: &Path) -> Result<HashMap<char, char>, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut map = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let mut parts = line.split('\t');
@@ -312,7 +319,10 @@ impl TextTokenizer {
                 _ => {
                     return Err(LoadError::Tokenizer {
                         path: path.to_path_buf(),
-                        problem: format!("line {}: expected `simplified<TAB>traditional`, found {line:?}", i + 1),
+                        problem: format!(
+                            "line {}: expected `simplified<TAB>traditional`, found {line:?}",
+                            i + 1
+                        ),
                     })
                 }
             }

@@ -263,7 +263,13 @@ fn encode_corpus(vocab: &CharVocab, text: &str) -> Vec<u32> {
     text.lines()
         .filter(|l| !l.is_empty())
         .enumerate()
-        .flat_map(|(i, l)| vocab.encode_line(if i % 2 == 1 { super::vocab::strip_tag(l).1 } else { l }))
+        .flat_map(|(i, l)| {
+            vocab.encode_line(if i % 2 == 1 {
+                super::vocab::strip_tag(l).1
+            } else {
+                l
+            })
+        })
         .collect()
 }
 
@@ -271,13 +277,24 @@ fn encode_corpus(vocab: &CharVocab, text: &str) -> Vec<u32> {
 /// and of an add-one character bigram model fitted on `corpus/train.txt`, on the
 /// same positions, both with the model's vocabulary (`vocab_path`). Tokens are
 /// characters, the two marks, `[CLS]`/`[SEP]` and form tags.
-pub fn held_out_perplexity(model: &Gpt2, vocab_path: &Path, corpus: &Path, context: usize) -> Result<(f64, f64), TrainError> {
+pub fn held_out_perplexity(
+    model: &Gpt2,
+    vocab_path: &Path,
+    corpus: &Path,
+    context: usize,
+) -> Result<(f64, f64), TrainError> {
     let vocab = CharVocab::from_tokens(read(&vocab_path)?.lines().map(String::from).collect());
     let train_ids = encode_corpus(&vocab, &read(&corpus.join("train.txt"))?);
     let eval_ids = encode_corpus(&vocab, &read(&corpus.join("eval.txt"))?);
-    let o = TrainOptions { context, batch_size: 16, ..TrainOptions::default() };
-    let mask = Gpt2::causal_mask(context, model.device()).map_err(|source| TrainError::Step { step: 0, source })?;
-    let loss = evaluate(model, &eval_ids, &o, &mask, 0).map_err(|source| TrainError::Step { step: 0, source })?;
+    let o = TrainOptions {
+        context,
+        batch_size: 16,
+        ..TrainOptions::default()
+    };
+    let mask = Gpt2::causal_mask(context, model.device())
+        .map_err(|source| TrainError::Step { step: 0, source })?;
+    let loss = evaluate(model, &eval_ids, &o, &mask, 0)
+        .map_err(|source| TrainError::Step { step: 0, source })?;
     let bigram = bigram_loss(&train_ids, &eval_ids, vocab.len(), context);
     Ok((loss.exp(), bigram.exp()))
 }
@@ -494,7 +511,9 @@ pub fn train(
             save(&ckpt_dir, DType::F32, Some((&opt, &rng, tokens_seen)))?;
         }
         if interrupted {
-            on_progress(&format!("stopped after step {done}; continue with --resume"));
+            on_progress(&format!(
+                "stopped after step {done}; continue with --resume"
+            ));
             break;
         }
     }
