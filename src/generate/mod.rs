@@ -245,6 +245,7 @@ pub fn generate<'t>(
             rows
         ],
         timings: GenerationTimings::default(),
+        kv_cache_bytes: 0,
     };
     let mut samplers: Vec<TokenSampler> = (0..rows)
         .map(|r| TokenSampler::new(&req.sampling, r))
