@@ -105,6 +105,12 @@ impl Harness {
         );
     }
 
+    /// Waits for the last event of a load (the idle timer being armed), so a
+    /// hook installed afterwards only sees the next command's events.
+    fn until_settled(&mut self) {
+        self.until("idle deadline", |e| matches!(e, Event::IdleDeadline(Some(_))));
+    }
+
     fn count(&self, pred: impl Fn(&Event) -> bool) -> usize {
         self.seen.iter().filter(|e| pred(e)).count()
     }
@@ -171,7 +177,7 @@ fn cancel_mid_generation_stops_between_tokens_and_keeps_partial_output() {
     h.engine
         .send(Command::Prepare(Harness::spec("hf-safetensors")))
         .unwrap();
-    h.until_state(EngineState::Ready);
+    h.until_settled();
     let wakes = AtomicUsize::new(0);
     h.set_hook(move |remote, _| {
         if wakes.fetch_add(1, Ordering::SeqCst) == 4 {
@@ -199,7 +205,7 @@ fn release_mid_generation_stops_cleanly_then_releases() {
     h.engine
         .send(Command::Prepare(Harness::spec("hf-safetensors")))
         .unwrap();
-    h.until_state(EngineState::Ready);
+    h.until_settled();
     let wakes = AtomicUsize::new(0);
     h.set_hook(move |remote, _| {
         if wakes.fetch_add(1, Ordering::SeqCst) == 4 {
@@ -261,7 +267,7 @@ fn idle_timer_never_fires_during_a_generation_simulated_clock() {
     h.engine
         .send(Command::Prepare(Harness::spec("hf-safetensors")))
         .unwrap();
-    h.until_state(EngineState::Ready);
+    h.until_settled();
     // While tokens stream, time jumps far past the timeout and a Tick is queued.
     let fired = AtomicBool::new(false);
     h.set_hook(move |remote, clock| {
@@ -291,7 +297,7 @@ fn idle_timer_never_fires_during_a_generation_simulated_clock() {
     assert_eq!(
         h.count(is_released),
         0,
-        "no release during or right after the generation"
+        "no release during or right after the generation: {:#?}", h.seen
     );
 }
 
@@ -390,7 +396,7 @@ fn switching_models_releases_the_old_one_first() {
     h.engine
         .send(Command::Prepare(Harness::spec("hf-safetensors")))
         .unwrap();
-    h.until_state(EngineState::Ready);
+    h.until_settled();
     h.engine
         .send(Command::Prepare(Harness::spec("pytorch-bin")))
         .unwrap();
@@ -410,7 +416,7 @@ fn full_queue_is_an_error_not_a_stall() {
     h.engine
         .send(Command::Prepare(Harness::spec("hf-safetensors")))
         .unwrap();
-    h.until_state(EngineState::Ready);
+    h.until_settled();
     // Hold the engine inside a generation until the test says go.
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (busy_tx, busy_rx) = mpsc::channel::<()>();
@@ -440,7 +446,7 @@ fn shutdown_releases_and_joins() {
     h.engine
         .send(Command::Prepare(Harness::spec("hf-safetensors")))
         .unwrap();
-    h.until_state(EngineState::Ready);
+    h.until_settled();
     let Harness { engine, .. } = h;
     drop(engine); // joins the thread; a hang here fails the test run
 }
@@ -451,7 +457,7 @@ fn hot_swap_loads_beside_the_old_model_which_keeps_serving() {
     h.engine
         .send(Command::Prepare(Harness::spec("hf-safetensors")))
         .unwrap();
-    h.until_state(EngineState::Ready);
+    h.until_settled();
     h.engine
         .send(Command::Swap(Harness::spec("pytorch-bin")))
         .unwrap();
@@ -481,7 +487,7 @@ fn hot_swap_to_a_corrupt_model_rolls_back_to_the_old_one() {
     h.engine
         .send(Command::Prepare(Harness::spec("hf-safetensors")))
         .unwrap();
-    h.until_state(EngineState::Ready);
+    h.until_settled();
     let dir = common::scratch_copy("pytorch-bin");
     std::fs::write(dir.path().join("pytorch_model.bin"), b"not a checkpoint").unwrap();
     let bad = LoadSpec {
@@ -546,7 +552,7 @@ fn panic_inside_the_engine_is_caught_reported_and_reset() {
     h.engine
         .send(Command::Prepare(Harness::spec("hf-safetensors")))
         .unwrap();
-    h.until_state(EngineState::Ready);
+    h.until_settled();
     h.engine.send(Command::InjectPanic).unwrap();
     let Event::Error { kind, message, .. } =
         h.until("panic report", |e| matches!(e, Event::Error { .. }))

@@ -319,11 +319,14 @@ fn is_out_of_memory(msg: &str) -> bool {
 }
 
 impl OwnerThread {
+    /// Sends an event. The waker runs first: a repaint it asks for lands after
+    /// the event is queued anyway, and whoever reads an event knows the wake-up
+    /// for it has already happened.
     fn emit(&self, ev: Event) {
-        let _ = self.events.send(ev);
         if let Some(w) = &self.waker {
             w();
         }
+        let _ = self.events.send(ev);
     }
 
     fn set_state(&self, s: EngineState) {
@@ -849,14 +852,14 @@ impl OwnerThread {
         let waker = &self.waker;
         let result = generate(&m.model, &req, bytes, &is_cancelled, |ev| {
             if !ev.text.is_empty() {
+                if let Some(w) = waker {
+                    w();
+                }
                 let _ = events.send(Event::Token {
                     request: job.id,
                     variation: ev.variation,
                     text: ev.text.clone(),
                 });
-                if let Some(w) = waker {
-                    w();
-                }
             }
         });
         match result {
