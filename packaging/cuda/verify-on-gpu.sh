@@ -8,14 +8,16 @@
 # on disk (found below), and python with torch + transformers for the baseline.
 set -uo pipefail
 bin=$1; out=$2; cycles=${3:-100}
+case "$bin" in *.gz) gzip -dc "$bin" > /tmp/versifier-cuda && chmod +x /tmp/versifier-cuda && bin=/tmp/versifier-cuda;; esac
 mkdir -p "$out"
 libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
 export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv | tee "$out/gpu.csv"
 for dt in f32 f16 bf16; do
-  "$bin" selftest --fixtures tests/fixtures --device cuda:0 --dtype "$dt" > "$out/selftest-$dt.json"; echo "selftest $dt exit $?"
+  "$bin" selftest --fixtures tests/fixtures --device cuda:0 --dtype "$dt" >> "$out/selftest.json"; echo "selftest $dt exit $?"
 done
+"$bin" bench --quality --model models/tang-poems --device cuda:0 > "$out/quality-cuda.json"; echo "quality exit $?"
 for dt in f32 f16; do
   "$bin" bench --synthetic gpt2-124m --device cuda:0 --dtype "$dt" --batches 1,8 --new-tokens 128 > "$out/bench-cuda-$dt.json"; echo "bench $dt exit $?"
 done
