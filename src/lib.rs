@@ -8,4 +8,6 @@ pub mod engine;
 pub mod generate;
 pub mod meter;
 pub mod model;
+pub mod store;
 pub mod train;
+pub mod ui;

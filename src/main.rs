@@ -222,10 +222,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => {
-            eprintln!("The desktop window is not built yet; use `versifier generate --help`.");
-            Ok(())
-        }
+        None => versifier::ui::run().map_err(|e| anyhow::anyhow!("could not open the window: {e}")),
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Info { model, json }) => run_info(&model, json),
         Some(Command::Corpus {

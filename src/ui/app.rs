@@ -1,0 +1,576 @@
+//! The main window: model bar, prompt and settings, streaming poem cards, and
+//! the memory panel.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::engine::{
+    Command, DeviceChoice, Engine, EngineError, EngineOptions, EngineState, ErrorKind, Event, GenerateJob, LoadReport,
+    LoadSpec, Precision, Prompt, ReleaseReport, RequestId,
+};
+use crate::generate::forms::{layout, PoemForm};
+use crate::meter::{MarkerKind, MemorySampler, DEFAULT_CAPACITY, DEFAULT_INTERVAL};
+use crate::store::{bundled_model, PoemRecord, Settings, Store};
+
+/// One variation being written or written.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Card {
+    pub prompt: String,
+    pub text: String,
+    pub done: bool,
+}
+
+/// The form picker's choices (the acrostic heads are typed separately).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FormChoice {
+    Free,
+    WuJue,
+    QiJue,
+    WuLv,
+    QiLv,
+    Acrostic,
+}
+
+impl FormChoice {
+    const ALL: [FormChoice; 6] = [Self::Free, Self::WuJue, Self::QiJue, Self::WuLv, Self::QiLv, Self::Acrostic];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Free => "free",
+            Self::WuJue => "五絕",
+            Self::QiJue => "七絕",
+            Self::WuLv => "五律",
+            Self::QiLv => "七律",
+            Self::Acrostic => "藏頭",
+        }
+    }
+
+    fn of(form: &PoemForm) -> Self {
+        match form {
+            PoemForm::Free => Self::Free,
+            PoemForm::WuJue => Self::WuJue,
+            PoemForm::QiJue => Self::QiJue,
+            PoemForm::WuLv => Self::WuLv,
+            PoemForm::QiLv => Self::QiLv,
+            PoemForm::Acrostic(_) => Self::Acrostic,
+        }
+    }
+}
+
+/// The whole app: saved settings, runtime handles (never saved), and what is on screen.
+pub struct VersifierApp {
+    pub settings: Settings,
+    saved_settings: Settings,
+    store: Option<Store>,
+    pub history: Vec<PoemRecord>,
+    engine: Engine,
+    pub(super) sampler: Option<MemorySampler>,
+    pub prompt: String,
+    form_choice: FormChoice,
+    acrostic_heads: String,
+    model_field: String,
+    pub state: EngineState,
+    pub cards: Vec<Card>,
+    current: Option<RequestId>,
+    pub(super) last_load: Option<LoadReport>,
+    pub(super) last_release: Option<ReleaseReport>,
+    /// Idle time left, as of when it was reported.
+    pub(super) idle_left: Option<(Duration, Instant)>,
+    pub(super) pinned: bool,
+    pub error: Option<(ErrorKind, String)>,
+    pub notices: Vec<String>,
+    pub(super) kv_cache_bytes: usize,
+    prompt_had_focus: bool,
+}
+
+impl VersifierApp {
+    /// Builds the app and starts the engine and the meter threads; `ctx` is woken by both.
+    pub fn new(ctx: &egui::Context, store: Option<Store>) -> Result<Self, EngineError> {
+        let (settings, note) = store.as_ref().map(|s| s.load_settings()).unwrap_or_default();
+        let (history, history_note) = store.as_ref().map(|s| s.load_history()).unwrap_or_default();
+        let waker_ctx = ctx.clone();
+        let engine = Engine::spawn(EngineOptions {
+            idle_timeout: settings.idle_timeout_s.map(Duration::from_secs),
+            waker: Some(Arc::new(move || waker_ctx.request_repaint_after(Duration::from_millis(10)))),
+            ..EngineOptions::default()
+        })?;
+        let meter_ctx = ctx.clone();
+        let sampler = MemorySampler::spawn(DEFAULT_INTERVAL, DEFAULT_CAPACITY, move || meter_ctx.request_repaint())
+            .map_err(EngineError::Spawn)
+            .ok();
+        let model_field = settings
+            .model
+            .clone()
+            .or_else(bundled_model)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let acrostic_heads = match &settings.form {
+            PoemForm::Acrostic(h) => h.iter().collect(),
+            _ => "春夏秋冬".into(),
+        };
+        Ok(Self {
+            form_choice: FormChoice::of(&settings.form),
+            saved_settings: settings.clone(),
+            settings,
+            store,
+            history,
+            engine,
+            sampler,
+            prompt: String::new(),
+            acrostic_heads,
+            model_field,
+            state: EngineState::Unloaded,
+            cards: Vec::new(),
+            current: None,
+            last_load: None,
+            last_release: None,
+            idle_left: None,
+            pinned: false,
+            error: None,
+            notices: note.into_iter().chain(history_note).collect(),
+            kv_cache_bytes: 0,
+            prompt_had_focus: false,
+        })
+    }
+
+    /// The model, device and precision the user has chosen.
+    pub fn load_spec(&self) -> LoadSpec {
+        let model = if self.model_field.trim().is_empty() {
+            bundled_model().unwrap_or_else(|| PathBuf::from("models/tang-poems"))
+        } else {
+            PathBuf::from(self.model_field.trim())
+        };
+        LoadSpec { model, device: self.settings.device, precision: self.settings.precision }
+    }
+
+    fn form(&self) -> PoemForm {
+        match self.form_choice {
+            FormChoice::Free => PoemForm::Free,
+            FormChoice::WuJue => PoemForm::WuJue,
+            FormChoice::QiJue => PoemForm::QiJue,
+            FormChoice::WuLv => PoemForm::WuLv,
+            FormChoice::QiLv => PoemForm::QiLv,
+            FormChoice::Acrostic => PoemForm::Acrostic(self.acrostic_heads.chars().filter(|c| !c.is_whitespace()).collect()),
+        }
+    }
+
+    fn send(&mut self, cmd: Command) {
+        if let Err(e) = self.engine.send(cmd) {
+            self.error = Some((ErrorKind::QueueFull, e.to_string()));
+        }
+    }
+
+    /// Starts a generation with the current settings.
+    pub fn generate(&mut self) {
+        let form = self.form();
+        if let PoemForm::Acrostic(h) = &form {
+            if !(2..=8).contains(&h.len()) {
+                self.error = Some((ErrorKind::BadRequest, "an acrostic needs 2 to 8 head characters".into()));
+                return;
+            }
+        }
+        if !self.settings.lock_seed {
+            self.settings.sampling.seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64 % 1_000_000);
+        }
+        let id = self.engine.next_request_id();
+        let echoed = if matches!(form, PoemForm::Acrostic(_)) { String::new() } else { self.prompt.trim().to_string() };
+        self.cards = vec![Card { prompt: echoed, ..Card::default() }; self.settings.variations.clamp(1, 8)];
+        self.current = Some(id);
+        self.error = None;
+        let spec = self.load_spec();
+        let job = GenerateJob {
+            id,
+            spec,
+            prompt: Prompt::Text(self.prompt.trim().to_string()),
+            form,
+            variations: self.cards.len(),
+            max_new_tokens: self.settings.max_tokens.max(1),
+            sampling: self.settings.sampling.clone(),
+        };
+        if let Some(s) = &self.sampler {
+            s.mark(MarkerKind::Generate, "generate");
+        }
+        self.send(Command::Generate(job));
+    }
+
+    /// Stops the running generation (its text so far stays).
+    pub fn stop(&mut self) {
+        self.engine.cancel();
+    }
+
+    /// Frees the model and the device.
+    pub fn release(&mut self) {
+        if let Err(e) = self.engine.release() {
+            self.error = Some((ErrorKind::QueueFull, e.to_string()));
+        }
+    }
+
+    /// Handles every event that has arrived; never blocks.
+    pub fn process_events(&mut self) {
+        while let Some(ev) = self.engine.try_recv() {
+            self.apply(ev);
+        }
+    }
+
+    /// Waits up to `timeout` for one engine event and applies it (tests, headless use).
+    pub fn process_one_event_blocking(&mut self, timeout: Duration) -> bool {
+        match self.engine.recv_timeout(timeout) {
+            Some(ev) => {
+                self.apply(ev);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn mark(&self, kind: MarkerKind, label: String) {
+        if let Some(s) = &self.sampler {
+            s.mark(kind, label);
+        }
+    }
+
+    fn apply(&mut self, ev: Event) {
+        match ev {
+            Event::State(s) => self.state = s,
+            Event::Loaded(r) => {
+                self.mark(MarkerKind::Load, format!("load {:.2} s", r.load_ms / 1000.0));
+                self.last_load = Some(r);
+            }
+            Event::Token { request, variation, text } if Some(request) == self.current => {
+                if let Some(c) = self.cards.get_mut(variation) {
+                    c.text.push_str(&text);
+                }
+            }
+            Event::Token { .. } => {}
+            Event::Done { request, generation } if Some(request) == self.current => {
+                self.kv_cache_bytes = generation.kv_cache_bytes;
+                let form = self.form();
+                let model = self.load_spec().model.display().to_string();
+                let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                for (card, v) in self.cards.iter_mut().zip(&generation.variations) {
+                    card.text = v.text.clone();
+                    card.done = true;
+                    self.history.push(PoemRecord {
+                        prompt: self.prompt.trim().to_string(),
+                        form: form.clone(),
+                        text: format!("{}{}", card.prompt, v.text),
+                        model: model.clone(),
+                        sampling: self.settings.sampling.clone(),
+                        unix_ms,
+                    });
+                }
+                self.current = None;
+                self.save_history();
+            }
+            Event::Done { .. } => {}
+            Event::Released(r) => {
+                self.mark(MarkerKind::Release, release_summary(&r));
+                self.last_release = Some(r);
+                self.kv_cache_bytes = 0;
+            }
+            Event::Error { kind, message, partial, .. } => {
+                self.mark(MarkerKind::Error, message.clone());
+                if let Some(p) = partial {
+                    for (card, v) in self.cards.iter_mut().zip(&p.variations) {
+                        card.text = v.text.clone();
+                    }
+                }
+                for c in &mut self.cards {
+                    c.done = true;
+                }
+                self.current = None;
+                self.error = Some((kind, message));
+            }
+            Event::Notice(n) => self.notices.push(n),
+            Event::IdleDeadline(d) => self.idle_left = d.map(|d| (d, Instant::now())),
+        }
+    }
+
+    fn save_history(&mut self) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save_history(&self.history) {
+                self.notices.push(format!("history not saved (kept in memory): {e}"));
+            }
+        }
+    }
+
+    /// Saves settings when they changed since the last save.
+    pub fn save_settings_if_changed(&mut self) {
+        if self.settings == self.saved_settings {
+            return;
+        }
+        if let Some(store) = &self.store {
+            match store.save_settings(&self.settings) {
+                Ok(()) => self.saved_settings = self.settings.clone(),
+                Err(e) => self.notices.push(format!("settings not saved: {e}")),
+            }
+        }
+    }
+
+    /// One frame: events in, then the whole window.
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        self.process_events();
+        self.settings.form = self.form();
+        let generating = matches!(self.state, EngineState::Generating) || self.current.is_some();
+        egui::Panel::top("model-bar").show(ui, |ui| self.model_bar(ui));
+        egui::Panel::right("meter").default_size(360.0).show(ui, |ui| super::meter_panel::show(self, ui));
+        egui::CentralPanel::default().show(ui, |ui| self.writer(ui, generating));
+        self.save_settings_if_changed();
+        // The countdown needs a tick even when nothing else happens.
+        if self.idle_left.is_some() {
+            ui.ctx().request_repaint_after(Duration::from_secs(1));
+        }
+    }
+
+    fn model_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.label("Model");
+            let field = ui.add(egui::TextEdit::singleline(&mut self.model_field).desired_width(360.0).hint_text("model folder"));
+            field.on_hover_text("A GPT-2 folder: config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt");
+            if ui.button("Bundled").clicked() {
+                self.model_field = bundled_model().map(|p| p.display().to_string()).unwrap_or_default();
+            }
+            if !self.settings.recent_models.is_empty() {
+                egui::ComboBox::from_label("Recent models").selected_text("…").show_ui(ui, |ui| {
+                    for p in self.settings.recent_models.clone() {
+                        if ui.selectable_label(false, p.display().to_string()).clicked() {
+                            self.model_field = p.display().to_string();
+                        }
+                    }
+                });
+            }
+            if ui.button("Load").on_hover_text("Load the model now").clicked() {
+                let spec = self.load_spec();
+                let recent = spec.model.clone();
+                self.settings.recent_models.retain(|p| p != &recent);
+                self.settings.recent_models.insert(0, recent);
+                self.settings.recent_models.truncate(8);
+                self.settings.model = Some(spec.model.clone());
+                self.send(Command::Prepare(spec));
+            }
+            ui.separator();
+            let gpus: Vec<(u32, String, u64)> = self
+                .sampler
+                .as_ref()
+                .and_then(|s| s.history().latest().map(|l| l.gpus.iter().map(|g| (g.index, g.name.clone(), g.free_bytes)).collect()))
+                .unwrap_or_default();
+            egui::ComboBox::from_label("Device").selected_text(self.settings.device.to_string()).show_ui(ui, |ui| {
+                ui.selectable_value(&mut self.settings.device, DeviceChoice::Cpu, "CPU");
+                for (i, name, free) in &gpus {
+                    let label = format!("cuda:{i} {name} ({} MiB free)", free / 1048576);
+                    ui.selectable_value(&mut self.settings.device, DeviceChoice::Cuda(*i as usize), label);
+                }
+            });
+            egui::ComboBox::from_label("Precision").selected_text(self.settings.precision.to_string()).show_ui(ui, |ui| {
+                for p in Precision::ALL {
+                    let usable = !(self.settings.device == DeviceChoice::Cpu && p == Precision::F16);
+                    ui.add_enabled_ui(usable, |ui| ui.selectable_value(&mut self.settings.precision, p, p.to_string()));
+                }
+            });
+        });
+    }
+
+    fn writer(&mut self, ui: &mut egui::Ui, generating: bool) {
+        if let Some((kind, message)) = self.error.clone() {
+            egui::Frame::group(ui.style()).fill(ui.visuals().error_fg_color.gamma_multiply(0.15)).show(ui, |ui| {
+                ui.horizontal_wrapped(|ui| {
+                    ui.colored_label(ui.visuals().error_fg_color, format!("{kind:?}"));
+                    ui.label(&message);
+                });
+                ui.horizontal(|ui| {
+                    if matches!(kind, ErrorKind::OutOfMemory | ErrorKind::DoesNotFit) {
+                        if ui.button("Retry in f16").clicked() {
+                            self.settings.precision = Precision::F16;
+                            self.generate();
+                        }
+                        if ui.button("Retry on CPU").clicked() {
+                            self.settings.device = DeviceChoice::Cpu;
+                            self.settings.precision = Precision::F32;
+                            self.generate();
+                        }
+                    }
+                    if ui.button("Dismiss").clicked() {
+                        self.error = None;
+                    }
+                });
+            });
+        }
+        for n in self.notices.clone() {
+            ui.horizontal(|ui| {
+                ui.label(format!("ℹ {n}"));
+                if ui.small_button("OK").clicked() {
+                    self.notices.retain(|x| x != &n);
+                }
+            });
+        }
+        ui.horizontal(|ui| {
+            ui.label("Prompt");
+            let prompt = ui.add(
+                egui::TextEdit::singleline(&mut self.prompt)
+                    .hint_text("春, 月, 山水 …")
+                    .desired_width(220.0)
+                    .font(egui::TextStyle::Heading),
+            );
+            let focused = prompt.has_focus();
+            if focused && !self.prompt_had_focus && self.settings.preload_on_focus {
+                // Preload so the first Generate does not wait.
+                let spec = self.load_spec();
+                self.send(Command::Prepare(spec));
+            }
+            self.prompt_had_focus = focused;
+            egui::ComboBox::from_label("Form").selected_text(self.form_choice.label()).show_ui(ui, |ui| {
+                for f in FormChoice::ALL {
+                    ui.selectable_value(&mut self.form_choice, f, f.label());
+                }
+            });
+            if self.form_choice == FormChoice::Acrostic {
+                ui.add(egui::TextEdit::singleline(&mut self.acrostic_heads).desired_width(90.0).hint_text("heads"));
+            }
+        });
+        ui.horizontal(|ui| {
+            ui.add(egui::Slider::new(&mut self.settings.variations, 1..=8).text("variations"));
+            let go = ui.add_enabled(!generating, egui::Button::new("Generate  (Ctrl+Enter)"));
+            let stop = ui.add_enabled(generating, egui::Button::new("Stop  (Esc)"));
+            let (ctrl_enter, esc) = ui.input(|i| (i.modifiers.command && i.key_pressed(egui::Key::Enter), i.key_pressed(egui::Key::Escape)));
+            if (go.clicked() || ctrl_enter) && !generating {
+                self.generate();
+            }
+            if stop.clicked() || (esc && generating) {
+                self.stop();
+            }
+        });
+        egui::CollapsingHeader::new("Advanced").show(ui, |ui| {
+            let s = &mut self.settings;
+            ui.add(egui::Slider::new(&mut s.sampling.temperature, 0.1..=2.0).text("temperature"));
+            ui.add(egui::Slider::new(&mut s.sampling.top_k, 0..=200).text("top-k (0 = all)"));
+            ui.add(egui::Slider::new(&mut s.sampling.top_p, 0.05..=1.0).text("top-p"));
+            ui.add(egui::Slider::new(&mut s.sampling.repetition_penalty, 1.0..=2.0).text("repetition penalty"));
+            ui.add(egui::Slider::new(&mut s.max_tokens, 8..=256).text("max tokens"));
+            ui.horizontal(|ui| {
+                ui.add(egui::DragValue::new(&mut s.sampling.seed).prefix("seed "));
+                ui.checkbox(&mut s.lock_seed, "lock seed");
+            });
+            ui.checkbox(&mut s.preload_on_focus, "load the model when the prompt box gets focus");
+            ui.checkbox(&mut s.vertical_layout, "vertical layout");
+        });
+        ui.separator();
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                for (i, card) in self.cards.clone().iter().enumerate() {
+                    egui::Frame::group(ui.style()).inner_margin(12.0).show(ui, |ui| {
+                        ui.set_min_width(240.0);
+                        let full = format!("{}{}", card.prompt, card.text);
+                        let shown = if self.settings.vertical_layout { vertical(&full) } else { layout(&full) };
+                        ui.label(egui::RichText::new(shown).size(22.0));
+                        ui.horizontal(|ui| {
+                            if !card.done {
+                                ui.spinner();
+                            }
+                            if ui.small_button("Copy").clicked() {
+                                ui.ctx().copy_text(layout(&full));
+                            }
+                            if ui.small_button("Save").on_hover_text("Save to a text file in the data folder").clicked() {
+                                self.save_card(i, &full);
+                            }
+                        });
+                    });
+                }
+            });
+            if !self.history.is_empty() {
+                ui.separator();
+                egui::CollapsingHeader::new(format!("History ({})", self.history.len())).show(ui, |ui| {
+                    for r in self.history.iter().rev().take(50) {
+                        ui.label(format!("{} · {}", r.form.label(), layout(&r.text)));
+                    }
+                });
+            }
+        });
+    }
+
+    /// Sends a command, returning a message when the queue refused it.
+    pub fn engine_send(&self, cmd: Command) -> Result<(), String> {
+        self.engine.send(cmd).map_err(|e| e.to_string())
+    }
+
+    /// Writes the memory history as CSV next to the history file.
+    pub fn export_timeline(&mut self) {
+        let (Some(sampler), Some(store)) = (&self.sampler, &self.store) else { return };
+        let csv = sampler.history().to_csv();
+        let dir = store.history_path.parent().map(PathBuf::from).unwrap_or_default();
+        let path = dir.join(format!("timeline-{}.csv", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())));
+        let result = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, csv));
+        self.notices.push(match result {
+            Ok(()) => format!("timeline written to {}", path.display()),
+            Err(e) => format!("{}: {e}", path.display()),
+        });
+    }
+
+    fn save_card(&mut self, index: usize, text: &str) {
+        let Some(store) = &self.store else { return };
+        let dir = store.history_path.parent().map(|p| p.join("poems")).unwrap_or_else(|| PathBuf::from("poems"));
+        let name = format!("poem-{}-{}.txt", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), index + 1);
+        let path = dir.join(name);
+        let result = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, layout(text) + "\n"));
+        self.notices.push(match result {
+            Ok(()) => format!("saved {}", path.display()),
+            Err(e) => format!("{}: {e}", path.display()),
+        });
+    }
+}
+
+/// Classical vertical layout: columns right to left, one line per column.
+fn vertical(text: &str) -> String {
+    let lines: Vec<Vec<char>> = text
+        .split(['，', '。'])
+        .filter(|l| !l.is_empty())
+        .map(|l| l.chars().collect())
+        .collect();
+    let rows = lines.iter().map(Vec::len).max().unwrap_or(0);
+    let mut out = String::new();
+    for r in 0..rows {
+        for l in lines.iter().rev() {
+            out.push(*l.get(r).unwrap_or(&'　'));
+            out.push('　');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// "returned 1,130 MiB in 62 ms; process now holds 0 MiB"
+pub fn release_summary(r: &ReleaseReport) -> String {
+    match (r.gpu_returned_bytes(), r.gpu_after_bytes) {
+        (Some(back), Some(after)) => format!(
+            "returned {} MiB in {:.0} ms; process now holds {} MiB",
+            back / 1048576,
+            r.took_ms,
+            after / 1048576
+        ),
+        _ => match (r.rss_before_bytes, r.rss_after_bytes) {
+            (Some(b), Some(a)) => format!(
+                "returned {} MiB of RAM in {:.0} ms; process now {} MiB",
+                b.saturating_sub(a) / 1048576,
+                r.took_ms,
+                a / 1048576
+            ),
+            _ => format!("released in {:.0} ms", r.took_ms),
+        },
+    }
+}
+
+impl eframe::App for VersifierApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        if let Some(r) = ui.ctx().input(|i| i.viewport().inner_rect) {
+            let size = [r.width().round(), r.height().round()];
+            if self.settings.window_size != Some(size) {
+                self.settings.window_size = Some(size);
+            }
+        }
+        self.show(ui);
+    }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        self.save_settings_if_changed();
+    }
+}

@@ -1,0 +1,47 @@
+//! The desktop app (eframe/egui): write poems, watch memory, release the GPU.
+//!
+//! Owns: windows, panels, what the user sees and types. Must not: hold model
+//! objects or open devices (it talks to `engine/` through commands and events
+//! and reads `meter/` snapshots), or block on either.
+
+mod app;
+mod meter_panel;
+
+pub use app::{Card, VersifierApp};
+
+use std::sync::Arc;
+
+/// The embedded CJK font (Noto Serif CJK TC, subset; see assets/fonts/README.md).
+const CJK_FONT: &[u8] = include_bytes!("../../assets/fonts/NotoSerifCJKtc-Regular-subset.otf");
+
+/// Adds the CJK font after egui's own fonts, for both families.
+pub fn install_fonts(ctx: &egui::Context) {
+    let mut fonts = egui::FontDefinitions::default();
+    fonts.font_data.insert("noto-serif-cjk-tc".into(), Arc::new(egui::FontData::from_static(CJK_FONT)));
+    for family in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
+        fonts.families.entry(family).or_default().push("noto-serif-cjk-tc".into());
+    }
+    ctx.set_fonts(fonts);
+}
+
+/// Opens the window and runs until it is closed.
+pub fn run() -> Result<(), eframe::Error> {
+    let store = crate::store::Store::system();
+    let size = store.as_ref().and_then(|s| s.load_settings().0.window_size).unwrap_or([1180.0, 760.0]);
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Versifier")
+            .with_app_id("versifier")
+            .with_inner_size(size)
+            .with_min_inner_size([760.0, 480.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Versifier",
+        options,
+        Box::new(move |cc| {
+            install_fonts(&cc.egui_ctx);
+            Ok(Box::new(VersifierApp::new(&cc.egui_ctx, store)?))
+        }),
+    )
+}

@@ -1,0 +1,128 @@
+//! The real app state driven through egui_kittest: generate a poem with the
+//! bundled model on CPU, release, a bad model folder, settings across a
+//! restart, and history surviving a crash mid-save.
+
+use std::time::Duration;
+
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use versifier::engine::{EngineState, ErrorKind};
+use versifier::store::{PoemRecord, Settings, Store};
+use versifier::ui::VersifierApp;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn app(store: &Store) -> VersifierApp {
+    let ctx = egui::Context::default();
+    VersifierApp::new(&ctx, Some(store.clone())).expect("engine starts")
+}
+
+fn harness(app: VersifierApp) -> Harness<'static, VersifierApp> {
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1200.0, 800.0))
+        .with_context_setup(versifier::ui::install_fonts)
+        .build_ui_state(|ui, app: &mut VersifierApp| app.show(ui), app);
+    h.run_steps(2);
+    h
+}
+
+/// Applies engine events until `done` says so (bounded), rendering in between.
+fn pump(h: &mut Harness<'static, VersifierApp>, what: &str, done: impl Fn(&VersifierApp) -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done(h.state()) {
+        assert!(std::time::Instant::now() < deadline, "no {what} within {WAIT:?}");
+        h.state_mut().process_one_event_blocking(Duration::from_millis(200));
+        h.run_steps(1);
+    }
+}
+
+#[test]
+fn type_a_prompt_generate_on_the_bundled_model_and_see_the_poem() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    h.state_mut().prompt = "月".into();
+    h.run_steps(1);
+    h.get_by_label("Generate  (Ctrl+Enter)").click();
+    h.run_steps(1);
+    pump(&mut h, "poem", |a| !a.cards.is_empty() && a.cards.iter().all(|c| c.done));
+    let card = h.state().cards[0].clone();
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(card.text.chars().count() >= 10, "a poem was written: {card:?}");
+    h.run_steps(2);
+    // The poem is on screen (laid out one couplet per line).
+    let first_line: String = format!("{}{}", card.prompt, card.text).split('。').next().unwrap().to_string();
+    assert!(h.query_by_label_contains(&first_line).is_some(), "poem not shown: {first_line}");
+    // It went into the history file.
+    assert_eq!(store.load_history().0.len(), 1);
+
+    // Release: the engine unloads and says so.
+    h.get_by_label("Release").click();
+    h.run_steps(1);
+    pump(&mut h, "release", |a| a.state == EngineState::Unloaded && a.cards.iter().all(|c| c.done));
+    h.run_steps(1);
+    assert!(h.query_by_label_contains("Unloaded").is_some());
+    assert!(h.query_by_label_contains("last release").is_some());
+}
+
+#[test]
+fn a_bad_model_folder_shows_an_error_in_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let bad = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hub-safetensors");
+    for f in ["model.safetensors", "vocab.txt"] {
+        std::fs::copy(fixture.join(f), bad.path().join(f)).unwrap();
+    }
+    std::fs::write(bad.path().join("config.json"), "{ not json").unwrap();
+    let mut s = Settings::default();
+    s.model = Some(bad.path().to_path_buf());
+    store.save_settings(&s).unwrap();
+    let mut h = harness(app(&store));
+    h.state_mut().prompt = "山".into();
+    h.get_by_label("Generate  (Ctrl+Enter)").click();
+    h.run_steps(1);
+    pump(&mut h, "error", |a| a.error.is_some());
+    let (kind, message) = h.state().error.clone().unwrap();
+    assert_eq!(kind, ErrorKind::BadModel);
+    assert!(message.contains("config.json"), "{message}");
+    h.run_steps(1);
+    assert!(h.query_by_label_contains("config.json").is_some(), "the error is shown in the window");
+}
+
+#[test]
+fn settings_changed_in_the_app_are_there_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    {
+        let mut h = harness(app(&store));
+        h.state_mut().settings.variations = 5;
+        h.state_mut().settings.sampling.temperature = 1.25;
+        h.state_mut().settings.idle_timeout_s = Some(60);
+        h.run_steps(1);
+    }
+    let a = app(&store);
+    assert_eq!(a.settings.variations, 5);
+    assert_eq!(a.settings.sampling.temperature, 1.25);
+    assert_eq!(a.settings.idle_timeout_s, Some(60));
+}
+
+#[test]
+fn history_survives_a_simulated_crash_mid_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let poem = PoemRecord {
+        prompt: "春".into(),
+        form: Default::default(),
+        text: "春眠不覺曉，處處聞啼鳥。夜來風雨聲，花落知多少。".into(),
+        model: "m".into(),
+        sampling: Default::default(),
+        unix_ms: 1,
+    };
+    store.save_history(std::slice::from_ref(&poem)).unwrap();
+    // A crash while writing the next save leaves a half-written temp file beside it.
+    std::fs::write(dir.path().join(".history.json.tmp-4242"), "[{\"prompt\": \"春\", \"te").unwrap();
+    let a = app(&store);
+    assert_eq!(a.history, vec![poem]);
+    assert!(a.notices.is_empty(), "{:?}", a.notices);
+}
