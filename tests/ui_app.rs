@@ -87,7 +87,7 @@ fn a_bad_model_folder_shows_an_error_in_the_window() {
     assert_eq!(kind, ErrorKind::BadModel);
     assert!(message.contains("config.json"), "{message}");
     h.run_steps(1);
-    assert!(h.query_by_label_contains("config.json").is_some(), "the error is shown in the window");
+    assert!(h.query_all_by_label_contains("config.json").next().is_some(), "the error is shown in the window");
 }
 
 #[test]
