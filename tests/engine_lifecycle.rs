@@ -108,7 +108,9 @@ impl Harness {
     /// Waits for the last event of a load (the idle timer being armed), so a
     /// hook installed afterwards only sees the next command's events.
     fn until_settled(&mut self) {
-        self.until("idle deadline", |e| matches!(e, Event::IdleDeadline(Some(_))));
+        self.until("idle deadline", |e| {
+            matches!(e, Event::IdleDeadline(Some(_)))
+        });
     }
 
     fn count(&self, pred: impl Fn(&Event) -> bool) -> usize {
@@ -297,7 +299,8 @@ fn idle_timer_never_fires_during_a_generation_simulated_clock() {
     assert_eq!(
         h.count(is_released),
         0,
-        "no release during or right after the generation: {:#?}", h.seen
+        "no release during or right after the generation: {:#?}",
+        h.seen
     );
 }
 

@@ -30,8 +30,12 @@ fn harness(app: VersifierApp) -> Harness<'static, VersifierApp> {
 fn pump(h: &mut Harness<'static, VersifierApp>, what: &str, done: impl Fn(&VersifierApp) -> bool) {
     let deadline = std::time::Instant::now() + WAIT;
     while !done(h.state()) {
-        assert!(std::time::Instant::now() < deadline, "no {what} within {WAIT:?}");
-        h.state_mut().process_one_event_blocking(Duration::from_millis(200));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within {WAIT:?}"
+        );
+        h.state_mut()
+            .process_one_event_blocking(Duration::from_millis(200));
         h.run_steps(1);
     }
 }
@@ -45,21 +49,35 @@ fn type_a_prompt_generate_on_the_bundled_model_and_see_the_poem() {
     h.run_steps(1);
     h.get_by_label("Generate  (Ctrl+Enter)").click();
     h.run_steps(1);
-    pump(&mut h, "poem", |a| !a.cards.is_empty() && a.cards.iter().all(|c| c.done));
+    pump(&mut h, "poem", |a| {
+        !a.cards.is_empty() && a.cards.iter().all(|c| c.done)
+    });
     let card = h.state().cards[0].clone();
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
-    assert!(card.text.chars().count() >= 10, "a poem was written: {card:?}");
+    assert!(
+        card.text.chars().count() >= 10,
+        "a poem was written: {card:?}"
+    );
     h.run_steps(2);
     // The poem is on screen (laid out one couplet per line).
-    let first_line: String = format!("{}{}", card.prompt, card.text).split('。').next().unwrap().to_string();
-    assert!(h.query_by_label_contains(&first_line).is_some(), "poem not shown: {first_line}");
+    let first_line: String = format!("{}{}", card.prompt, card.text)
+        .split('。')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        h.query_by_label_contains(&first_line).is_some(),
+        "poem not shown: {first_line}"
+    );
     // It went into the history file.
     assert_eq!(store.load_history().0.len(), 1);
 
     // Release: the engine unloads and says so.
     h.get_by_label("Release").click();
     h.run_steps(1);
-    pump(&mut h, "release", |a| a.state == EngineState::Unloaded && a.cards.iter().all(|c| c.done));
+    pump(&mut h, "release", |a| {
+        a.state == EngineState::Unloaded && a.cards.iter().all(|c| c.done)
+    });
     h.run_steps(1);
     assert!(h.query_by_label_contains("Unloaded").is_some());
     assert!(h.query_by_label_contains("last release").is_some());
@@ -70,13 +88,16 @@ fn a_bad_model_folder_shows_an_error_in_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::in_dir(dir.path());
     let bad = tempfile::tempdir().unwrap();
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hub-safetensors");
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hub-safetensors");
     for f in ["model.safetensors", "vocab.txt"] {
         std::fs::copy(fixture.join(f), bad.path().join(f)).unwrap();
     }
     std::fs::write(bad.path().join("config.json"), "{ not json").unwrap();
-    let mut s = Settings::default();
-    s.model = Some(bad.path().to_path_buf());
+    let s = Settings {
+        model: Some(bad.path().to_path_buf()),
+        ..Settings::default()
+    };
     store.save_settings(&s).unwrap();
     let mut h = harness(app(&store));
     h.state_mut().prompt = "山".into();
@@ -87,7 +108,12 @@ fn a_bad_model_folder_shows_an_error_in_the_window() {
     assert_eq!(kind, ErrorKind::BadModel);
     assert!(message.contains("config.json"), "{message}");
     h.run_steps(1);
-    assert!(h.query_all_by_label_contains("config.json").next().is_some(), "the error is shown in the window");
+    assert!(
+        h.query_all_by_label_contains("config.json")
+            .next()
+            .is_some(),
+        "the error is shown in the window"
+    );
 }
 
 #[test]
@@ -121,7 +147,11 @@ fn history_survives_a_simulated_crash_mid_save() {
     };
     store.save_history(std::slice::from_ref(&poem)).unwrap();
     // A crash while writing the next save leaves a half-written temp file beside it.
-    std::fs::write(dir.path().join(".history.json.tmp-4242"), "[{\"prompt\": \"春\", \"te").unwrap();
+    std::fs::write(
+        dir.path().join(".history.json.tmp-4242"),
+        "[{\"prompt\": \"春\", \"te",
+    )
+    .unwrap();
     let a = app(&store);
     assert_eq!(a.history, vec![poem]);
     assert!(a.notices.is_empty(), "{:?}", a.notices);

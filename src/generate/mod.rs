@@ -59,7 +59,7 @@ pub struct GenerateRequest {
     pub stop_ids: Vec<u32>,
     /// A poem form enforced while decoding, and the text the poem starts with
     /// (the prompt's own characters).
-    pub constraint: Option<(forms::FormConstraint, String)>,
+    pub constraint: Option<FormStart>,
 }
 
 /// Why a variation ended.
@@ -132,6 +132,9 @@ impl Generation {
     }
 }
 
+/// A form constraint and the text the poem starts with.
+pub type FormStart = (forms::FormConstraint, String);
+
 /// The prompt ids and form constraint for a poem: the start token, the form's
 /// tag when the model was trained with one, then the prompt's characters (for an
 /// acrostic the heads lead instead, and the prompt is not used).
@@ -139,7 +142,7 @@ pub fn poem_prompt(
     tok: &crate::model::TextTokenizer,
     prompt: &str,
     form: &forms::PoemForm,
-) -> Result<(Vec<u32>, Option<(forms::FormConstraint, String)>), GenerateError> {
+) -> Result<(Vec<u32>, Option<FormStart>), GenerateError> {
     let invalid = |field: &'static str, problem: String| GenerateError::Invalid { field, problem };
     let text = if matches!(form, forms::PoemForm::Acrostic(_)) {
         String::new()

@@ -102,7 +102,10 @@ impl Store {
 
     /// A store in one folder (tests, portable installs).
     pub fn in_dir(dir: &Path) -> Self {
-        Self { settings_path: dir.join("settings.json"), history_path: dir.join("history.json") }
+        Self {
+            settings_path: dir.join("settings.json"),
+            history_path: dir.join("history.json"),
+        }
     }
 
     /// Settings, or defaults plus a notice when the file is missing or unreadable.
@@ -129,7 +132,12 @@ pub fn load_or_default<T: DeserializeOwned + Default>(path: &Path) -> (T, Option
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (T::default(), None),
-        Err(e) => return (T::default(), Some(format!("{}: {e}; using defaults", path.display()))),
+        Err(e) => {
+            return (
+                T::default(),
+                Some(format!("{}: {e}; using defaults", path.display())),
+            )
+        }
     };
     match serde_json::from_str(&text) {
         Ok(v) => (v, None),
@@ -137,7 +145,11 @@ pub fn load_or_default<T: DeserializeOwned + Default>(path: &Path) -> (T, Option
             let bak = path.with_extension("json.bak");
             let kept = std::fs::rename(path, &bak).is_ok();
             let note = if kept {
-                format!("{} could not be read ({e}); kept it as {} and started fresh", path.display(), bak.display())
+                format!(
+                    "{} could not be read ({e}); kept it as {} and started fresh",
+                    path.display(),
+                    bak.display()
+                )
             } else {
                 format!("{} could not be read ({e}); using defaults", path.display())
             };
@@ -149,10 +161,16 @@ pub fn load_or_default<T: DeserializeOwned + Default>(path: &Path) -> (T, Option
 /// Writes `value` as JSON to `path` atomically: a temp file in the same folder,
 /// fsync, rename over the old file, fsync the folder.
 pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let text = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Format { path: path.to_path_buf(), problem: e.to_string() })?;
+    let text = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Format {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    })?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("store"),
@@ -186,7 +204,9 @@ pub fn bundled_model() -> Option<PathBuf> {
     }
     candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems"));
     candidates.push(PathBuf::from("models/tang-poems"));
-    candidates.into_iter().find(|p| p.join("config.json").is_file())
+    candidates
+        .into_iter()
+        .find(|p| p.join("config.json").is_file())
 }
 
 #[cfg(test)]
@@ -200,7 +220,12 @@ mod tests {
         let (s, note) = store.load_settings();
         assert_eq!(s, Settings::default());
         assert!(note.is_none());
-        let s = Settings { variations: 4, form: PoemForm::WuLv, idle_timeout_s: None, ..Settings::default() };
+        let s = Settings {
+            variations: 4,
+            form: PoemForm::WuLv,
+            idle_timeout_s: None,
+            ..Settings::default()
+        };
         store.save_settings(&s).unwrap();
         assert_eq!(store.load_settings().0, s);
         std::fs::write(&store.settings_path, r#"{"variations": 3}"#).unwrap();
@@ -218,8 +243,14 @@ mod tests {
         let (h, note) = store.load_history();
         assert!(h.is_empty());
         let note = note.unwrap();
-        assert!(note.contains("history.json") && note.contains(".bak"), "{note}");
-        assert_eq!(std::fs::read_to_string(dir.path().join("history.json.bak")).unwrap(), "[{\"prompt\": ");
+        assert!(
+            note.contains("history.json") && note.contains(".bak"),
+            "{note}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("history.json.bak")).unwrap(),
+            "[{\"prompt\": "
+        );
     }
 
     #[test]

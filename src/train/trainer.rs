@@ -283,7 +283,7 @@ pub fn held_out_perplexity(
     corpus: &Path,
     context: usize,
 ) -> Result<(f64, f64), TrainError> {
-    let vocab = CharVocab::from_tokens(read(&vocab_path)?.lines().map(String::from).collect());
+    let vocab = CharVocab::from_tokens(read(vocab_path)?.lines().map(String::from).collect());
     let train_ids = encode_corpus(&vocab, &read(&corpus.join("train.txt"))?);
     let eval_ids = encode_corpus(&vocab, &read(&corpus.join("eval.txt"))?);
     let o = TrainOptions {

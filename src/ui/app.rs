@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::engine::{
-    Command, DeviceChoice, Engine, EngineError, EngineOptions, EngineState, ErrorKind, Event, GenerateJob, LoadReport,
-    LoadSpec, Precision, Prompt, ReleaseReport, RequestId,
+    Command, DeviceChoice, Engine, EngineError, EngineOptions, EngineState, ErrorKind, Event,
+    GenerateJob, LoadReport, LoadSpec, Precision, Prompt, ReleaseReport, RequestId,
 };
 use crate::generate::forms::{layout, PoemForm};
 use crate::meter::{MarkerKind, MemorySampler, DEFAULT_CAPACITY, DEFAULT_INTERVAL};
@@ -33,7 +33,14 @@ enum FormChoice {
 }
 
 impl FormChoice {
-    const ALL: [FormChoice; 6] = [Self::Free, Self::WuJue, Self::QiJue, Self::WuLv, Self::QiLv, Self::Acrostic];
+    const ALL: [FormChoice; 6] = [
+        Self::Free,
+        Self::WuJue,
+        Self::QiJue,
+        Self::WuLv,
+        Self::QiLv,
+        Self::Acrostic,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -87,18 +94,25 @@ pub struct VersifierApp {
 impl VersifierApp {
     /// Builds the app and starts the engine and the meter threads; `ctx` is woken by both.
     pub fn new(ctx: &egui::Context, store: Option<Store>) -> Result<Self, EngineError> {
-        let (settings, note) = store.as_ref().map(|s| s.load_settings()).unwrap_or_default();
+        let (settings, note) = store
+            .as_ref()
+            .map(|s| s.load_settings())
+            .unwrap_or_default();
         let (history, history_note) = store.as_ref().map(|s| s.load_history()).unwrap_or_default();
         let waker_ctx = ctx.clone();
         let engine = Engine::spawn(EngineOptions {
             idle_timeout: settings.idle_timeout_s.map(Duration::from_secs),
-            waker: Some(Arc::new(move || waker_ctx.request_repaint_after(Duration::from_millis(10)))),
+            waker: Some(Arc::new(move || {
+                waker_ctx.request_repaint_after(Duration::from_millis(10))
+            })),
             ..EngineOptions::default()
         })?;
         let meter_ctx = ctx.clone();
-        let sampler = MemorySampler::spawn(DEFAULT_INTERVAL, DEFAULT_CAPACITY, move || meter_ctx.request_repaint())
-            .map_err(EngineError::Spawn)
-            .ok();
+        let sampler = MemorySampler::spawn(DEFAULT_INTERVAL, DEFAULT_CAPACITY, move || {
+            meter_ctx.request_repaint()
+        })
+        .map_err(EngineError::Spawn)
+        .ok();
         let model_field = settings
             .model
             .clone()
@@ -141,7 +155,11 @@ impl VersifierApp {
         } else {
             PathBuf::from(self.model_field.trim())
         };
-        LoadSpec { model, device: self.settings.device, precision: self.settings.precision }
+        LoadSpec {
+            model,
+            device: self.settings.device,
+            precision: self.settings.precision,
+        }
     }
 
     fn form(&self) -> PoemForm {
@@ -151,7 +169,12 @@ impl VersifierApp {
             FormChoice::QiJue => PoemForm::QiJue,
             FormChoice::WuLv => PoemForm::WuLv,
             FormChoice::QiLv => PoemForm::QiLv,
-            FormChoice::Acrostic => PoemForm::Acrostic(self.acrostic_heads.chars().filter(|c| !c.is_whitespace()).collect()),
+            FormChoice::Acrostic => PoemForm::Acrostic(
+                self.acrostic_heads
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect(),
+            ),
         }
     }
 
@@ -166,16 +189,31 @@ impl VersifierApp {
         let form = self.form();
         if let PoemForm::Acrostic(h) = &form {
             if !(2..=8).contains(&h.len()) {
-                self.error = Some((ErrorKind::BadRequest, "an acrostic needs 2 to 8 head characters".into()));
+                self.error = Some((
+                    ErrorKind::BadRequest,
+                    "an acrostic needs 2 to 8 head characters".into(),
+                ));
                 return;
             }
         }
         if !self.settings.lock_seed {
-            self.settings.sampling.seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64 % 1_000_000);
+            self.settings.sampling.seed = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 % 1_000_000);
         }
         let id = self.engine.next_request_id();
-        let echoed = if matches!(form, PoemForm::Acrostic(_)) { String::new() } else { self.prompt.trim().to_string() };
-        self.cards = vec![Card { prompt: echoed, ..Card::default() }; self.settings.variations.clamp(1, 8)];
+        let echoed = if matches!(form, PoemForm::Acrostic(_)) {
+            String::new()
+        } else {
+            self.prompt.trim().to_string()
+        };
+        self.cards = vec![
+            Card {
+                prompt: echoed,
+                ..Card::default()
+            };
+            self.settings.variations.clamp(1, 8)
+        ];
         self.current = Some(id);
         self.error = None;
         let spec = self.load_spec();
@@ -234,20 +272,32 @@ impl VersifierApp {
         match ev {
             Event::State(s) => self.state = s,
             Event::Loaded(r) => {
-                self.mark(MarkerKind::Load, format!("load {:.2} s", r.load_ms / 1000.0));
+                self.mark(
+                    MarkerKind::Load,
+                    format!("load {:.2} s", r.load_ms / 1000.0),
+                );
                 self.last_load = Some(r);
             }
-            Event::Token { request, variation, text } if Some(request) == self.current => {
+            Event::Token {
+                request,
+                variation,
+                text,
+            } if Some(request) == self.current => {
                 if let Some(c) = self.cards.get_mut(variation) {
                     c.text.push_str(&text);
                 }
             }
             Event::Token { .. } => {}
-            Event::Done { request, generation } if Some(request) == self.current => {
+            Event::Done {
+                request,
+                generation,
+            } if Some(request) == self.current => {
                 self.kv_cache_bytes = generation.kv_cache_bytes;
                 let form = self.form();
                 let model = self.load_spec().model.display().to_string();
-                let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let unix_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
                 for (card, v) in self.cards.iter_mut().zip(&generation.variations) {
                     card.text = v.text.clone();
                     card.done = true;
@@ -269,7 +319,12 @@ impl VersifierApp {
                 self.last_release = Some(r);
                 self.kv_cache_bytes = 0;
             }
-            Event::Error { kind, message, partial, .. } => {
+            Event::Error {
+                kind,
+                message,
+                partial,
+                ..
+            } => {
                 self.mark(MarkerKind::Error, message.clone());
                 if let Some(p) = partial {
                     for (card, v) in self.cards.iter_mut().zip(&p.variations) {
@@ -290,7 +345,8 @@ impl VersifierApp {
     fn save_history(&mut self) {
         if let Some(store) = &self.store {
             if let Err(e) = store.save_history(&self.history) {
-                self.notices.push(format!("history not saved (kept in memory): {e}"));
+                self.notices
+                    .push(format!("history not saved (kept in memory): {e}"));
             }
         }
     }
@@ -314,7 +370,9 @@ impl VersifierApp {
         self.settings.form = self.form();
         let generating = matches!(self.state, EngineState::Generating) || self.current.is_some();
         egui::Panel::top("model-bar").show(ui, |ui| self.model_bar(ui));
-        egui::Panel::right("meter").default_size(360.0).show(ui, |ui| super::meter_panel::show(self, ui));
+        egui::Panel::right("meter")
+            .default_size(360.0)
+            .show(ui, |ui| super::meter_panel::show(self, ui));
         egui::CentralPanel::default().show(ui, |ui| self.writer(ui, generating));
         self.save_settings_if_changed();
         // The countdown needs a tick even when nothing else happens.
@@ -373,28 +431,30 @@ impl VersifierApp {
 
     fn writer(&mut self, ui: &mut egui::Ui, generating: bool) {
         if let Some((kind, message)) = self.error.clone() {
-            egui::Frame::group(ui.style()).fill(ui.visuals().error_fg_color.gamma_multiply(0.15)).show(ui, |ui| {
-                ui.horizontal_wrapped(|ui| {
-                    ui.colored_label(ui.visuals().error_fg_color, format!("{kind:?}"));
-                    ui.label(&message);
-                });
-                ui.horizontal(|ui| {
-                    if matches!(kind, ErrorKind::OutOfMemory | ErrorKind::DoesNotFit) {
-                        if ui.button("Retry in f16").clicked() {
-                            self.settings.precision = Precision::F16;
-                            self.generate();
+            egui::Frame::group(ui.style())
+                .fill(ui.visuals().error_fg_color.gamma_multiply(0.15))
+                .show(ui, |ui| {
+                    ui.horizontal_wrapped(|ui| {
+                        ui.colored_label(ui.visuals().error_fg_color, format!("{kind:?}"));
+                        ui.label(&message);
+                    });
+                    ui.horizontal(|ui| {
+                        if matches!(kind, ErrorKind::OutOfMemory | ErrorKind::DoesNotFit) {
+                            if ui.button("Retry in f16").clicked() {
+                                self.settings.precision = Precision::F16;
+                                self.generate();
+                            }
+                            if ui.button("Retry on CPU").clicked() {
+                                self.settings.device = DeviceChoice::Cpu;
+                                self.settings.precision = Precision::F32;
+                                self.generate();
+                            }
                         }
-                        if ui.button("Retry on CPU").clicked() {
-                            self.settings.device = DeviceChoice::Cpu;
-                            self.settings.precision = Precision::F32;
-                            self.generate();
+                        if ui.button("Dismiss").clicked() {
+                            self.error = None;
                         }
-                    }
-                    if ui.button("Dismiss").clicked() {
-                        self.error = None;
-                    }
+                    });
                 });
-            });
         }
         for n in self.notices.clone() {
             ui.horizontal(|ui| {
@@ -419,20 +479,31 @@ impl VersifierApp {
                 self.send(Command::Prepare(spec));
             }
             self.prompt_had_focus = focused;
-            egui::ComboBox::from_label("Form").selected_text(self.form_choice.label()).show_ui(ui, |ui| {
-                for f in FormChoice::ALL {
-                    ui.selectable_value(&mut self.form_choice, f, f.label());
-                }
-            });
+            egui::ComboBox::from_label("Form")
+                .selected_text(self.form_choice.label())
+                .show_ui(ui, |ui| {
+                    for f in FormChoice::ALL {
+                        ui.selectable_value(&mut self.form_choice, f, f.label());
+                    }
+                });
             if self.form_choice == FormChoice::Acrostic {
-                ui.add(egui::TextEdit::singleline(&mut self.acrostic_heads).desired_width(90.0).hint_text("heads"));
+                ui.add(
+                    egui::TextEdit::singleline(&mut self.acrostic_heads)
+                        .desired_width(90.0)
+                        .hint_text("heads"),
+                );
             }
         });
         ui.horizontal(|ui| {
             ui.add(egui::Slider::new(&mut self.settings.variations, 1..=8).text("variations"));
             let go = ui.add_enabled(!generating, egui::Button::new("Generate  (Ctrl+Enter)"));
             let stop = ui.add_enabled(generating, egui::Button::new("Stop  (Esc)"));
-            let (ctrl_enter, esc) = ui.input(|i| (i.modifiers.command && i.key_pressed(egui::Key::Enter), i.key_pressed(egui::Key::Escape)));
+            let (ctrl_enter, esc) = ui.input(|i| {
+                (
+                    i.modifiers.command && i.key_pressed(egui::Key::Enter),
+                    i.key_pressed(egui::Key::Escape),
+                )
+            });
             if (go.clicked() || ctrl_enter) && !generating {
                 self.generate();
             }
@@ -445,45 +516,70 @@ impl VersifierApp {
             ui.add(egui::Slider::new(&mut s.sampling.temperature, 0.1..=2.0).text("temperature"));
             ui.add(egui::Slider::new(&mut s.sampling.top_k, 0..=200).text("top-k (0 = all)"));
             ui.add(egui::Slider::new(&mut s.sampling.top_p, 0.05..=1.0).text("top-p"));
-            ui.add(egui::Slider::new(&mut s.sampling.repetition_penalty, 1.0..=2.0).text("repetition penalty"));
+            ui.add(
+                egui::Slider::new(&mut s.sampling.repetition_penalty, 1.0..=2.0)
+                    .text("repetition penalty"),
+            );
             ui.add(egui::Slider::new(&mut s.max_tokens, 8..=256).text("max tokens"));
             ui.horizontal(|ui| {
                 ui.add(egui::DragValue::new(&mut s.sampling.seed).prefix("seed "));
                 ui.checkbox(&mut s.lock_seed, "lock seed");
             });
-            ui.checkbox(&mut s.preload_on_focus, "load the model when the prompt box gets focus");
+            ui.checkbox(
+                &mut s.preload_on_focus,
+                "load the model when the prompt box gets focus",
+            );
             ui.checkbox(&mut s.vertical_layout, "vertical layout");
         });
         ui.separator();
         egui::ScrollArea::vertical().show(ui, |ui| {
-            ui.horizontal_wrapped(|ui| {
-                for (i, card) in self.cards.clone().iter().enumerate() {
-                    egui::Frame::group(ui.style()).inner_margin(12.0).show(ui, |ui| {
-                        ui.set_min_width(240.0);
-                        let full = format!("{}{}", card.prompt, card.text);
-                        let shown = if self.settings.vertical_layout { vertical(&full) } else { layout(&full) };
-                        ui.label(egui::RichText::new(shown).size(22.0));
-                        ui.horizontal(|ui| {
-                            if !card.done {
-                                ui.spinner();
-                            }
-                            if ui.small_button("Copy").clicked() {
-                                ui.ctx().copy_text(layout(&full));
-                            }
-                            if ui.small_button("Save").on_hover_text("Save to a text file in the data folder").clicked() {
-                                self.save_card(i, &full);
-                            }
-                        });
-                    });
-                }
-            });
-            if !self.history.is_empty() {
-                ui.separator();
-                egui::CollapsingHeader::new(format!("History ({})", self.history.len())).show(ui, |ui| {
-                    for r in self.history.iter().rev().take(50) {
-                        ui.label(format!("{} · {}", r.form.label(), layout(&r.text)));
+            // Cards two to a row, each with its buttons under the poem.
+            let cards = self.cards.clone();
+            let width = ((ui.available_width() - 40.0) / 2.0).max(220.0);
+            for (row, pair) in cards.chunks(2).enumerate() {
+                ui.horizontal_top(|ui| {
+                    for (j, card) in pair.iter().enumerate() {
+                        let i = row * 2 + j;
+                        egui::Frame::group(ui.style())
+                            .inner_margin(12.0)
+                            .show(ui, |ui| {
+                                ui.set_width(width - 26.0);
+                                let full = format!("{}{}", card.prompt, card.text);
+                                let shown = if self.settings.vertical_layout {
+                                    vertical(&full)
+                                } else {
+                                    layout(&full)
+                                };
+                                ui.label(egui::RichText::new(shown).size(22.0));
+                                ui.horizontal(|ui| {
+                                    if !card.done {
+                                        ui.spinner();
+                                    }
+                                    if ui.small_button("Copy").clicked() {
+                                        ui.ctx().copy_text(layout(&full));
+                                    }
+                                    if ui
+                                        .small_button("Save")
+                                        .on_hover_text("Save to a text file in the data folder")
+                                        .clicked()
+                                    {
+                                        self.save_card(i, &full);
+                                    }
+                                });
+                            });
                     }
                 });
+            }
+            if !self.history.is_empty() {
+                ui.separator();
+                egui::CollapsingHeader::new(format!("History ({})", self.history.len())).show(
+                    ui,
+                    |ui| {
+                        for r in self.history.iter().rev().take(50) {
+                            ui.label(format!("{} · {}", r.form.label(), layout(&r.text)));
+                        }
+                    },
+                );
             }
         });
     }
@@ -495,10 +591,21 @@ impl VersifierApp {
 
     /// Writes the memory history as CSV next to the history file.
     pub fn export_timeline(&mut self) {
-        let (Some(sampler), Some(store)) = (&self.sampler, &self.store) else { return };
+        let (Some(sampler), Some(store)) = (&self.sampler, &self.store) else {
+            return;
+        };
         let csv = sampler.history().to_csv();
-        let dir = store.history_path.parent().map(PathBuf::from).unwrap_or_default();
-        let path = dir.join(format!("timeline-{}.csv", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())));
+        let dir = store
+            .history_path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let path = dir.join(format!(
+            "timeline-{}.csv",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        ));
         let result = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, csv));
         self.notices.push(match result {
             Ok(()) => format!("timeline written to {}", path.display()),
@@ -508,10 +615,21 @@ impl VersifierApp {
 
     fn save_card(&mut self, index: usize, text: &str) {
         let Some(store) = &self.store else { return };
-        let dir = store.history_path.parent().map(|p| p.join("poems")).unwrap_or_else(|| PathBuf::from("poems"));
-        let name = format!("poem-{}-{}.txt", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), index + 1);
+        let dir = store
+            .history_path
+            .parent()
+            .map(|p| p.join("poems"))
+            .unwrap_or_else(|| PathBuf::from("poems"));
+        let name = format!(
+            "poem-{}-{}.txt",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            index + 1
+        );
         let path = dir.join(name);
-        let result = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, layout(text) + "\n"));
+        let result =
+            std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, layout(text) + "\n"));
         self.notices.push(match result {
             Ok(()) => format!("saved {}", path.display()),
             Err(e) => format!("{}: {e}", path.display()),

@@ -18,8 +18,14 @@ fn mib(b: u64) -> f64 {
 }
 
 /// Idle timeouts offered in the menu.
-const TIMEOUTS: [(Option<u64>, &str); 6] =
-    [(None, "never"), (Some(30), "30 s"), (Some(60), "1 min"), (Some(300), "5 min"), (Some(900), "15 min"), (Some(3600), "60 min")];
+const TIMEOUTS: [(Option<u64>, &str); 6] = [
+    (None, "never"),
+    (Some(30), "30 s"),
+    (Some(60), "1 min"),
+    (Some(300), "5 min"),
+    (Some(900), "15 min"),
+    (Some(3600), "60 min"),
+];
 
 pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
     ui.heading("Memory");
@@ -42,7 +48,9 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
     let weights = app.last_load.as_ref().map_or(0, |l| l.weights_bytes as u64);
     let loaded = !matches!(app.state, EngineState::Unloaded);
     let gpu = match app.settings.device {
-        DeviceChoice::Cuda(i) => latest.as_ref().and_then(|l| l.gpus.iter().find(|g| g.index as usize == i).cloned()),
+        DeviceChoice::Cuda(i) => latest
+            .as_ref()
+            .and_then(|l| l.gpus.iter().find(|g| g.index as usize == i).cloned()),
         DeviceChoice::Cpu => None,
     };
     let desired = egui::vec2(ui.available_width(), 22.0);
@@ -54,13 +62,34 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
             let runtime = process.saturating_sub(w + kv);
             let other = g.used_bytes.saturating_sub(process);
             let segments = [
-                ("other processes", other, egui::Color32::from_rgb(140, 140, 140)),
-                ("this app: weights", w, egui::Color32::from_rgb(70, 130, 220)),
-                ("this app: KV cache", kv, egui::Color32::from_rgb(80, 190, 140)),
-                ("this app: runtime/context", runtime, egui::Color32::from_rgb(230, 160, 60)),
+                (
+                    "other processes",
+                    other,
+                    egui::Color32::from_rgb(140, 140, 140),
+                ),
+                (
+                    "this app: weights",
+                    w,
+                    egui::Color32::from_rgb(70, 130, 220),
+                ),
+                (
+                    "this app: KV cache",
+                    kv,
+                    egui::Color32::from_rgb(80, 190, 140),
+                ),
+                (
+                    "this app: runtime/context",
+                    runtime,
+                    egui::Color32::from_rgb(230, 160, 60),
+                ),
             ];
             stacked_bar(ui, desired, g.total_bytes, &segments);
-            ui.label(format!("{} · {:.0} MiB total · {:.0} MiB free", g.name, mib(g.total_bytes), mib(g.free_bytes)));
+            ui.label(format!(
+                "{} · {:.0} MiB total · {:.0} MiB free",
+                g.name,
+                mib(g.total_bytes),
+                mib(g.free_bytes)
+            ));
             for (name, bytes, color) in segments {
                 ui.colored_label(color, format!("{name}: {:.0} MiB", mib(bytes)));
             }
@@ -71,13 +100,27 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
         (None, Some(l)) => {
             let rss = l.rss_bytes.unwrap_or(0);
             let w = if loaded { weights.min(rss) } else { 0 };
-            let total = crate::engine::fit::available_ram().map_or(rss * 4, |a| a + rss).max(1);
+            let total = crate::engine::fit::available_ram()
+                .map_or(rss * 4, |a| a + rss)
+                .max(1);
             let segments = [
-                ("this app: weights", w, egui::Color32::from_rgb(70, 130, 220)),
-                ("this app: other", rss.saturating_sub(w), egui::Color32::from_rgb(230, 160, 60)),
+                (
+                    "this app: weights",
+                    w,
+                    egui::Color32::from_rgb(70, 130, 220),
+                ),
+                (
+                    "this app: other",
+                    rss.saturating_sub(w),
+                    egui::Color32::from_rgb(230, 160, 60),
+                ),
             ];
             stacked_bar(ui, desired, total, &segments);
-            ui.label(format!("RAM: this process {:.0} MiB (weights {:.0} MiB)", mib(rss), mib(w)));
+            ui.label(format!(
+                "RAM: this process {:.0} MiB (weights {:.0} MiB)",
+                mib(rss),
+                mib(w)
+            ));
             match (&unavailable, app.settings.device) {
                 (Some(why), _) => {
                     ui.label(format!("No GPU found: {why}"));
@@ -105,7 +148,11 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
             .iter()
             .filter_map(|smp| {
                 let bytes = match cuda {
-                    Some(i) => smp.gpus.iter().find(|g| g.index == i).and_then(|g| g.process_bytes),
+                    Some(i) => smp
+                        .gpus
+                        .iter()
+                        .find(|g| g.index == i)
+                        .and_then(|g| g.process_bytes),
                     None => smp.rss_bytes,
                 }?;
                 Some([smp.t, mib(bytes)])
@@ -113,27 +160,48 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
             .collect();
         let markers = h.markers.clone();
         drop(h);
-        Plot::new("memory-history").height(150.0).allow_scroll(false).allow_zoom(false).show(ui, |plot| {
-            plot.line(Line::new(if cuda.is_some() { "GPU MiB (this process)" } else { "RAM MiB (this process)" }, PlotPoints::from(points)));
-            for m in markers {
-                let color = match m.kind {
-                    MarkerKind::Load => egui::Color32::from_rgb(70, 130, 220),
-                    MarkerKind::Generate => egui::Color32::from_rgb(80, 190, 140),
-                    MarkerKind::Release => egui::Color32::from_rgb(230, 160, 60),
-                    MarkerKind::Error => egui::Color32::from_rgb(220, 60, 60),
-                };
-                plot.vline(VLine::new(m.label, m.t).color(color));
-            }
-        });
+        Plot::new("memory-history")
+            .height(150.0)
+            .allow_scroll(false)
+            .allow_zoom(false)
+            .show(ui, |plot| {
+                plot.line(Line::new(
+                    if cuda.is_some() {
+                        "GPU MiB (this process)"
+                    } else {
+                        "RAM MiB (this process)"
+                    },
+                    PlotPoints::from(points),
+                ));
+                for m in markers {
+                    let color = match m.kind {
+                        MarkerKind::Load => egui::Color32::from_rgb(70, 130, 220),
+                        MarkerKind::Generate => egui::Color32::from_rgb(80, 190, 140),
+                        MarkerKind::Release => egui::Color32::from_rgb(230, 160, 60),
+                        MarkerKind::Error => egui::Color32::from_rgb(220, 60, 60),
+                    };
+                    plot.vline(VLine::new(m.label, m.t).color(color));
+                }
+            });
     }
 
     ui.horizontal(|ui| {
-        let release = ui.add_enabled(!matches!(app.state, EngineState::Unloaded), egui::Button::new("Release"));
-        if release.on_hover_text("Free the model and give all GPU memory back").clicked() {
+        let release = ui.add_enabled(
+            !matches!(app.state, EngineState::Unloaded),
+            egui::Button::new("Release"),
+        );
+        if release
+            .on_hover_text("Free the model and give all GPU memory back")
+            .clicked()
+        {
             app.release();
         }
         let mut pinned = app.pinned;
-        if ui.checkbox(&mut pinned, "Pin").on_hover_text("Never unload while pinned").changed() {
+        if ui
+            .checkbox(&mut pinned, "Pin")
+            .on_hover_text("Never unload while pinned")
+            .changed()
+        {
             app.pinned = pinned;
             if let Err(e) = app.engine_send(Command::SetPinned(pinned)) {
                 app.notices.push(e);
@@ -141,18 +209,31 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
         }
     });
     ui.horizontal(|ui| {
-        let current = TIMEOUTS.iter().find(|(t, _)| *t == app.settings.idle_timeout_s).map_or("custom", |(_, l)| l);
-        egui::ComboBox::from_label("Unload when idle").selected_text(current).show_ui(ui, |ui| {
-            for (t, label) in TIMEOUTS {
-                if ui.selectable_value(&mut app.settings.idle_timeout_s, t, label).changed() {
-                    let _ = app.engine_send(Command::SetIdleTimeout(t.map(Duration::from_secs)));
+        let current = TIMEOUTS
+            .iter()
+            .find(|(t, _)| *t == app.settings.idle_timeout_s)
+            .map_or("custom", |(_, l)| l);
+        egui::ComboBox::from_label("Unload when idle")
+            .selected_text(current)
+            .show_ui(ui, |ui| {
+                for (t, label) in TIMEOUTS {
+                    if ui
+                        .selectable_value(&mut app.settings.idle_timeout_s, t, label)
+                        .changed()
+                    {
+                        let _ =
+                            app.engine_send(Command::SetIdleTimeout(t.map(Duration::from_secs)));
+                    }
                 }
-            }
-        });
+            });
     });
     if let Some((left, at)) = app.idle_left {
         let left = left.saturating_sub(at.elapsed());
-        ui.label(format!("unloads in {}:{:02}", left.as_secs() / 60, left.as_secs() % 60));
+        ui.label(format!(
+            "unloads in {}:{:02}",
+            left.as_secs() / 60,
+            left.as_secs() % 60
+        ));
     }
     if let Some(l) = &app.last_load {
         ui.label(format!("reload ~{:.1} s", l.load_ms / 1000.0));
@@ -170,19 +251,31 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
             ui.colored_label(ui.visuals().warn_fg_color, held);
         }
     }
-    if ui.button("Export timeline").on_hover_text("Write the memory history as CSV for a bug report").clicked() {
+    if ui
+        .button("Export timeline")
+        .on_hover_text("Write the memory history as CSV for a bug report")
+        .clicked()
+    {
         app.export_timeline();
     }
 }
 
-fn stacked_bar(ui: &mut egui::Ui, size: egui::Vec2, total: u64, segments: &[(&str, u64, egui::Color32)]) {
+fn stacked_bar(
+    ui: &mut egui::Ui,
+    size: egui::Vec2,
+    total: u64,
+    segments: &[(&str, u64, egui::Color32)],
+) {
     let (rect, _) = ui.allocate_exact_size(size, egui::Sense::hover());
     let painter = ui.painter_at(rect);
     painter.rect_filled(rect, 3.0, ui.visuals().extreme_bg_color);
     let mut x = rect.left();
     for (_, bytes, color) in segments {
         let w = rect.width() * (*bytes as f32 / total.max(1) as f32);
-        let seg = egui::Rect::from_min_max(egui::pos2(x, rect.top()), egui::pos2((x + w).min(rect.right()), rect.bottom()));
+        let seg = egui::Rect::from_min_max(
+            egui::pos2(x, rect.top()),
+            egui::pos2((x + w).min(rect.right()), rect.bottom()),
+        );
         painter.rect_filled(seg, 0.0, *color);
         x += w;
     }

@@ -17,9 +17,16 @@ const CJK_FONT: &[u8] = include_bytes!("../../assets/fonts/NotoSerifCJKtc-Regula
 /// Adds the CJK font after egui's own fonts, for both families.
 pub fn install_fonts(ctx: &egui::Context) {
     let mut fonts = egui::FontDefinitions::default();
-    fonts.font_data.insert("noto-serif-cjk-tc".into(), Arc::new(egui::FontData::from_static(CJK_FONT)));
+    fonts.font_data.insert(
+        "noto-serif-cjk-tc".into(),
+        Arc::new(egui::FontData::from_static(CJK_FONT)),
+    );
     for family in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
-        fonts.families.entry(family).or_default().push("noto-serif-cjk-tc".into());
+        fonts
+            .families
+            .entry(family)
+            .or_default()
+            .push("noto-serif-cjk-tc".into());
     }
     ctx.set_fonts(fonts);
 }
@@ -27,7 +34,10 @@ pub fn install_fonts(ctx: &egui::Context) {
 /// Opens the window and runs until it is closed.
 pub fn run() -> Result<(), eframe::Error> {
     let store = crate::store::Store::system();
-    let size = store.as_ref().and_then(|s| s.load_settings().0.window_size).unwrap_or([1180.0, 760.0]);
+    let size = store
+        .as_ref()
+        .and_then(|s| s.load_settings().0.window_size)
+        .unwrap_or([1180.0, 760.0]);
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Versifier")
