@@ -174,18 +174,7 @@ pub fn check_fit(
     })
 }
 
-/// RAM available to new allocations (`MemAvailable`), where the OS says.
-pub fn available_ram() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line["MemAvailable:".len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
+pub use crate::meter::available_ram;
 
 #[cfg(test)]
 mod tests {

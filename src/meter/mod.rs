@@ -22,23 +22,33 @@ pub struct ProcessMemory {
     pub peak_rss_bytes: u64,
 }
 
+/// A `Name:   123 kB` field of a /proc status-style text, in bytes.
+fn proc_field_bytes(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let kb: u64 = line[name.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// Reads this process's memory; `None` where the platform does not say.
 pub fn process_memory() -> Option<ProcessMemory> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kb: u64 = line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
-    };
     Some(ProcessMemory {
-        rss_bytes: field("VmRSS:")?,
-        peak_rss_bytes: field("VmHWM:")?,
+        rss_bytes: proc_field_bytes(&status, "VmRSS:")?,
+        peak_rss_bytes: proc_field_bytes(&status, "VmHWM:")?,
     })
+}
+
+/// RAM available to new allocations (`MemAvailable`), where the OS says.
+pub fn available_ram() -> Option<u64> {
+    proc_field_bytes(
+        &std::fs::read_to_string("/proc/meminfo").ok()?,
+        "MemAvailable:",
+    )
 }
 
 #[cfg(test)]

@@ -40,58 +40,110 @@ impl Normal {
     }
 }
 
-/// Random tensors for every weight of `cfg`, named as in `GPT2Model` (`wte.weight`, `h.0...`).
-pub fn synthetic_tensors(
+/// How to fill one kind of tensor.
+#[derive(Clone, Copy)]
+enum Fill {
+    Const(f32),
+    Normal { mean: f32, std: f32 },
+}
+
+/// How to fill every kind of tensor of a GPT-2.
+struct InitSpec {
+    norm_weight: Fill,
+    norm_bias: Fill,
+    bias: Fill,
+    /// Std of c_attn / c_fc weights (and wte).
+    weight_std: f32,
+    /// Std of the residual projections (attn.c_proj, mlp.c_proj).
+    resid_std: f32,
+}
+
+/// Builds every tensor of `cfg` in `GPT2Model` order and names (`wte.weight`,
+/// `h.0...`); constants consume no randomness, so a spec is deterministic in `seed`.
+fn build_tensors(
     cfg: &Gpt2Config,
     seed: u64,
+    spec: &InitSpec,
 ) -> candle_core::Result<HashMap<String, Tensor>> {
     let mut rng = Normal::new(seed);
+    let mut fill = |shape: &[usize], f: Fill| match f {
+        Fill::Const(v) => Tensor::full(v, shape, &Device::Cpu),
+        Fill::Normal { mean, std } => rng.tensor(shape, mean, std),
+    };
+    let normal = |std: f32| Fill::Normal { mean: 0.0, std };
     let (c, inner) = (cfg.n_embd, cfg.n_inner);
     let mut t = HashMap::new();
     t.insert(
         "wte.weight".into(),
-        rng.tensor(&[cfg.vocab_size, c], 0.0, 0.02)?,
+        fill(&[cfg.vocab_size, c], normal(spec.weight_std))?,
     );
     t.insert(
         "wpe.weight".into(),
-        rng.tensor(&[cfg.n_positions, c], 0.0, 0.01)?,
+        fill(&[cfg.n_positions, c], normal(0.01))?,
     );
     for i in 0..cfg.n_layer {
         let p = format!("h.{i}.");
         for ln in ["ln_1", "ln_2"] {
-            t.insert(format!("{p}{ln}.weight"), rng.tensor(&[c], 1.0, 0.1)?);
-            t.insert(format!("{p}{ln}.bias"), rng.tensor(&[c], 0.0, 0.1)?);
+            t.insert(format!("{p}{ln}.weight"), fill(&[c], spec.norm_weight)?);
+            t.insert(format!("{p}{ln}.bias"), fill(&[c], spec.norm_bias)?);
         }
-        t.insert(
-            format!("{p}attn.c_attn.weight"),
-            rng.tensor(&[c, 3 * c], 0.0, 0.02)?,
-        );
-        t.insert(
-            format!("{p}attn.c_attn.bias"),
-            rng.tensor(&[3 * c], 0.0, 0.02)?,
-        );
-        t.insert(
-            format!("{p}attn.c_proj.weight"),
-            rng.tensor(&[c, c], 0.0, 0.02)?,
-        );
-        t.insert(format!("{p}attn.c_proj.bias"), rng.tensor(&[c], 0.0, 0.02)?);
-        t.insert(
-            format!("{p}mlp.c_fc.weight"),
-            rng.tensor(&[c, inner], 0.0, 0.02)?,
-        );
-        t.insert(
-            format!("{p}mlp.c_fc.bias"),
-            rng.tensor(&[inner], 0.0, 0.02)?,
-        );
-        t.insert(
-            format!("{p}mlp.c_proj.weight"),
-            rng.tensor(&[inner, c], 0.0, 0.02)?,
-        );
-        t.insert(format!("{p}mlp.c_proj.bias"), rng.tensor(&[c], 0.0, 0.02)?);
+        for (name, n_in, n_out, std) in [
+            ("attn.c_attn", c, 3 * c, spec.weight_std),
+            ("attn.c_proj", c, c, spec.resid_std),
+            ("mlp.c_fc", c, inner, spec.weight_std),
+            ("mlp.c_proj", inner, c, spec.resid_std),
+        ] {
+            t.insert(
+                format!("{p}{name}.weight"),
+                fill(&[n_in, n_out], normal(std))?,
+            );
+            t.insert(format!("{p}{name}.bias"), fill(&[n_out], spec.bias)?);
+        }
     }
-    t.insert("ln_f.weight".into(), rng.tensor(&[c], 1.0, 0.1)?);
-    t.insert("ln_f.bias".into(), rng.tensor(&[c], 0.0, 0.1)?);
+    t.insert("ln_f.weight".into(), fill(&[c], spec.norm_weight)?);
+    t.insert("ln_f.bias".into(), fill(&[c], spec.norm_bias)?);
     Ok(t)
+}
+
+/// Random tensors for every weight of `cfg`, with non-trivial layer norms and
+/// biases (benchmarks, tests).
+pub fn synthetic_tensors(
+    cfg: &Gpt2Config,
+    seed: u64,
+) -> candle_core::Result<HashMap<String, Tensor>> {
+    let spec = InitSpec {
+        norm_weight: Fill::Normal {
+            mean: 1.0,
+            std: 0.1,
+        },
+        norm_bias: Fill::Normal {
+            mean: 0.0,
+            std: 0.1,
+        },
+        bias: Fill::Normal {
+            mean: 0.0,
+            std: 0.02,
+        },
+        weight_std: 0.02,
+        resid_std: 0.02,
+    };
+    build_tensors(cfg, seed, &spec)
+}
+
+/// GPT-2's own initialisation (normal 0.02, residual projections scaled by
+/// `1/sqrt(2 * n_layer)`, zero biases, unit layer norms), deterministic in `seed`.
+pub fn gpt2_init_tensors(
+    cfg: &Gpt2Config,
+    seed: u64,
+) -> candle_core::Result<HashMap<String, Tensor>> {
+    let spec = InitSpec {
+        norm_weight: Fill::Const(1.0),
+        norm_bias: Fill::Const(0.0),
+        bias: Fill::Const(0.0),
+        weight_std: 0.02,
+        resid_std: 0.02 / ((2 * cfg.n_layer) as f32).sqrt(),
+    };
+    build_tensors(cfg, seed, &spec)
 }
 
 /// Writes `config.json` and `model.safetensors` (keys prefixed with `transformer.`
@@ -133,56 +185,4 @@ fn crate_write(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// GPT-2's own initialisation (normal 0.02, residual projections scaled by
-/// `1/sqrt(2 * n_layer)`, zero biases, unit layer norms), deterministic in `seed`.
-pub fn gpt2_init_tensors(
-    cfg: &Gpt2Config,
-    seed: u64,
-) -> candle_core::Result<HashMap<String, Tensor>> {
-    let mut rng = Normal::new(seed);
-    let (c, inner) = (cfg.n_embd, cfg.n_inner);
-    let resid = 0.02 / ((2 * cfg.n_layer) as f32).sqrt();
-    let zeros = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu);
-    let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
-    let mut t = HashMap::new();
-    t.insert(
-        "wte.weight".into(),
-        rng.tensor(&[cfg.vocab_size, c], 0.0, 0.02)?,
-    );
-    t.insert(
-        "wpe.weight".into(),
-        rng.tensor(&[cfg.n_positions, c], 0.0, 0.01)?,
-    );
-    for i in 0..cfg.n_layer {
-        let p = format!("h.{i}.");
-        for ln in ["ln_1", "ln_2"] {
-            t.insert(format!("{p}{ln}.weight"), ones(c)?);
-            t.insert(format!("{p}{ln}.bias"), zeros(c)?);
-        }
-        t.insert(
-            format!("{p}attn.c_attn.weight"),
-            rng.tensor(&[c, 3 * c], 0.0, 0.02)?,
-        );
-        t.insert(format!("{p}attn.c_attn.bias"), zeros(3 * c)?);
-        t.insert(
-            format!("{p}attn.c_proj.weight"),
-            rng.tensor(&[c, c], 0.0, resid)?,
-        );
-        t.insert(format!("{p}attn.c_proj.bias"), zeros(c)?);
-        t.insert(
-            format!("{p}mlp.c_fc.weight"),
-            rng.tensor(&[c, inner], 0.0, 0.02)?,
-        );
-        t.insert(format!("{p}mlp.c_fc.bias"), zeros(inner)?);
-        t.insert(
-            format!("{p}mlp.c_proj.weight"),
-            rng.tensor(&[inner, c], 0.0, resid)?,
-        );
-        t.insert(format!("{p}mlp.c_proj.bias"), zeros(c)?);
-    }
-    t.insert("ln_f.weight".into(), ones(c)?);
-    t.insert("ln_f.bias".into(), zeros(c)?);
-    Ok(t)
 }
