@@ -1,0 +1,60 @@
+//! Files built to attack the loader: pickles that name code to run, and
+//! safetensors headers sized to exhaust memory. They are refused with a clear
+//! error; nothing in them ever executes.
+
+mod common;
+
+use common::{fixture, run_cli};
+
+const MARKER: &str = "/tmp/versifier-hostile-pickle-ran";
+
+#[test]
+fn pickle_naming_os_system_or_exec_never_runs() {
+    let _ = std::fs::remove_file(MARKER);
+    for name in ["os-system.bin", "builtins-exec.bin"] {
+        let path = fixture("hostile-pickle").join(name);
+        let out = run_cli(&["generate", "--model", path.to_str().unwrap(), "--prompt-ids", "1"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert!(err.contains(name), "{name}: the error names the file: {err}");
+        assert!(!std::path::Path::new(MARKER).exists(), "{name}: code from the pickle ran");
+    }
+}
+
+#[test]
+fn safetensors_header_over_the_limit_is_refused_before_reading_it() {
+    let d = common::scratch_copy("hf-safetensors");
+    let p = d.path().join("model.safetensors");
+    // A sparse file really as large as its header claims (200 MB), so only the limit stops it.
+    let claimed: u64 = 200 * 1024 * 1024;
+    let mut bytes = claimed.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{");
+    std::fs::write(&p, bytes).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(8 + claimed).unwrap();
+    let out = run_cli(&["info", "--model", d.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("model.safetensors") && err.contains("limit"), "{err}");
+}
+
+#[test]
+fn header_with_a_hundred_thousand_entries_is_handled() {
+    // A 100k-entry table whose tensors are all missing from the data section.
+    let d = common::scratch_copy("hf-safetensors");
+    let mut header = String::from("{");
+    for i in 0..100_000 {
+        if i > 0 {
+            header.push(',');
+        }
+        header.push_str(&format!("\"t{i}\":{{\"dtype\":\"F32\",\"shape\":[1000],\"data_offsets\":[0,4000]}}"));
+    }
+    header.push('}');
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    std::fs::write(d.path().join("model.safetensors"), bytes).unwrap();
+    let out = run_cli(&["generate", "--model", d.path().to_str().unwrap(), "--prompt-ids", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("model.safetensors") && err.contains("data section"), "{err}");
+}
