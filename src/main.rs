@@ -215,7 +215,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", versifier::without_backtrace(&format!("{e:#}")));
         std::process::exit(1);
     }
 }

@@ -13,12 +13,24 @@ fn pickle_naming_os_system_or_exec_never_runs() {
     let _ = std::fs::remove_file(MARKER);
     for name in ["os-system.bin", "builtins-exec.bin"] {
         let path = fixture("hostile-pickle").join(name);
-        let out = run_cli(&["generate", "--model", path.to_str().unwrap(), "--prompt-ids", "1"]);
+        let out = run_cli(&[
+            "generate",
+            "--model",
+            path.to_str().unwrap(),
+            "--prompt-ids",
+            "1",
+        ]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name} was accepted");
         assert!(!err.contains("panicked"), "{name}: {err}");
-        assert!(err.contains(name), "{name}: the error names the file: {err}");
-        assert!(!std::path::Path::new(MARKER).exists(), "{name}: code from the pickle ran");
+        assert!(
+            err.contains(name),
+            "{name}: the error names the file: {err}"
+        );
+        assert!(
+            !std::path::Path::new(MARKER).exists(),
+            "{name}: code from the pickle ran"
+        );
     }
 }
 
@@ -31,11 +43,19 @@ fn safetensors_header_over_the_limit_is_refused_before_reading_it() {
     let mut bytes = claimed.to_le_bytes().to_vec();
     bytes.extend_from_slice(b"{");
     std::fs::write(&p, bytes).unwrap();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(8 + claimed).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(8 + claimed)
+        .unwrap();
     let out = run_cli(&["info", "--model", d.path().to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("model.safetensors") && err.contains("limit"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("limit"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -47,14 +67,25 @@ fn header_with_a_hundred_thousand_entries_is_handled() {
         if i > 0 {
             header.push(',');
         }
-        header.push_str(&format!("\"t{i}\":{{\"dtype\":\"F32\",\"shape\":[1000],\"data_offsets\":[0,4000]}}"));
+        header.push_str(&format!(
+            "\"t{i}\":{{\"dtype\":\"F32\",\"shape\":[1000],\"data_offsets\":[0,4000]}}"
+        ));
     }
     header.push('}');
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
     std::fs::write(d.path().join("model.safetensors"), bytes).unwrap();
-    let out = run_cli(&["generate", "--model", d.path().to_str().unwrap(), "--prompt-ids", "1"]);
+    let out = run_cli(&[
+        "generate",
+        "--model",
+        d.path().to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("model.safetensors") && err.contains("data section"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("data section"),
+        "{err}"
+    );
 }

@@ -296,7 +296,7 @@ impl JobFailure {
     fn new(kind: ErrorKind, message: String) -> Self {
         Self {
             kind,
-            message,
+            message: crate::without_backtrace(&message),
             partial: None,
             fit: None,
         }
@@ -884,7 +884,7 @@ impl OwnerThread {
                 };
                 Err(JobFailure {
                     kind,
-                    message,
+                    message: crate::without_backtrace(&message),
                     partial,
                     fit: None,
                 })

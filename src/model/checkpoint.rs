@@ -357,18 +357,22 @@ impl SimpleBackend for CheckpointBackend {
         let Some(key) = self.resolve(name) else {
             let mut sample: Vec<&String> = self.names.iter().collect();
             sample.sort();
-            let sample = sample
-                .iter()
-                .take(3)
-                .map(|s| format!("`{s}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let inventory = if sample.is_empty() {
+                "the file holds no tensors at all".to_string()
+            } else {
+                let some = sample
+                    .iter()
+                    .take(3)
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("the file has {} tensors, e.g. {some}", sample.len())
+            };
             return Err(self.record(LoadError::MissingTensor {
                 path: self.path.clone(),
                 name: name.to_string(),
                 expected: s.dims().to_vec(),
-                count: self.names.len(),
-                sample,
+                inventory,
             }));
         };
         let t = self.read(&key, dev)?;

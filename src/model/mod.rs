@@ -48,13 +48,13 @@ pub enum LoadError {
     Safetensors { path: PathBuf, problem: String },
     #[error("{path}: not a readable PyTorch checkpoint: {problem}")]
     Pickle { path: PathBuf, problem: String },
-    #[error("{path}: tensor `{name}` is missing (expected shape {expected:?}; the file has {count} tensors, e.g. {sample})")]
+    #[error("{path}: tensor `{name}` is missing (expected shape {expected:?}); {inventory}")]
     MissingTensor {
         path: PathBuf,
         name: String,
         expected: Vec<usize>,
-        count: usize,
-        sample: String,
+        /// What the file does hold, e.g. "the file has 31 tensors, e.g. `h.0.attn.bias`".
+        inventory: String,
     },
     #[error(
         "{path}: tensor `{name}` has shape {found:?}, expected {expected:?} (from config.json)"
