@@ -156,3 +156,36 @@ fn history_survives_a_simulated_crash_mid_save() {
     assert_eq!(a.history, vec![poem]);
     assert!(a.notices.is_empty(), "{:?}", a.notices);
 }
+
+#[test]
+fn history_panel_searches_deletes_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let record = |prompt: &str, text: &str| PoemRecord {
+        prompt: prompt.into(),
+        form: Default::default(),
+        text: text.into(),
+        model: "m".into(),
+        sampling: Default::default(),
+        unix_ms: 1,
+    };
+    store
+        .save_history(&[
+            record("春", "春眠不覺曉，處處聞啼鳥。夜來風雨聲，花落知多少。"),
+            record("床", "床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"),
+        ])
+        .unwrap();
+    let mut h = harness(app(&store));
+    h.get_by_label("History (2)").click();
+    h.run_steps(2);
+    h.state_mut().history_filter = "明月".into();
+    h.run_steps(2);
+    assert!(h.query_all_by_label_contains("床前明月光").next().is_some());
+    assert!(h.query_all_by_label_contains("春眠不覺曉").next().is_none(), "filtered out");
+    h.get_by_label("Delete").click();
+    h.run_steps(2);
+    assert_eq!(store.load_history().0.len(), 1, "deletion is saved");
+    h.state_mut().export_history(true);
+    let md = std::fs::read_to_string(dir.path().join("poems.md")).unwrap();
+    assert!(md.contains("春眠不覺曉，處處聞啼鳥。"), "{md}");
+}

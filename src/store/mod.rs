@@ -158,19 +158,25 @@ pub fn load_or_default<T: DeserializeOwned + Default>(path: &Path) -> (T, Option
     }
 }
 
-/// Writes `value` as JSON to `path` atomically: a temp file in the same folder,
-/// fsync, rename over the old file, fsync the folder.
+/// Writes `value` as JSON to `path` atomically (see [`write_bytes_atomic`]).
 pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Format {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    })?;
+    write_bytes_atomic(path, &text)
+}
+
+/// Writes `text` to `path` atomically: a temp file in the same folder, fsync,
+/// rename over the old file, fsync the folder. A crash leaves the old file or
+/// the new one, never a mix.
+pub fn write_bytes_atomic(path: &Path, text: &[u8]) -> Result<(), StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let text = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Format {
-        path: path.to_path_buf(),
-        problem: e.to_string(),
-    })?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("store"),
@@ -178,7 +184,7 @@ pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Resul
     ));
     {
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&text).map_err(io)?;
+        f.write_all(text).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)?;

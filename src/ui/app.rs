@@ -86,9 +86,15 @@ pub struct VersifierApp {
     pub(super) idle_left: Option<(Duration, Instant)>,
     pub(super) pinned: bool,
     pub error: Option<(ErrorKind, String)>,
+    /// For a refused load: the numbers and what would fit.
+    pub fit: Option<crate::engine::fit::FitRefusal>,
+    /// History panel search text.
+    pub history_filter: String,
     pub notices: Vec<String>,
     pub(super) kv_cache_bytes: usize,
     prompt_had_focus: bool,
+    /// The chosen model's config, read once per path (for the variation cost).
+    config_cache: Option<(PathBuf, Option<crate::model::Gpt2Config>)>,
 }
 
 impl VersifierApp {
@@ -142,9 +148,12 @@ impl VersifierApp {
             idle_left: None,
             pinned: false,
             error: None,
+            fit: None,
+            history_filter: String::new(),
             notices: note.into_iter().chain(history_note).collect(),
             kv_cache_bytes: 0,
             prompt_had_focus: false,
+            config_cache: None,
         })
     }
 
@@ -323,8 +332,10 @@ impl VersifierApp {
                 kind,
                 message,
                 partial,
+                fit,
                 ..
             } => {
+                self.fit = fit;
                 self.mark(MarkerKind::Error, message.clone());
                 if let Some(p) = partial {
                     for (card, v) in self.cards.iter_mut().zip(&p.variations) {
@@ -440,15 +451,7 @@ impl VersifierApp {
                     });
                     ui.horizontal(|ui| {
                         if matches!(kind, ErrorKind::OutOfMemory | ErrorKind::DoesNotFit) {
-                            if ui.button("Retry in f16").clicked() {
-                                self.settings.precision = Precision::F16;
-                                self.generate();
-                            }
-                            if ui.button("Retry on CPU").clicked() {
-                                self.settings.device = DeviceChoice::Cpu;
-                                self.settings.precision = Precision::F32;
-                                self.generate();
-                            }
+                            self.fit_options(ui);
                         }
                         if ui.button("Dismiss").clicked() {
                             self.error = None;
@@ -495,7 +498,14 @@ impl VersifierApp {
             }
         });
         ui.horizontal(|ui| {
-            ui.add(egui::Slider::new(&mut self.settings.variations, 1..=8).text("variations"));
+            let (per_variation, max_fit) = self.variation_budget();
+            ui.add(
+                egui::Slider::new(&mut self.settings.variations, 1..=max_fit).text("variations"),
+            );
+            if let Some(b) = per_variation {
+                ui.label(format!("≈{:.1} MiB each", b as f64 / 1048576.0))
+                    .on_hover_text("KV cache of one more variation at the model's full context");
+            }
             let go = ui.add_enabled(!generating, egui::Button::new("Generate  (Ctrl+Enter)"));
             let stop = ui.add_enabled(generating, egui::Button::new("Stop  (Esc)"));
             let (ctrl_enter, esc) = ui.input(|i| {
@@ -572,15 +582,187 @@ impl VersifierApp {
             }
             if !self.history.is_empty() {
                 ui.separator();
-                egui::CollapsingHeader::new(format!("History ({})", self.history.len())).show(
-                    ui,
-                    |ui| {
-                        for r in self.history.iter().rev().take(50) {
-                            ui.label(format!("{} · {}", r.form.label(), layout(&r.text)));
-                        }
-                    },
-                );
+                egui::CollapsingHeader::new(format!("History ({})", self.history.len()))
+                    .show(ui, |ui| self.history_panel(ui));
             }
+        });
+    }
+
+    /// KV-cache bytes one more variation costs, and how many fit in free memory
+    /// (at most 8). Reads the chosen model's `config.json` (tiny) when it changes.
+    fn variation_budget(&mut self) -> (Option<u64>, usize) {
+        let path = self.load_spec().model;
+        if self.config_cache.as_ref().map(|(p, _)| p) != Some(&path) {
+            let cfg = crate::model::ModelFiles::locate(&path)
+                .ok()
+                .and_then(|f| crate::model::Gpt2Config::from_file(&f.config).ok());
+            self.config_cache = Some((path, cfg));
+        }
+        let Some((_, Some(cfg))) = &self.config_cache else {
+            return (None, 8);
+        };
+        let bytes = self.settings.precision.bytes();
+        let per = cfg.kv_cache_bytes(1, cfg.n_positions, bytes) as u64;
+        let free = match self.settings.device {
+            DeviceChoice::Cpu => crate::meter::available_ram(),
+            DeviceChoice::Cuda(i) => self.sampler.as_ref().and_then(|s| {
+                s.history().latest().and_then(|l| {
+                    l.gpus
+                        .iter()
+                        .find(|g| g.index as usize == i)
+                        .map(|g| g.free_bytes)
+                })
+            }),
+        };
+        let loaded = !matches!(self.state, EngineState::Unloaded);
+        let weights = if loaded {
+            0
+        } else {
+            (cfg.param_count() * bytes) as u64
+        };
+        let max = free.map_or(8, |f| {
+            (f.saturating_sub(weights) / per.max(1)).clamp(1, 8) as usize
+        });
+        (Some(per), max)
+    }
+
+    /// Buttons for the remedies a refused or out-of-memory load allows.
+    fn fit_options(&mut self, ui: &mut egui::Ui) {
+        use crate::engine::fit::FitOption;
+        let options = self.fit.as_ref().map(|f| f.options.clone());
+        match options {
+            Some(options) => {
+                for o in options {
+                    let (label, apply): (String, Box<dyn Fn(&mut Settings)>) = match o {
+                        FitOption::Precision {
+                            precision,
+                            need_bytes,
+                        } => (
+                            format!("Use {precision} ({} MiB)", need_bytes / 1048576),
+                            Box::new(move |s: &mut Settings| s.precision = precision),
+                        ),
+                        FitOption::Variations { max, need_bytes } => (
+                            format!("{max} variations ({} MiB)", need_bytes / 1048576),
+                            Box::new(move |s: &mut Settings| s.variations = max),
+                        ),
+                        FitOption::Context {
+                            max_tokens,
+                            need_bytes,
+                        } => (
+                            format!("{max_tokens} tokens ({} MiB)", need_bytes / 1048576),
+                            Box::new(move |s: &mut Settings| {
+                                s.max_tokens = s.max_tokens.min(max_tokens)
+                            }),
+                        ),
+                        FitOption::Cpu { need_bytes } => (
+                            format!("Run on the CPU ({} MiB of RAM)", need_bytes / 1048576),
+                            Box::new(|s: &mut Settings| {
+                                s.device = DeviceChoice::Cpu;
+                                s.precision = Precision::F32;
+                            }),
+                        ),
+                    };
+                    if ui.button(label).clicked() {
+                        apply(&mut self.settings);
+                        self.generate();
+                    }
+                }
+            }
+            None => {
+                if ui.button("Retry in f16").clicked() {
+                    self.settings.precision = Precision::F16;
+                    self.generate();
+                }
+                if ui.button("Retry on CPU").clicked() {
+                    self.settings.device = DeviceChoice::Cpu;
+                    self.settings.precision = Precision::F32;
+                    self.generate();
+                }
+            }
+        }
+    }
+
+    /// Search, re-run with the same seed, delete, export.
+    fn history_panel(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.add(
+                egui::TextEdit::singleline(&mut self.history_filter)
+                    .hint_text("search")
+                    .desired_width(160.0),
+            );
+            if ui.button("Export Markdown").clicked() {
+                self.export_history(true);
+            }
+            if ui.button("Export text").clicked() {
+                self.export_history(false);
+            }
+        });
+        let filter = self.history_filter.trim().to_string();
+        let mut rerun = None;
+        let mut delete = None;
+        for (i, r) in self.history.iter().enumerate().rev().take(200) {
+            if !filter.is_empty() && !r.text.contains(&filter) && !r.prompt.contains(&filter) {
+                continue;
+            }
+            ui.horizontal(|ui| {
+                ui.label(format!("{} · {}", r.form.label(), r.text));
+                if ui
+                    .small_button("Re-run")
+                    .on_hover_text(format!("seed {}", r.sampling.seed))
+                    .clicked()
+                {
+                    rerun = Some(i);
+                }
+                if ui.small_button("Delete").clicked() {
+                    delete = Some(i);
+                }
+            });
+        }
+        if let Some(i) = rerun {
+            let r = self.history[i].clone();
+            self.prompt = r.prompt.clone();
+            self.form_choice = FormChoice::of(&r.form);
+            if let PoemForm::Acrostic(h) = &r.form {
+                self.acrostic_heads = h.iter().collect();
+            }
+            self.settings.sampling = r.sampling.clone();
+            self.settings.lock_seed = true;
+            self.settings.variations = 1;
+            self.generate();
+        }
+        if let Some(i) = delete {
+            self.history.remove(i);
+            self.save_history();
+        }
+    }
+
+    /// Writes the history as Markdown or plain text next to the history file.
+    pub fn export_history(&mut self, markdown: bool) {
+        let Some(store) = &self.store else { return };
+        let mut out = String::new();
+        for r in &self.history {
+            if markdown {
+                out.push_str(&format!("## {} · {}\n\n", r.form.label(), r.prompt));
+                for line in layout(&r.text).lines() {
+                    out.push_str(&format!("{line}  \n"));
+                }
+                out.push_str(&format!("\n*seed {} · {}*\n\n", r.sampling.seed, r.model));
+            } else {
+                out.push_str(&layout(&r.text));
+                out.push_str("\n\n");
+            }
+        }
+        let ext = if markdown { "md" } else { "txt" };
+        let dir = store
+            .history_path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let path = dir.join(format!("poems.{ext}"));
+        let result = crate::store::write_bytes_atomic(&path, out.as_bytes());
+        self.notices.push(match result {
+            Ok(()) => format!("history exported to {}", path.display()),
+            Err(e) => e.to_string(),
         });
     }
 
