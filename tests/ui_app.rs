@@ -181,7 +181,10 @@ fn history_panel_searches_deletes_and_exports() {
     h.state_mut().history_filter = "明月".into();
     h.run_steps(2);
     assert!(h.query_all_by_label_contains("床前明月光").next().is_some());
-    assert!(h.query_all_by_label_contains("春眠不覺曉").next().is_none(), "filtered out");
+    assert!(
+        h.query_all_by_label_contains("春眠不覺曉").next().is_none(),
+        "filtered out"
+    );
     h.get_by_label("Delete").click();
     h.run_steps(2);
     assert_eq!(store.load_history().0.len(), 1, "deletion is saved");

@@ -633,37 +633,39 @@ impl VersifierApp {
         match options {
             Some(options) => {
                 for o in options {
-                    let (label, apply): (String, Box<dyn Fn(&mut Settings)>) = match o {
+                    let label = match &o {
                         FitOption::Precision {
                             precision,
                             need_bytes,
-                        } => (
-                            format!("Use {precision} ({} MiB)", need_bytes / 1048576),
-                            Box::new(move |s: &mut Settings| s.precision = precision),
-                        ),
-                        FitOption::Variations { max, need_bytes } => (
-                            format!("{max} variations ({} MiB)", need_bytes / 1048576),
-                            Box::new(move |s: &mut Settings| s.variations = max),
-                        ),
+                        } => {
+                            format!("Use {precision} ({} MiB)", need_bytes / 1048576)
+                        }
+                        FitOption::Variations { max, need_bytes } => {
+                            format!("{max} variations ({} MiB)", need_bytes / 1048576)
+                        }
                         FitOption::Context {
                             max_tokens,
                             need_bytes,
-                        } => (
-                            format!("{max_tokens} tokens ({} MiB)", need_bytes / 1048576),
-                            Box::new(move |s: &mut Settings| {
-                                s.max_tokens = s.max_tokens.min(max_tokens)
-                            }),
-                        ),
-                        FitOption::Cpu { need_bytes } => (
-                            format!("Run on the CPU ({} MiB of RAM)", need_bytes / 1048576),
-                            Box::new(|s: &mut Settings| {
-                                s.device = DeviceChoice::Cpu;
-                                s.precision = Precision::F32;
-                            }),
-                        ),
+                        } => {
+                            format!("{max_tokens} tokens ({} MiB)", need_bytes / 1048576)
+                        }
+                        FitOption::Cpu { need_bytes } => {
+                            format!("Run on the CPU ({} MiB of RAM)", need_bytes / 1048576)
+                        }
                     };
                     if ui.button(label).clicked() {
-                        apply(&mut self.settings);
+                        let s = &mut self.settings;
+                        match o {
+                            FitOption::Precision { precision, .. } => s.precision = precision,
+                            FitOption::Variations { max, .. } => s.variations = max,
+                            FitOption::Context { max_tokens, .. } => {
+                                s.max_tokens = s.max_tokens.min(max_tokens)
+                            }
+                            FitOption::Cpu { .. } => {
+                                s.device = DeviceChoice::Cpu;
+                                s.precision = Precision::F32;
+                            }
+                        }
                         self.generate();
                     }
                 }
