@@ -93,6 +93,11 @@ pub struct VersifierApp {
     pub notices: Vec<String>,
     pub(super) kv_cache_bytes: usize,
     prompt_had_focus: bool,
+    /// A native "Open model" dialog running on its own thread, and where its answer arrives.
+    dialog: Option<(
+        std::thread::JoinHandle<()>,
+        std::sync::mpsc::Receiver<Option<PathBuf>>,
+    )>,
     /// The chosen model's config, read once per path (for the variation cost).
     config_cache: Option<(PathBuf, Option<crate::model::Gpt2Config>)>,
 }
@@ -154,6 +159,7 @@ impl VersifierApp {
             kv_cache_bytes: 0,
             prompt_had_focus: false,
             config_cache: None,
+            dialog: None,
         })
     }
 
@@ -253,8 +259,53 @@ impl VersifierApp {
         }
     }
 
+    /// Opens the system's folder picker without blocking the window; without a
+    /// portal or dialog the path field above stays the way to choose.
+    fn open_model_dialog(&mut self) {
+        if self.dialog.is_some() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("versifier-file-dialog".into())
+            .spawn(move || {
+                let picked = rfd::FileDialog::new()
+                    .set_title("Open a GPT-2 model folder")
+                    .pick_folder();
+                let _ = tx.send(picked);
+            });
+        match spawned {
+            Ok(handle) => self.dialog = Some((handle, rx)),
+            Err(e) => self.notices.push(format!(
+                "could not open a file dialog ({e}); type the folder's path instead"
+            )),
+        }
+    }
+
+    fn poll_dialog(&mut self) {
+        let Some((_, rx)) = &self.dialog else { return };
+        match rx.try_recv() {
+            Ok(picked) => {
+                if let Some((handle, _)) = self.dialog.take() {
+                    let _ = handle.join();
+                }
+                match picked {
+                    Some(p) => self.model_field = p.display().to_string(),
+                    None => self.notices.push("no folder chosen (or no file dialog on this system): type the model folder's path in the Model field".into()),
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                if let Some((handle, _)) = self.dialog.take() {
+                    let _ = handle.join();
+                }
+            }
+        }
+    }
+
     /// Handles every event that has arrived; never blocks.
     pub fn process_events(&mut self) {
+        self.poll_dialog();
         while let Some(ev) = self.engine.try_recv() {
             self.apply(ev);
         }
@@ -397,6 +448,9 @@ impl VersifierApp {
             ui.label("Model");
             let field = ui.add(egui::TextEdit::singleline(&mut self.model_field).desired_width(360.0).hint_text("model folder"));
             field.on_hover_text("A GPT-2 folder: config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt");
+            if ui.button("Open…").on_hover_text("Choose a model folder").clicked() {
+                self.open_model_dialog();
+            }
             if ui.button("Bundled").clicked() {
                 self.model_field = bundled_model().map(|p| p.display().to_string()).unwrap_or_default();
             }
@@ -858,6 +912,18 @@ pub fn release_summary(r: &ReleaseReport) -> String {
             ),
             _ => format!("released in {:.0} ms", r.took_ms),
         },
+    }
+}
+
+impl Drop for VersifierApp {
+    fn drop(&mut self) {
+        // A finished dialog thread is joined; one still waiting for the user is
+        // left to end with the process (joining it would hang the exit).
+        if let Some((handle, _)) = self.dialog.take() {
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
     }
 }
 
