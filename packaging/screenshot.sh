@@ -29,7 +29,10 @@ xdotool key --window "$win" BackSpace
 xdotool type --delay 100 "3"
 xdotool key --window "$win" Return
 sleep 0.5
-xdotool mousemove --window "$win" 300 70 click 1
+# Back in the prompt box, Ctrl+Enter generates.
+xdotool mousemove --window "$win" 170 44 click 1
+sleep 0.3
+xdotool key --window "$win" ctrl+Return
 sleep ${WAIT_S:-8}
 xwd -root -display :77 -silent | /usr/bin/convert xwd:- -crop 1280x820+0+0 "$out"
 echo "wrote $out"

@@ -495,6 +495,13 @@ impl VersifierApp {
     }
 
     fn writer(&mut self, ui: &mut egui::Ui, generating: bool) {
+        // Taken before any text field can swallow them.
+        let shortcuts = ui.input_mut(|i| {
+            (
+                i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter),
+                i.consume_key(egui::Modifiers::NONE, egui::Key::Escape),
+            )
+        });
         if let Some((kind, message)) = self.error.clone() {
             egui::Frame::group(ui.style())
                 .fill(ui.visuals().error_fg_color.gamma_multiply(0.15))
@@ -562,12 +569,7 @@ impl VersifierApp {
             }
             let go = ui.add_enabled(!generating, egui::Button::new("Generate  (Ctrl+Enter)"));
             let stop = ui.add_enabled(generating, egui::Button::new("Stop  (Esc)"));
-            let (ctrl_enter, esc) = ui.input(|i| {
-                (
-                    i.modifiers.command && i.key_pressed(egui::Key::Enter),
-                    i.key_pressed(egui::Key::Escape),
-                )
-            });
+            let (ctrl_enter, esc) = shortcuts;
             if (go.clicked() || ctrl_enter) && !generating {
                 self.generate();
             }
