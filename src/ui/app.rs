@@ -430,6 +430,14 @@ impl VersifierApp {
     pub fn show(&mut self, ui: &mut egui::Ui) {
         self.process_events();
         self.settings.form = self.form();
+        let theme = match self.settings.theme.as_str() {
+            "light" => egui::ThemePreference::Light,
+            "dark" => egui::ThemePreference::Dark,
+            _ => egui::ThemePreference::System,
+        };
+        if ui.ctx().options(|o| o.theme_preference) != theme {
+            ui.ctx().set_theme(theme);
+        }
         let generating = matches!(self.state, EngineState::Generating) || self.current.is_some();
         egui::Panel::top("model-bar").show(ui, |ui| self.model_bar(ui));
         egui::Panel::right("meter")
@@ -596,6 +604,13 @@ impl VersifierApp {
                 "load the model when the prompt box gets focus",
             );
             ui.checkbox(&mut s.vertical_layout, "vertical layout");
+            egui::ComboBox::from_label("Theme")
+                .selected_text(s.theme.clone())
+                .show_ui(ui, |ui| {
+                    for t in ["system", "light", "dark"] {
+                        ui.selectable_value(&mut s.theme, t.to_string(), t);
+                    }
+                });
         });
         ui.separator();
         egui::ScrollArea::vertical().show(ui, |ui| {
