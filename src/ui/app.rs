@@ -119,8 +119,10 @@ impl VersifierApp {
             ..EngineOptions::default()
         })?;
         let meter_ctx = ctx.clone();
+        // Samples stay at 4 Hz; the meter alone repaints at most once a second,
+        // so an idle window stays cheap.
         let sampler = MemorySampler::spawn(DEFAULT_INTERVAL, DEFAULT_CAPACITY, move || {
-            meter_ctx.request_repaint()
+            meter_ctx.request_repaint_after(Duration::from_secs(1))
         })
         .map_err(EngineError::Spawn)
         .ok();
