@@ -601,3 +601,27 @@ fn cuda_request_falls_back_to_cpu_with_one_notice_on_a_build_without_cuda() {
     assert_eq!(notices.len(), 1, "the reason is reported once: {notices:?}");
     assert!(notices[0].contains("CPU"), "{}", notices[0]);
 }
+
+#[test]
+fn loading_reports_progress_up_to_complete_before_loaded() {
+    let mut h = Harness::new(8);
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
+    h.until("loaded", is_loaded);
+    let progress: Vec<f32> = h
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::State(EngineState::Loading { progress }) => Some(*progress),
+            _ => None,
+        })
+        .collect();
+    assert!(progress.len() >= 3, "{progress:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0] < w[1]),
+        "rising: {progress:?}"
+    );
+    assert_eq!(progress.first(), Some(&0.0));
+    assert_eq!(progress.last(), Some(&1.0));
+}

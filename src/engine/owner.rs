@@ -20,7 +20,7 @@ use super::protocol::*;
 use crate::generate::forms::PoemForm;
 use crate::generate::{generate, poem_prompt, GenerateError, GenerateRequest};
 use crate::meter::{process_memory, GpuMeter};
-use crate::model::{load_model, Gpt2Config, LoadedModel, ModelFiles};
+use crate::model::{load_model_with_progress, Gpt2Config, LoadProgress, LoadedModel, ModelFiles};
 
 /// Default idle timeout before the model is unloaded.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -579,10 +579,26 @@ impl OwnerThread {
         device: Device,
         actual: DeviceChoice,
         precision: Precision,
+        progress: Option<(mpsc::Sender<Event>, Option<Waker>)>,
     ) -> Result<Resident, JobFailure> {
         let started = Instant::now();
         let rss_before = process_memory().map(|m| m.rss_bytes);
-        match load_model(&spec.model, &device, precision.dtype()) {
+        let progress = progress.map(|(events, waker)| -> LoadProgress {
+            // Report in 10% steps so a load is a handful of events, not one per tensor.
+            let last = std::sync::atomic::AtomicU32::new(0);
+            Box::new(move |p: f32| {
+                let step = (p * 10.0).floor() as u32;
+                if step > last.swap(step, Ordering::Relaxed) {
+                    if let Some(w) = &waker {
+                        w();
+                    }
+                    let _ = events.send(Event::State(EngineState::Loading {
+                        progress: step as f32 / 10.0,
+                    }));
+                }
+            })
+        });
+        match load_model_with_progress(&spec.model, &device, precision.dtype(), progress) {
             Ok(model) => {
                 let params = model.config.param_count();
                 let report = LoadReport {
@@ -643,7 +659,13 @@ impl OwnerThread {
         }
         let gpu_before = self.gpu_process_bytes(spec.device);
         let (device, actual, precision) = self.open_for(spec)?;
-        let mut resident = match Self::load_resident(spec, device, actual, precision) {
+        let mut resident = match Self::load_resident(
+            spec,
+            device,
+            actual,
+            precision,
+            Some((self.events.clone(), self.waker.clone())),
+        ) {
             Ok(r) => r,
             Err(f) => {
                 // Nothing of the failed load may keep the context alive.
@@ -711,7 +733,7 @@ impl OwnerThread {
             .name("versifier-loader".into())
             .spawn(move || {
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    Self::load_resident(&load_spec, device, actual, precision)
+                    Self::load_resident(&load_spec, device, actual, precision, None)
                 }))
                 .unwrap_or_else(|_| {
                     Err(JobFailure::new(

@@ -278,7 +278,14 @@ struct CheckpointBackend {
     source: TensorSource,
     names: HashSet<String>,
     problem: Arc<Mutex<Option<LoadError>>>,
+    /// Tensors read so far and how many the model needs, for progress.
+    read: std::sync::atomic::AtomicUsize,
+    expected: usize,
+    on_progress: Option<LoadProgress>,
 }
+
+/// Called with the share of tensors read (0..=1) while a model loads.
+pub type LoadProgress = Box<dyn Fn(f32) + Send + Sync>;
 
 impl CheckpointBackend {
     fn open(files: &ModelFiles) -> Result<Self, LoadError> {
@@ -311,6 +318,9 @@ impl CheckpointBackend {
             source,
             names,
             problem: Arc::new(Mutex::new(None)),
+            read: std::sync::atomic::AtomicUsize::new(0),
+            expected: 1,
+            on_progress: None,
         })
     }
 
@@ -384,6 +394,10 @@ impl SimpleBackend for CheckpointBackend {
                 found: t.dims().to_vec(),
             }));
         }
+        if let Some(report) = &self.on_progress {
+            let n = self.read.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            report((n as f32 / self.expected.max(1) as f32).min(1.0));
+        }
         t.to_dtype(dtype)
     }
 
@@ -412,13 +426,26 @@ pub struct LoadedModel {
 
 /// Loads config, weights and tokenizer from `path` onto `device` in `dtype`.
 pub fn load_model(path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel, LoadError> {
+    load_model_with_progress(path, device, dtype, None)
+}
+
+/// [`load_model`], reporting the share of tensors read as it goes.
+pub fn load_model_with_progress(
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+    on_progress: Option<LoadProgress>,
+) -> Result<LoadedModel, LoadError> {
     let files = ModelFiles::locate(path)?;
     let config = Gpt2Config::from_file(&files.config)?;
     let tokenizer = match &files.tokenizer {
         Some(p) => Some(TextTokenizer::from_file(p, &config)?),
         None => None,
     };
-    let backend = CheckpointBackend::open(&files)?;
+    let mut backend = CheckpointBackend::open(&files)?;
+    // wte, wpe, 12 per block, ln_f (2).
+    backend.expected = 2 + 12 * config.n_layer + 2;
+    backend.on_progress = on_progress;
     let problem = Arc::clone(&backend.problem);
     let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
     match Gpt2::load(vb, &config) {

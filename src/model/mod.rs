@@ -13,8 +13,8 @@ pub mod synthetic;
 mod tokenizer;
 
 pub use checkpoint::{
-    inspect_safetensors, load_model, LoadedModel, ModelFiles, SafetensorsSummary, TensorEntry,
-    WeightFormat,
+    inspect_safetensors, load_model, load_model_with_progress, LoadProgress, LoadedModel,
+    ModelFiles, SafetensorsSummary, TensorEntry, WeightFormat,
 };
 pub use config::{Activation, Gpt2Config};
 pub use gpt2::{ForwardError, Gpt2, KvCache, TokenBatch};

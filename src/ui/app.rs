@@ -480,7 +480,9 @@ impl VersifierApp {
                 self.settings.recent_models.insert(0, recent);
                 self.settings.recent_models.truncate(8);
                 self.settings.model = Some(spec.model.clone());
-                self.send(Command::Prepare(spec));
+                // With a model in memory, load the new one beside it (hot swap).
+                let cmd = if matches!(self.state, EngineState::Unloaded) { Command::Prepare(spec) } else { Command::Swap(spec) };
+                self.send(cmd);
             }
             ui.separator();
             let gpus: Vec<(u32, String, u64)> = self
