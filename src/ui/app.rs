@@ -629,27 +629,30 @@ impl VersifierApp {
                             .inner_margin(12.0)
                             .show(ui, |ui| {
                                 ui.set_width(width - 26.0);
-                                let full = format!("{}{}", card.prompt, card.text);
-                                let shown = if self.settings.vertical_layout {
-                                    vertical(&full)
-                                } else {
-                                    layout(&full)
-                                };
-                                ui.label(egui::RichText::new(shown).size(22.0));
-                                ui.horizontal(|ui| {
-                                    if !card.done {
-                                        ui.spinner();
-                                    }
-                                    if ui.small_button("Copy").clicked() {
-                                        ui.ctx().copy_text(layout(&full));
-                                    }
-                                    if ui
-                                        .small_button("Save")
-                                        .on_hover_text("Save to a text file in the data folder")
-                                        .clicked()
-                                    {
-                                        self.save_card(i, &full);
-                                    }
+                                // The poem, then its buttons under it.
+                                ui.vertical(|ui| {
+                                    let full = format!("{}{}", card.prompt, card.text);
+                                    let shown = if self.settings.vertical_layout {
+                                        vertical(&full)
+                                    } else {
+                                        layout(&full)
+                                    };
+                                    ui.label(egui::RichText::new(shown).size(22.0));
+                                    ui.horizontal(|ui| {
+                                        if !card.done {
+                                            ui.spinner();
+                                        }
+                                        if ui.small_button("Copy").clicked() {
+                                            ui.ctx().copy_text(layout(&full));
+                                        }
+                                        if ui
+                                            .small_button("Save")
+                                            .on_hover_text("Save to a text file in the data folder")
+                                            .clicked()
+                                        {
+                                            self.save_card(i, &full);
+                                        }
+                                    });
                                 });
                             });
                     }
