@@ -233,6 +233,25 @@ pub struct LifecycleReport {
     /// Largest GPU memory left after any release (0 = everything given back every time).
     pub max_gpu_after_release_mib: Option<f64>,
     pub last_rss_after_release_mib: Option<f64>,
+    /// Growth of resident memory after release, in MiB per 100 cycles, from a
+    /// least-squares line over the cycles after the first tenth (warm-up).
+    pub rss_growth_mib_per_100_cycles: Option<f64>,
+}
+
+/// Slope of `ys` against their index, per 100 steps (least squares).
+fn growth_per_100(ys: &[f64]) -> Option<f64> {
+    let n = ys.len();
+    if n < 2 {
+        return None;
+    }
+    let mean_x = (n - 1) as f64 / 2.0;
+    let mean_y = ys.iter().sum::<f64>() / n as f64;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (i, y) in ys.iter().enumerate() {
+        num += (i as f64 - mean_x) * (y - mean_y);
+        den += (i as f64 - mean_x).powi(2);
+    }
+    Some(num / den * 100.0)
 }
 
 /// Errors of the lifecycle benchmark.
@@ -340,6 +359,11 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport, Lifecyc
         .filter_map(|c| c.gpu_after_release_mib)
         .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
     let last_rss = cycles.last().and_then(|c| c.rss_after_release_mib);
+    let rss: Vec<f64> = cycles
+        .iter()
+        .filter_map(|c| c.rss_after_release_mib)
+        .collect();
+    let growth = growth_per_100(&rss[(rss.len() / 10).min(rss.len().saturating_sub(2))..]);
     Ok(LifecycleReport {
         model: opts.model.display().to_string(),
         device: opts.device.to_string(),
@@ -350,6 +374,7 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport, Lifecyc
         cycles,
         max_gpu_after_release_mib: max_after,
         last_rss_after_release_mib: last_rss,
+        rss_growth_mib_per_100_cycles: growth,
     })
 }
 
