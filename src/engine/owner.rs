@@ -425,6 +425,7 @@ impl OwnerThread {
                 self.touch();
             }
             Command::Tick => {}
+            Command::Ping(n) => self.emit(Event::Pong(n)),
             Command::Shutdown => {}
         }
     }

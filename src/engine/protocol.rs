@@ -65,6 +65,9 @@ pub enum Command {
     SetPinned(bool),
     /// Re-evaluate timers now (sent by tests that move an injected clock).
     Tick,
+    /// Answered at once with `Event::Pong` carrying the same number: a barrier
+    /// for a client that needs every earlier command handled.
+    Ping(u64),
     /// Stop the thread (after releasing everything).
     Shutdown,
     /// Panics inside the job boundary. Exists so tests can prove that a panic in
@@ -184,6 +187,8 @@ pub enum Event {
         /// For `DoesNotFit`: the numbers and the options that would fit.
         fit: Option<FitRefusal>,
     },
+    /// The answer to `Command::Ping`.
+    Pong(u64),
     /// Something the user should know that is not an error (CPU fallback, a swap
     /// that had to release first).
     Notice(String),

@@ -402,6 +402,7 @@ impl VersifierApp {
                 self.error = Some((kind, message));
             }
             Event::Notice(n) => self.notices.push(n),
+            Event::Pong(_) => {}
             Event::IdleDeadline(d) => self.idle_left = d.map(|d| (d, Instant::now())),
         }
     }
