@@ -112,10 +112,14 @@ impl TextTokenizer {
     /// Loads `tokenizer.json` or `vocab.txt` (by file name) and checks it fits `config`.
     pub fn from_file(path: &Path, config: &Gpt2Config) -> Result<Self, LoadError> {
         let is_vocab_txt = path.extension().and_then(|e| e.to_str()) == Some("txt");
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut tok = if is_vocab_txt {
-            Self::from_vocab_txt(path)?
+            Self::from_vocab_txt(path, &text)?
         } else {
-            Self::from_tokenizer_json(path, config)?
+            Self::from_tokenizer_json(path, &text, config)?
         };
         if let Some(variants) = path
             .parent()
@@ -135,18 +139,18 @@ impl TextTokenizer {
         Ok(tok)
     }
 
-    fn from_tokenizer_json(path: &Path, config: &Gpt2Config) -> Result<Self, LoadError> {
+    fn from_tokenizer_json(
+        path: &Path,
+        text: &str,
+        config: &Gpt2Config,
+    ) -> Result<Self, LoadError> {
         let bad = |problem: String| LoadError::Tokenizer {
             path: path.to_path_buf(),
             problem,
         };
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let json: Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let inner = Tokenizer::from_str(&text)
+            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let inner = Tokenizer::from_str(text)
             .map_err(|e| bad(format!("not a valid tokenizer.json: {e}")))?;
         let byte_level = is_byte_level(&json);
         let model_type = json_type(json.get("model")).unwrap_or("");
@@ -235,15 +239,11 @@ impl TextTokenizer {
         })
     }
 
-    fn from_vocab_txt(path: &Path) -> Result<Self, LoadError> {
+    fn from_vocab_txt(path: &Path, text: &str) -> Result<Self, LoadError> {
         let bad = |problem: String| LoadError::Tokenizer {
             path: path.to_path_buf(),
             problem,
         };
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let mut vocab: HashMap<String, u32> = HashMap::new();
         let mut pieces = Vec::new();
         for (i, line) in text.lines().enumerate() {

@@ -257,6 +257,15 @@ fn bigram_loss(train: &[u32], eval: &[u32], vocab: usize, t: usize) -> f64 {
     }
 }
 
+/// Every trainable variable with its checkpoint name.
+fn named_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>, TrainError> {
+    let data = varmap.data().lock().map_err(|_| TrainError::Invalid {
+        field: "parameters",
+        problem: "a training thread panicked while holding them".into(),
+    })?;
+    Ok(data.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
 /// The token stream of a corpus text. Every other poem loses its form tag, so the
 /// model learns both the tagged (form-conditioned) and the untagged (free) start.
 fn encode_corpus(vocab: &CharVocab, text: &str) -> Vec<u32> {
@@ -387,16 +396,7 @@ pub fn train(
     }
     let model = Gpt2::load(VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)
         .map_err(step_err(0))?;
-    let params: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| TrainError::Invalid {
-            field: "varmap",
-            problem: "poisoned".into(),
-        })?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let params = named_vars(&varmap)?;
     let mut opt = AdamW::new(params, o.weight_decay).map_err(step_err(0))?;
     let mut rng = BatchRng(o.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut tokens_seen = 0usize;
@@ -434,15 +434,9 @@ pub fn train(
                 dtype: DType,
                 opt: Option<(&AdamW, &BatchRng, usize)>|
      -> Result<(), TrainError> {
-        let tensors: HashMap<String, Tensor> = varmap
-            .data()
-            .lock()
-            .map_err(|_| TrainError::Invalid {
-                field: "varmap",
-                problem: "poisoned".into(),
-            })?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        let tensors: HashMap<String, Tensor> = named_vars(&varmap)?
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
             .collect();
         synthetic::write_checkpoint(dir, &cfg, &tensors, dtype)?;
         write(&dir.join("vocab.txt"), vocab.to_vocab_txt().as_bytes())?;
