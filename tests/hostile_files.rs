@@ -89,3 +89,54 @@ fn header_with_a_hundred_thousand_entries_is_handled() {
         "{err}"
     );
 }
+
+#[test]
+fn weights_file_replaced_or_truncated_after_load_does_not_affect_the_model() {
+    use std::time::Duration;
+    use versifier::engine::*;
+    // The mapping lives only while a model loads; afterwards the weights are owned.
+    let d = common::scratch_copy("hf-safetensors");
+    let engine = Engine::spawn(EngineOptions {
+        idle_timeout: None,
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let spec = LoadSpec {
+        model: d.path().to_path_buf(),
+        device: DeviceChoice::Cpu,
+        precision: Precision::F32,
+    };
+    let job = |id| {
+        Command::Generate(GenerateJob {
+            id,
+            spec: spec.clone(),
+            prompt: Prompt::Text("月".into()),
+            form: Default::default(),
+            variations: 1,
+            max_new_tokens: 8,
+            sampling: versifier::generate::SamplingParams::greedy(),
+        })
+    };
+    let done = |engine: &Engine| loop {
+        match engine
+            .recv_timeout(Duration::from_secs(60))
+            .expect("an answer")
+        {
+            Event::Done { generation, .. } => return generation.variations[0].ids.clone(),
+            Event::Error { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    };
+    engine.send(job(engine.next_request_id())).unwrap();
+    let first = done(&engine);
+    let p = d.path().join("model.safetensors");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(16)
+        .unwrap();
+    std::fs::write(&p, b"replaced by something else").unwrap();
+    engine.send(job(engine.next_request_id())).unwrap();
+    assert_eq!(done(&engine), first, "the loaded model is unchanged");
+}
