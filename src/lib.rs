@@ -10,6 +10,7 @@ pub mod meter;
 pub mod model;
 pub mod store;
 pub mod train;
+#[cfg(feature = "gui")]
 pub mod ui;
 
 /// An error's text without the backtrace frames candle appends to some of its

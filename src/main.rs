@@ -2,7 +2,7 @@
 //! info, bench). Thin on purpose: everything lives in the library.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -27,6 +27,11 @@ struct Cli {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, default_value = "warn")]
     log_level: String,
+    /// Folder for the rotating log file (daily, 7 kept; always at `info` or
+    /// finer). Default: the OS state/data folder, e.g. ~/.local/state/versifier/logs.
+    /// `--log-dir none` writes no file.
+    #[arg(long, global = true, env = "VERSIFIER_LOG_DIR")]
+    log_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -208,21 +213,93 @@ struct BenchArgs {
 fn main() {
     let cli = Cli::parse();
     versifier::engine::device::pin_cpu_threads();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let log_note = init_logging(&cli.log_level, cli.log_dir.as_deref());
+    if let Some(note) = log_note {
+        eprintln!("note: {note}");
+    }
     if let Err(e) = run(cli) {
         eprintln!("error: {}", versifier::without_backtrace(&format!("{e:#}")));
         std::process::exit(1);
     }
 }
 
+/// Logs to stderr at `--log-level`, and to a daily-rotated file (7 kept) at
+/// `info` or the finer of the two. Returns a notice when the file cannot be used.
+fn init_logging(level: &str, dir: Option<&Path>) -> Option<String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let mut note = None;
+    // A bare word that is not a level would parse as a target name and log
+    // nothing useful, so only levels and `target=level` directives pass.
+    let known = ["off", "error", "warn", "info", "debug", "trace"];
+    let looks_valid = known.contains(&level.to_ascii_lowercase().as_str()) || level.contains('=');
+    let parsed = if looks_valid {
+        EnvFilter::try_new(level).ok()
+    } else {
+        None
+    };
+    let stderr_filter = parsed.unwrap_or_else(|| {
+        note = Some(format!(
+            "--log-level `{level}` is not a level (error, warn, info, debug, trace); using warn"
+        ));
+        EnvFilter::new("warn")
+    });
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(stderr_filter);
+    let dir = match dir {
+        Some(d) if d.as_os_str() == "none" => None,
+        Some(d) => Some(d.to_path_buf()),
+        None => versifier::store::log_dir(),
+    };
+    let file = dir.and_then(|dir| {
+        let built = std::fs::create_dir_all(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                tracing_appender::rolling::Builder::new()
+                    .rotation(tracing_appender::rolling::Rotation::DAILY)
+                    .filename_prefix("versifier")
+                    .filename_suffix("log")
+                    .max_log_files(7)
+                    .build(&dir)
+                    .map_err(|e| e.to_string())
+            });
+        match built {
+            Ok(appender) => {
+                let file_level = match level {
+                    "debug" | "trace" => level,
+                    _ => "info",
+                };
+                Some(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(appender)
+                        .with_filter(EnvFilter::new(file_level)),
+                )
+            }
+            Err(e) => {
+                note = Some(format!(
+                    "no log file: cannot write to {}: {e}",
+                    dir.display()
+                ));
+                None
+            }
+        }
+    });
+    tracing_subscriber::registry().with(stderr).with(file).init();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "versifier started");
+    note
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        #[cfg(feature = "gui")]
         None => versifier::ui::run().map_err(|e| anyhow::anyhow!("could not open the window: {e}")),
+        #[cfg(not(feature = "gui"))]
+        None => anyhow::bail!(
+            "this build has no window (built without the `gui` feature); run `versifier --help` for the commands"
+        ),
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Info { model, json }) => run_info(&model, json),
         Some(Command::Corpus {

@@ -94,7 +94,7 @@ fn header_with_a_hundred_thousand_entries_is_handled() {
 fn weights_file_replaced_or_truncated_after_load_does_not_affect_the_model() {
     use std::time::Duration;
     use versifier::engine::*;
-    // The mapping lives only while a model loads; afterwards the weights are owned.
+    // Weights are read into owned memory; the file is not kept open or mapped.
     let d = common::scratch_copy("hf-safetensors");
     let engine = Engine::spawn(EngineOptions {
         idle_timeout: None,
@@ -139,4 +139,37 @@ fn weights_file_replaced_or_truncated_after_load_does_not_affect_the_model() {
     std::fs::write(&p, b"replaced by something else").unwrap();
     engine.send(job(engine.next_request_id())).unwrap();
     assert_eq!(done(&engine), first, "the loaded model is unchanged");
+}
+
+#[test]
+fn weights_file_truncated_during_load_is_an_error_naming_the_tensor_not_a_crash() {
+    use candle_core::{DType, Device};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Truncate the file from the progress callback, after the first tensor is
+    // read and before the next: the point where a memory map would SIGBUS.
+    let d = common::scratch_copy("hf-safetensors");
+    let weights = d.path().join("model.safetensors");
+    let cut = weights.clone();
+    let done = AtomicBool::new(false);
+    let progress: versifier::model::LoadProgress = Box::new(move |_share| {
+        if !done.swap(true, Ordering::SeqCst) {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&cut)
+                .and_then(|f| f.set_len(64))
+                .expect("truncate the weights file");
+        }
+    });
+    let err = match versifier::model::load_model_with_progress(
+        d.path(),
+        &Device::Cpu,
+        DType::F32,
+        Some(progress),
+    ) {
+        Ok(_) => panic!("a model loaded from a file cut to 64 bytes"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("model.safetensors"), "{err}");
+    assert!(err.contains("truncated while loading"), "{err}");
+    assert!(err.contains("tensor `"), "{err}");
 }

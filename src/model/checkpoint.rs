@@ -1,11 +1,17 @@
-//! Finding and reading checkpoint files: `model.safetensors` (memory-mapped, with
-//! or without the `transformer.` prefix, with or without `lm_head.weight`) and
-//! `pytorch_model.bin` (zip-format torch pickle, read by candle's inert pickle
-//! interpreter: nothing in the file is ever executed).
+//! Finding and reading checkpoint files: `model.safetensors` (with or without the
+//! `transformer.` prefix, with or without `lm_head.weight`) and `pytorch_model.bin`
+//! (zip-format torch pickle, read by candle's inert pickle interpreter: nothing in
+//! the file is ever executed).
+//!
+//! Safetensors files are **not** memory-mapped: the header is validated first,
+//! then each tensor is read with an ordinary positioned read into a buffer that
+//! lives only until the tensor is built. A file truncated or replaced while it
+//! is being read therefore gives an error that names the file and the tensor,
+//! never a `SIGBUS`; the extra memory is one tensor at a time.
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -139,6 +145,8 @@ pub struct TensorEntry {
     pub name: String,
     pub dtype: String,
     pub shape: Vec<usize>,
+    /// Byte range of the tensor's data, counted from the start of the file.
+    pub file_range: (u64, u64),
 }
 
 /// What a checked safetensors header says.
@@ -255,10 +263,12 @@ pub fn inspect_safetensors(path: &Path) -> Result<SafetensorsSummary, LoadError>
                 end - begin
             )));
         }
+        let data_start = 8 + header_len;
         tensors.push(TensorEntry {
             name: name.clone(),
             dtype,
             shape,
+            file_range: (data_start + begin, data_start + end),
         });
     }
     Ok(SafetensorsSummary { tensors, file_len })
@@ -266,8 +276,91 @@ pub fn inspect_safetensors(path: &Path) -> Result<SafetensorsSummary, LoadError>
 
 /// The tensors of one weights file, read on demand.
 enum TensorSource {
-    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    Safetensors(SafetensorsReader),
     Pth(candle_core::pickle::PthTensors),
+}
+
+/// A validated safetensors file read tensor by tensor with positioned reads.
+struct SafetensorsReader {
+    file: Mutex<File>,
+    entries: std::collections::HashMap<String, TensorEntry>,
+}
+
+impl SafetensorsReader {
+    fn open(path: &Path) -> Result<Self, LoadError> {
+        let summary = inspect_safetensors(path)?;
+        let file = File::open(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let entries = summary
+            .tensors
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        Ok(Self {
+            file: Mutex::new(file),
+            entries,
+        })
+    }
+
+    fn names(&self) -> HashSet<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// Reads one tensor; a short read (the file shrank since it was checked)
+    /// is an error naming the tensor, not a crash.
+    fn load(&self, path: &Path, key: &str, dev: &Device) -> Result<Tensor, LoadError> {
+        let bad = |problem: String| LoadError::Safetensors {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let entry = self
+            .entries
+            .get(key)
+            .ok_or_else(|| bad(format!("tensor `{key}` is not in the header")))?;
+        let dtype = candle_dtype(&entry.dtype).ok_or_else(|| {
+            bad(format!(
+                "tensor `{key}` is {}, which Versifier cannot load (use F32, F16 or BF16)",
+                entry.dtype
+            ))
+        })?;
+        let (begin, end) = entry.file_range;
+        let mut buf = vec![0u8; (end - begin) as usize];
+        {
+            let mut file = self
+                .file
+                .lock()
+                .map_err(|_| bad("an earlier read of this file panicked".into()))?;
+            file.seek(SeekFrom::Start(begin))
+                .and_then(|_| file.read_exact(&mut buf))
+                .map_err(|e| {
+                    bad(format!(
+                        "reading tensor `{key}` (bytes {begin}..{end}) failed: {e}; \
+                         the file changed or was truncated while loading"
+                    ))
+                })?;
+        }
+        Tensor::from_raw_buffer(&buf, dtype, &entry.shape, dev).map_err(|e| {
+            bad(format!("tensor `{key}` could not be built: {e}"))
+        })
+    }
+}
+
+/// The candle dtype for a safetensors dtype name, where candle has one.
+fn candle_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "U8" => DType::U8,
+        "U32" => DType::U32,
+        "I16" => DType::I16,
+        "I32" => DType::I32,
+        "I64" => DType::I64,
+        "BF16" => DType::BF16,
+        "F16" => DType::F16,
+        "F32" => DType::F32,
+        "F64" => DType::F64,
+        _ => return None,
+    })
 }
 
 /// A `VarBuilder` backend over one checkpoint file that accepts both key layouts
@@ -292,15 +385,9 @@ impl CheckpointBackend {
         let path = files.weights.clone();
         let (source, names) = match files.format {
             WeightFormat::Safetensors => {
-                let summary = inspect_safetensors(&path)?;
-                // SAFETY: the header was validated above; the mapping is read-only.
-                let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }
-                    .map_err(|e| LoadError::Safetensors {
-                        path: path.clone(),
-                        problem: e.to_string(),
-                    })?;
-                let names = summary.tensors.into_iter().map(|t| t.name).collect();
-                (TensorSource::Safetensors(st), names)
+                let reader = SafetensorsReader::open(&path)?;
+                let names = reader.names();
+                (TensorSource::Safetensors(reader), names)
             }
             WeightFormat::PytorchBin => {
                 let pth = candle_core::pickle::PthTensors::new(&path, None).map_err(|e| {
@@ -343,7 +430,9 @@ impl CheckpointBackend {
 
     fn read(&self, key: &str, dev: &Device) -> candle_core::Result<Tensor> {
         match &self.source {
-            TensorSource::Safetensors(st) => st.load(key, dev),
+            TensorSource::Safetensors(st) => st
+                .load(&self.path, key, dev)
+                .map_err(|problem| self.record(problem)),
             TensorSource::Pth(pth) => match pth.get(key)? {
                 Some(t) => t.to_device(dev),
                 None => Err(candle_core::Error::Msg(format!(

@@ -194,6 +194,14 @@ pub fn write_bytes_atomic(path: &Path, text: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The folder for log files: the OS state folder where there is one
+/// (`~/.local/state/versifier/logs` on Linux), else the local data folder.
+pub fn log_dir() -> Option<PathBuf> {
+    let dirs = directories::ProjectDirs::from("org", "Versifier", "versifier")?;
+    let base = dirs.state_dir().unwrap_or_else(|| dirs.data_local_dir());
+    Some(base.join("logs"))
+}
+
 /// Where the bundled model is: next to the executable, in the installed data
 /// folder, or in the source tree (`cargo run`).
 pub fn bundled_model() -> Option<PathBuf> {

@@ -74,6 +74,7 @@ pub fn run_cli(args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_versifier"))
         .args(args)
         .env("NO_COLOR", "1")
+        .env("VERSIFIER_LOG_DIR", "none")
         .output()
         .expect("versifier binary runs")
 }
