@@ -1,5 +1,8 @@
 //! `versifier`: opens the desktop app, or runs headless commands (generate,
 //! info, bench). Thin on purpose: everything lives in the library.
+// Windows: a GUI-subsystem program, so a double-click opens no console
+// window; from a terminal, the command line attaches to it (see main).
+#![cfg_attr(all(windows, not(debug_assertions)), windows_subsystem = "windows")]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,8 +45,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Describe a checkpoint: architecture, parameters, bytes per dtype, tokenizer.
     Info {
+        /// Checkpoint folder (default: the bundled Tang model).
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -80,17 +84,18 @@ enum Command {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Checkpoint folder (or a weights file inside one).
-    #[arg(long, default_value = "models/tang-poems")]
-    model: PathBuf,
+    /// Checkpoint folder (or a weights file inside one). Default: the bundled
+    /// Tang model, wherever Versifier is installed.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Prompt text (empty starts from the model's start token).
     #[arg(long, default_value = "")]
     prompt: String,
     /// Prompt as comma-separated token ids (overrides --prompt).
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
-    /// cpu or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// auto (the first GPU when this build can use one, else the CPU), cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
     device: String,
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
@@ -210,7 +215,25 @@ struct BenchArgs {
     seed: u64,
 }
 
+/// Windows: reuse the console of the terminal that started us, if any, so the
+/// command line prints there although the program has no console of its own.
+#[cfg(windows)]
+fn attach_parent_console() {
+    #[link(name = "kernel32")]
+    extern "system" {
+        fn AttachConsole(process_id: u32) -> i32;
+    }
+    const ATTACH_PARENT_PROCESS: u32 = u32::MAX;
+    // SAFETY: a plain Win32 call with a constant argument; failure (no parent
+    // console, e.g. started from Explorer) is harmless and ignored.
+    unsafe {
+        AttachConsole(ATTACH_PARENT_PROCESS);
+    }
+}
+
 fn main() {
+    #[cfg(windows)]
+    attach_parent_console();
     let cli = Cli::parse();
     versifier::engine::device::pin_cpu_threads();
     let log_note = init_logging(&cli.log_level, cli.log_dir.as_deref());
@@ -287,7 +310,10 @@ fn init_logging(level: &str, dir: Option<&Path>) -> Option<String> {
             }
         }
     });
-    tracing_subscriber::registry().with(stderr).with(file).init();
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "versifier started");
     note
 }
@@ -301,7 +327,7 @@ fn run(cli: Cli) -> Result<()> {
             "this build has no window (built without the `gui` feature); run `versifier --help` for the commands"
         ),
         Some(Command::Generate(args)) => run_generate(args),
-        Some(Command::Info { model, json }) => run_info(&model, json),
+        Some(Command::Info { model, json }) => run_info(&model_or_bundled(model)?, json),
         Some(Command::Corpus {
             source,
             out,
@@ -379,8 +405,34 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The given model, or the bundled one wherever it is installed.
+fn model_or_bundled(model: Option<PathBuf>) -> Result<PathBuf> {
+    match model {
+        Some(m) => Ok(m),
+        None => versifier::store::bundled_model().context(
+            "no --model given and the bundled model (models/tang-poems) was not found next to \
+             the executable, in ../share/versifier or ../lib/versifier, or in the data folder; \
+             reinstall, or pass --model <folder>",
+        ),
+    }
+}
+
+/// `auto` picks the first usable GPU, else the CPU, printing the one-line
+/// notice when a CUDA build has to run on CPU.
+fn device_or_auto(text: &str) -> Result<DeviceChoice> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        let (choice, notice) = versifier::engine::device::preferred_device();
+        if let Some(n) = notice {
+            eprintln!("note: {n}");
+        }
+        return Ok(choice);
+    }
+    Ok(text.parse()?)
+}
+
 fn run_generate(args: GenerateArgs) -> Result<()> {
-    let device_choice: DeviceChoice = args.device.parse()?;
+    let device_choice = device_or_auto(&args.device)?;
+    let model = model_or_bundled(args.model.clone())?;
     let precision: Precision = args.dtype.parse()?;
     check_precision(device_choice, precision)?;
     let defaults = SamplingParams::default();
@@ -410,7 +462,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 
     let device = open_device(device_choice)?;
     let t0 = Instant::now();
-    let loaded = load_model(&args.model, &device, precision.dtype())?;
+    let loaded = load_model(&model, &device, precision.dtype())?;
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
 
     let form: PoemForm = args.form.parse()?;

@@ -23,14 +23,21 @@ fn log_file_is_written_to_the_log_dir_with_the_start_line() {
         &["info", "--model", &bundled()],
         dir.path().to_str().unwrap(),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let logs: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(logs.len(), 1, "one log file: {logs:?}");
     let name = logs[0].file_name().unwrap().to_string_lossy().to_string();
-    assert!(name.starts_with("versifier.") && name.ends_with(".log"), "{name}");
+    assert!(
+        name.starts_with("versifier.") && name.ends_with(".log"),
+        "{name}"
+    );
     let text = std::fs::read_to_string(&logs[0]).unwrap();
     assert!(text.contains("versifier started"), "{text}");
     // The file is for people: no terminal colour codes.
@@ -49,12 +56,18 @@ fn unwritable_log_dir_gives_a_notice_and_the_command_still_runs() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("no log file") && err.contains("not-a-folder"), "{err}");
+    assert!(
+        err.contains("no log file") && err.contains("not-a-folder"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_log_level_is_named_and_falls_back_to_warn() {
-    let out = versifier(&["--log-level", "loud", "info", "--model", &bundled()], "none");
+    let out = versifier(
+        &["--log-level", "loud", "info", "--model", &bundled()],
+        "none",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("`loud`"), "{err}");

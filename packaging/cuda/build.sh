@@ -7,9 +7,20 @@
 # time), and runs cargo. Keep nvcc at 13.0: drivers of the 580 series reject
 # PTX from newer toolkits.
 #
+# The CUDA libraries are *loaded at run time* (cudarc's `dynamic-loading`), not
+# linked: candle 0.11 asks cudarc for `dynamic-linking`, which makes the binary
+# refuse to start without libcuda.so.1, so this script builds against a copy of
+# candle-core whose manifest asks for `dynamic-loading` instead (one line
+# changed, copied from cargo's registry into the target folder, passed with
+# `--config patch...`; Cargo.lock is restored afterwards). Versifier checks the
+# libraries before any CUDA call (engine::device::cuda_runtime), so the same
+# binary runs on GPU machines and, with a one-line notice, on CPU elsewhere.
+# VERSIFIER_CUDA_LINKING=dynamic-linking builds candle's way instead.
+#
 # Usage: packaging/cuda/build.sh [TOOLKIT_DIR] (default: ~/.cache/versifier-cuda13)
 # Env:   CUDA_COMPUTE_CAP (default 80: runs on Ampere, Ada and Hopper),
-#        CARGO_TARGET_DIR (default target-cuda, so CPU and CUDA builds do not evict each other).
+#        CARGO_TARGET_DIR (default target-cuda, so CPU and CUDA builds do not evict each other),
+#        VERSIFIER_CUDA_DOWNLOAD_ONLY=1 fetches the toolkit and stops.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 dir=${1:-$HOME/.cache/versifier-cuda13}
@@ -26,6 +37,7 @@ if [ ! -x "$dir/nvidia/cu13/bin/nvcc" ]; then
   for w in "$dir"/wheels/*.whl; do python3 -m zipfile -e "$w" "$dir"; done
   chmod +x "$dir"/nvidia/cu13/bin/* "$dir"/nvidia/cu13/nvvm/bin/* 2>/dev/null || true
 fi
+[ "${VERSIFIER_CUDA_DOWNLOAD_ONLY:-0}" = 1 ] && { echo "toolkit in $dir"; exit 0; }
 root="$dir/nvidia/cu13"
 lib="$root/lib"
 for name in libcublas libcublasLt libcurand libnvrtc libcudart; do
@@ -46,6 +58,20 @@ export CUDA_ROOT="$root" CUDA_PATH="$root" PATH="$root/bin:$PATH"
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-cuda}
 export RUSTFLAGS="${RUSTFLAGS:-} -L $stub -L $lib"
-cargo build --release --features cuda "$@"
+patch_args=()
+if [ "${VERSIFIER_CUDA_LINKING:-dynamic-loading}" = dynamic-loading ]; then
+  candle_manifest=$(cargo metadata --format-version 1 --locked |
+    python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="candle-core"))')
+  patched="$CARGO_TARGET_DIR/patched/candle-core"
+  rm -rf "$patched" && mkdir -p "$(dirname "$patched")"
+  cp -r "$(dirname "$candle_manifest")" "$patched"
+  sed -i 's/"dynamic-linking",/"dynamic-loading",/' "$patched/Cargo.toml"
+  grep -q '"dynamic-loading",' "$patched/Cargo.toml" || { echo "could not switch candle-core to dynamic-loading" >&2; exit 1; }
+  cp Cargo.lock "$CARGO_TARGET_DIR/Cargo.lock.orig"
+  trap 'cp "$CARGO_TARGET_DIR/Cargo.lock.orig" Cargo.lock' EXIT
+  patch_args=(--config "patch.crates-io.candle-core.path=\"$(cd "$patched" && pwd)\"")
+fi
+cargo build --release --features cuda "${patch_args[@]}" "$@"
 echo "built $CARGO_TARGET_DIR/release/versifier"
-echo "run it with LD_LIBRARY_PATH=$lib (cuBLAS, cuRAND, NVRTC 13) and the NVIDIA driver's libcuda.so.1"
+echo "run it with LD_LIBRARY_PATH=$lib (cuBLAS, cuRAND, NVRTC 13) and the NVIDIA driver's libcuda.so.1;"
+echo "without them it runs on CPU and says so in one line"

@@ -100,6 +100,8 @@ pub enum DeviceError {
     NoCudaSupport,
     #[error("cannot open cuda:{ordinal}: {message}")]
     Cuda { ordinal: usize, message: String },
+    #[error("CUDA is not usable on this machine: {0}")]
+    CudaRuntimeMissing(String),
     #[error("{precision} is not supported on {device}: {why}")]
     PrecisionUnsupported {
         precision: Precision,
@@ -113,14 +115,112 @@ pub fn open_device(choice: DeviceChoice) -> Result<Device, DeviceError> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda(ordinal) => {
-            if !candle_core::utils::cuda_is_available() {
-                return Err(DeviceError::NoCudaSupport);
+            match cuda_runtime() {
+                CudaRuntime::NotBuilt => return Err(DeviceError::NoCudaSupport),
+                CudaRuntime::Missing(why) => {
+                    return Err(DeviceError::CudaRuntimeMissing(why.clone()))
+                }
+                CudaRuntime::Ready => {}
             }
             Device::new_cuda(ordinal).map_err(|e| DeviceError::Cuda {
                 ordinal,
                 message: e.to_string(),
             })
         }
+    }
+}
+
+/// Whether this build and this machine can run CUDA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CudaRuntime {
+    /// Built without the `cuda` feature.
+    NotBuilt,
+    /// Built with CUDA, but a library it needs is not on this machine; the
+    /// text names it and says what to install.
+    Missing(String),
+    /// The driver and the CUDA libraries can be loaded.
+    Ready,
+}
+
+/// The libraries a CUDA build opens at run time, by OS: (what it is, file names tried).
+#[cfg(feature = "cuda")]
+const CUDA_LIBRARIES: &[(&str, &[&str])] = if cfg!(windows) {
+    &[
+        ("the NVIDIA driver", &["nvcuda.dll"]),
+        ("cuBLAS 13", &["cublas64_13.dll"]),
+        ("cuBLASLt 13", &["cublasLt64_13.dll"]),
+        ("cuRAND 10", &["curand64_10.dll"]),
+        ("NVRTC 13", &["nvrtc64_130_0.dll", "nvrtc64_13.dll"]),
+    ]
+} else {
+    &[
+        ("the NVIDIA driver", &["libcuda.so.1", "libcuda.so"]),
+        ("cuBLAS 13", &["libcublas.so.13", "libcublas.so"]),
+        ("cuBLASLt 13", &["libcublasLt.so.13", "libcublasLt.so"]),
+        ("cuRAND 10", &["libcurand.so.10", "libcurand.so"]),
+        ("NVRTC 13", &["libnvrtc.so.13", "libnvrtc.so"]),
+    ]
+};
+
+/// Checks once per process that the CUDA libraries load, without touching a
+/// GPU. A CUDA build whose libraries are missing (no driver, no toolkit
+/// runtime) then runs on CPU instead of failing to start or panicking inside
+/// the CUDA bindings.
+pub fn cuda_runtime() -> &'static CudaRuntime {
+    static CHECKED: std::sync::OnceLock<CudaRuntime> = std::sync::OnceLock::new();
+    CHECKED.get_or_init(|| {
+        #[cfg(not(feature = "cuda"))]
+        {
+            CudaRuntime::NotBuilt
+        }
+        #[cfg(feature = "cuda")]
+        {
+            for (what, names) in CUDA_LIBRARIES {
+                // SAFETY: these are the vendor's libraries, loaded exactly as the
+                // CUDA bindings would load them; nothing is called here.
+                let found = names
+                    .iter()
+                    .any(|n| unsafe { libloading::Library::new(n) }.is_ok());
+                if !found {
+                    return CudaRuntime::Missing(format!(
+                        "{} ({what}) was not found; install the NVIDIA driver and the CUDA 13 \
+                         runtime libraries, or add their folder to LD_LIBRARY_PATH (see packaging/cuda/README.md)",
+                        names[0]
+                    ));
+                }
+            }
+            CudaRuntime::Ready
+        }
+    })
+}
+
+/// Number of CUDA devices this process can use (0 when CUDA is not usable).
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    if *cuda_runtime() == CudaRuntime::Ready {
+        return cudarc::driver::CudaContext::device_count()
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
+    }
+    0
+}
+
+/// The device to use when the user has not chosen one: the first GPU when
+/// this build can use it, else the CPU. The notice, when there is one, is the
+/// one line to show the user (a CUDA build running on CPU, and why).
+pub fn preferred_device() -> (DeviceChoice, Option<String>) {
+    match cuda_runtime() {
+        CudaRuntime::NotBuilt => (DeviceChoice::Cpu, None),
+        CudaRuntime::Missing(why) => (
+            DeviceChoice::Cpu,
+            Some(format!("CUDA build running on CPU: {why}")),
+        ),
+        CudaRuntime::Ready if cuda_device_count() > 0 => (DeviceChoice::Cuda(0), None),
+        CudaRuntime::Ready => (
+            DeviceChoice::Cpu,
+            Some("CUDA build running on CPU: the driver reports no GPU".to_string()),
+        ),
     }
 }
 
@@ -142,6 +242,9 @@ pub fn check_precision(device: DeviceChoice, precision: Precision) -> Result<(),
 #[cfg(feature = "cuda")]
 pub fn reset_primary_context(ordinal: usize) -> bool {
     use cudarc::driver::sys;
+    if *cuda_runtime() != CudaRuntime::Ready {
+        return false;
+    }
     let Ok(ordinal) = i32::try_from(ordinal) else {
         return false;
     };

@@ -649,7 +649,7 @@ impl OwnerThread {
         }
         self.set_state(EngineState::Loading { progress: 0.0 });
         let fit_device =
-            if spec.device != DeviceChoice::Cpu && !candle_core::utils::cuda_is_available() {
+            if spec.device != DeviceChoice::Cpu && *super::device::cuda_runtime() != super::device::CudaRuntime::Ready {
                 DeviceChoice::Cpu
             } else {
                 spec.device

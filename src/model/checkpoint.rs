@@ -341,9 +341,8 @@ impl SafetensorsReader {
                     ))
                 })?;
         }
-        Tensor::from_raw_buffer(&buf, dtype, &entry.shape, dev).map_err(|e| {
-            bad(format!("tensor `{key}` could not be built: {e}"))
-        })
+        Tensor::from_raw_buffer(&buf, dtype, &entry.shape, dev)
+            .map_err(|e| bad(format!("tensor `{key}` could not be built: {e}")))
     }
 }
 

@@ -72,6 +72,120 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// The longest idle timeout a file may ask for (a week); longer is "never" in practice.
+    pub const MAX_IDLE_TIMEOUT_S: u64 = 7 * 24 * 3600;
+
+    /// Brings every field into the range the window offers (a hand-edited or
+    /// damaged file may say `temperature: -3` or `variations: 10000`), with one
+    /// notice per field changed, naming the field, what it was and what it is now.
+    pub fn sanitized(mut self) -> (Self, Vec<String>) {
+        let mut notes = Vec::new();
+        fn fix<T: PartialOrd + Copy + std::fmt::Debug>(
+            notes: &mut Vec<String>,
+            field: &str,
+            value: &mut T,
+            lo: T,
+            hi: T,
+            fallback: T,
+        ) {
+            // `!(lo <= v)` also catches NaN.
+            let new = if !(lo <= *value) || !(*value <= hi) {
+                if *value > hi {
+                    hi
+                } else if *value < lo {
+                    lo
+                } else {
+                    fallback
+                }
+            } else {
+                return;
+            };
+            notes.push(format!(
+                "settings: `{field}` was {value:?}, now {new:?} (allowed {lo:?}..={hi:?})"
+            ));
+            *value = new;
+        }
+        let d = Settings::default();
+        fix(
+            &mut notes,
+            "variations",
+            &mut self.variations,
+            1,
+            8,
+            d.variations,
+        );
+        fix(
+            &mut notes,
+            "max_tokens",
+            &mut self.max_tokens,
+            1,
+            1024,
+            d.max_tokens,
+        );
+        let sd = SamplingParams::default();
+        let sp = &mut self.sampling;
+        fix(
+            &mut notes,
+            "sampling.temperature",
+            &mut sp.temperature,
+            0.01,
+            10.0,
+            sd.temperature,
+        );
+        fix(
+            &mut notes,
+            "sampling.top_p",
+            &mut sp.top_p,
+            0.01,
+            1.0,
+            sd.top_p,
+        );
+        fix(
+            &mut notes,
+            "sampling.top_k",
+            &mut sp.top_k,
+            0,
+            100_000,
+            sd.top_k,
+        );
+        fix(
+            &mut notes,
+            "sampling.repetition_penalty",
+            &mut sp.repetition_penalty,
+            1.0,
+            10.0,
+            sd.repetition_penalty,
+        );
+        if let Some(t) = &mut self.idle_timeout_s {
+            fix(
+                &mut notes,
+                "idle_timeout_s",
+                t,
+                1,
+                Self::MAX_IDLE_TIMEOUT_S,
+                300,
+            );
+        }
+        if let Some([w, h]) = &mut self.window_size {
+            fix(&mut notes, "window_size[0]", w, 320.0, 16384.0, 1100.0);
+            fix(&mut notes, "window_size[1]", h, 240.0, 16384.0, 760.0);
+        }
+        if !["system", "light", "dark"].contains(&self.theme.as_str()) {
+            notes.push(format!(
+                "settings: `theme` was {:?}, now \"system\" (allowed: system, light, dark)",
+                self.theme
+            ));
+            self.theme = "system".into();
+        }
+        const MAX_RECENT: usize = 16;
+        if self.recent_models.len() > MAX_RECENT {
+            self.recent_models.truncate(MAX_RECENT);
+        }
+        (self, notes)
+    }
+}
+
 /// One saved poem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoemRecord {
@@ -109,8 +223,13 @@ impl Store {
     }
 
     /// Settings, or defaults plus a notice when the file is missing or unreadable.
+    /// Out-of-range fields are brought into range ([`Settings::sanitized`]),
+    /// with a notice naming each.
     pub fn load_settings(&self) -> (Settings, Option<String>) {
-        load_or_default(&self.settings_path)
+        let (settings, note) = load_or_default::<Settings>(&self.settings_path);
+        let (settings, fixes) = settings.sanitized();
+        let note = note.into_iter().chain(fixes).collect::<Vec<_>>();
+        (settings, (!note.is_empty()).then(|| note.join("\n")))
     }
 
     pub fn save_settings(&self, s: &Settings) -> Result<(), StoreError> {
@@ -211,6 +330,8 @@ pub fn bundled_model() -> Option<PathBuf> {
             candidates.push(dir.join("models/tang-poems"));
             candidates.push(dir.join("../share/versifier/models/tang-poems"));
             candidates.push(dir.join("../lib/versifier/models/tang-poems"));
+            // macOS: Versifier.app/Contents/MacOS/versifier -> Contents/Resources.
+            candidates.push(dir.join("../Resources/models/tang-poems"));
         }
     }
     if let Some(d) = directories::ProjectDirs::from("org", "Versifier", "versifier") {
@@ -221,6 +342,7 @@ pub fn bundled_model() -> Option<PathBuf> {
     candidates
         .into_iter()
         .find(|p| p.join("config.json").is_file())
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
 }
 
 #[cfg(test)]
@@ -247,6 +369,47 @@ mod tests {
         assert_eq!(s.variations, 3);
         assert_eq!(s.max_tokens, Settings::default().max_tokens);
         assert!(note.is_none());
+    }
+
+    #[test]
+    fn out_of_range_settings_are_brought_into_range_with_a_notice_per_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_dir(dir.path());
+        std::fs::write(
+            &store.settings_path,
+            r#"{"variations": 10000, "max_tokens": 0, "idle_timeout_s": 18446744073709551615,
+                "sampling": {"temperature": -3.0, "top_p": 7},
+                "window_size": [1e30, 10], "theme": "neon"}"#,
+        )
+        .unwrap();
+        let (s, note) = store.load_settings();
+        let note = note.expect("a notice");
+        assert_eq!(s.variations, 8);
+        assert_eq!(s.max_tokens, 1);
+        assert_eq!(s.idle_timeout_s, Some(Settings::MAX_IDLE_TIMEOUT_S));
+        assert_eq!(s.sampling.temperature, 0.01);
+        assert_eq!(s.sampling.top_p, 1.0);
+        assert_eq!(s.window_size, Some([16384.0, 240.0]));
+        assert_eq!(s.theme, "system");
+        for field in [
+            "variations",
+            "max_tokens",
+            "idle_timeout_s",
+            "sampling.temperature",
+            "sampling.top_p",
+            "window_size[0]",
+            "window_size[1]",
+            "theme",
+        ] {
+            assert!(
+                note.contains(&format!("`{field}`")),
+                "{field} missing from {note}"
+            );
+        }
+        // A file within range gives no notice and is unchanged.
+        let (clean, fixes) = Settings::default().sanitized();
+        assert!(fixes.is_empty(), "{fixes:?}");
+        assert_eq!(clean, Settings::default());
     }
 
     #[test]

@@ -105,10 +105,18 @@ pub struct VersifierApp {
 impl VersifierApp {
     /// Builds the app and starts the engine and the meter threads; `ctx` is woken by both.
     pub fn new(ctx: &egui::Context, store: Option<Store>) -> Result<Self, EngineError> {
-        let (settings, note) = store
+        let (mut settings, note) = store
             .as_ref()
             .map(|s| s.load_settings())
             .unwrap_or_default();
+        // First launch: the first GPU when this build can use it, else the CPU.
+        // A saved GPU choice that this machine cannot run falls back to the CPU.
+        // Either way a CUDA build running on CPU says so, in one line.
+        let first_launch = store.as_ref().is_none_or(|s| !s.settings_path.exists());
+        let (preferred, device_note) = crate::engine::device::preferred_device();
+        if first_launch || preferred == DeviceChoice::Cpu {
+            settings.device = preferred;
+        }
         let (history, history_note) = store.as_ref().map(|s| s.load_history()).unwrap_or_default();
         let waker_ctx = ctx.clone();
         let engine = Engine::spawn(EngineOptions {
@@ -157,7 +165,7 @@ impl VersifierApp {
             error: None,
             fit: None,
             history_filter: String::new(),
-            notices: note.into_iter().chain(history_note).collect(),
+            notices: note.into_iter().chain(history_note).chain(device_note).collect(),
             kv_cache_bytes: 0,
             prompt_had_focus: false,
             config_cache: None,

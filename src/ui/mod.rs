@@ -31,6 +31,10 @@ pub fn install_fonts(ctx: &egui::Context) {
     ctx.set_fonts(fonts);
 }
 
+/// The window/taskbar icon (the installed packages use the SVG and PNG sizes
+/// in `assets/icons/` for the menu entry).
+const WINDOW_ICON_PNG: &[u8] = include_bytes!("../../assets/icons/versifier-256.png");
+
 /// Opens the window and runs until it is closed.
 pub fn run() -> Result<(), eframe::Error> {
     let store = crate::store::Store::system();
@@ -38,12 +42,17 @@ pub fn run() -> Result<(), eframe::Error> {
         .as_ref()
         .and_then(|s| s.load_settings().0.window_size)
         .unwrap_or([1180.0, 760.0]);
+    let mut viewport = egui::ViewportBuilder::default()
+        .with_title("Versifier")
+        .with_app_id("versifier")
+        .with_inner_size(size)
+        .with_min_inner_size([760.0, 480.0]);
+    match eframe::icon_data::from_png_bytes(WINDOW_ICON_PNG) {
+        Ok(icon) => viewport = viewport.with_icon(std::sync::Arc::new(icon)),
+        Err(e) => tracing::warn!("window icon not used: {e}"),
+    }
     let options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title("Versifier")
-            .with_app_id("versifier")
-            .with_inner_size(size)
-            .with_min_inner_size([760.0, 480.0]),
+        viewport,
         ..Default::default()
     };
     eframe::run_native(
