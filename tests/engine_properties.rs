@@ -2,7 +2,9 @@
 //! generations, cancels, releases, swaps and idle-clock jumps never panic,
 //! never deadlock (the engine answers a barrier after every sequence), never
 //! load twice without a release or swap in between, never say Ready without a
-//! model, and end in a state that agrees with the events.
+//! model, and end in a state that agrees with the events. The engine's memory
+//! budget is drawn too (none, below the model, about one variation's worth,
+//! ample), so fit refusals are mixed into the sequences.
 
 mod common;
 
@@ -42,7 +44,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 50, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_command_sequences_keep_the_engine_consistent(steps in prop::collection::vec(step(), 1..14)) {
+    fn random_command_sequences_keep_the_engine_consistent(
+        steps in prop::collection::vec(step(), 1..14),
+        memory_budget in prop_oneof![Just(None), Just(Some(64u64 << 10)), Just(Some(220u64 << 10)), Just(Some(16u64 << 20))],
+    ) {
         // Model 0 and 1 are good, model 2 is corrupt.
         let corrupt = common::scratch_copy("hf-safetensors");
         std::fs::write(corrupt.path().join("model.safetensors"), b"broken").unwrap();
@@ -54,7 +59,7 @@ proptest! {
             queue_capacity: 64,
             clock: Arc::new(clock.clone()),
             waker: None,
-            memory_budget: None,
+            memory_budget,
         }).unwrap();
         for s in &steps {
             let r = match s {
@@ -81,7 +86,7 @@ proptest! {
         let mut events = Vec::new();
         loop {
             let ev = engine.recv_timeout(Duration::from_secs(60));
-            prop_assert!(ev.is_some(), "no answer within 60 s after {steps:?}: {events:#?}");
+            prop_assert!(ev.is_some(), "no answer within 60 s after {steps:?} (budget {memory_budget:?}): {events:#?}");
             let ev = ev.unwrap();
             let done = matches!(ev, Event::Pong(7));
             events.push(ev);

@@ -60,6 +60,14 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-cuda}
 export RUSTFLAGS="${RUSTFLAGS:-} -L $stub -L $lib"
 patch_args=()
 if [ "${VERSIFIER_CUDA_LINKING:-dynamic-loading}" = dynamic-loading ]; then
+  # candle-kernels links the CUDA runtime (`-l cudart`, for its MoE kernels).
+  # Offer ld only the static archive under that name, so the binary carries
+  # the runtime (which itself opens the driver lazily) and needs no CUDA .so
+  # to start; and drop the toolkit's lib folder from the search path.
+  static="$dir/static-cudart"
+  mkdir -p "$static"
+  ln -sf "$lib/libcudart_static.a" "$static/libcudart.a"
+  export RUSTFLAGS="${RUSTFLAGS% -L $stub -L $lib} -L $static"
   candle_manifest=$(cargo metadata --format-version 1 --locked |
     python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="candle-core"))')
   patched="$CARGO_TARGET_DIR/patched/candle-core"

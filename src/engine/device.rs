@@ -180,7 +180,7 @@ pub fn cuda_runtime() -> &'static CudaRuntime {
                 // CUDA bindings would load them; nothing is called here.
                 let found = names
                     .iter()
-                    .any(|n| unsafe { libloading::Library::new(n) }.is_ok());
+                    .any(|n| unsafe { libloading::Library::new(*n) }.is_ok());
                 if !found {
                     return CudaRuntime::Missing(format!(
                         "{} ({what}) was not found; install the NVIDIA driver and the CUDA 13 \
