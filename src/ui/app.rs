@@ -542,11 +542,12 @@ impl VersifierApp {
                 });
         }
         for n in self.notices.clone() {
+            // The button first, so a long notice wraps instead of pushing it off-screen.
             ui.horizontal(|ui| {
-                ui.label(format!("ℹ {n}"));
                 if ui.small_button("OK").clicked() {
                     self.notices.retain(|x| x != &n);
                 }
+                ui.add(egui::Label::new(egui::RichText::new(format!("Note: {n}")).weak()).wrap());
             });
         }
         ui.horizontal(|ui| {
