@@ -648,12 +648,13 @@ impl OwnerThread {
             self.release(ReleaseReason::ModelChange);
         }
         self.set_state(EngineState::Loading { progress: 0.0 });
-        let fit_device =
-            if spec.device != DeviceChoice::Cpu && *super::device::cuda_runtime() != super::device::CudaRuntime::Ready {
-                DeviceChoice::Cpu
-            } else {
-                spec.device
-            };
+        let fit_device = if spec.device != DeviceChoice::Cpu
+            && *super::device::cuda_runtime() != super::device::CudaRuntime::Ready
+        {
+            DeviceChoice::Cpu
+        } else {
+            spec.device
+        };
         if let Err(f) = self.check_fit(spec, fit_device, batch) {
             self.set_state(EngineState::Unloaded);
             return Err(f);

@@ -89,17 +89,13 @@ impl Settings {
             hi: T,
             fallback: T,
         ) {
-            // `!(lo <= v)` also catches NaN.
-            let new = if !(lo <= *value) || !(*value <= hi) {
-                if *value > hi {
-                    hi
-                } else if *value < lo {
-                    lo
-                } else {
-                    fallback
-                }
-            } else {
-                return;
+            use std::cmp::Ordering::{Greater, Less};
+            // NaN compares as None: neither in range nor above/below, so it gets the default.
+            let new = match ((*value).partial_cmp(&lo), (*value).partial_cmp(&hi)) {
+                (Some(Less), _) => lo,
+                (_, Some(Greater)) => hi,
+                (Some(_), Some(_)) => return,
+                _ => fallback,
             };
             notes.push(format!(
                 "settings: `{field}` was {value:?}, now {new:?} (allowed {lo:?}..={hi:?})"

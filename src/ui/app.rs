@@ -165,7 +165,11 @@ impl VersifierApp {
             error: None,
             fit: None,
             history_filter: String::new(),
-            notices: note.into_iter().chain(history_note).chain(device_note).collect(),
+            notices: note
+                .into_iter()
+                .chain(history_note)
+                .chain(device_note)
+                .collect(),
             kv_cache_bytes: 0,
             prompt_had_focus: false,
             config_cache: None,
