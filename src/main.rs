@@ -51,6 +51,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pictures of the real window without a display (software-rendered PNGs):
+    /// before load, while generating, ready, after Release. For GPU machines
+    /// with no X server; see packaging/cuda/verify-on-gpu.sh.
+    #[cfg(feature = "gui")]
+    Snapshots {
+        /// Folder for the PNGs (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// auto, cpu or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, default_value = "月")]
+        prompt: String,
+        #[arg(long, default_value_t = 8)]
+        variations: usize,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 1180)]
+        width: usize,
+        #[arg(long, default_value_t = 760)]
+        height: usize,
+    },
     /// Measure load time, first-token latency and decode speed (JSON).
     Bench(BenchArgs),
     /// Turn the chinese-poetry collection into training text (see packaging/corpus/).
@@ -327,6 +351,31 @@ fn run(cli: Cli) -> Result<()> {
             "this build has no window (built without the `gui` feature); run `versifier --help` for the commands"
         ),
         Some(Command::Generate(args)) => run_generate(args),
+        #[cfg(feature = "gui")]
+        Some(Command::Snapshots {
+            out,
+            device,
+            dtype,
+            prompt,
+            variations,
+            max_tokens,
+            width,
+            height,
+        }) => {
+            let plan = versifier::ui::snapshot::SnapshotPlan {
+                out_dir: out,
+                device: device_or_auto(&device)?,
+                precision: dtype.parse()?,
+                prompt,
+                variations,
+                max_tokens,
+                size: [width, height],
+            };
+            for (_, line) in versifier::ui::snapshot::take_sequence(&plan)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Some(Command::Info { model, json }) => run_info(&model_or_bundled(model)?, json),
         Some(Command::Corpus {
             source,

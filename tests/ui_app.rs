@@ -192,3 +192,27 @@ fn history_panel_searches_deletes_and_exports() {
     let md = std::fs::read_to_string(dir.path().join("poems.md")).unwrap();
     assert!(md.contains("春眠不覺曉，處處聞啼鳥。"), "{md}");
 }
+
+#[test]
+fn headless_window_renders_the_real_app_with_text_and_the_meter() {
+    use versifier::ui::snapshot::{save_png, HeadlessWindow};
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = HeadlessWindow::new(dir.path(), [1000, 640]).unwrap();
+    w.frame();
+    let img = w.picture();
+    assert_eq!(img.size, [1000, 640]);
+    // The frame is not blank: labels, fields and the meter panel are drawn.
+    let bg = img.pixels[img.pixels.len() - 1];
+    let drawn = img.pixels.iter().filter(|c| **c != bg).count();
+    assert!(
+        drawn > img.pixels.len() / 50,
+        "only {drawn} pixels differ from the background"
+    );
+    // Glyphs come from the font atlas: the top bar (model path, buttons) has
+    // many distinct shades from anti-aliased text, not just flat fills.
+    let shades: std::collections::HashSet<_> = img.pixels[..1000 * 24].iter().collect();
+    assert!(shades.len() > 20, "{} shades in the top bar", shades.len());
+    let png = dir.path().join("frame.png");
+    save_png(&img, &png).unwrap();
+    assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Verifies a CUDA build on a GPU machine that has no Rust: conformance against the
 # transformers fixtures in f32/f16/bf16, decode speed, the load -> generate ->
-# release lifecycle with NVML figures, and a PyTorch baseline on the same GPU.
+# release lifecycle with NVML figures, pictures of the window's meter
+# (`versifier snapshots`), and a PyTorch baseline on the same GPU.
 #
 # Usage: packaging/cuda/verify-on-gpu.sh BINARY OUT_DIR [CYCLES]
 # Needs: the NVIDIA driver (libcuda, libnvidia-ml), cuBLAS/cuRAND/NVRTC 13 somewhere
@@ -18,6 +19,10 @@ for dt in f32 f16 bf16; do
   "$bin" selftest --fixtures tests/fixtures --device cuda:0 --dtype "$dt" >> "$out/selftest.json"; echo "selftest $dt exit $?"
 done
 "$bin" bench --quality --model models/tang-poems --device cuda:0 > "$out/quality-cuda.json"; echo "quality exit $?"
+# The window's meter on this GPU without a display (software-rendered PNGs of
+# the real app): before load, generating, ready, after Release.
+"$bin" snapshots --device cuda:0 --out "$out/snapshots" --variations 8 --max-tokens 256 | tee "$out/snapshots.txt"; echo "snapshots exit $?"
+rm -rf "$out/snapshots/app-data"
 for dt in f32 f16; do
   "$bin" bench --synthetic gpt2-124m --device cuda:0 --dtype "$dt" --batches 1,8 --new-tokens 128 > "$out/bench-cuda-$dt.json"; echo "bench $dt exit $?"
 done

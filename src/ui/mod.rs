@@ -6,6 +6,7 @@
 
 mod app;
 mod meter_panel;
+pub mod snapshot;
 
 pub use app::{Card, VersifierApp};
 
