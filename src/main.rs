@@ -216,8 +216,9 @@ struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Run load -> generate -> release cycles through the engine and report this
-    /// process's memory after each phase (needs --model).
-    #[arg(long, requires = "model")]
+    /// process's memory after each phase, and its growth per 100 cycles (needs
+    /// --model; `--soak` is the same run).
+    #[arg(long, alias = "soak", requires = "model")]
     lifecycle: bool,
     /// Number of lifecycle cycles.
     #[arg(long, default_value_t = 10)]
