@@ -178,6 +178,13 @@ impl VersifierApp {
     }
 
     /// The model, device and precision the user has chosen.
+    /// The meter's latest sample (`None` before the first, or without a meter).
+    pub fn latest_memory(&self) -> Option<crate::meter::MemorySnapshot> {
+        self.sampler
+            .as_ref()
+            .and_then(|s| s.history().latest().cloned())
+    }
+
     pub fn load_spec(&self) -> LoadSpec {
         let model = if self.model_field.trim().is_empty() {
             bundled_model().unwrap_or_else(|| PathBuf::from("models/tang-poems"))

@@ -271,6 +271,29 @@ pub struct SnapshotPlan {
     pub size: [usize; 2],
 }
 
+/// What the meter shows for the selected device, in MiB.
+fn memory_line(app: &VersifierApp) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let Some(m) = app.latest_memory() else {
+        return "no meter sample".into();
+    };
+    match app.settings.device {
+        DeviceChoice::Cuda(i) => match m.gpus.iter().find(|g| g.index as usize == i) {
+            Some(g) => format!(
+                "cuda:{i}: this process {} MiB, used {:.0} of {:.0} MiB",
+                g.process_bytes
+                    .map_or("?".into(), |b| format!("{:.0}", b as f64 / MIB)),
+                g.used_bytes as f64 / MIB,
+                g.total_bytes as f64 / MIB
+            ),
+            None => format!("cuda:{i}: not seen by the meter"),
+        },
+        DeviceChoice::Cpu => m.rss_bytes.map_or("RAM: ?".into(), |b| {
+            format!("RAM: this process {:.0} MiB", b as f64 / MIB)
+        }),
+    }
+}
+
 /// Takes the meter sequence: `1-before-load.png`, `2-generating.png`,
 /// `3-ready.png`, `4-after-release.png`. Returns the files and one line per
 /// picture saying what the app showed (state, poems, notices).
@@ -293,10 +316,11 @@ pub fn take_sequence(plan: &SnapshotPlan) -> Result<Vec<(PathBuf, String)>, Snap
         let path = plan.out_dir.join(name);
         save_png(&w.picture(), &path)?;
         let line = format!(
-            "{name}: state {:?}, {} card(s), {} notice(s)",
+            "{name}: state {:?}, {} card(s), {} notice(s), {}",
             w.app.state,
             w.app.cards.len(),
-            w.app.notices.len()
+            w.app.notices.len(),
+            memory_line(&w.app)
         );
         taken.push((path, line));
         Ok(())
