@@ -75,6 +75,8 @@ impl Default for Settings {
 impl Settings {
     /// The longest idle timeout a file may ask for (a week); longer is "never" in practice.
     pub const MAX_IDLE_TIMEOUT_S: u64 = 7 * 24 * 3600;
+    /// How many recently opened models the picker remembers.
+    pub const MAX_RECENT_MODELS: usize = 8;
 
     /// Brings every field into the range the window offers (a hand-edited or
     /// damaged file may say `temperature: -3` or `variations: 10000`), with one
@@ -174,10 +176,7 @@ impl Settings {
             ));
             self.theme = "system".into();
         }
-        const MAX_RECENT: usize = 16;
-        if self.recent_models.len() > MAX_RECENT {
-            self.recent_models.truncate(MAX_RECENT);
-        }
+        self.recent_models.truncate(Self::MAX_RECENT_MODELS);
         (self, notes)
     }
 }

@@ -109,14 +109,19 @@ impl VersifierApp {
             .as_ref()
             .map(|s| s.load_settings())
             .unwrap_or_default();
-        // First launch: the first GPU when this build can use it, else the CPU.
-        // A saved GPU choice that this machine cannot run falls back to the CPU.
-        // Either way a CUDA build running on CPU says so, in one line.
+        // First launch: the first GPU when this build can use it, else the CPU,
+        // with a one-line notice when a CUDA build has to use the CPU. Later
+        // launches keep the saved choice and skip the check (it opens the CUDA
+        // libraries, which start-up should not pay for); a saved GPU this
+        // machine cannot run falls back on the first load, with the engine's notice.
         let first_launch = store.as_ref().is_none_or(|s| !s.settings_path.exists());
-        let (preferred, device_note) = crate::engine::device::preferred_device();
-        if first_launch || preferred == DeviceChoice::Cpu {
+        let device_note = if first_launch {
+            let (preferred, note) = crate::engine::device::preferred_device();
             settings.device = preferred;
-        }
+            note
+        } else {
+            None
+        };
         let (history, history_note) = store.as_ref().map(|s| s.load_history()).unwrap_or_default();
         let waker_ctx = ctx.clone();
         let engine = Engine::spawn(EngineOptions {
@@ -498,7 +503,7 @@ impl VersifierApp {
                 let recent = spec.model.clone();
                 self.settings.recent_models.retain(|p| p != &recent);
                 self.settings.recent_models.insert(0, recent);
-                self.settings.recent_models.truncate(8);
+                self.settings.recent_models.truncate(Settings::MAX_RECENT_MODELS);
                 self.settings.model = Some(spec.model.clone());
                 // With a model in memory, load the new one beside it (hot swap).
                 let cmd = if matches!(self.state, EngineState::Unloaded) { Command::Prepare(spec) } else { Command::Swap(spec) };
