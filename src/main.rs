@@ -15,7 +15,7 @@ use serde_json::json;
 use versifier::engine::bench::{
     run_bench, run_lifecycle, run_quality, BenchOptions, LifecycleOptions, QualityOptions,
 };
-use versifier::engine::{check_precision, open_device, DeviceChoice, Precision};
+use versifier::engine::{open_device, DeviceChoice, Precision};
 use versifier::generate::forms::{layout, PoemForm};
 use versifier::generate::{generate, poem_prompt, GenerateRequest, SamplingParams};
 use versifier::model::{inspect_safetensors, load_model, Gpt2Config, ModelFiles, WeightFormat};
@@ -121,7 +121,8 @@ struct GenerateArgs {
     /// auto (the first GPU when this build can use one, else the CPU), cpu or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// f32, f16 or bf16.
+    /// f32, f16 or bf16. On the CPU, f16/bf16 keep the weights at 2 bytes with
+    /// f32 math: about twice as fast, exact for a model stored in f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Number of variations, decoded together as one batch.
@@ -484,7 +485,6 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let device_choice = device_or_auto(&args.device)?;
     let model = model_or_bundled(args.model.clone())?;
     let precision: Precision = args.dtype.parse()?;
-    check_precision(device_choice, precision)?;
     let defaults = SamplingParams::default();
     let sampling = if args.greedy {
         SamplingParams {

@@ -57,10 +57,21 @@ impl Precision {
         }
     }
 
+    /// Bytes per weight.
     pub fn bytes(self) -> usize {
         match self {
             Self::F32 => 4,
             Self::F16 | Self::Bf16 => 2,
+        }
+    }
+
+    /// Bytes per activation and KV-cache value on `device`: the weights' width
+    /// on a GPU; always f32 on the CPU, where half precision is for the weight
+    /// matrices only (`model::half_weights`).
+    pub fn activation_bytes(self, device: DeviceChoice) -> usize {
+        match device {
+            DeviceChoice::Cpu => 4,
+            DeviceChoice::Cuda(_) => self.bytes(),
         }
     }
 
@@ -102,12 +113,6 @@ pub enum DeviceError {
     Cuda { ordinal: usize, message: String },
     #[error("CUDA is not usable on this machine: {0}")]
     CudaRuntimeMissing(String),
-    #[error("{precision} is not supported on {device}: {why}")]
-    PrecisionUnsupported {
-        precision: Precision,
-        device: DeviceChoice,
-        why: &'static str,
-    },
 }
 
 /// Opens the chosen device.
@@ -221,19 +226,6 @@ pub fn preferred_device() -> (DeviceChoice, Option<String>) {
             DeviceChoice::Cpu,
             Some("CUDA build running on CPU: the driver reports no GPU".to_string()),
         ),
-    }
-}
-
-/// Whether `precision` can run on `device`. On CPU, f16 matmuls are slow and
-/// inexact, so only f32 and bf16 are offered.
-pub fn check_precision(device: DeviceChoice, precision: Precision) -> Result<(), DeviceError> {
-    match (device, precision) {
-        (DeviceChoice::Cpu, Precision::F16) => Err(DeviceError::PrecisionUnsupported {
-            precision,
-            device,
-            why: "use f32 or bf16 on CPU",
-        }),
-        _ => Ok(()),
     }
 }
 

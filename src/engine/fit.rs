@@ -22,15 +22,16 @@ pub struct FitNeed {
 impl FitNeed {
     pub fn new(
         cfg: &Gpt2Config,
+        device: DeviceChoice,
         precision: Precision,
         batch: usize,
         context: usize,
         overhead_bytes: u64,
     ) -> Self {
-        let bytes = precision.bytes();
+        let kv = precision.activation_bytes(device);
         Self {
-            weights_bytes: (cfg.param_count() * bytes) as u64,
-            kv_cache_bytes: cfg.kv_cache_bytes(batch.max(1), context.min(cfg.n_positions), bytes)
+            weights_bytes: (cfg.param_count() * precision.bytes()) as u64,
+            kv_cache_bytes: cfg.kv_cache_bytes(batch.max(1), context.min(cfg.n_positions), kv)
                 as u64,
             overhead_bytes,
         }
@@ -123,13 +124,13 @@ pub fn check_fit(
     free_bytes: u64,
     cpu_free: Option<u64>,
 ) -> Result<FitNeed, FitRefusal> {
-    let need = FitNeed::new(cfg, precision, batch, context, overhead_bytes);
+    let need = FitNeed::new(cfg, device, precision, batch, context, overhead_bytes);
     if need.total() <= free_bytes {
         return Ok(need);
     }
     let mut options = Vec::new();
-    if precision == Precision::F32 && device != DeviceChoice::Cpu {
-        let half = FitNeed::new(cfg, Precision::F16, batch, context, overhead_bytes);
+    if precision == Precision::F32 {
+        let half = FitNeed::new(cfg, device, Precision::F16, batch, context, overhead_bytes);
         if half.total() <= free_bytes {
             options.push(FitOption::Precision {
                 precision: Precision::F16,
@@ -137,18 +138,17 @@ pub fn check_fit(
             });
         }
     }
-    if let Some(max) = (1..batch)
-        .rev()
-        .find(|&b| FitNeed::new(cfg, precision, b, context, overhead_bytes).total() <= free_bytes)
-    {
+    if let Some(max) = (1..batch).rev().find(|&b| {
+        FitNeed::new(cfg, device, precision, b, context, overhead_bytes).total() <= free_bytes
+    }) {
         options.push(FitOption::Variations {
             max,
-            need_bytes: FitNeed::new(cfg, precision, max, context, overhead_bytes).total(),
+            need_bytes: FitNeed::new(cfg, device, precision, max, context, overhead_bytes).total(),
         });
     }
     let mut ctx = context.min(cfg.n_positions) / 2;
     while ctx >= 64 {
-        let n = FitNeed::new(cfg, precision, batch, ctx, overhead_bytes);
+        let n = FitNeed::new(cfg, device, precision, batch, ctx, overhead_bytes);
         if n.total() <= free_bytes {
             options.push(FitOption::Context {
                 max_tokens: ctx,
@@ -159,7 +159,7 @@ pub fn check_fit(
         ctx /= 2;
     }
     if device != DeviceChoice::Cpu {
-        let cpu = FitNeed::new(cfg, Precision::F32, batch, context, 0);
+        let cpu = FitNeed::new(cfg, DeviceChoice::Cpu, precision, batch, context, 0);
         if cpu_free.is_some_and(|f| cpu.total() <= f) {
             options.push(FitOption::Cpu {
                 need_bytes: cpu.total(),
@@ -185,7 +185,14 @@ mod tests {
     #[test]
     fn gpt2_small_needs_weights_cache_and_overhead() {
         let cfg = Gpt2Config::gpt2_124m();
-        let need = FitNeed::new(&cfg, Precision::F32, 1, 1024, DEFAULT_CUDA_OVERHEAD_BYTES);
+        let need = FitNeed::new(
+            &cfg,
+            DeviceChoice::Cuda(0),
+            Precision::F32,
+            1,
+            1024,
+            DEFAULT_CUDA_OVERHEAD_BYTES,
+        );
         assert_eq!(need.weights_bytes, 124_439_808 * 4);
         // 2 (k, v) x 12 layers x 1024 positions x 768 x 4 bytes = 72 MiB.
         assert_eq!(need.kv_cache_bytes, 72 * MIB);
@@ -251,6 +258,36 @@ mod tests {
         assert!(
             text.contains("MiB") && text.contains("what would fit"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn half_precision_on_cpu_halves_the_weights_but_keeps_an_f32_kv_cache() {
+        let cfg = Gpt2Config::gpt2_124m();
+        let gpu = FitNeed::new(&cfg, DeviceChoice::Cuda(0), Precision::F16, 1, 1024, 0);
+        let cpu = FitNeed::new(&cfg, DeviceChoice::Cpu, Precision::F16, 1, 1024, 0);
+        assert_eq!(cpu.weights_bytes, 124_439_808 * 2);
+        assert_eq!(cpu.weights_bytes, gpu.weights_bytes);
+        assert_eq!(cpu.kv_cache_bytes, 72 * MIB);
+        assert_eq!(gpu.kv_cache_bytes, 36 * MIB);
+        // f32 on a CPU short of RAM: f16 is offered there too.
+        let refusal = check_fit(
+            &cfg,
+            DeviceChoice::Cpu,
+            Precision::F32,
+            1,
+            1024,
+            0,
+            400 * MIB,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            refusal.options.iter().any(|o| matches!(
+                o,
+                FitOption::Precision { precision: Precision::F16, need_bytes } if *need_bytes <= 400 * MIB
+            )),
+            "{refusal}"
         );
     }
 

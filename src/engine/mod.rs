@@ -12,7 +12,7 @@ mod owner;
 mod protocol;
 pub mod selftest;
 
-pub use device::{check_precision, cpu_threads, open_device, DeviceChoice, DeviceError, Precision};
+pub use device::{cpu_threads, open_device, DeviceChoice, DeviceError, Precision};
 pub use owner::{
     Clock, Engine, EngineError, EngineOptions, EngineRemote, ManualClock, SystemClock, Waker,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_QUEUE_CAPACITY,

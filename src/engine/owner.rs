@@ -518,15 +518,10 @@ impl OwnerThread {
         } else {
             self.free_bytes(DeviceChoice::Cpu)
         };
-        let precision = if device == DeviceChoice::Cpu && spec.precision == Precision::F16 {
-            Precision::F32
-        } else {
-            spec.precision
-        };
         match check_fit(
             &cfg,
             device,
-            precision,
+            spec.precision,
             batch,
             cfg.n_positions,
             overhead,
@@ -556,12 +551,7 @@ impl OwnerThread {
                     self.cuda_fallback_reported = true;
                     self.emit(Event::Notice(format!("{e}; running on the CPU instead")));
                 }
-                let precision = if spec.precision == Precision::F16 {
-                    Precision::F32
-                } else {
-                    spec.precision
-                };
-                Ok((Device::Cpu, DeviceChoice::Cpu, precision))
+                Ok((Device::Cpu, DeviceChoice::Cpu, spec.precision))
             }
             Err(e) => Err(JobFailure::new(
                 if is_out_of_memory(&e.to_string()) {

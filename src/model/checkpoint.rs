@@ -486,12 +486,12 @@ impl SimpleBackend for CheckpointBackend {
             let n = self.read.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             report((n as f32 / self.expected.max(1) as f32).min(1.0));
         }
-        t.to_dtype(dtype)
+        super::half_weights::to_dtype_fast(&t, dtype)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match self.resolve(name) {
-            Some(key) => self.read(&key, dev)?.to_dtype(dtype),
+            Some(key) => super::half_weights::to_dtype_fast(&self.read(&key, dev)?, dtype),
             None => Err(candle_core::Error::Msg(format!(
                 "{}: tensor `{name}` is missing",
                 self.path.display()

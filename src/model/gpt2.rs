@@ -1,11 +1,16 @@
 //! GPT-2 on candle: pre-LN transformer blocks, Conv1D weights stored `[in, out]`,
 //! a tied LM head, and a KV cache that lives outside the weights so one loaded
 //! model can serve many batched generations.
+//!
+//! On the CPU in f16 or bf16 the weight matrices stay half precision (half the
+//! bytes to stream per token) while activations, norms, attention and the KV
+//! cache are f32: see [`super::half_weights`].
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
 use super::config::{Activation, Gpt2Config};
+use super::half_weights::{matmul_half_weights, transpose_half};
 
 /// Value added to attention scores that must not be attended to. Finite, so that a
 /// row with every key masked (a padding query) gives a uniform softmax, not NaN.
@@ -146,10 +151,10 @@ struct Norm {
 }
 
 impl Norm {
-    fn load(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
+    fn load(vb: VarBuilder, size: usize, eps: f64, plan: WeightPlan) -> candle_core::Result<Self> {
         Ok(Self {
-            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            weight: plan.small(vb.get_with_hints(size, "weight", Init::Const(1.0))?)?,
+            bias: plan.small(vb.get_with_hints(size, "bias", Init::Const(0.0))?)?,
             eps: eps as f32,
         })
     }
@@ -163,31 +168,89 @@ impl Norm {
     }
 }
 
+/// How the weights are held: all in one dtype, or half-precision matrices with
+/// f32 for everything else (the CPU in f16/bf16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightPlan {
+    /// Every tensor and activation in the checkpoint's load dtype.
+    Uniform,
+    /// Weight matrices f16/bf16, laid out `(out, in)` for the half-weight
+    /// kernel; biases, norms, positions, activations and the KV cache f32.
+    HalfMatricesOnCpu,
+}
+
+impl WeightPlan {
+    fn for_load(vb: &VarBuilder) -> Self {
+        if vb.device().is_cpu() && matches!(vb.dtype(), DType::F16 | DType::BF16) {
+            Self::HalfMatricesOnCpu
+        } else {
+            Self::Uniform
+        }
+    }
+
+    /// A bias, norm or position table: f32 under the half-matrix plan.
+    fn small(self, t: Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Uniform => Ok(t),
+            Self::HalfMatricesOnCpu => t.to_dtype(DType::F32),
+        }
+    }
+}
+
+/// A weight matrix and how to multiply by it.
+#[derive(Debug, Clone)]
+enum Matrix {
+    /// `(in, out)`: `x.matmul(w)` in the weights' dtype.
+    InOut(Tensor),
+    /// `(out, in)` in f16/bf16 on the CPU, multiplied with f32 activations.
+    HalfOutIn(Tensor),
+}
+
+impl Matrix {
+    /// `x (M, in)` to `(M, out)`.
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::InOut(w) => x.matmul(w),
+            Self::HalfOutIn(w) => matmul_half_weights(x, w),
+        }
+    }
+}
+
 /// Conv1D as GPT-2 stores it: `y = x @ W + b` with `W` of shape `[in, out]`.
 #[derive(Debug, Clone)]
 struct Conv1D {
-    weight: Tensor, // (in, out)
-    bias: Tensor,   // (out)
+    weight: Matrix,
+    bias: Tensor, // (out)
 }
 
 impl Conv1D {
-    fn load(vb: VarBuilder, n_in: usize, n_out: usize) -> candle_core::Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        n_in: usize,
+        n_out: usize,
+        plan: WeightPlan,
+    ) -> candle_core::Result<Self> {
+        let w = vb.get_with_hints(
+            (n_in, n_out),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        )?; // (in, out)
+        let weight = match plan {
+            WeightPlan::Uniform => Matrix::InOut(w),
+            WeightPlan::HalfMatricesOnCpu => Matrix::HalfOutIn(transpose_half(&w)?), // (out, in)
+        };
         Ok(Self {
-            weight: vb.get_with_hints(
-                (n_in, n_out),
-                "weight",
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.02,
-                },
-            )?,
-            bias: vb.get_with_hints(n_out, "bias", Init::Const(0.0))?,
+            weight,
+            bias: plan.small(vb.get_with_hints(n_out, "bias", Init::Const(0.0))?)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, c) = x.dims3()?; // (B, T, in)
-        let y = x.reshape((b * t, c))?.matmul(&self.weight)?; // (B*T, out)
+        let y = self.weight.apply(&x.reshape((b * t, c))?)?; // (B*T, out)
         let y = y.broadcast_add(&self.bias)?;
         y.reshape((b, t, ()))
     }
@@ -202,15 +265,20 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &Gpt2Config, layer: usize) -> candle_core::Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        cfg: &Gpt2Config,
+        layer: usize,
+        plan: WeightPlan,
+    ) -> candle_core::Result<Self> {
         let c = cfg.n_embd;
         let mut scale = 1.0 / (cfg.head_dim() as f64).sqrt();
         if cfg.scale_attn_by_inverse_layer_idx {
             scale /= (layer + 1) as f64;
         }
         Ok(Self {
-            c_attn: Conv1D::load(vb.pp("c_attn"), c, 3 * c)?,
-            c_proj: Conv1D::load(vb.pp("c_proj"), c, c)?,
+            c_attn: Conv1D::load(vb.pp("c_attn"), c, 3 * c, plan)?,
+            c_proj: Conv1D::load(vb.pp("c_proj"), c, c, plan)?,
             n_head: cfg.n_head,
             scale,
         })
@@ -273,10 +341,10 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, cfg: &Gpt2Config) -> candle_core::Result<Self> {
+    fn load(vb: VarBuilder, cfg: &Gpt2Config, plan: WeightPlan) -> candle_core::Result<Self> {
         Ok(Self {
-            c_fc: Conv1D::load(vb.pp("c_fc"), cfg.n_embd, cfg.n_inner)?,
-            c_proj: Conv1D::load(vb.pp("c_proj"), cfg.n_inner, cfg.n_embd)?,
+            c_fc: Conv1D::load(vb.pp("c_fc"), cfg.n_embd, cfg.n_inner, plan)?,
+            c_proj: Conv1D::load(vb.pp("c_proj"), cfg.n_inner, cfg.n_embd, plan)?,
             activation: cfg.activation,
         })
     }
@@ -301,13 +369,18 @@ struct Block {
 }
 
 impl Block {
-    fn load(vb: VarBuilder, cfg: &Gpt2Config, layer: usize) -> candle_core::Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        cfg: &Gpt2Config,
+        layer: usize,
+        plan: WeightPlan,
+    ) -> candle_core::Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         Ok(Self {
-            ln_1: Norm::load(vb.pp("ln_1"), cfg.n_embd, eps)?,
-            attn: Attention::load(vb.pp("attn"), cfg, layer)?,
-            ln_2: Norm::load(vb.pp("ln_2"), cfg.n_embd, eps)?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            ln_1: Norm::load(vb.pp("ln_1"), cfg.n_embd, eps, plan)?,
+            attn: Attention::load(vb.pp("attn"), cfg, layer, plan)?,
+            ln_2: Norm::load(vb.pp("ln_2"), cfg.n_embd, eps, plan)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg, plan)?,
         })
     }
 
@@ -335,6 +408,8 @@ pub struct Gpt2 {
     ln_f: Norm,
     /// `(V, C)`: `lm_head.weight` when the checkpoint has one, else `wte` (tied).
     lm_head: Tensor,
+    /// The dtype of activations and the KV cache (f32 under the half-matrix plan).
+    compute_dtype: DType,
     cfg: Gpt2Config,
 }
 
@@ -342,24 +417,29 @@ impl Gpt2 {
     /// Builds the model from checkpoint tensors named as in Hugging Face's
     /// `GPT2Model` (`wte`, `wpe`, `h.N.*`, `ln_f`); `lm_head.weight` is used when present.
     pub fn load(vb: VarBuilder, cfg: &Gpt2Config) -> candle_core::Result<Self> {
-        let emb = |name: &str, rows: usize, stdev: f64| -> candle_core::Result<Embedding> {
-            let w = vb.pp(name).get_with_hints(
+        let plan = WeightPlan::for_load(&vb);
+        let emb = |name: &str, rows: usize, stdev: f64| -> candle_core::Result<Tensor> {
+            vb.pp(name).get_with_hints(
                 (rows, cfg.n_embd),
                 "weight",
                 Init::Randn { mean: 0.0, stdev },
-            )?;
-            Ok(Embedding::new(w, cfg.n_embd))
+            )
         };
-        let wte = emb("wte", cfg.vocab_size, 0.02)?;
-        let wpe = emb("wpe", cfg.n_positions, 0.01)?;
+        // wte stays in the load dtype: it is also the (tied) LM head matrix.
+        let wte = Embedding::new(emb("wte", cfg.vocab_size, 0.02)?, cfg.n_embd);
+        let wpe = Embedding::new(plan.small(emb("wpe", cfg.n_positions, 0.01)?)?, cfg.n_embd);
         let blocks = (0..cfg.n_layer)
-            .map(|i| Block::load(vb.pp("h").pp(i), cfg, i))
+            .map(|i| Block::load(vb.pp("h").pp(i), cfg, i, plan))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let ln_f = Norm::load(vb.pp("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?;
+        let ln_f = Norm::load(vb.pp("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon, plan)?;
         let lm_head = if vb.contains_tensor("lm_head.weight") {
             vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?
         } else {
             wte.embeddings().clone()
+        };
+        let compute_dtype = match plan {
+            WeightPlan::Uniform => vb.dtype(),
+            WeightPlan::HalfMatricesOnCpu => DType::F32,
         };
         Ok(Self {
             wte,
@@ -367,6 +447,7 @@ impl Gpt2 {
             blocks,
             ln_f,
             lm_head,
+            compute_dtype,
             cfg: cfg.clone(),
         })
     }
@@ -379,8 +460,15 @@ impl Gpt2 {
         self.lm_head.device()
     }
 
+    /// The dtype the weight matrices are held in.
     pub fn dtype(&self) -> DType {
         self.lm_head.dtype()
+    }
+
+    /// The dtype of activations and the KV cache: the weights' dtype, except f32
+    /// when half-precision matrices run on the CPU.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
     }
 
     /// A fresh, empty cache for `batch` sequences.
@@ -472,7 +560,8 @@ impl Gpt2 {
         let dev = self.device();
         let ids = Tensor::from_vec(input.ids.clone(), (b, t), dev)?;
         let pos = Tensor::from_vec(positions, (b, t), dev)?;
-        let mut x = (self.wte.forward(&ids)? + self.wpe.forward(&pos)?)?; // (B, T, C)
+        let tok = self.wte.forward(&ids)?.to_dtype(self.compute_dtype)?; // (B, T, C)
+        let mut x = (tok + self.wpe.forward(&pos)?)?; // (B, T, C)
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = block.forward(&x, mask.as_ref(), Some(layer_cache))?;
         }
@@ -526,7 +615,12 @@ impl Gpt2 {
     /// Hidden `(B, T, C)` to logits `(B, T, V)` through the tied head.
     fn project(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, c) = h.dims3()?;
-        let logits = h.reshape((b * t, c))?.matmul(&self.lm_head.t()?)?; // (B*T, V)
+        let h = h.reshape((b * t, c))?; // (B*T, C)
+        let logits = if self.compute_dtype == self.lm_head.dtype() {
+            h.matmul(&self.lm_head.t()?)?
+        } else {
+            matmul_half_weights(&h, &self.lm_head)? // lm_head is (V, C) already
+        }; // (B*T, V)
         logits.reshape((b, t, ()))
     }
 }

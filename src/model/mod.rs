@@ -9,6 +9,7 @@
 mod checkpoint;
 mod config;
 mod gpt2;
+pub mod half_weights;
 pub mod synthetic;
 mod tokenizer;
 
