@@ -16,15 +16,7 @@ fn logits_match_reference_for_every_layout() {
     for layout in LAYOUTS {
         let r = reference(layout);
         let m = load_model(&fixture(layout), &Device::Cpu, DType::F32).unwrap();
-        let mut cache = m.model.new_cache(1);
-        let logits = m
-            .model
-            .forward(
-                &TokenBatch::left_padded(std::slice::from_ref(&r.prompt_ids), 0),
-                &mut cache,
-            )
-            .unwrap();
-        let logits: Vec<Vec<f32>> = logits.squeeze(0).unwrap().to_vec2().unwrap();
+        let logits = prompt_logits(&m.model, &r.prompt_ids);
         assert_eq!(logits.len(), r.logits.len(), "{layout}");
         for (t, (ours, theirs)) in logits.iter().zip(&r.logits).enumerate() {
             let d = max_abs_diff(ours, theirs);

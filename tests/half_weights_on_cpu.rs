@@ -97,15 +97,7 @@ fn reference_fixtures_in_f16_and_bf16_on_cpu_stay_close_to_pytorch_f32() {
             (DType::BF16, 8.0 * 2f32.powi(-8)),
         ] {
             let m = load_model(&fixture(layout), &Device::Cpu, dtype).unwrap();
-            let mut cache = m.model.new_cache(1);
-            let logits = m
-                .model
-                .forward(
-                    &TokenBatch::left_padded(std::slice::from_ref(&r.prompt_ids), 0),
-                    &mut cache,
-                )
-                .unwrap();
-            let logits: Vec<Vec<f32>> = logits.squeeze(0).unwrap().to_vec2().unwrap();
+            let logits = prompt_logits(&m.model, &r.prompt_ids);
             for (t, (ours, theirs)) in logits.iter().zip(&r.logits).enumerate() {
                 let d = max_abs_diff(ours, theirs);
                 let scale = theirs.iter().fold(0f32, |a, v| a.max(v.abs()));

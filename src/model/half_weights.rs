@@ -74,21 +74,20 @@ impl candle_core::CustomOp1 for ConvertHalf {
                 .for_each(|(d, s)| s.convert_to_f32_slice(d));
             d
         }
+        fn narrow<T>(src: &[f32], zero: T) -> Vec<T>
+        where
+            [T]: HalfFloatSliceExt,
+            T: Copy + Send,
+        {
+            let mut d = vec![zero; src.len()];
+            d.par_chunks_mut(CONVERT_CHUNK)
+                .zip(src.par_chunks(CONVERT_CHUNK))
+                .for_each(|(d, s)| d.convert_from_f32_slice(s));
+            d
+        }
         let out = match (s, self.0) {
-            (CpuStorage::F32(v), DType::F16) => {
-                let mut d = vec![f16::ZERO; b - a];
-                d.par_chunks_mut(CONVERT_CHUNK)
-                    .zip(v[a..b].par_chunks(CONVERT_CHUNK))
-                    .for_each(|(d, s)| d.convert_from_f32_slice(s));
-                CpuStorage::F16(d)
-            }
-            (CpuStorage::F32(v), DType::BF16) => {
-                let mut d = vec![bf16::ZERO; b - a];
-                d.par_chunks_mut(CONVERT_CHUNK)
-                    .zip(v[a..b].par_chunks(CONVERT_CHUNK))
-                    .for_each(|(d, s)| d.convert_from_f32_slice(s));
-                CpuStorage::BF16(d)
-            }
+            (CpuStorage::F32(v), DType::F16) => CpuStorage::F16(narrow(&v[a..b], f16::ZERO)),
+            (CpuStorage::F32(v), DType::BF16) => CpuStorage::BF16(narrow(&v[a..b], bf16::ZERO)),
             (CpuStorage::F16(v), DType::F32) => CpuStorage::F32(widen(&v[a..b])),
             (CpuStorage::BF16(v), DType::F32) => CpuStorage::F32(widen(&v[a..b])),
             (other, to) => {

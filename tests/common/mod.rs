@@ -90,3 +90,11 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn ids_arg(ids: &[u32]) -> String {
     ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
+
+/// Logits `(T, V)` for every position of one prompt, run as a batch of one.
+pub fn prompt_logits(model: &versifier::model::Gpt2, prompt: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache(1);
+    let batch = versifier::model::TokenBatch::left_padded(&[prompt.to_vec()], 0);
+    let logits = model.forward(&batch, &mut cache).unwrap();
+    logits.squeeze(0).unwrap().to_vec2().unwrap()
+}
