@@ -53,6 +53,14 @@ pub struct DecodeFigure {
     /// Decode steps per second (per-sequence speed).
     pub steps_per_s: f64,
     pub first_token_ms: f64,
+    /// Where a decode step's time goes, in ms per step: the forward pass (with
+    /// the logits' copy to the host) and sampling on the host.
+    pub forward_ms_per_step: f64,
+    pub sample_ms_per_step: f64,
+    /// How the decode steps ran: absent on the CPU's growing-cache path; on the
+    /// GPU's static path `eager`, `cuda_graph`, or `capture_failed` with the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner: Option<crate::model::StepRunner>,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,6 +168,12 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             stop_ids: vec![],
             constraint: None,
         };
+        if model.device().is_cuda() {
+            // The static path sizes its buffers (and captures its graph) once per
+            // batch shape, as compiled PyTorch does at its first call: warm that
+            // up outside the timing, like the peers' warm-up runs.
+            generate(model, &req, |_| &[], &|| false, |_| {})?;
+        }
         let g = generate(model, &req, |_| &[], &|| false, |_| {})?;
         let steps = g.timings.steps_per_s();
         if batch == 1 {
@@ -170,6 +184,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             tokens_per_s: steps * batch as f64,
             steps_per_s: steps,
             first_token_ms: g.timings.first_token_ms,
+            forward_ms_per_step: g.timings.forward_ms / g.timings.decode_steps.max(1) as f64,
+            sample_ms_per_step: g.timings.sample_ms / g.timings.decode_steps.max(1) as f64,
+            runner: g.step_runner.clone(),
         });
     }
     Ok(BenchReport {

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::device::{open_device, DeviceChoice, DeviceError, Precision};
-use crate::generate::{generate, GenerateRequest, SamplingParams};
-use crate::model::{load_model, LoadError, TokenBatch};
+use crate::generate::{generate_on, DecodePath, GenerateRequest, SamplingParams};
+use crate::model::{
+    load_model, static_columns, GraphMode, LoadError, StaticDecoder, StepRunner, TokenBatch,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelftestError {
@@ -33,7 +35,14 @@ pub struct FixtureResult {
     pub fixture: String,
     pub max_logit_diff: f32,
     pub max_batch_logit_diff: f32,
+    /// The left-padded batch through the static-shape prompt pass (the GPU's path).
+    pub max_static_batch_logit_diff: f32,
+    /// Greedy continuation on the static path (CUDA graphs where the device has them).
     pub greedy_matches: bool,
+    /// How the static path's decode steps ran.
+    pub step_runner: Option<StepRunner>,
+    /// The growing-cache path gives the same greedy ids as the static path.
+    pub paths_agree: bool,
     pub passed: bool,
 }
 
@@ -189,9 +198,21 @@ pub fn run_selftest(
             stop_ids: vec![],
             constraint: None,
         };
-        let g = generate(&m.model, &req, |_| &[], &|| false, |_| {}).map_err(|e| run(e.into()))?;
+        let rows = r.batch_prompts.len();
+        let padded = TokenBatch::left_padded(&r.batch_prompts, 0);
+        let columns = static_columns(padded.len, 1, m.config.n_positions);
+        let static_batch = StaticDecoder::new(&m.model, rows, columns, GraphMode::Eager)
+            .and_then(|mut d| d.prefill(&m.model, &padded))
+            .map_err(|e| run(e.into()))?;
+        let greedy = |path| {
+            generate_on(path, &m.model, &req, |_| &[], &|| false, |_| {}).map_err(|e| run(e.into()))
+        };
+        let g = greedy(DecodePath::Static(GraphMode::Capture))?;
+        let growing = greedy(DecodePath::Growing)?;
+        let paths_agree = g.variations[0].ids == growing.variations[0].ids;
         let max_logit_diff = max_diff(&logits, &r.logits);
         let max_batch_logit_diff = max_diff(&batch, &r.batch_last_logits);
+        let max_static_batch_logit_diff = max_diff(&static_batch, &r.batch_last_logits);
         let greedy_matches = g.variations[0].ids == r.greedy_ids;
         // Half precision may flip near-ties in a greedy argmax; there only logits are judged.
         let scale = if precision == Precision::F32 {
@@ -205,12 +226,17 @@ pub fn run_selftest(
         };
         let passed = max_logit_diff < tol * scale
             && max_batch_logit_diff < tol * scale
-            && (greedy_matches || precision != Precision::F32);
+            && max_static_batch_logit_diff < tol * scale
+            && (greedy_matches || precision != Precision::F32)
+            && (paths_agree || precision != Precision::F32);
         results.push(FixtureResult {
             fixture: name,
             max_logit_diff,
             max_batch_logit_diff,
+            max_static_batch_logit_diff,
             greedy_matches,
+            step_runner: g.step_runner,
+            paths_agree,
             passed,
         });
     }

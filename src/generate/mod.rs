@@ -16,9 +16,12 @@ pub use sampling::{SamplingParams, TokenSampler};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
+use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::model::{ForwardError, Gpt2, TokenBatch};
+use crate::model::{
+    static_columns, ForwardError, Gpt2, GraphMode, KvCache, StaticDecoder, StepRunner, TokenBatch,
+};
 
 /// Largest number of variations decoded in one batch.
 pub const MAX_VARIATIONS: usize = 8;
@@ -101,6 +104,10 @@ pub struct GenerationTimings {
     /// Decode steps after the first token.
     pub decode_steps: usize,
     pub decode_ms: f64,
+    /// Of `decode_ms`: the forward passes, logits copied to the host included.
+    pub forward_ms: f64,
+    /// Of `decode_ms`: masks and sampling on the host (the rest is bookkeeping).
+    pub sample_ms: f64,
 }
 
 impl GenerationTimings {
@@ -124,6 +131,9 @@ pub struct Generation {
     pub timings: GenerationTimings,
     /// Bytes the KV cache held at the end (for the memory meter's split).
     pub kv_cache_bytes: usize,
+    /// How decode steps ran on the static path (absent on the growing-cache path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_runner: Option<StepRunner>,
 }
 
 impl Generation {
@@ -211,12 +221,141 @@ pub fn validate_request(model: &Gpt2, req: &GenerateRequest) -> Result<(), Gener
     Ok(())
 }
 
+/// How a generation keeps its keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodePath {
+    /// A cache that grows by one column per step (the CPU's path: no wasted
+    /// attention over empty columns).
+    Growing,
+    /// Fixed-size buffers written in place, reused across requests of the same
+    /// shape, with each step replayed from a CUDA graph when the mode allows
+    /// (the GPU's path: launch-bound, so fewer host round-trips win).
+    Static(GraphMode),
+}
+
+impl DecodePath {
+    /// Static with graphs on CUDA (unless `VERSIFIER_CUDA_GRAPHS=0`), growing elsewhere.
+    pub fn for_device(device: &Device) -> Self {
+        if device.is_cuda() {
+            Self::Static(GraphMode::from_env())
+        } else {
+            Self::Growing
+        }
+    }
+}
+
 /// Generates `req.variations` continuations as one batch, calling `on_token`
 /// for every sampled token and asking `cancel` between tokens.
 ///
 /// `token_bytes` maps an id to the bytes it adds to the text (the tokenizer's
 /// table); without a tokenizer pass `|_| &[]` and read the ids.
 pub fn generate<'t>(
+    model: &Gpt2,
+    req: &GenerateRequest,
+    token_bytes: impl Fn(u32) -> &'t [u8],
+    cancel: &dyn Fn() -> bool,
+    on_token: impl FnMut(&TokenEvent),
+) -> Result<Generation, GenerateError> {
+    let path = DecodePath::for_device(model.device());
+    generate_on(path, model, req, token_bytes, cancel, on_token)
+}
+
+/// The keys and values of one generation, on either path.
+enum Decoding<'m> {
+    Growing(KvCache),
+    Static {
+        slot: std::sync::MutexGuard<'m, Option<StaticDecoder>>,
+        started: bool,
+    },
+}
+
+impl<'m> Decoding<'m> {
+    fn open(
+        path: DecodePath,
+        model: &'m Gpt2,
+        rows: usize,
+        columns: usize,
+    ) -> Result<Self, GenerateError> {
+        let mode = match path {
+            DecodePath::Growing => return Ok(Self::Growing(model.new_cache(rows))),
+            DecodePath::Static(mode) => mode,
+        };
+        // A poisoned slot means a generation panicked mid-step: its buffers are
+        // in an unknown state, so start over with fresh ones.
+        let mut slot = model.static_decoder().lock().unwrap_or_else(|poisoned| {
+            let mut guard = poisoned.into_inner();
+            *guard = None;
+            guard
+        });
+        let reusable = slot
+            .as_ref()
+            .is_some_and(|d| d.batch() == rows && d.columns() == columns && d.graph_mode() == mode);
+        if reusable {
+            if let Some(d) = slot.as_mut() {
+                d.reset();
+            }
+        } else {
+            // Free the old buffers before allocating the new ones.
+            *slot = None;
+            *slot = Some(StaticDecoder::new(model, rows, columns, mode)?);
+        }
+        Ok(Self::Static {
+            slot,
+            started: false,
+        })
+    }
+
+    /// Logits of each row's last position after `input`, as f32 rows on the host.
+    fn next_logits(
+        &mut self,
+        model: &Gpt2,
+        input: &TokenBatch,
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        match self {
+            Self::Growing(cache) => Ok(model
+                .forward_last(input, cache)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .to_vec2::<f32>()?),
+            Self::Static { slot, started } => {
+                let Some(decoder) = slot.as_mut() else {
+                    return Err(ForwardError::Shape("static decoder missing".into()));
+                };
+                let logits = if *started {
+                    decoder.step(model, input)
+                } else {
+                    *started = true;
+                    decoder.prefill(model, input)
+                };
+                if let Err(e) = &logits {
+                    if !matches!(e, ForwardError::ContextFull { .. }) {
+                        // Buffers or graph may be half-written: do not reuse them.
+                        **slot = None;
+                    }
+                }
+                logits
+            }
+        }
+    }
+
+    fn cache_bytes(&self) -> usize {
+        match self {
+            Self::Growing(cache) => cache.bytes(),
+            Self::Static { slot, .. } => slot.as_ref().map_or(0, StaticDecoder::cache_bytes),
+        }
+    }
+
+    fn runner(&self) -> Option<StepRunner> {
+        match self {
+            Self::Growing(_) => None,
+            Self::Static { slot, .. } => slot.as_ref().map(StaticDecoder::runner),
+        }
+    }
+}
+
+/// [`generate`] on a chosen [`DecodePath`] (tests run the GPU's static path on the CPU).
+pub fn generate_on<'t>(
+    path: DecodePath,
     model: &Gpt2,
     req: &GenerateRequest,
     token_bytes: impl Fn(u32) -> &'t [u8],
@@ -249,13 +388,15 @@ pub fn generate<'t>(
         ],
         timings: GenerationTimings::default(),
         kv_cache_bytes: 0,
+        step_runner: None,
     };
     let mut samplers: Vec<TokenSampler> = (0..rows)
         .map(|r| TokenSampler::new(&req.sampling, r))
         .collect();
     let mut streams = vec![Utf8Stream::new(); rows];
     let mut contexts: Vec<Vec<u32>> = vec![prompt.clone(); rows];
-    let mut cache = model.new_cache(rows);
+    let columns = static_columns(prompt.len(), req.max_new_tokens, n_positions);
+    let mut decoding = Decoding::open(path, model, rows, columns)?;
 
     let started = Instant::now();
     let mut input = TokenBatch::left_padded(&vec![prompt.clone(); rows], 0);
@@ -266,7 +407,8 @@ pub fn generate<'t>(
             finish_rows(&mut out, &mut streams, StopReason::Cancelled);
             break;
         }
-        let logits = match model.forward_last(&input, &mut cache) {
+        let forward_started = Instant::now();
+        let logits = match decoding.next_logits(model, &input) {
             Ok(l) => l,
             Err(ForwardError::ContextFull { .. }) => {
                 finish_rows(&mut out, &mut streams, StopReason::ContextFull);
@@ -274,28 +416,47 @@ pub fn generate<'t>(
             }
             Err(e) => return Err(fail(e.into(), out)),
         };
-        let logits = match logits
-            .to_dtype(DType::F32)
-            .and_then(|l| l.to_device(&Device::Cpu))
-            .and_then(|l| l.to_vec2::<f32>())
-        {
-            Ok(l) => l,
-            Err(e) => return Err(fail(e.into(), out)),
-        };
+        let sample_started = Instant::now();
+        if step > 0 {
+            out.timings.forward_ms += (sample_started - forward_started).as_secs_f64() * 1000.0;
+        }
         let mut next = vec![0u32; rows];
         let mut live = vec![false; rows];
-        for (r, row_logits) in logits.into_iter().enumerate() {
+        // Each row has its own sampler and RNG stream, so rows can be sampled in
+        // parallel with the same result as one after another.
+        let pick = |((r, mut row_logits), sampler): ((usize, Vec<f32>), &mut TokenSampler)| {
             if out.variations[r].stop.is_some() {
-                continue;
+                return None;
             }
-            let mut row_logits = row_logits;
             if let Some((c, start)) = &req.constraint {
                 let written = format!("{start}{}", out.variations[r].text);
                 c.apply(&written, &mut row_logits);
             }
-            let id = match samplers[r].sample(row_logits, &contexts[r]) {
-                Ok(id) => id,
-                Err(e) => return Err(fail(e, out)),
+            Some(sampler.sample(row_logits, &contexts[r]))
+        };
+        let picks: Vec<Option<Result<u32, GenerateError>>> = if rows > 1 {
+            logits
+                .into_par_iter()
+                .enumerate()
+                .zip(samplers.par_iter_mut())
+                .map(pick)
+                .collect()
+        } else {
+            logits
+                .into_iter()
+                .enumerate()
+                .zip(samplers.iter_mut())
+                .map(pick)
+                .collect()
+        };
+        if step > 0 {
+            out.timings.sample_ms += sample_started.elapsed().as_secs_f64() * 1000.0;
+        }
+        for (r, picked) in picks.into_iter().enumerate() {
+            let id = match picked {
+                None => continue,
+                Some(Ok(id)) => id,
+                Some(Err(e)) => return Err(fail(e, out)),
             };
             if req.stop_ids.contains(&id) {
                 out.variations[r].stop = Some(StopReason::Stop);
@@ -336,7 +497,8 @@ pub fn generate<'t>(
     if let Some(t) = decode_started {
         out.timings.decode_ms = t.elapsed().as_secs_f64() * 1000.0;
     }
-    out.kv_cache_bytes = cache.bytes();
+    out.kv_cache_bytes = decoding.cache_bytes();
+    out.step_runner = decoding.runner();
     Ok(out)
 }
 

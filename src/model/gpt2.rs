@@ -6,11 +6,14 @@
 //! bytes to stream per token) while activations, norms, attention and the KV
 //! cache are f32: see [`super::half_weights`].
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
 use super::config::{Activation, Gpt2Config};
 use super::half_weights::{matmul_half_weights, transpose_half};
+use super::StaticDecoder;
 
 /// Value added to attention scores that must not be attended to. Finite, so that a
 /// row with every key masked (a padding query) gives a uniform softmax, not NaN.
@@ -138,6 +141,64 @@ impl KvCache {
             .flatten()
             .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
             .sum()
+    }
+}
+
+/// Keys and values of every layer in buffers of a fixed number of columns,
+/// allocated once and written in place (see [`Gpt2::forward_static`]).
+#[derive(Debug)]
+pub struct StaticKvCache {
+    k: Vec<Tensor>, // per layer (B, H, S, hd)
+    v: Vec<Tensor>, // per layer (B, H, S, hd)
+    batch: usize,
+    columns: usize,
+}
+
+impl StaticKvCache {
+    /// Zeroed buffers for `batch` rows of `columns` positions in the model's compute dtype.
+    pub fn new(model: &Gpt2, batch: usize, columns: usize) -> candle_core::Result<Self> {
+        let cfg = model.config();
+        let shape = (batch, cfg.n_head, columns, cfg.head_dim());
+        let zeros = || Tensor::zeros(shape, model.compute_dtype(), model.device());
+        let k = (0..cfg.n_layer)
+            .map(|_| zeros())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let v = (0..cfg.n_layer)
+            .map(|_| zeros())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            k,
+            v,
+            batch,
+            columns,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Positions each row can hold (`S`).
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// Bytes held by the buffers.
+    pub fn bytes(&self) -> usize {
+        self.k
+            .iter()
+            .chain(&self.v)
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+/// The value added to a masked attention score in `dtype`: large and finite
+/// (f16 cannot hold [`MASKED`]), so a softmax over it gives exactly 0.
+pub fn masked_value(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => -65504.0,
+        _ => MASKED,
     }
 }
 
@@ -333,6 +394,58 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// The static-shape attention of [`Gpt2::forward_static`]: the new keys and
+    /// values are written into `(B, H, S, hd)` buffers in place, and every query
+    /// attends over all `S` columns, with `mask` hiding the ones not written yet.
+    /// One copy splits Q, K and V; no tensor changes shape from step to step.
+    fn forward_static(
+        &self,
+        x: &Tensor,    // (B, T, C)
+        mask: &Tensor, // (B, 1, T, S), compute dtype
+        slot: KvSlot,
+        k_cache: &Tensor, // (B, H, S, hd)
+        v_cache: &Tensor, // (B, H, S, hd)
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let hd = c / self.n_head;
+        let qkv = self
+            .c_attn
+            .forward(x)? // (B, T, 3C)
+            .reshape((b, t, 3, self.n_head, hd))?
+            .permute((2, 0, 3, 1, 4))? // (3, B, H, T, hd)
+            .contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?); // (B, H, T, hd) each
+        match slot {
+            KvSlot::Columns(start) => {
+                k_cache.slice_set(&k, 2, start)?;
+                v_cache.slice_set(&v, 2, start)?;
+            }
+            KvSlot::Indexed(columns) => {
+                k_cache.scatter_set(columns, &k, 2)?;
+                v_cache.scatter_set(columns, &v, 2)?;
+            }
+        }
+        let att = (q.matmul(&k_cache.t()?)? * self.scale)?; // (B, H, T, S)
+        let att = att.broadcast_add(mask)?;
+        // candle's softmax kernel accumulates in f32 for f16/bf16 inputs, so no casts.
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(v_cache)?; // (B, H, T, hd)
+        let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
+        self.c_proj.forward(&y)
+    }
+}
+
+/// Where [`Gpt2::forward_static`] writes the keys and values of its input.
+#[derive(Debug, Clone, Copy)]
+pub enum KvSlot<'a> {
+    /// Columns `start..start + T`, known on the host (a prompt pass; never captured).
+    Columns(usize),
+    /// A `(B, H, T, hd)` u32 device tensor of column indices, read when the step
+    /// runs, so a captured CUDA graph writes wherever the decode has reached.
+    Indexed(&'a Tensor),
+}
+
 #[derive(Debug, Clone)]
 struct Mlp {
     c_fc: Conv1D,
@@ -399,6 +512,27 @@ impl Block {
     }
 }
 
+impl Block {
+    fn forward_static(
+        &self,
+        x: &Tensor, // (B, T, C)
+        mask: &Tensor,
+        slot: KvSlot,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let a = self.attn.forward_static(
+            &self.ln_1.forward(x, false)?,
+            mask,
+            slot,
+            k_cache,
+            v_cache,
+        )?;
+        let x = (x + a)?;
+        &x + self.mlp.forward(&self.ln_2.forward(&x, false)?)?
+    }
+}
+
 /// A loaded GPT-2 language model.
 #[derive(Debug, Clone)]
 pub struct Gpt2 {
@@ -411,6 +545,11 @@ pub struct Gpt2 {
     /// The dtype of activations and the KV cache (f32 under the half-matrix plan).
     compute_dtype: DType,
     cfg: Gpt2Config,
+    /// The static decode buffers (and captured CUDA graph) of the last request
+    /// that used them, kept for the next request of the same shape. Not weights:
+    /// held here so they are dropped with the model, before Release resets the
+    /// CUDA context.
+    static_decoder: Arc<Mutex<Option<StaticDecoder>>>,
 }
 
 impl Gpt2 {
@@ -449,6 +588,7 @@ impl Gpt2 {
             lm_head,
             compute_dtype,
             cfg: cfg.clone(),
+            static_decoder: Arc::default(),
         })
     }
 
@@ -469,6 +609,12 @@ impl Gpt2 {
     /// when half-precision matrices run on the CPU.
     pub fn compute_dtype(&self) -> DType {
         self.compute_dtype
+    }
+
+    /// The slot holding the static decoder kept between requests (see
+    /// [`StaticDecoder`]); lock it for the whole of a generation.
+    pub fn static_decoder(&self) -> &Mutex<Option<StaticDecoder>> {
+        &self.static_decoder
     }
 
     /// A fresh, empty cache for `batch` sequences.
@@ -584,6 +730,36 @@ impl Gpt2 {
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?; // (B, 1, C)
         Ok(self.project(&last)?.squeeze(1)?)
+    }
+
+    /// The static-shape forward pass used for decoding on the GPU (and, in tests,
+    /// on the CPU): `ids` and `positions` `(B, T)` u32, `mask` `(B, 1, T, S)` in
+    /// [`Gpt2::compute_dtype`] (0 where visible, [`masked_value`] elsewhere), keys
+    /// and values written into `cache` at `slot`. Returns the f32 logits `(B, V)`
+    /// of each row's last input position.
+    ///
+    /// Every tensor it allocates is freed before it returns and none of its
+    /// kernels take host data that changes from step to step, so with `T = 1` and
+    /// [`KvSlot::Indexed`] one call can be captured as a CUDA graph and replayed
+    /// after the caller rewrites the input buffers in place. No host checks
+    /// happen here: [`super::StaticDecoder`] checks ids and positions first.
+    pub fn forward_static(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        slot: KvSlot,
+        cache: &StaticKvCache,
+    ) -> candle_core::Result<Tensor> {
+        let (_b, t) = ids.dims2()?;
+        let tok = self.wte.forward(ids)?.to_dtype(self.compute_dtype)?; // (B, T, C)
+        let mut x = (tok + self.wpe.forward(positions)?)?; // (B, T, C)
+        for (block, (k, v)) in self.blocks.iter().zip(cache.k.iter().zip(&cache.v)) {
+            x = block.forward_static(&x, mask, slot, k, v)?;
+        }
+        let last = x.narrow(1, t - 1, 1)?.contiguous()?; // (B, 1, C)
+        let h = self.ln_f.forward(&last, false)?;
+        self.project(&h)?.squeeze(1)?.to_dtype(DType::F32) // (B, V)
     }
 
     /// The training forward pass: full sequences `(B, T)` of token ids, no cache,

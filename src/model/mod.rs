@@ -10,6 +10,9 @@ mod checkpoint;
 mod config;
 mod gpt2;
 pub mod half_weights;
+mod static_decode;
+#[cfg(feature = "cuda")]
+mod step_graph;
 pub mod synthetic;
 mod tokenizer;
 
@@ -18,7 +21,8 @@ pub use checkpoint::{
     ModelFiles, SafetensorsSummary, TensorEntry, WeightFormat,
 };
 pub use config::{Activation, Gpt2Config};
-pub use gpt2::{ForwardError, Gpt2, KvCache, TokenBatch};
+pub use gpt2::{masked_value, ForwardError, Gpt2, KvCache, KvSlot, StaticKvCache, TokenBatch};
+pub use static_decode::{static_columns, GraphMode, StaticDecoder, StepRunner, COLUMN_BUCKET};
 pub use tokenizer::{EncodeError, TextTokenizer, TokenizerKind};
 
 use std::path::PathBuf;

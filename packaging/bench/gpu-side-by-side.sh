@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Ours and PyTorch on one GPU in one run, on the same random GPT-2 124M
+# checkpoint (and the bundled model for ours): decode tokens/s at batch 1 and 8
+# in f32 and f16, ours with and without CUDA graphs, the peers eager and
+# static-cache compiled, all with the same sampling settings. Writes one JSON.
+#
+#   packaging/bench/gpu-side-by-side.sh BINARY OUT.json [MODEL_DIR]
+#
+# MODEL_DIR (default: a temporary folder) receives the random checkpoint, so a
+# later command (the lifecycle bench) can use the same one.
+# Runs on the GPU machine (no Rust needed): BINARY is the CUDA build (may be .gz);
+# python3 must have torch and transformers.
+set -uo pipefail
+bin=$1; out=$2
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+case "$bin" in *.gz) gzip -dc "$bin" > /tmp/versifier-cuda && chmod +x /tmp/versifier-cuda && bin=/tmp/versifier-cuda;; esac
+if [ -z "${VERSIFIER_LIBS_SET:-}" ]; then
+  libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
+  export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
+fi
+work=$(mktemp -d)
+model=${3:-$work/gpt2-124m-random}
+python3 - "$model" <<'PY'
+import sys, torch
+from transformers import GPT2Config, GPT2LMHeadModel
+torch.manual_seed(0)
+GPT2LMHeadModel(GPT2Config()).save_pretrained(sys.argv[1])
+PY
+cp "$root/tests/fixtures/hf-safetensors/tokenizer.json" "$model/"
+n=128
+for dt in f32 f16; do
+  for g in 1 0; do
+    VERSIFIER_CUDA_GRAPHS=$g "$bin" bench --model "$model" --device cuda:0 --dtype $dt --batches 1,8 --new-tokens $n --json \
+      > "$work/ours-124m-$dt-graphs$g.json" || echo "ours 124m $dt graphs=$g failed" >&2
+    VERSIFIER_CUDA_GRAPHS=$g "$bin" bench --model "$root/models/tang-poems" --device cuda:0 --dtype $dt --batches 1,8 --new-tokens $n --json \
+      > "$work/ours-tang-$dt-graphs$g.json" || echo "ours tang $dt graphs=$g failed" >&2
+  done
+done
+PYTHONUNBUFFERED=1 python3 "$here/pytorch_gpu_peers.py" "$model" --new-tokens $n > "$work/peers.json" || echo "peers failed" >&2
+python3 - "$work" "$out" <<'PY'
+import glob, json, os, sys, subprocess
+work, out = sys.argv[1], sys.argv[2]
+def load(p):
+    try:
+        return json.load(open(p))
+    except Exception as e:
+        return {"error": f"{p}: {e}"}
+ours = {os.path.basename(p)[:-5]: load(p) for p in sorted(glob.glob(f"{work}/ours-*.json"))}
+peers = load(f"{work}/peers.json")
+gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                     capture_output=True, text=True).stdout.strip()
+table = {}
+for name, j in ours.items():
+    for d in j.get("decode", []):
+        table[f"versifier {name[5:]} batch {d['batch']}"] = round(d["tokens_per_s"], 1)
+for p in peers.get("peers", []):
+    for d in p.get("decode", []):
+        table[f"transformers {p['peer']} 124m {p['dtype']} batch {d['batch']}"] = round(d["tokens_per_s"], 1)
+json.dump({"gpu": gpu, "new_tokens": 128, "prompt_tokens": 16,
+           "sampling": "temperature 0.8, top-k 40, top-p 0.95, repetition penalty 1.1",
+           "tokens_per_s": table, "ours": ours, "peers": peers}, open(out, "w"), indent=1)
+print(json.dumps(table, indent=1))
+PY

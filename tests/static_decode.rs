@@ -1,0 +1,153 @@
+//! The GPU's decode path (static-shape KV cache written in place, one step
+//! replayed from a CUDA graph) run on the CPU without graphs: it must give the
+//! growing-cache path's logits and tokens, with padding, finished rows, reuse
+//! across requests and a full context. On CUDA the same step kernels are
+//! captured and replayed; `versifier selftest --device cuda:0` checks that.
+
+mod common;
+
+use candle_core::{DType, Device};
+use common::*;
+use versifier::generate::{generate_on, DecodePath, GenerateRequest, SamplingParams, StopReason};
+use versifier::model::{
+    load_model, static_columns, synthetic, Gpt2, Gpt2Config, GraphMode, StaticDecoder, StepRunner,
+    TokenBatch,
+};
+
+fn tiny_model(dtype: DType, n_positions: usize) -> (tempfile::TempDir, Gpt2) {
+    let mut cfg = Gpt2Config::small(300, n_positions, 48, 2, 4);
+    cfg.n_inner = 4 * 48 + 5;
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = synthetic::synthetic_tensors(&cfg, 11).unwrap();
+    synthetic::write_checkpoint(dir.path(), &cfg, &tensors, DType::F32).unwrap();
+    std::fs::copy(
+        fixture("hf-safetensors").join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let m = load_model(dir.path(), &Device::Cpu, dtype).unwrap();
+    (dir, m.model)
+}
+
+/// One decode step: a token per row and whether the row is still live.
+type Step = (Vec<u32>, Vec<bool>);
+
+/// Left-padded prompts of different lengths, then steps where row 1 finishes.
+fn steps() -> (Vec<Vec<u32>>, Vec<Step>) {
+    let prompts = vec![vec![5, 17, 299, 3, 250], vec![42, 7], vec![1, 2, 3]];
+    let steps = vec![
+        (vec![11, 12, 13], vec![true, true, true]),
+        (vec![200, 0, 9], vec![true, false, true]),
+        (vec![298, 0, 1], vec![true, false, true]),
+    ];
+    (prompts, steps)
+}
+
+#[test]
+fn static_path_gives_the_growing_path_logits_with_padding_and_finished_rows() {
+    for dtype in [DType::F32, DType::F16] {
+        let (_dir, model) = tiny_model(dtype, 64);
+        let (prompts, steps) = steps();
+        let mut cache = model.new_cache(prompts.len());
+        let mut dec = StaticDecoder::new(&model, prompts.len(), 64, GraphMode::Capture).unwrap();
+        let prompt = TokenBatch::left_padded(&prompts, 0);
+        let a = model.forward_last(&prompt, &mut cache).unwrap();
+        let b = dec.prefill(&model, &prompt).unwrap();
+        let mut pairs = vec![(a, b)];
+        for (ids, valid) in steps {
+            let input = TokenBatch::step(ids, valid);
+            pairs.push((
+                model.forward_last(&input, &mut cache).unwrap(),
+                dec.step(&model, &input).unwrap(),
+            ));
+        }
+        for (i, (a, b)) in pairs.into_iter().enumerate() {
+            let a: Vec<Vec<f32>> = a.to_dtype(DType::F32).unwrap().to_vec2().unwrap();
+            for (row, (x, y)) in a.iter().zip(&b).enumerate() {
+                let d = max_abs_diff(x, y);
+                assert!(
+                    d < 1e-4,
+                    "{dtype:?} call {i} row {row}: logits differ by {d}"
+                );
+            }
+        }
+        assert_eq!(dec.runner(), StepRunner::Eager, "no graphs on the CPU");
+    }
+}
+
+fn request(variations: usize, sampling: SamplingParams) -> GenerateRequest {
+    GenerateRequest {
+        prompt_ids: vec![3, 99, 150, 7],
+        variations,
+        max_new_tokens: 20,
+        sampling,
+        stop_ids: vec![],
+        constraint: None,
+    }
+}
+
+#[test]
+fn static_path_writes_the_growing_path_tokens_greedy_and_sampled() {
+    let (_dir, model) = tiny_model(DType::F32, 64);
+    for (variations, sampling) in [
+        (1, SamplingParams::greedy()),
+        (3, SamplingParams::default()),
+    ] {
+        let req = request(variations, sampling);
+        let run = |path| generate_on(path, &model, &req, |_| &[], &|| false, |_| {}).unwrap();
+        let growing = run(DecodePath::Growing);
+        let fixed = run(DecodePath::Static(GraphMode::Capture));
+        let ids = |g: &versifier::generate::Generation| -> Vec<Vec<u32>> {
+            g.variations.iter().map(|v| v.ids.clone()).collect()
+        };
+        assert_eq!(ids(&growing), ids(&fixed), "{variations} variations");
+        assert_eq!(growing.step_runner, None);
+        assert_eq!(fixed.step_runner, Some(StepRunner::Eager));
+        // A second request of the same shape reuses the buffers and gives the same poem.
+        let again = run(DecodePath::Static(GraphMode::Capture));
+        assert_eq!(ids(&again), ids(&fixed), "reused buffers change nothing");
+        assert_eq!(
+            fixed.kv_cache_bytes,
+            2 * 2 * variations * 4 * static_columns(4, 20, 64) * 12 * 4,
+            "(k, v) x layers x rows x heads x columns x head_dim x f32"
+        );
+    }
+}
+
+#[test]
+fn static_path_stops_at_a_full_context_like_the_growing_path() {
+    let (_dir, model) = tiny_model(DType::F32, 12);
+    let req = GenerateRequest {
+        max_new_tokens: 50,
+        ..request(2, SamplingParams::greedy())
+    };
+    let run = |path| generate_on(path, &model, &req, |_| &[], &|| false, |_| {}).unwrap();
+    let (growing, fixed) = (
+        run(DecodePath::Growing),
+        run(DecodePath::Static(GraphMode::Eager)),
+    );
+    for (a, b) in growing.variations.iter().zip(&fixed.variations) {
+        assert_eq!(a.ids, b.ids);
+        assert_eq!(a.stop, b.stop);
+        assert_eq!(b.stop, Some(StopReason::ContextFull));
+        // Prompt at positions 0..4; the last token fed sits at position 11.
+        assert_eq!(b.ids.len(), 12 - 4 + 1);
+    }
+}
+
+#[test]
+fn static_decoder_refuses_out_of_range_ids_and_wrong_batches() {
+    let (_dir, model) = tiny_model(DType::F32, 16);
+    let mut dec = StaticDecoder::new(&model, 2, 16, GraphMode::Eager).unwrap();
+    let err = dec
+        .prefill(
+            &model,
+            &TokenBatch::left_padded(&[vec![1, 300], vec![2]], 0),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("300"), "{err}");
+    let err = dec
+        .prefill(&model, &TokenBatch::left_padded(&[vec![1]], 0))
+        .unwrap_err();
+    assert!(err.to_string().contains("2 rows"), "{err}");
+}
