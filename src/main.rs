@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -15,10 +14,13 @@ use serde_json::json;
 use versifier::engine::bench::{
     run_bench, run_lifecycle, run_quality, BenchOptions, LifecycleOptions, QualityOptions,
 };
-use versifier::engine::{open_device, DeviceChoice, Precision};
+use versifier::engine::{
+    Command as EngineCommand, Engine, EngineOptions, Event, GenerateJob, LoadSpec, Prompt,
+};
+use versifier::engine::{DeviceChoice, Precision};
 use versifier::generate::forms::{layout, PoemForm};
-use versifier::generate::{generate, poem_prompt, GenerateRequest, SamplingParams};
-use versifier::model::{inspect_safetensors, load_model, Gpt2Config, ModelFiles, WeightFormat};
+use versifier::generate::{SamplingParams, StopReason};
+use versifier::model::{inspect_safetensors, Gpt2Config, ModelFiles, WeightFormat};
 
 #[derive(Parser)]
 #[command(
@@ -150,6 +152,10 @@ struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Treat the device as having at most this much free memory (MiB): loads
+    /// that would not fit are refused with what would, as on a full GPU.
+    #[arg(long, env = "VERSIFIER_MEMORY_BUDGET_MIB")]
+    memory_budget_mib: Option<u64>,
 }
 
 #[derive(Args)]
@@ -509,57 +515,39 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     if args.max_tokens == 0 {
         bail!("invalid setting `max_tokens`: must be at least 1");
     }
-
-    let device = open_device(device_choice)?;
-    let t0 = Instant::now();
-    let loaded = load_model(&model, &device, precision.dtype())?;
-    let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
-
     let form: PoemForm = args.form.parse()?;
-    let mut constraint = None;
-    let prompt_ids = match (&args.prompt_ids, &loaded.tokenizer) {
-        (Some(ids), _) => ids.clone(),
-        (None, Some(tok)) if form != PoemForm::Free => {
-            let (ids, c) = poem_prompt(tok, &args.prompt, &form)?;
-            constraint = c;
-            ids
-        }
-        (None, Some(tok)) => tok.prompt_ids(&args.prompt).with_context(|| format!("prompt {:?}", args.prompt))?,
-        (None, None) => bail!(
-            "{}: no tokenizer.json or vocab.txt, so a text prompt cannot be encoded; pass --prompt-ids",
-            loaded.files.dir.display()
-        ),
+    let prompt = match &args.prompt_ids {
+        Some(ids) => Prompt::Ids(ids.clone()),
+        None => Prompt::Text(args.prompt.clone()),
     };
-    let prompt_ids = if prompt_ids.is_empty() {
-        loaded
-            .config
-            .bos_token_id
-            .filter(|&b| (b as usize) < loaded.config.vocab_size)
-            .into_iter()
-            .collect()
-    } else {
-        prompt_ids
-    };
-    let stop_ids = match &loaded.tokenizer {
-        Some(t) => t.stop_ids().to_vec(),
-        None => loaded
-            .config
-            .eos_token_id
-            .filter(|&e| (e as usize) < loaded.config.vocab_size)
-            .into_iter()
-            .collect(),
-    };
-    let req = GenerateRequest {
-        prompt_ids,
+
+    // The same path as the window: the engine loads (after its fit check),
+    // prepares the request and generates; this only prints its events.
+    let engine = Engine::spawn(EngineOptions {
+        idle_timeout: None,
+        memory_budget: args.memory_budget_mib.map(|m| m * 1024 * 1024),
+        ..EngineOptions::default()
+    })?;
+    let remote = engine.remote();
+    // Ctrl+C stops between tokens; the poem so far is printed as usual. A
+    // second handler cannot be installed (tests call this once per process).
+    let _ = ctrlc::set_handler(move || remote.cancel());
+    let id = engine.next_request_id();
+    engine.send(EngineCommand::Generate(GenerateJob {
+        id,
+        spec: LoadSpec {
+            model: model.clone(),
+            device: device_choice,
+            precision,
+        },
+        prompt,
+        form: form.clone(),
         variations: args.variations,
         max_new_tokens: args.max_tokens,
         sampling,
-        stop_ids,
-        constraint,
-    };
-    let tok = loaded.tokenizer.as_ref();
-    let bytes = |id: u32| -> &[u8] { tok.map_or(&[], |t| t.token_bytes(id)) };
-    let stream = !args.json && args.variations == 1 && tok.is_some();
+    }))?;
+
+    let stream = !args.json && args.variations == 1;
     let mut stdout = std::io::stdout();
     // The prompt's text opens the output (an acrostic's heads come from the form).
     let echoed = if args.prompt_ids.is_none() && !matches!(form, PoemForm::Acrostic(_)) {
@@ -567,20 +555,65 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     } else {
         String::new()
     };
-    if stream {
-        let _ = write!(stdout, "{echoed}");
-    }
-    let gen = generate(&loaded.model, &req, bytes, &|| false, |ev| {
-        if stream && !ev.text.is_empty() {
-            let _ = write!(stdout, "{}", ev.text.replace('。', "。\n"));
-            let _ = stdout.flush();
+    let mut streamed = false;
+    let mut load_ms = 0.0;
+    let mut actual_device = device_choice;
+    let gen = loop {
+        let Some(event) = engine.recv() else {
+            bail!("the engine stopped without finishing the request");
+        };
+        match event {
+            Event::Loaded(report) => load_ms = report.load_ms,
+            Event::Notice(n) => {
+                if n.contains("running on the CPU") {
+                    actual_device = DeviceChoice::Cpu;
+                }
+                eprintln!("note: {n}");
+            }
+            Event::Token {
+                request,
+                variation: 0,
+                text,
+            } if request == id && stream => {
+                if !streamed {
+                    let _ = write!(stdout, "{echoed}");
+                    streamed = true;
+                }
+                let _ = write!(stdout, "{}", text.replace('。', "。\n"));
+                let _ = stdout.flush();
+            }
+            Event::Done {
+                request,
+                generation,
+            } if request == id => break generation,
+            Event::Error {
+                request,
+                message,
+                partial,
+                ..
+            } if request == Some(id) || request.is_none() => {
+                if let Some(p) = partial {
+                    for v in p.variations.iter().filter(|v| !v.text.is_empty()) {
+                        eprintln!("written before the error: {echoed}{}", v.text);
+                    }
+                }
+                bail!("{message}");
+            }
+            _ => {}
         }
-    })?;
+    };
     if gen.truncated_prompt_tokens > 0 {
         eprintln!(
-            "note: the prompt was longer than the model's context ({} positions); its first {} tokens were dropped",
-            loaded.config.n_positions, gen.truncated_prompt_tokens
+            "note: the prompt was longer than the model's context; its first {} tokens were dropped",
+            gen.truncated_prompt_tokens
         );
+    }
+    if gen
+        .variations
+        .iter()
+        .any(|v| v.stop == Some(StopReason::Cancelled))
+    {
+        eprintln!("note: stopped (Ctrl+C); the poem so far is below");
     }
     let generated: usize = gen.generated_tokens();
     let elapsed_s = (gen.timings.first_token_ms + gen.timings.decode_ms) / 1000.0;
@@ -589,9 +622,10 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     } else {
         0.0
     };
+    let has_text = gen.variations.iter().any(|v| !v.text.is_empty());
     if args.json {
         let out = json!({
-            "model": loaded.files.dir.display().to_string(),
+            "model": model.display().to_string(),
             "prompt": echoed,
             "prompt_ids": gen.prompt_ids,
             "truncated_prompt_tokens": gen.truncated_prompt_tokens,
@@ -602,15 +636,16 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             "first_token_ms": gen.timings.first_token_ms,
             "tokens_per_s": tokens_per_s,
             "elapsed_s": elapsed_s,
-            "device": device_choice.to_string(),
+            "device": actual_device.to_string(),
             "dtype": precision.to_string(),
         });
         println!("{}", serde_json::to_string(&out)?);
-    } else if stream {
+    } else if streamed {
+        // Text the stream held back (an unfinished character) is in the result.
         println!();
     } else {
         for (i, v) in gen.variations.iter().enumerate() {
-            if tok.is_some() {
+            if has_text {
                 println!(
                     "--- variation {} ---\n{}",
                     i + 1,

@@ -174,6 +174,67 @@ pub fn check_fit(
     })
 }
 
+/// Where the device ran out of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryStage {
+    /// Creating the CUDA context (cuBLAS, kernels).
+    OpenDevice,
+    /// Copying the weights to the device.
+    Load,
+    /// Decoding (KV cache, activations).
+    Generate,
+}
+
+impl std::fmt::Display for MemoryStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::OpenDevice => "opening the device for",
+            Self::Load => "loading",
+            Self::Generate => "generating with",
+        })
+    }
+}
+
+/// Whether an error's text is a device out-of-memory, whatever layer wrapped it
+/// (a CUDA driver error inside "not a valid safetensors file: ..." included).
+pub fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("out_of_memory") || m.contains("out of memory")
+}
+
+/// The message for an out-of-memory at `stage`: said as out-of-memory (never
+/// as the error of the layer it surfaced through), with what the model needs,
+/// what was free, and what would fit; the driver's words last, for reference.
+/// `fit` is the fit check redone with the free memory measured after the failure.
+pub fn out_of_memory_report(
+    stage: MemoryStage,
+    model: &std::path::Path,
+    fit: &Result<FitNeed, FitRefusal>,
+    cause: &str,
+) -> String {
+    let cause = cause
+        .rsplit(": ")
+        .find(|part| is_out_of_memory(part))
+        .unwrap_or(cause);
+    let figures = match fit {
+        Err(refusal) => format!("{refusal}"),
+        Ok(need) => format!(
+            "the model needs about {} MiB (weights {} + KV cache {} + runtime {}), which looked free \
+             when checked: another program may be using the GPU; close it, or try f16, fewer \
+             variations or the CPU (--device cpu)",
+            mib(need.total()),
+            mib(need.weights_bytes),
+            mib(need.kv_cache_bytes),
+            mib(need.overhead_bytes)
+        ),
+    };
+    format!(
+        "out of memory while {stage} {}: {figures} (driver: {cause})",
+        model.display()
+    )
+}
+
 pub use crate::meter::available_ram;
 
 #[cfg(test)]
@@ -181,6 +242,61 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn out_of_memory_at_every_stage_is_reported_as_out_of_memory_with_figures() {
+        let cfg = Gpt2Config::gpt2_124m();
+        let dev = DeviceChoice::Cuda(0);
+        let model = std::path::Path::new("models/gpt2");
+        let causes = [
+            (
+                MemoryStage::OpenDevice,
+                "cannot open cuda:0: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            ),
+            (
+                MemoryStage::Load,
+                "models/gpt2/model.safetensors: not a valid safetensors file: tensor \
+                 transformer.h.5.attn.c_attn.weight could not be built: \
+                 DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            ),
+            (
+                MemoryStage::Generate,
+                "generation failed after 3 tokens: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            ),
+        ];
+        for (stage, cause) in causes {
+            assert!(is_out_of_memory(cause), "{cause}");
+            let fit = check_fit(
+                &cfg,
+                dev,
+                Precision::F32,
+                8,
+                1024,
+                640 * MIB,
+                300 * MIB,
+                Some(64 << 30),
+            );
+            let m = out_of_memory_report(stage, model, &fit, cause);
+            assert!(m.starts_with("out of memory while"), "{m}");
+            assert!(m.contains("but only 300 MiB is free"), "{m}");
+            assert!(
+                m.contains("what would fit:") && m.contains("the CPU"),
+                "{m}"
+            );
+            assert!(
+                !m.contains("not a valid safetensors"),
+                "a file error is not the cause: {m}"
+            );
+            // A fit check that passes (memory taken after it) still says out of memory.
+            let fit = check_fit(&cfg, dev, Precision::F32, 1, 64, 0, 80 << 30, None);
+            let m = out_of_memory_report(stage, model, &fit, cause);
+            assert!(
+                m.starts_with("out of memory while") && m.contains("another program"),
+                "{m}"
+            );
+        }
+        assert!(!is_out_of_memory("tensor `wte.weight` is missing"));
+    }
 
     #[test]
     fn gpt2_small_needs_weights_cache_and_overhead() {

@@ -15,10 +15,11 @@ use candle_core::Device;
 
 use super::device::Precision;
 use super::device::{open_device, DeviceChoice};
-use super::fit::{available_ram, check_fit, FitRefusal};
+use super::fit::{
+    available_ram, check_fit, is_out_of_memory, out_of_memory_report, FitRefusal, MemoryStage,
+};
 use super::protocol::*;
-use crate::generate::forms::PoemForm;
-use crate::generate::{generate, poem_prompt, GenerateError, GenerateRequest};
+use crate::generate::{generate, prepare_request, GenerateError, PrepareError, RequestSettings};
 use crate::meter::{process_memory, GpuMeter};
 use crate::model::{load_model_with_progress, Gpt2Config, LoadProgress, LoadedModel, ModelFiles};
 
@@ -226,6 +227,11 @@ impl Engine {
         self.events.try_recv().ok()
     }
 
+    /// Waits for the next event; `None` once the engine thread has gone.
+    pub fn recv(&self) -> Option<Event> {
+        self.events.recv().ok()
+    }
+
     /// Waits up to `timeout` for the next event.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
         self.events.recv_timeout(timeout).ok()
@@ -311,11 +317,6 @@ fn return_freed_heap_to_os() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-fn is_out_of_memory(msg: &str) -> bool {
-    let m = msg.to_ascii_lowercase();
-    m.contains("out_of_memory") || m.contains("out of memory")
 }
 
 impl OwnerThread {
@@ -494,6 +495,53 @@ impl OwnerThread {
         }
     }
 
+    /// An out-of-memory at `stage`, reported as such with the fit check redone
+    /// against the memory free now (so the options are what fits now).
+    fn out_of_memory_failure(
+        &mut self,
+        stage: MemoryStage,
+        spec: &LoadSpec,
+        batch: usize,
+        cause: &str,
+    ) -> JobFailure {
+        let cause = crate::without_backtrace(cause);
+        let fit = ModelFiles::locate(&spec.model)
+            .ok()
+            .and_then(|files| Gpt2Config::from_file(&files.config).ok())
+            .map(|cfg| {
+                let free = self.free_bytes(spec.device).unwrap_or(0);
+                let cpu_free = self.free_bytes(DeviceChoice::Cpu);
+                let overhead = if spec.device == DeviceChoice::Cpu {
+                    0
+                } else {
+                    self.cuda_overhead
+                };
+                check_fit(
+                    &cfg,
+                    spec.device,
+                    spec.precision,
+                    batch,
+                    cfg.n_positions,
+                    overhead,
+                    free,
+                    cpu_free,
+                )
+            });
+        let message = match &fit {
+            Some(fit) => out_of_memory_report(stage, &spec.model, fit, &cause),
+            None => format!(
+                "out of memory while {stage} {}: {cause}",
+                spec.model.display()
+            ),
+        };
+        JobFailure {
+            kind: ErrorKind::OutOfMemory,
+            message,
+            partial: None,
+            fit: fit.and_then(Result::err).map(Box::new),
+        }
+    }
+
     /// Refuses a load that would not fit, with the numbers and what would.
     fn check_fit(
         &mut self,
@@ -543,6 +591,7 @@ impl OwnerThread {
     fn open_for(
         &mut self,
         spec: &LoadSpec,
+        batch: usize,
     ) -> Result<(Device, DeviceChoice, Precision), JobFailure> {
         match open_device(spec.device) {
             Ok(d) => Ok((d, spec.device, spec.precision)),
@@ -553,14 +602,13 @@ impl OwnerThread {
                 }
                 Ok((Device::Cpu, DeviceChoice::Cpu, spec.precision))
             }
-            Err(e) => Err(JobFailure::new(
-                if is_out_of_memory(&e.to_string()) {
-                    ErrorKind::OutOfMemory
-                } else {
-                    ErrorKind::Device
-                },
-                e.to_string(),
+            Err(e) if is_out_of_memory(&e.to_string()) => Err(self.out_of_memory_failure(
+                MemoryStage::OpenDevice,
+                spec,
+                batch,
+                &e.to_string(),
             )),
+            Err(e) => Err(JobFailure::new(ErrorKind::Device, e.to_string())),
         }
     }
 
@@ -650,7 +698,7 @@ impl OwnerThread {
             return Err(f);
         }
         let gpu_before = self.gpu_process_bytes(spec.device);
-        let (device, actual, precision) = self.open_for(spec)?;
+        let (device, actual, precision) = self.open_for(spec, batch)?;
         let mut resident = match Self::load_resident(
             spec,
             device,
@@ -662,6 +710,14 @@ impl OwnerThread {
             Err(f) => {
                 // Nothing of the failed load may keep the context alive.
                 self.reset_cuda_context(actual);
+                if f.kind == ErrorKind::OutOfMemory {
+                    return Err(self.out_of_memory_failure(
+                        MemoryStage::Load,
+                        spec,
+                        batch,
+                        &f.message,
+                    ));
+                }
                 return Err(f);
             }
         };
@@ -713,7 +769,7 @@ impl OwnerThread {
         let device = if same_gpu {
             Ok((current_device, current_actual, spec.precision))
         } else {
-            self.open_for(&spec)
+            self.open_for(&spec, 1)
         };
         let (device, actual, precision) = match device {
             Ok(d) => d,
@@ -809,55 +865,22 @@ impl OwnerThread {
                 "model vanished after loading".into(),
             ));
         };
-        let bad = |message: String| JobFailure::new(ErrorKind::BadRequest, message);
         let m = &resident.model;
         let tok = m.tokenizer.as_ref();
-        let mut constraint = None;
-        let mut prompt_ids = match &job.prompt {
-            Prompt::Ids(ids) => ids.clone(),
-            Prompt::Text(text) => match tok {
-                Some(t) if job.form != PoemForm::Free => {
-                    let (ids, c) =
-                        poem_prompt(t, text, &job.form).map_err(|e| bad(e.to_string()))?;
-                    constraint = c;
-                    ids
-                }
-                Some(t) => t.prompt_ids(text).map_err(|e| bad(e.to_string()))?,
-                None => {
-                    return Err(JobFailure::new(
-                        ErrorKind::BadModel,
-                        format!(
-                            "{}: no tokenizer.json or vocab.txt, so text prompts cannot be encoded",
-                            m.files.dir.display()
-                        ),
-                    ))
-                }
-            },
-        };
-        if prompt_ids.is_empty() {
-            let bos = m
-                .config
-                .bos_token_id
-                .filter(|&b| (b as usize) < m.config.vocab_size);
-            prompt_ids.extend(tok.and_then(|t| t.start_id()).or(bos));
-        }
-        let stop_ids = match tok {
-            Some(t) => t.stop_ids().to_vec(),
-            None => m
-                .config
-                .eos_token_id
-                .filter(|&e| (e as usize) < m.config.vocab_size)
-                .into_iter()
-                .collect(),
-        };
-        let req = GenerateRequest {
-            prompt_ids,
+        let settings = RequestSettings {
+            prompt: &job.prompt,
+            form: &job.form,
             variations: job.variations,
             max_new_tokens: job.max_new_tokens,
-            sampling: job.sampling,
-            stop_ids,
-            constraint,
+            sampling: &job.sampling,
         };
+        let req = prepare_request(m, &settings).map_err(|e| {
+            let kind = match e {
+                PrepareError::BadRequest(_) => ErrorKind::BadRequest,
+                PrepareError::NoTokenizer { .. } => ErrorKind::BadModel,
+            };
+            JobFailure::new(kind, e.to_string())
+        })?;
         self.set_state(EngineState::Generating);
         let cancel_up_to = Arc::clone(&self.cancel_up_to);
         let is_cancelled = move || cancel_up_to.load(Ordering::Relaxed) >= job.id;
@@ -891,11 +914,13 @@ impl OwnerThread {
                     GenerateError::Failed { partial, .. } => (ErrorKind::Generation, Some(partial)),
                     _ => (ErrorKind::Generation, None),
                 };
-                let kind = if is_out_of_memory(&message) {
-                    ErrorKind::OutOfMemory
-                } else {
-                    kind
-                };
+                if is_out_of_memory(&message) {
+                    let (spec, batch) = (job.spec.clone(), job.variations);
+                    let mut f =
+                        self.out_of_memory_failure(MemoryStage::Generate, &spec, batch, &message);
+                    f.partial = partial;
+                    return Err(f);
+                }
                 Err(JobFailure {
                     kind,
                     message: crate::without_backtrace(&message),

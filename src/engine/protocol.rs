@@ -21,12 +21,7 @@ pub struct LoadSpec {
     pub precision: Precision,
 }
 
-/// A prompt as text (tokenized by the engine) or as token ids.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Prompt {
-    Text(String),
-    Ids(Vec<u32>),
-}
+pub use crate::generate::Prompt;
 
 /// One generation request.
 #[derive(Debug, Clone)]

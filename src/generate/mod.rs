@@ -8,9 +8,11 @@
 
 mod detok;
 pub mod forms;
+mod prepare;
 mod sampling;
 
 pub use detok::Utf8Stream;
+pub use prepare::{prepare_request, PrepareError, Prompt, RequestSettings};
 pub use sampling::{SamplingParams, TokenSampler};
 
 use std::time::Instant;

@@ -1,0 +1,83 @@
+//! The one place a request becomes a [`GenerateRequest`]: prompt text or ids to
+//! token ids (simplified characters mapped, an empty prompt started from the
+//! tokenizer's start id, then the config's `bos_token_id`), the poem form's
+//! constraint, and the stop ids. The engine runs it for the window and the
+//! command line alike, so both produce the same ids for the same settings.
+
+use std::path::PathBuf;
+
+use super::forms::PoemForm;
+use super::{poem_prompt, GenerateRequest, SamplingParams};
+use crate::model::LoadedModel;
+
+/// A prompt as text (tokenized with the model's tokenizer) or as token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// Why a request could not be prepared for a model.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The prompt or form cannot be expressed with this model's vocabulary.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A text prompt for a model folder without a tokenizer.
+    #[error("{dir}: no tokenizer.json or vocab.txt, so text prompts cannot be encoded; pass token ids (--prompt-ids)")]
+    NoTokenizer { dir: PathBuf },
+}
+
+/// What to generate, before it meets a model.
+#[derive(Debug, Clone)]
+pub struct RequestSettings<'a> {
+    pub prompt: &'a Prompt,
+    pub form: &'a PoemForm,
+    pub variations: usize,
+    pub max_new_tokens: usize,
+    pub sampling: &'a SamplingParams,
+}
+
+/// Builds the request `settings` describe for `model`.
+pub fn prepare_request(
+    model: &LoadedModel,
+    settings: &RequestSettings,
+) -> Result<GenerateRequest, PrepareError> {
+    let tok = model.tokenizer.as_ref();
+    let bad = |e: &dyn std::fmt::Display| PrepareError::BadRequest(e.to_string());
+    let mut constraint = None;
+    let mut prompt_ids = match settings.prompt {
+        Prompt::Ids(ids) => ids.clone(),
+        Prompt::Text(text) => match tok {
+            Some(t) if *settings.form != PoemForm::Free => {
+                let (ids, c) = poem_prompt(t, text, settings.form).map_err(|e| bad(&e))?;
+                constraint = c;
+                ids
+            }
+            Some(t) => t.prompt_ids(text).map_err(|e| bad(&e))?,
+            None => {
+                return Err(PrepareError::NoTokenizer {
+                    dir: model.files.dir.clone(),
+                })
+            }
+        },
+    };
+    let cfg = &model.config;
+    let in_vocab = |id: &u32| (*id as usize) < cfg.vocab_size;
+    if prompt_ids.is_empty() {
+        let bos = cfg.bos_token_id.filter(in_vocab);
+        prompt_ids.extend(tok.and_then(|t| t.start_id()).or(bos));
+    }
+    let stop_ids = match tok {
+        Some(t) => t.stop_ids().to_vec(),
+        None => cfg.eos_token_id.filter(in_vocab).into_iter().collect(),
+    };
+    Ok(GenerateRequest {
+        prompt_ids,
+        variations: settings.variations,
+        max_new_tokens: settings.max_new_tokens,
+        sampling: settings.sampling.clone(),
+        stop_ids,
+        constraint,
+    })
+}
