@@ -556,6 +556,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         String::new()
     };
     let mut streamed = false;
+    let mut streamed_text = String::new();
     let mut load_ms = 0.0;
     let mut actual_device = device_choice;
     let gen = loop {
@@ -579,6 +580,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
                     let _ = write!(stdout, "{echoed}");
                     streamed = true;
                 }
+                streamed_text.push_str(&text);
                 let _ = write!(stdout, "{}", text.replace('。', "。\n"));
                 let _ = stdout.flush();
             }
@@ -604,8 +606,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     };
     if gen.truncated_prompt_tokens > 0 {
         eprintln!(
-            "note: the prompt was longer than the model's context; its first {} tokens were dropped",
-            gen.truncated_prompt_tokens
+            "note: the prompt and {} new tokens do not fit the model's context; the prompt's first {} tokens were dropped",
+            args.max_tokens, gen.truncated_prompt_tokens
         );
     }
     if gen
@@ -640,9 +642,17 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             "dtype": precision.to_string(),
         });
         println!("{}", serde_json::to_string(&out)?);
-    } else if streamed {
-        // Text the stream held back (an unfinished character) is in the result.
-        println!();
+    } else if stream && has_text {
+        if !streamed {
+            let _ = write!(stdout, "{echoed}");
+        }
+        // The stream holds back an unfinished character until the end; what it
+        // held is in the result, so the printed text is the result's text.
+        let full = gen.variations.first().map_or("", |v| v.text.as_str());
+        let rest = full
+            .strip_prefix(streamed_text.as_str())
+            .unwrap_or_default();
+        println!("{}", rest.replace('。', "。\n"));
     } else {
         for (i, v) in gen.variations.iter().enumerate() {
             if has_text {

@@ -366,30 +366,76 @@ fn empty_prompt_starts_from_the_start_token() {
 }
 
 #[test]
-fn prompt_longer_than_context_is_truncated_from_the_left_with_a_note() {
+fn prompt_longer_than_context_is_cut_from_the_left_leaving_room_for_the_requested_tokens() {
     let d = fixture("hf-safetensors");
     let ids: Vec<u32> = (0..100).map(|i| (i % 250) as u32).collect();
-    let out = run_cli(&[
-        "generate",
-        "--model",
-        d.to_str().unwrap(),
-        "--prompt-ids",
-        &ids_arg(&ids),
-        "--greedy",
-        "--json",
-        "--max-tokens",
-        "4",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // n_positions is 64: keep the last 63 prompt tokens, leaving room for one new token.
-    assert_eq!(v["truncated_prompt_tokens"], 37);
-    assert_eq!(v["prompt_ids"].as_array().unwrap().len(), 63);
-    assert_eq!(v["prompt_ids"][0], 37);
-    assert_eq!(v["stop"][0], "context_full");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("first 37 tokens were dropped"));
+    // n_positions is 64: p prompt tokens leave room for 64 - p + 1 new ones.
+    for (max_tokens, kept) in [(4usize, 61usize), (40, 25)] {
+        let out = run_cli(&[
+            "generate",
+            "--model",
+            d.to_str().unwrap(),
+            "--prompt-ids",
+            &ids_arg(&ids),
+            "--greedy",
+            "--json",
+            "--max-tokens",
+            &max_tokens.to_string(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let dropped = 100 - kept;
+        assert_eq!(v["truncated_prompt_tokens"], dropped);
+        assert_eq!(v["prompt_ids"].as_array().unwrap().len(), kept);
+        assert_eq!(v["prompt_ids"][0], dropped as u64 % 250);
+        assert_eq!(
+            v["ids"][0].as_array().unwrap().len(),
+            max_tokens,
+            "--max-tokens {max_tokens} writes that many tokens"
+        );
+        assert_eq!(v["stop"][0], "max_tokens");
+        let note = format!("first {dropped} tokens were dropped");
+        assert_eq!(stderr.matches(&note).count(), 1, "said once: {stderr}");
+    }
+}
+
+#[test]
+fn streamed_text_is_the_json_text_even_when_the_last_character_is_unfinished() {
+    let d = fixture("hf-safetensors");
+    for seed in 0..6 {
+        let run = |json: bool| {
+            let seed = seed.to_string();
+            let mut args = vec![
+                "generate",
+                "--model",
+                d.to_str().unwrap(),
+                "--prompt",
+                "Hello",
+                "--seed",
+                &seed,
+                "--max-tokens",
+                "24",
+                "--temperature",
+                "1.5",
+            ];
+            if json {
+                args.push("--json");
+            }
+            let out = run_cli(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let v: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+        let text = v["text"][0].as_str().unwrap();
+        assert_eq!(
+            run(false),
+            format!("Hello{}\n", text.replace('。', "。\n")),
+            "seed {seed}"
+        );
+    }
 }

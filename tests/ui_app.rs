@@ -216,3 +216,30 @@ fn headless_window_renders_the_real_app_with_text_and_the_meter() {
     save_png(&img, &png).unwrap();
     assert!(std::fs::metadata(&png).unwrap().len() > 1000);
 }
+
+#[test]
+fn history_records_the_settings_that_were_sent_not_the_widgets_edited_during_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    h.state_mut().prompt = "月".into();
+    h.run_steps(1);
+    h.get_by_label("Generate  (Ctrl+Enter)").click();
+    h.run_steps(1);
+    let sent_seed = h.state().settings.sampling.seed;
+    // The user keeps typing and changes a setting while the poem is written.
+    h.state_mut().prompt = "江".into();
+    h.state_mut().settings.sampling.seed = sent_seed + 1;
+    h.state_mut().settings.sampling.temperature = 1.7;
+    pump(&mut h, "poem", |a| {
+        !a.cards.is_empty() && a.cards.iter().all(|c| c.done)
+    });
+    let (history, _) = store.load_history();
+    assert!(!history.is_empty());
+    for r in &history {
+        assert_eq!(r.prompt, "月", "{r:?}");
+        assert!(r.text.starts_with('月'), "{r:?}");
+        assert_eq!(r.sampling.seed, sent_seed);
+        assert_ne!(r.sampling.temperature, 1.7);
+    }
+}

@@ -367,14 +367,15 @@ pub fn generate_on<'t>(
     validate_request(model, req)?;
     let n_positions = model.config().n_positions;
     let mut prompt = req.prompt_ids.clone();
-    let truncated = prompt.len().saturating_sub(n_positions - 1);
-    if truncated > 0 {
-        tracing::warn!(
-            "prompt is {} tokens; dropped the first {truncated} to fit n_positions = {n_positions}",
-            prompt.len()
-        );
-        prompt.drain(..truncated);
-    }
+    // Keep room for the requested tokens: the last prompt token sits at
+    // position p - 1 and every new token but the last is fed back, so p prompt
+    // tokens leave room for n_positions - p + 1 new ones. The caller reports
+    // the drop (`truncated_prompt_tokens`); it is not logged here as well.
+    let keep = (n_positions + 1)
+        .saturating_sub(req.max_new_tokens)
+        .clamp(1, n_positions);
+    let truncated = prompt.len().saturating_sub(keep);
+    prompt.drain(..truncated);
 
     let rows = req.variations;
     let mut out = Generation {

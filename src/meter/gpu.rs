@@ -54,16 +54,13 @@ impl GpuMeter {
             .unwrap_or(0)
     }
 
-    /// NVML index for a CUDA ordinal, honouring a numeric `CUDA_VISIBLE_DEVICES`.
+    /// NVML index for a CUDA ordinal under this process's `CUDA_VISIBLE_DEVICES`.
+    /// The one mapping the engine, the benchmarks and the window all use.
     pub fn nvml_index(cuda_ordinal: usize) -> u32 {
-        std::env::var("CUDA_VISIBLE_DEVICES")
-            .ok()
-            .and_then(|v| {
-                v.split(',')
-                    .nth(cuda_ordinal)
-                    .and_then(|s| s.trim().parse().ok())
-            })
-            .unwrap_or(cuda_ordinal as u32)
+        nvml_index_for(
+            cuda_ordinal,
+            std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+        )
     }
 
     /// Memory of GPU `index` (NVML numbering) and of this process on it.
@@ -90,5 +87,76 @@ impl GpuMeter {
             free_bytes: mem.free,
             process_bytes,
         })
+    }
+}
+
+/// NVML numbers every GPU in the machine; CUDA numbers only the visible ones,
+/// in the order `CUDA_VISIBLE_DEVICES` lists them. A numeric list maps ordinal
+/// `i` to its `i`-th entry; without the variable (or with UUIDs, which NVML
+/// would need looking up) the numbering is the same.
+pub fn nvml_index_for(cuda_ordinal: usize, visible: Option<&str>) -> u32 {
+    visible
+        .and_then(|v| {
+            v.split(',')
+                .nth(cuda_ordinal)
+                .and_then(|s| s.trim().parse().ok())
+        })
+        .unwrap_or(cuda_ordinal as u32)
+}
+
+/// The CUDA ordinal of NVML GPU `nvml_index` (the inverse of
+/// [`nvml_index_for`]); `None` when `CUDA_VISIBLE_DEVICES` hides it.
+pub fn cuda_ordinal_for(nvml_index: u32, visible: Option<&str>) -> Option<usize> {
+    let numeric: Option<Vec<u32>> =
+        visible.map(|v| v.split(',').map_while(|s| s.trim().parse().ok()).collect());
+    match numeric {
+        Some(list) if !list.is_empty() => list.iter().position(|&i| i == nvml_index),
+        _ => Some(nvml_index as usize),
+    }
+}
+
+/// This process's view of the GPUs: which NVML entry is CUDA device `ordinal`.
+pub fn gpu_for_ordinal(gpus: &[GpuMemory], ordinal: usize) -> Option<&GpuMemory> {
+    let index = GpuMeter::nvml_index(ordinal);
+    gpus.iter().find(|g| g.index == index)
+}
+
+/// The CUDA ordinal under which this process sees NVML GPU `nvml_index`.
+pub fn cuda_ordinal_of(nvml_index: u32) -> Option<usize> {
+    cuda_ordinal_for(
+        nvml_index,
+        std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cuda_ordinal_for, nvml_index_for};
+
+    #[test]
+    fn nvml_indices_map_back_to_cuda_ordinals_and_hidden_gpus_have_none() {
+        assert_eq!(cuda_ordinal_for(2, None), Some(2));
+        assert_eq!(cuda_ordinal_for(2, Some("2,3")), Some(0));
+        assert_eq!(cuda_ordinal_for(3, Some("2,3")), Some(1));
+        assert_eq!(cuda_ordinal_for(0, Some("2,3")), None);
+        assert_eq!(cuda_ordinal_for(1, Some("GPU-8f2e")), Some(1));
+        for visible in [None, Some("2,3"), Some("3,0,1")] {
+            for ordinal in 0..2 {
+                let n = nvml_index_for(ordinal, visible);
+                assert_eq!(cuda_ordinal_for(n, visible), Some(ordinal), "{visible:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn cuda_ordinals_map_to_nvml_indices_through_cuda_visible_devices() {
+        assert_eq!(nvml_index_for(0, None), 0);
+        assert_eq!(nvml_index_for(3, None), 3);
+        assert_eq!(nvml_index_for(0, Some("2,3")), 2);
+        assert_eq!(nvml_index_for(1, Some("2,3")), 3);
+        assert_eq!(nvml_index_for(1, Some(" 5 , 1 ")), 1);
+        assert_eq!(nvml_index_for(0, Some(" 5 , 1 ")), 5);
+        // UUIDs are not numbers: the numbering stays the same.
+        assert_eq!(nvml_index_for(1, Some("GPU-8f2e,GPU-11aa")), 1);
     }
 }

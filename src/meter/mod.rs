@@ -7,7 +7,7 @@
 mod gpu;
 mod sampler;
 
-pub use gpu::{GpuMemory, GpuMeter};
+pub use gpu::{cuda_ordinal_of, gpu_for_ordinal, GpuMemory, GpuMeter};
 pub use sampler::{
     Marker, MarkerKind, MemoryHistory, MemorySampler, MemorySnapshot, DEFAULT_CAPACITY,
     DEFAULT_INTERVAL,

@@ -72,7 +72,7 @@ pub enum LoadError {
     },
     #[error("{path}: {problem}")]
     Tokenizer { path: PathBuf, problem: String },
-    #[error("{path}: tokenizer has {tokenizer_vocab} tokens but the model's embedding has only {model_vocab} rows (vocab_size in config.json); they do not belong together")]
+    #[error("{path}: the tokenizer has {tokenizer_vocab} tokens but config.json says vocab_size = {model_vocab}; they do not belong together (use the tokenizer the model was trained with, or correct vocab_size)")]
     VocabMismatch {
         path: PathBuf,
         tokenizer_vocab: usize,

@@ -200,17 +200,26 @@ impl TextTokenizer {
             token_bytes.push(bytes);
         }
         let valid = |id: Option<u32>, field: &str| -> Option<u32> {
-            match id {
-                Some(i) if (i as usize) < n && (i as usize) < config.vocab_size => Some(i),
-                Some(i) => {
-                    tracing::warn!(
-                        "{}: config.json {field} = {i} is outside the {n}-token vocabulary; ignoring it",
-                        path.display()
-                    );
-                    None
-                }
-                None => None,
-            }
+            let i = id?;
+            let outside = if i as usize >= config.vocab_size {
+                format!(
+                    "the model's {}-row embedding (vocab_size in config.json)",
+                    config.vocab_size
+                )
+            } else if i as usize >= n {
+                format!("the tokenizer's {n} tokens")
+            } else {
+                return Some(i);
+            };
+            warn_once(
+                path,
+                field,
+                format_args!(
+                    "{}: config.json {field} = {i} is outside {outside}; ignoring it",
+                    path.display()
+                ),
+            );
+            None
         };
         let eot = inner.token_to_id("<|endoftext|>");
         let eos = valid(config.eos_token_id, "eos_token_id").or(eot);
@@ -428,6 +437,21 @@ impl TextTokenizer {
             .flat_map(|&id| self.token_bytes(id).iter().copied())
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Logs a warning about a checkpoint once per process for each (file, field),
+/// not at every reload of the same model.
+fn warn_once(path: &std::path::Path, field: &str, message: std::fmt::Arguments) {
+    static SEEN: std::sync::Mutex<Vec<(std::path::PathBuf, String)>> =
+        std::sync::Mutex::new(Vec::new());
+    let key = (path.to_path_buf(), field.to_string());
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !seen.contains(&key) {
+        seen.push(key);
+        tracing::warn!("{message}");
     }
 }
 

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+mod settings_writer;
+pub use settings_writer::{SettingsWriter, SETTINGS_SAVE_INTERVAL};
+
 use crate::engine::{DeviceChoice, Precision};
 use crate::generate::forms::PoemForm;
 use crate::generate::SamplingParams;

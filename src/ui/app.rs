@@ -11,7 +11,9 @@ use crate::engine::{
 };
 use crate::generate::forms::{layout, PoemForm};
 use crate::meter::{MarkerKind, MemorySampler, DEFAULT_CAPACITY, DEFAULT_INTERVAL};
-use crate::store::{bundled_model, PoemRecord, Settings, Store};
+use crate::store::{
+    bundled_model, PoemRecord, Settings, SettingsWriter, Store, SETTINGS_SAVE_INTERVAL,
+};
 
 /// One variation being written or written.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -69,6 +71,8 @@ impl FormChoice {
 pub struct VersifierApp {
     pub settings: Settings,
     saved_settings: Settings,
+    /// Writes settings off the UI thread (None without a store).
+    settings_writer: Option<SettingsWriter>,
     store: Option<Store>,
     pub history: Vec<PoemRecord>,
     engine: Engine,
@@ -80,6 +84,9 @@ pub struct VersifierApp {
     pub state: EngineState,
     pub cards: Vec<Card>,
     current: Option<RequestId>,
+    /// The job behind `current`, as sent: its poems are recorded with these
+    /// settings, whatever the widgets say by the time it finishes.
+    sent: Option<GenerateJob>,
     pub(super) last_load: Option<LoadReport>,
     pub(super) last_release: Option<ReleaseReport>,
     /// Idle time left, as of when it was reported.
@@ -145,6 +152,14 @@ impl VersifierApp {
             .or_else(bundled_model)
             .map(|p| p.display().to_string())
             .unwrap_or_default();
+        let (settings_writer, writer_note) = match store
+            .clone()
+            .map(|s| SettingsWriter::spawn(s, SETTINGS_SAVE_INTERVAL))
+        {
+            Some(Ok(w)) => (Some(w), None),
+            Some(Err(e)) => (None, Some(format!("settings will not be saved: {e}"))),
+            None => (None, None),
+        };
         let acrostic_heads = match &settings.form {
             PoemForm::Acrostic(h) => h.iter().collect(),
             _ => "春夏秋冬".into(),
@@ -152,6 +167,7 @@ impl VersifierApp {
         Ok(Self {
             form_choice: FormChoice::of(&settings.form),
             saved_settings: settings.clone(),
+            settings_writer,
             settings,
             store,
             history,
@@ -163,6 +179,7 @@ impl VersifierApp {
             state: EngineState::Unloaded,
             cards: Vec::new(),
             current: None,
+            sent: None,
             last_load: None,
             last_release: None,
             idle_left: None,
@@ -174,6 +191,7 @@ impl VersifierApp {
                 .into_iter()
                 .chain(history_note)
                 .chain(device_note)
+                .chain(writer_note)
                 .collect(),
             kv_cache_bytes: 0,
             prompt_had_focus: false,
@@ -270,6 +288,7 @@ impl VersifierApp {
         if let Some(s) = &self.sampler {
             s.mark(MarkerKind::Generate, "generate");
         }
+        self.sent = Some(job.clone());
         self.send(Command::Generate(job));
     }
 
@@ -379,20 +398,24 @@ impl VersifierApp {
                 generation,
             } if Some(request) == self.current => {
                 self.kv_cache_bytes = generation.kv_cache_bytes;
-                let form = self.form();
-                let model = self.load_spec().model.display().to_string();
                 let unix_ms = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
+                let sent = self.sent.take();
                 for (card, v) in self.cards.iter_mut().zip(&generation.variations) {
                     card.text = v.text.clone();
                     card.done = true;
+                    let Some(job) = &sent else { continue };
+                    let prompt = match &job.prompt {
+                        Prompt::Text(t) => t.clone(),
+                        Prompt::Ids(_) => String::new(),
+                    };
                     self.history.push(PoemRecord {
-                        prompt: self.prompt.trim().to_string(),
-                        form: form.clone(),
+                        prompt,
+                        form: job.form.clone(),
                         text: format!("{}{}", card.prompt, v.text),
-                        model: model.clone(),
-                        sampling: self.settings.sampling.clone(),
+                        model: job.spec.model.display().to_string(),
+                        sampling: job.sampling.clone(),
                         unix_ms,
                     });
                 }
@@ -440,15 +463,16 @@ impl VersifierApp {
         }
     }
 
-    /// Saves settings when they changed since the last save.
+    /// Hands changed settings to the writer thread (which writes at most once a
+    /// second and whatever is pending when the app closes); reports its errors.
     pub fn save_settings_if_changed(&mut self) {
-        if self.settings == self.saved_settings {
-            return;
-        }
-        if let Some(store) = &self.store {
-            match store.save_settings(&self.settings) {
-                Ok(()) => self.saved_settings = self.settings.clone(),
-                Err(e) => self.notices.push(format!("settings not saved: {e}")),
+        if let Some(w) = &self.settings_writer {
+            for e in w.take_errors() {
+                self.notices.push(format!("settings not saved: {e}"));
+            }
+            if self.settings != self.saved_settings {
+                w.save(&self.settings);
+                self.saved_settings = self.settings.clone();
             }
         }
     }
@@ -510,16 +534,17 @@ impl VersifierApp {
                 self.send(cmd);
             }
             ui.separator();
-            let gpus: Vec<(u32, String, u64)> = self
+            // CUDA ordinals (what the engine opens), not NVML's numbering of every GPU.
+            let gpus: Vec<(usize, String, u64)> = self
                 .sampler
                 .as_ref()
-                .and_then(|s| s.history().latest().map(|l| l.gpus.iter().map(|g| (g.index, g.name.clone(), g.free_bytes)).collect()))
+                .and_then(|s| s.history().latest().map(|l| l.gpus.iter().filter_map(|g| Some((crate::meter::cuda_ordinal_of(g.index)?, g.name.clone(), g.free_bytes))).collect()))
                 .unwrap_or_default();
             egui::ComboBox::from_label("Device").selected_text(self.settings.device.to_string()).show_ui(ui, |ui| {
                 ui.selectable_value(&mut self.settings.device, DeviceChoice::Cpu, "CPU");
                 for (i, name, free) in &gpus {
                     let label = format!("cuda:{i} {name} ({} MiB free)", free / 1048576);
-                    ui.selectable_value(&mut self.settings.device, DeviceChoice::Cuda(*i as usize), label);
+                    ui.selectable_value(&mut self.settings.device, DeviceChoice::Cuda(*i), label);
                 }
             });
             egui::ComboBox::from_label("Precision").selected_text(self.settings.precision.to_string()).show_ui(ui, |ui| {
@@ -715,12 +740,9 @@ impl VersifierApp {
         let free = match self.settings.device {
             DeviceChoice::Cpu => crate::meter::available_ram(),
             DeviceChoice::Cuda(i) => self.sampler.as_ref().and_then(|s| {
-                s.history().latest().and_then(|l| {
-                    l.gpus
-                        .iter()
-                        .find(|g| g.index as usize == i)
-                        .map(|g| g.free_bytes)
-                })
+                s.history()
+                    .latest()
+                    .and_then(|l| crate::meter::gpu_for_ordinal(&l.gpus, i).map(|g| g.free_bytes))
             }),
         };
         let loaded = !matches!(self.state, EngineState::Unloaded);

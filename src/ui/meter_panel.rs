@@ -50,7 +50,7 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
     let gpu = match app.settings.device {
         DeviceChoice::Cuda(i) => latest
             .as_ref()
-            .and_then(|l| l.gpus.iter().find(|g| g.index as usize == i).cloned()),
+            .and_then(|l| crate::meter::gpu_for_ordinal(&l.gpus, i).cloned()),
         DeviceChoice::Cpu => None,
     };
     let desired = egui::vec2(ui.available_width(), 22.0);
@@ -140,24 +140,21 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
     if let Some(s) = &app.sampler {
         let h = s.history();
         let cuda = match app.settings.device {
-            DeviceChoice::Cuda(i) => Some(i as u32),
+            DeviceChoice::Cuda(i) => Some(i),
             DeviceChoice::Cpu => None,
         };
-        let points: Vec<[f64; 2]> = h
-            .samples
-            .iter()
-            .filter_map(|smp| {
-                let bytes = match cuda {
-                    Some(i) => smp
-                        .gpus
-                        .iter()
-                        .find(|g| g.index == i)
-                        .and_then(|g| g.process_bytes),
-                    None => smp.rss_bytes,
-                }?;
-                Some([smp.t, mib(bytes)])
-            })
-            .collect();
+        let points: Vec<[f64; 2]> =
+            h.samples
+                .iter()
+                .filter_map(|smp| {
+                    let bytes = match cuda {
+                        Some(i) => crate::meter::gpu_for_ordinal(&smp.gpus, i)
+                            .and_then(|g| g.process_bytes),
+                        None => smp.rss_bytes,
+                    }?;
+                    Some([smp.t, mib(bytes)])
+                })
+                .collect();
         let markers = h.markers.clone();
         drop(h);
         Plot::new("memory-history")

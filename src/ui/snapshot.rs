@@ -278,7 +278,7 @@ fn memory_line(app: &VersifierApp) -> String {
         return "no meter sample".into();
     };
     match app.settings.device {
-        DeviceChoice::Cuda(i) => match m.gpus.iter().find(|g| g.index as usize == i) {
+        DeviceChoice::Cuda(i) => match crate::meter::gpu_for_ordinal(&m.gpus, i) {
             Some(g) => format!(
                 "cuda:{i}: this process {} MiB, used {:.0} of {:.0} MiB",
                 g.process_bytes
