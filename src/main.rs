@@ -273,7 +273,8 @@ fn main() {
         eprintln!("note: {note}");
     }
     if let Err(e) = run(cli) {
-        eprintln!("error: {}", versifier::without_backtrace(&format!("{e:#}")));
+        let cause: &(dyn std::error::Error + 'static) = e.as_ref();
+        eprintln!("error: {}", versifier::error_chain_text(cause));
         std::process::exit(1);
     }
 }
@@ -525,7 +526,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     // prepares the request and generates; this only prints its events.
     let engine = Engine::spawn(EngineOptions {
         idle_timeout: None,
-        memory_budget: args.memory_budget_mib.map(|m| m * 1024 * 1024),
+        memory_budget: args.memory_budget_mib.map(|m| m * versifier::MIB),
         ..EngineOptions::default()
     })?;
     let remote = engine.remote();
@@ -711,7 +712,7 @@ fn run_info(path: &std::path::Path, as_json: bool) -> Result<()> {
             "weights     {} ({:?}, {:.1} MiB)",
             files.weights.display(),
             files.format,
-            weights_bytes as f64 / 1048576.0
+            versifier::mib_f64(weights_bytes as u64)
         );
         println!(
             "shape       GPT-2, {} layers, {} heads, {} wide, {} positions, vocab {}",

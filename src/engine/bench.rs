@@ -88,9 +88,7 @@ pub struct MachineInfo {
     pub arch: &'static str,
 }
 
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
-}
+use crate::mib_f64 as mib;
 
 fn synthetic_config(name: &str) -> Result<Gpt2Config, BenchError> {
     match name {

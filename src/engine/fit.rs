@@ -68,9 +68,7 @@ pub struct FitRefusal {
     pub options: Vec<FitOption>,
 }
 
-fn mib(b: u64) -> u64 {
-    b / (1024 * 1024)
-}
+use crate::mib;
 
 impl std::fmt::Display for FitRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

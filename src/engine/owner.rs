@@ -958,7 +958,7 @@ impl OwnerThread {
         let still_held = match gpu_after {
             Some(b) if b > 0 => Some(format!(
                 "{} MiB still held by this process on {device}{}",
-                b / (1024 * 1024),
+                crate::mib(b),
                 if context_reset {
                     ""
                 } else {

@@ -543,7 +543,7 @@ impl VersifierApp {
             egui::ComboBox::from_label("Device").selected_text(self.settings.device.to_string()).show_ui(ui, |ui| {
                 ui.selectable_value(&mut self.settings.device, DeviceChoice::Cpu, "CPU");
                 for (i, name, free) in &gpus {
-                    let label = format!("cuda:{i} {name} ({} MiB free)", free / 1048576);
+                    let label = format!("cuda:{i} {name} ({} MiB free)", crate::mib(*free));
                     ui.selectable_value(&mut self.settings.device, DeviceChoice::Cuda(*i), label);
                 }
             });
@@ -632,7 +632,7 @@ impl VersifierApp {
                 egui::Slider::new(&mut self.settings.variations, 1..=max_fit).text("variations"),
             );
             if let Some(b) = per_variation {
-                ui.label(format!("≈{:.1} MiB each", b as f64 / 1048576.0))
+                ui.label(format!("≈{:.1} MiB each", crate::mib_f64(b)))
                     .on_hover_text("KV cache of one more variation at the model's full context");
             }
             let go = ui.add_enabled(!generating, egui::Button::new("Generate  (Ctrl+Enter)"));
@@ -769,19 +769,19 @@ impl VersifierApp {
                             precision,
                             need_bytes,
                         } => {
-                            format!("Use {precision} ({} MiB)", need_bytes / 1048576)
+                            format!("Use {precision} ({} MiB)", crate::mib(*need_bytes))
                         }
                         FitOption::Variations { max, need_bytes } => {
-                            format!("{max} variations ({} MiB)", need_bytes / 1048576)
+                            format!("{max} variations ({} MiB)", crate::mib(*need_bytes))
                         }
                         FitOption::Context {
                             max_tokens,
                             need_bytes,
                         } => {
-                            format!("{max_tokens} tokens ({} MiB)", need_bytes / 1048576)
+                            format!("{max_tokens} tokens ({} MiB)", crate::mib(*need_bytes))
                         }
                         FitOption::Cpu { need_bytes } => {
-                            format!("Run on the CPU ({} MiB of RAM)", need_bytes / 1048576)
+                            format!("Run on the CPU ({} MiB of RAM)", crate::mib(*need_bytes))
                         }
                     };
                     if ui.button(label).clicked() {
@@ -972,16 +972,16 @@ pub fn release_summary(r: &ReleaseReport) -> String {
     match (r.gpu_returned_bytes(), r.gpu_after_bytes) {
         (Some(back), Some(after)) => format!(
             "returned {} MiB in {:.0} ms; process now holds {} MiB",
-            back / 1048576,
+            crate::mib(back),
             r.took_ms,
-            after / 1048576
+            crate::mib(after)
         ),
         _ => match (r.rss_before_bytes, r.rss_after_bytes) {
             (Some(b), Some(a)) => format!(
                 "returned {} MiB of RAM in {:.0} ms; process now {} MiB",
-                b.saturating_sub(a) / 1048576,
+                crate::mib(b.saturating_sub(a)),
                 r.took_ms,
-                a / 1048576
+                crate::mib(a)
             ),
             _ => format!("released in {:.0} ms", r.took_ms),
         },

@@ -11,11 +11,7 @@ use super::app::{release_summary, VersifierApp};
 use crate::engine::{Command, DeviceChoice, EngineState};
 use crate::meter::MarkerKind;
 
-const MIB: f64 = 1024.0 * 1024.0;
-
-fn mib(b: u64) -> f64 {
-    b as f64 / MIB
-}
+use crate::mib_f64 as mib;
 
 /// Idle timeouts offered in the menu.
 const TIMEOUTS: [(Option<u64>, &str); 6] = [
