@@ -211,7 +211,7 @@ fn config_that_is_not_json() {
 }
 
 #[test]
-fn tokenizer_vocab_larger_than_embedding() {
+fn tokenizer_larger_than_config_vocab_size_names_both_numbers() {
     let d = scratch_copy("hub-safetensors");
     let p = d.path().join("vocab.txt");
     let mut text = std::fs::read_to_string(&p).unwrap();
@@ -219,7 +219,11 @@ fn tokenizer_vocab_larger_than_embedding() {
         text.push_str(&format!("extra{i}\n"));
     }
     std::fs::write(&p, text).unwrap();
-    generate_on(d.path(), &[], &["vocab.txt", "143 tokens", "43 rows"]);
+    generate_on(
+        d.path(),
+        &[],
+        &["vocab.txt", "143 tokens", "vocab_size = 43"],
+    );
 }
 
 #[test]
