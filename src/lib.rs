@@ -4,10 +4,13 @@
 //! Data flows one way: `ui` sends commands to `engine`; `engine` sends events
 //! back; `meter` sends memory snapshots. Only `engine` opens or drops devices.
 
+pub mod device;
 pub mod engine;
+pub mod eval;
 pub mod generate;
 pub mod meter;
 pub mod model;
+pub mod poetry;
 pub mod store;
 pub mod train;
 #[cfg(feature = "gui")]

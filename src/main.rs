@@ -11,13 +11,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use versifier::engine::bench::{
-    run_bench, run_lifecycle, run_quality, BenchOptions, LifecycleOptions, QualityOptions,
-};
 use versifier::engine::{
     Command as EngineCommand, Engine, EngineOptions, Event, GenerateJob, LoadSpec, Prompt,
 };
 use versifier::engine::{DeviceChoice, Precision};
+use versifier::eval::bench::{
+    run_bench, run_lifecycle, run_quality, BenchOptions, LifecycleOptions, QualityOptions,
+};
 use versifier::generate::forms::{layout, PoemForm};
 use versifier::generate::{SamplingParams, StopReason};
 use versifier::model::{inspect_safetensors, Gpt2Config, ModelFiles, WeightFormat};
@@ -267,7 +267,7 @@ fn main() {
     #[cfg(windows)]
     attach_parent_console();
     let cli = Cli::parse();
-    versifier::engine::device::pin_cpu_threads();
+    versifier::device::pin_cpu_threads();
     let log_note = init_logging(&cli.log_level, cli.log_dir.as_deref());
     if let Some(note) = log_note {
         eprintln!("note: {note}");
@@ -409,7 +409,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             dtype,
         }) => {
-            let report = versifier::engine::selftest::run_selftest(
+            let report = versifier::eval::selftest::run_selftest(
                 &fixtures,
                 device.parse()?,
                 dtype.parse()?,
@@ -479,7 +479,7 @@ fn model_or_bundled(model: Option<PathBuf>) -> Result<PathBuf> {
 /// notice when a CUDA build has to run on CPU.
 fn device_or_auto(text: &str) -> Result<DeviceChoice> {
     if text.trim().eq_ignore_ascii_case("auto") {
-        let (choice, notice) = versifier::engine::device::preferred_device();
+        let (choice, notice) = versifier::device::preferred_device();
         if let Some(n) = notice {
             eprintln!("note: {n}");
         }

@@ -4,8 +4,8 @@
 
 mod common;
 
-use versifier::engine::bench::{run_lifecycle, LifecycleOptions};
 use versifier::engine::{DeviceChoice, Precision};
+use versifier::eval::bench::{run_lifecycle, LifecycleOptions};
 
 #[test]
 fn fifty_cpu_cycles_leave_resident_memory_flat() {

@@ -13,7 +13,7 @@
 # candle-core whose manifest asks for `dynamic-loading` instead (one line
 # changed, copied from cargo's registry into the target folder, passed with
 # `--config patch...`; Cargo.lock is restored when it exits: do not commit while it runs). Versifier checks the
-# libraries before any CUDA call (engine::device::cuda_runtime), so the same
+# libraries before any CUDA call (device::cuda_runtime), so the same
 # binary runs on GPU machines and, with a one-line notice, on CPU elsewhere.
 # VERSIFIER_CUDA_LINKING=dynamic-linking builds candle's way instead.
 #

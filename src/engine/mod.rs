@@ -5,14 +5,12 @@
 //! device. Must not: draw UI or read settings files; it is told what to do by
 //! commands and reports by events.
 
-pub mod bench;
-pub mod device;
-pub mod fit;
 mod owner;
 mod protocol;
-pub mod selftest;
 
-pub use device::{cpu_threads, open_device, DeviceChoice, DeviceError, Precision};
+pub use crate::device::{
+    self, cpu_threads, fit, open_device, DeviceChoice, DeviceError, Precision,
+};
 pub use owner::{
     Clock, Engine, EngineError, EngineOptions, EngineRemote, ManualClock, SystemClock, Waker,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_QUEUE_CAPACITY,

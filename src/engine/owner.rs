@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
-use super::device::Precision;
-use super::device::{open_device, DeviceChoice};
-use super::fit::{
+use super::protocol::*;
+use crate::device::fit::{
     available_ram, check_fit, is_out_of_memory, out_of_memory_report, FitRefusal, MemoryStage,
 };
-use super::protocol::*;
+use crate::device::Precision;
+use crate::device::{open_device, DeviceChoice};
 use crate::generate::{generate, prepare_request, GenerateError, PrepareError, RequestSettings};
 use crate::meter::{process_memory, GpuMeter};
 use crate::model::{load_model_with_progress, Gpt2Config, LoadProgress, LoadedModel, ModelFiles};
@@ -174,7 +174,7 @@ impl Engine {
             swap: None,
             deferred: VecDeque::new(),
             memory_budget: opts.memory_budget,
-            cuda_overhead: super::fit::DEFAULT_CUDA_OVERHEAD_BYTES,
+            cuda_overhead: crate::device::fit::DEFAULT_CUDA_OVERHEAD_BYTES,
             cuda_fallback_reported: false,
             events: ev_tx,
             waker: opts.waker,
@@ -687,7 +687,7 @@ impl OwnerThread {
         }
         self.set_state(EngineState::Loading { progress: 0.0 });
         let fit_device = if spec.device != DeviceChoice::Cpu
-            && *super::device::cuda_runtime() != super::device::CudaRuntime::Ready
+            && *crate::device::cuda_runtime() != crate::device::CudaRuntime::Ready
         {
             DeviceChoice::Cpu
         } else {
@@ -989,7 +989,7 @@ impl OwnerThread {
     fn reset_cuda_context(&self, device: DeviceChoice) -> bool {
         match device {
             DeviceChoice::Cpu => false,
-            DeviceChoice::Cuda(ordinal) => super::device::reset_primary_context(ordinal),
+            DeviceChoice::Cuda(ordinal) => crate::device::reset_primary_context(ordinal),
         }
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::device::{DeviceChoice, Precision};
-use super::fit::FitRefusal;
+use crate::device::fit::FitRefusal;
+use crate::device::{DeviceChoice, Precision};
 use crate::generate::{Generation, SamplingParams};
 
 /// Identifies one generation request in the events it causes.

@@ -7,7 +7,8 @@
 //! callback.
 
 mod detok;
-pub mod forms;
+/// The poem forms live in [`crate::poetry`]; re-exported where decoding uses them.
+pub use crate::poetry::forms;
 mod prepare;
 mod sampling;
 

@@ -14,7 +14,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 mod settings_writer;
 pub use settings_writer::{SettingsWriter, SETTINGS_SAVE_INTERVAL};
 
-use crate::engine::{DeviceChoice, Precision};
+use crate::device::{DeviceChoice, Precision};
 use crate::generate::forms::PoemForm;
 use crate::generate::SamplingParams;
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adamw::AdamW;
 use super::vocab::CharVocab;
-use crate::engine::{open_device, DeviceChoice, DeviceError, Precision};
+use crate::device::{open_device, DeviceChoice, DeviceError, Precision};
 use crate::model::{synthetic, Gpt2, Gpt2Config, LoadError};
 
 /// Errors of a training run.

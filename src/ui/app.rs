@@ -94,7 +94,7 @@ pub struct VersifierApp {
     pub(super) pinned: bool,
     pub error: Option<(ErrorKind, String)>,
     /// For a refused load: the numbers and what would fit.
-    pub fit: Option<crate::engine::fit::FitRefusal>,
+    pub fit: Option<crate::device::fit::FitRefusal>,
     /// History panel search text.
     pub history_filter: String,
     pub notices: Vec<String>,
@@ -123,7 +123,7 @@ impl VersifierApp {
         // machine cannot run falls back on the first load, with the engine's notice.
         let first_launch = store.as_ref().is_none_or(|s| !s.settings_path.exists());
         let device_note = if first_launch {
-            let (preferred, note) = crate::engine::device::preferred_device();
+            let (preferred, note) = crate::device::preferred_device();
             settings.device = preferred;
             note
         } else {
@@ -759,7 +759,7 @@ impl VersifierApp {
 
     /// Buttons for the remedies a refused or out-of-memory load allows.
     fn fit_options(&mut self, ui: &mut egui::Ui) {
-        use crate::engine::fit::FitOption;
+        use crate::device::fit::FitOption;
         let options = self.fit.as_ref().map(|f| f.options.clone());
         match options {
             Some(options) => {

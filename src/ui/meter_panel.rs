@@ -96,7 +96,7 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
         (None, Some(l)) => {
             let rss = l.rss_bytes.unwrap_or(0);
             let w = if loaded { weights.min(rss) } else { 0 };
-            let total = crate::engine::fit::available_ram()
+            let total = crate::device::fit::available_ram()
                 .map_or(rss * 4, |a| a + rss)
                 .max(1);
             let segments = [

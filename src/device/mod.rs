@@ -1,6 +1,12 @@
 //! Compute devices: parsing the user's choice, opening it, and the dtype it runs.
 //! This is the only place in the crate that creates a candle `Device`.
+//!
+//! Owns: naming devices and precisions, opening a device, the CUDA library
+//! probe and primary-context reset, and what a load needs (`fit`). Only the
+//! engine (and the benchmarks and trainer, which run on one device for their
+//! whole life) call `open_device`. Must not: hold a model or know about the UI.
 
+pub mod fit;
 use std::fmt;
 use std::str::FromStr;
 

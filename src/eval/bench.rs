@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::device::{cpu_threads, open_device, DeviceChoice, DeviceError, Precision};
+use crate::device::{cpu_threads, open_device, DeviceChoice, DeviceError, Precision};
 use crate::generate::{generate, GenerateError, GenerateRequest, SamplingParams};
 use crate::meter::process_memory;
 use crate::model::{load_model, synthetic, Gpt2Config, LoadError};
@@ -273,7 +273,7 @@ fn growth_per_100(ys: &[f64]) -> Option<f64> {
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     #[error(transparent)]
-    Engine(#[from] super::EngineError),
+    Engine(#[from] crate::engine::EngineError),
     #[error("cycle {cycle}: {message}")]
     Failed { cycle: usize, message: String },
     #[error("cycle {cycle}: no {waiting_for} within {seconds} s")]
@@ -287,7 +287,7 @@ pub enum LifecycleError {
 /// Runs load -> generate -> release `cycles` times through the real engine and
 /// reads this process's GPU memory (NVML) after every phase.
 pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport, LifecycleError> {
-    use super::{Command, Engine, EngineOptions, Event, GenerateJob, LoadSpec, Prompt};
+    use crate::engine::{Command, Engine, EngineOptions, Event, GenerateJob, LoadSpec, Prompt};
     use crate::meter::GpuMeter;
     use std::time::Duration;
 
@@ -394,11 +394,11 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport, Lifecyc
 }
 
 fn wait_for<T>(
-    engine: &super::Engine,
+    engine: &crate::engine::Engine,
     cycle: usize,
     waiting_for: &'static str,
     limit: std::time::Duration,
-    mut pick: impl FnMut(&super::Event) -> Option<Result<T, String>>,
+    mut pick: impl FnMut(&crate::engine::Event) -> Option<Result<T, String>>,
 ) -> Result<T, LifecycleError> {
     let deadline = Instant::now() + limit;
     loop {

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::device::{DeviceChoice, Precision};
+use super::{DeviceChoice, Precision};
 use crate::model::Gpt2Config;
 
 /// CUDA context + cuBLAS workspace before anything was measured on this machine

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::device::{open_device, DeviceChoice, DeviceError, Precision};
+use crate::device::{open_device, DeviceChoice, DeviceError, Precision};
 use crate::generate::{generate_on, DecodePath, GenerateRequest, SamplingParams};
 use crate::model::{
     load_model, static_columns, GraphMode, LoadError, StaticDecoder, StepRunner, TokenBatch,
