@@ -43,14 +43,6 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) 
     candle_core::safetensors::save(&tensors, &path).unwrap();
 }
 
-fn edit_config(dir: &Path, field: &str, value: serde_json::Value) {
-    let path = dir.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    cfg[field] = value;
-    std::fs::write(&path, cfg.to_string()).unwrap();
-}
-
 #[test]
 fn missing_folder() {
     generate_on(

@@ -35,14 +35,6 @@ fn logs_of(f: impl FnOnce()) -> String {
     String::from_utf8(bytes).unwrap()
 }
 
-fn edit_config(dir: &std::path::Path, field: &str, value: serde_json::Value) {
-    let path = dir.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    cfg[field] = value;
-    std::fs::write(&path, cfg.to_string()).unwrap();
-}
-
 #[test]
 fn an_id_outside_the_embedding_is_named_as_such_and_said_once_per_model() {
     let dir = scratch_copy("hf-safetensors");

@@ -510,22 +510,7 @@ impl OwnerThread {
             .and_then(|files| Gpt2Config::from_file(&files.config).ok())
             .map(|cfg| {
                 let free = self.free_bytes(spec.device).unwrap_or(0);
-                let cpu_free = self.free_bytes(DeviceChoice::Cpu);
-                let overhead = if spec.device == DeviceChoice::Cpu {
-                    0
-                } else {
-                    self.cuda_overhead
-                };
-                check_fit(
-                    &cfg,
-                    spec.device,
-                    spec.precision,
-                    batch,
-                    cfg.n_positions,
-                    overhead,
-                    free,
-                    cpu_free,
-                )
+                self.fit_on(&cfg, spec, spec.device, batch, free)
             });
         let message = match &fit {
             Some(fit) => out_of_memory_report(stage, &spec.model, fit, &cause),
@@ -542,6 +527,33 @@ impl OwnerThread {
         }
     }
 
+    /// The fit check for `spec` on `device` with `free` bytes: this machine's
+    /// learned CUDA overhead, and the CPU offered when there is RAM for it.
+    fn fit_on(
+        &mut self,
+        cfg: &Gpt2Config,
+        spec: &LoadSpec,
+        device: DeviceChoice,
+        batch: usize,
+        free: u64,
+    ) -> Result<crate::device::fit::FitNeed, FitRefusal> {
+        let (overhead, cpu_free) = if device == DeviceChoice::Cpu {
+            (0, None)
+        } else {
+            (self.cuda_overhead, self.free_bytes(DeviceChoice::Cpu))
+        };
+        check_fit(
+            cfg,
+            device,
+            spec.precision,
+            batch,
+            cfg.n_positions,
+            overhead,
+            free,
+            cpu_free,
+        )
+    }
+
     /// Refuses a load that would not fit, with the numbers and what would.
     fn check_fit(
         &mut self,
@@ -556,26 +568,7 @@ impl OwnerThread {
         let Some(free) = self.free_bytes(device) else {
             return Ok(());
         };
-        let overhead = if device == DeviceChoice::Cpu {
-            0
-        } else {
-            self.cuda_overhead
-        };
-        let cpu_free = if device == DeviceChoice::Cpu {
-            None
-        } else {
-            self.free_bytes(DeviceChoice::Cpu)
-        };
-        match check_fit(
-            &cfg,
-            device,
-            spec.precision,
-            batch,
-            cfg.n_positions,
-            overhead,
-            free,
-            cpu_free,
-        ) {
+        match self.fit_on(&cfg, spec, device, batch, free) {
             Ok(_) => Ok(()),
             Err(refusal) => Err(JobFailure {
                 kind: ErrorKind::DoesNotFit,

@@ -98,3 +98,12 @@ pub fn prompt_logits(model: &versifier::model::Gpt2, prompt: &[u32]) -> Vec<Vec<
     let logits = model.forward(&batch, &mut cache).unwrap();
     logits.squeeze(0).unwrap().to_vec2().unwrap()
 }
+
+/// Sets `field` of `dir/config.json` to `value`.
+pub fn edit_config(dir: &Path, field: &str, value: serde_json::Value) {
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg[field] = value;
+    std::fs::write(&path, cfg.to_string()).unwrap();
+}
