@@ -1,0 +1,250 @@
+//! `versifier generate`: sends the request to the engine (the window's path)
+//! and prints its events: the streamed poem, notices, refusals with options.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+
+use versifier::engine::{
+    Command as EngineCommand, Engine, EngineOptions, Event, GenerateJob, LoadSpec, Prompt,
+};
+use versifier::engine::{DeviceChoice, Precision};
+use versifier::generate::forms::{layout, PoemForm};
+use versifier::generate::{SamplingParams, StopReason};
+
+use super::{device_or_auto, model_or_bundled};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Checkpoint folder (or a weights file inside one). Default: the bundled
+    /// Tang model, wherever Versifier is installed.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt text (empty starts from the model's start token).
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Prompt as comma-separated token ids (overrides --prompt).
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// auto (the first GPU when this build can use one, else the CPU), cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// f32, f16 or bf16. On the CPU, f16/bf16 keep the weights at 2 bytes with
+    /// f32 math: about twice as fast, exact for a model stored in f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Number of variations, decoded together as one batch.
+    #[arg(long, default_value_t = 1)]
+    variations: usize,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Always take the most likely token.
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
+    greedy: bool,
+    /// Poem form enforced while decoding: free, wujue, qijue, wulv, qilv or
+    /// acrostic:<head characters>.
+    #[arg(long, default_value = "free")]
+    form: String,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Treat the device as having at most this much free memory (MiB): loads
+    /// that would not fit are refused with what would, as on a full GPU.
+    #[arg(long, env = "VERSIFIER_MEMORY_BUDGET_MIB")]
+    memory_budget_mib: Option<u64>,
+}
+
+pub fn run_generate(args: GenerateArgs) -> Result<()> {
+    let device_choice = device_or_auto(&args.device)?;
+    let model = model_or_bundled(args.model.clone())?;
+    let precision: Precision = args.dtype.parse()?;
+    let defaults = SamplingParams::default();
+    let sampling = if args.greedy {
+        SamplingParams {
+            seed: args.seed.unwrap_or(defaults.seed),
+            repetition_penalty: args.repetition_penalty.unwrap_or(1.0),
+            ..SamplingParams::greedy()
+        }
+    } else {
+        SamplingParams {
+            greedy: false,
+            temperature: args.temperature.unwrap_or(defaults.temperature),
+            top_k: args.top_k.unwrap_or(defaults.top_k),
+            top_p: args.top_p.unwrap_or(defaults.top_p),
+            repetition_penalty: args
+                .repetition_penalty
+                .unwrap_or(defaults.repetition_penalty),
+            seed: args.seed.unwrap_or(defaults.seed),
+        }
+    };
+    // Fail on bad settings before paying for a load.
+    sampling.validate()?;
+    if args.max_tokens == 0 {
+        bail!("invalid setting `max_tokens`: must be at least 1");
+    }
+    let form: PoemForm = args.form.parse()?;
+    let prompt = match &args.prompt_ids {
+        Some(ids) => Prompt::Ids(ids.clone()),
+        None => Prompt::Text(args.prompt.clone()),
+    };
+
+    // The same path as the window: the engine loads (after its fit check),
+    // prepares the request and generates; this only prints its events.
+    let engine = Engine::spawn(EngineOptions {
+        idle_timeout: None,
+        memory_budget: args.memory_budget_mib.map(|m| m * versifier::MIB),
+        ..EngineOptions::default()
+    })?;
+    let remote = engine.remote();
+    // Ctrl+C stops between tokens; the poem so far is printed as usual. A
+    // second handler cannot be installed (tests call this once per process).
+    let _ = ctrlc::set_handler(move || remote.cancel());
+    let id = engine.next_request_id();
+    engine.send(EngineCommand::Generate(GenerateJob {
+        id,
+        spec: LoadSpec {
+            model: model.clone(),
+            device: device_choice,
+            precision,
+        },
+        prompt,
+        form: form.clone(),
+        variations: args.variations,
+        max_new_tokens: args.max_tokens,
+        sampling,
+    }))?;
+
+    let stream = !args.json && args.variations == 1;
+    let mut stdout = std::io::stdout();
+    // The prompt's text opens the output (an acrostic's heads come from the form).
+    let echoed = if args.prompt_ids.is_none() && !matches!(form, PoemForm::Acrostic(_)) {
+        args.prompt.trim().to_string()
+    } else {
+        String::new()
+    };
+    let mut streamed = false;
+    let mut streamed_text = String::new();
+    let mut load_ms = 0.0;
+    let mut actual_device = device_choice;
+    let gen = loop {
+        let Some(event) = engine.recv() else {
+            bail!("the engine stopped without finishing the request");
+        };
+        match event {
+            Event::Loaded(report) => load_ms = report.load_ms,
+            Event::Notice(n) => {
+                if n.contains("running on the CPU") {
+                    actual_device = DeviceChoice::Cpu;
+                }
+                eprintln!("note: {n}");
+            }
+            Event::Token {
+                request,
+                variation: 0,
+                text,
+            } if request == id && stream => {
+                if !streamed {
+                    let _ = write!(stdout, "{echoed}");
+                    streamed = true;
+                }
+                streamed_text.push_str(&text);
+                let _ = write!(stdout, "{}", text.replace('。', "。\n"));
+                let _ = stdout.flush();
+            }
+            Event::Done {
+                request,
+                generation,
+            } if request == id => break generation,
+            Event::Error {
+                request,
+                message,
+                partial,
+                ..
+            } if request == Some(id) || request.is_none() => {
+                if let Some(p) = partial {
+                    for v in p.variations.iter().filter(|v| !v.text.is_empty()) {
+                        eprintln!("written before the error: {echoed}{}", v.text);
+                    }
+                }
+                bail!("{message}");
+            }
+            _ => {}
+        }
+    };
+    if gen.truncated_prompt_tokens > 0 {
+        eprintln!(
+            "note: the prompt and {} new tokens do not fit the model's context; the prompt's first {} tokens were dropped",
+            args.max_tokens, gen.truncated_prompt_tokens
+        );
+    }
+    if gen
+        .variations
+        .iter()
+        .any(|v| v.stop == Some(StopReason::Cancelled))
+    {
+        eprintln!("note: stopped (Ctrl+C); the poem so far is below");
+    }
+    let generated: usize = gen.generated_tokens();
+    let elapsed_s = (gen.timings.first_token_ms + gen.timings.decode_ms) / 1000.0;
+    let tokens_per_s = if gen.timings.decode_ms > 0.0 {
+        (generated.saturating_sub(gen.variations.len())) as f64 / (gen.timings.decode_ms / 1000.0)
+    } else {
+        0.0
+    };
+    let has_text = gen.variations.iter().any(|v| !v.text.is_empty());
+    if args.json {
+        let out = json!({
+            "model": model.display().to_string(),
+            "prompt": echoed,
+            "prompt_ids": gen.prompt_ids,
+            "truncated_prompt_tokens": gen.truncated_prompt_tokens,
+            "ids": gen.variations.iter().map(|v| v.ids.clone()).collect::<Vec<_>>(),
+            "text": gen.variations.iter().map(|v| v.text.clone()).collect::<Vec<_>>(),
+            "stop": gen.variations.iter().map(|v| v.stop).collect::<Vec<_>>(),
+            "load_ms": load_ms,
+            "first_token_ms": gen.timings.first_token_ms,
+            "tokens_per_s": tokens_per_s,
+            "elapsed_s": elapsed_s,
+            "device": actual_device.to_string(),
+            "dtype": precision.to_string(),
+        });
+        println!("{}", serde_json::to_string(&out)?);
+    } else if stream && has_text {
+        if !streamed {
+            let _ = write!(stdout, "{echoed}");
+        }
+        // The stream holds back an unfinished character until the end; what it
+        // held is in the result, so the printed text is the result's text.
+        let full = gen.variations.first().map_or("", |v| v.text.as_str());
+        let rest = full
+            .strip_prefix(streamed_text.as_str())
+            .unwrap_or_default();
+        println!("{}", rest.replace('。', "。\n"));
+    } else {
+        for (i, v) in gen.variations.iter().enumerate() {
+            if has_text {
+                println!(
+                    "--- variation {} ---\n{}",
+                    i + 1,
+                    layout(&format!("{echoed}{}", v.text))
+                );
+            } else {
+                println!("--- variation {} --- ids: {:?}", i + 1, v.ids);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `versifier train`: arguments and the progress display of the trainer.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[arg(long, default_value = "data/corpus")]
+    corpus: PathBuf,
+    #[arg(long, default_value = "models/tang-poems")]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 6)]
+    n_layer: usize,
+    #[arg(long, default_value_t = 6)]
+    n_head: usize,
+    #[arg(long, default_value_t = 384)]
+    n_embd: usize,
+    #[arg(long, default_value_t = 128)]
+    context: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 5000)]
+    steps: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    #[arg(long, default_value_t = 250)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_every: usize,
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Continue from OUT/checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many steps of this run (checkpointing), keeping the schedule of --steps.
+    #[arg(long)]
+    stop_after: Option<usize>,
+    #[arg(long, default_value_t = 2)]
+    min_char_count: usize,
+    /// Precision of the saved model.
+    #[arg(long, default_value = "f16")]
+    save_dtype: String,
+}
+
+pub fn run_train(a: TrainArgs) -> Result<()> {
+    let opts = versifier::train::TrainOptions {
+        corpus: a.corpus,
+        out: a.out,
+        device: a.device.parse()?,
+        n_layer: a.n_layer,
+        n_head: a.n_head,
+        n_embd: a.n_embd,
+        context: a.context,
+        batch_size: a.batch_size,
+        steps: a.steps,
+        lr: a.lr,
+        warmup: a.warmup,
+        eval_every: a.eval_every,
+        checkpoint_every: a.checkpoint_every,
+        seed: a.seed,
+        resume: a.resume,
+        min_char_count: a.min_char_count,
+        save_dtype: a.save_dtype.parse()?,
+        stop_after: a.stop_after,
+        ..Default::default()
+    };
+    let bar = indicatif::ProgressBar::new(opts.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // Without a terminal the bar is hidden: print evaluations and every 100th step instead.
+    let plain = bar.is_hidden();
+    let summary = versifier::train::train(&opts, |msg| {
+        let step: Option<u64> = msg
+            .strip_prefix("step ")
+            .and_then(|m| m.split(['/', ':']).next())
+            .and_then(|s| s.parse().ok());
+        if let Some(step) = step {
+            bar.set_position(step);
+        }
+        bar.set_message(msg.to_string());
+        let milestone = msg.contains("eval")
+            || msg.starts_with("resumed")
+            || step.is_some_and(|s| s % 100 == 0);
+        if plain && milestone {
+            eprintln!("{msg}");
+        } else if milestone && msg.contains("eval") {
+            bar.suspend(|| eprintln!("{msg}"));
+        }
+    })?;
+    bar.finish_and_clear();
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
