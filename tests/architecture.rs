@@ -1,6 +1,8 @@
 //! The layering ARCHITECTURE.md describes, checked on the source: a module
 //! only uses modules below it (or its own), never one above.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
 use std::path::Path;
 
 /// Bottom to top. Each may use the ones before it.

@@ -1,6 +1,8 @@
 //! Bad input gets a clear error that names the file (or setting) and what is
 //! wrong, a non-zero exit code, and never a panic. Each case runs the real CLI.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
 mod common;
 
 use std::collections::HashMap;

@@ -1,6 +1,8 @@
 //! The command line writes a log file in the folder it is given, and carries on
 //! with a one-line notice when that folder cannot be written.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
 use std::process::Command;
 
 fn versifier(args: &[&str], log_dir: &str) -> std::process::Output {

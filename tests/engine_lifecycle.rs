@@ -3,6 +3,8 @@
 //! injected clock), pinning, one load at a time, bad models, a full queue.
 //! Waits are bounded event waits, never sleeps.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

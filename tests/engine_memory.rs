@@ -2,6 +2,8 @@
 //! near its pre-load level. Its own test binary, so no other test allocates
 //! in this process while it measures.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
 use std::time::Duration;
 
 use versifier::engine::*;

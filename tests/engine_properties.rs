@@ -6,6 +6,8 @@
 //! budget is drawn too (none, below the model, about one variation's worth,
 //! ample), so fit refusals are mixed into the sequences.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
 mod common;
 
 use std::sync::Arc;

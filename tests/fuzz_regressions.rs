@@ -3,6 +3,8 @@
 //! files through the same harness the fuzz targets run (`tests/fuzz/src/harness.rs`).
 //! A panic here is a loader bug coming back.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
 #[path = "fuzz/src/harness.rs"]
 mod harness;
 

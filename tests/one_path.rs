@@ -2,6 +2,8 @@
 //! through the engine the window uses, so the same settings give the same ids,
 //! and a load that does not fit is refused with the same figures and options.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
 mod common;
 
 use std::path::PathBuf;

@@ -3,6 +3,8 @@
 //! poem whose save had completed; a save that cannot be written is a clear error
 //! and the poems stay in memory.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 

@@ -2,6 +2,8 @@
 //! bundled model on CPU, release, a bad model folder, settings across a
 //! restart, and history surviving a crash mid-save.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
 use std::time::Duration;
 
 use egui_kittest::kittest::Queryable;

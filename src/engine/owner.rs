@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
-use super::protocol::*;
+use super::protocol::{
+    Command, EngineState, ErrorKind, Event, GenerateJob, LoadReport, LoadSpec, ReleaseReason,
+    ReleaseReport, RequestId,
+};
 use crate::device::fit::{
     available_ram, check_fit, is_out_of_memory, out_of_memory_report, FitRefusal, MemoryStage,
 };

@@ -370,6 +370,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    #[allow(clippy::wildcard_imports)] // the AVX2/FMA/F16C intrinsics, by their Intel names
     use std::arch::x86_64::*;
 
     /// Eight weights at `p` widened to f32 (bf16: shift into the high half;
