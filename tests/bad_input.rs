@@ -437,3 +437,44 @@ fn streamed_text_is_the_json_text_even_when_the_last_character_is_unfinished() {
         );
     }
 }
+
+#[test]
+fn a_tokenizer_smaller_than_the_model_warns_and_counts_the_ids_without_text() {
+    let d = scratch_copy("hub-safetensors");
+    let p = d.path().join("vocab.txt");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let first: Vec<&str> = text.lines().take(8).collect();
+    std::fs::write(&p, first.join("\n") + "\n").unwrap();
+    let out = run_cli(&[
+        "generate",
+        "--model",
+        d.path().to_str().unwrap(),
+        "--prompt-ids",
+        "2,5,6",
+        "--max-tokens",
+        "30",
+        "--seed",
+        "3",
+        "--json",
+        "--log-level",
+        "warn",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the tokenizer has 8 tokens but the model's embedding has 43 rows"),
+        "warned at load: {stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(v["ids"][0].clone()).unwrap();
+    let past = ids.iter().filter(|&&id| id >= 8).count();
+    assert!(
+        past > 0,
+        "a random model over 43 ids writes some past 8: {ids:?}"
+    );
+    assert_eq!(v["ids_without_text"], past as u64);
+    assert!(
+        stderr.contains(&format!("{past} of the {} generated ids", ids.len())),
+        "{stderr}"
+    );
+}

@@ -190,6 +190,13 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
             args.max_tokens, gen.truncated_prompt_tokens
         );
     }
+    if gen.ids_without_text > 0 {
+        eprintln!(
+            "note: {} of the {} generated ids are past the tokenizer's vocabulary and have no text",
+            gen.ids_without_text,
+            gen.generated_tokens()
+        );
+    }
     if gen
         .variations
         .iter()
@@ -214,6 +221,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
             "ids": gen.variations.iter().map(|v| v.ids.clone()).collect::<Vec<_>>(),
             "text": gen.variations.iter().map(|v| v.text.clone()).collect::<Vec<_>>(),
             "stop": gen.variations.iter().map(|v| v.stop).collect::<Vec<_>>(),
+            "ids_without_text": gen.ids_without_text,
             "load_ms": load_ms,
             "first_token_ms": gen.timings.first_token_ms,
             "tokens_per_s": tokens_per_s,

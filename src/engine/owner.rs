@@ -896,7 +896,15 @@ impl OwnerThread {
             }
         });
         match result {
-            Ok(generation) => {
+            Ok(mut generation) => {
+                if let Some(t) = tok {
+                    generation.ids_without_text = generation
+                        .variations
+                        .iter()
+                        .flat_map(|v| &v.ids)
+                        .filter(|&&id| id as usize >= t.vocab_size())
+                        .count();
+                }
                 self.emit(Event::Done {
                     request: job.id,
                     generation,

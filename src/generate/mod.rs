@@ -134,6 +134,10 @@ pub struct Generation {
     pub timings: GenerationTimings,
     /// Bytes the KV cache held at the end (for the memory meter's split).
     pub kv_cache_bytes: usize,
+    /// Generated ids the tokenizer has no text for (ids past its vocabulary):
+    /// counted, so empty text is never silent.
+    #[serde(default)]
+    pub ids_without_text: usize,
     /// How decode steps ran on the static path (absent on the growing-cache path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_runner: Option<StepRunner>,
@@ -392,6 +396,7 @@ pub fn generate_on<'t>(
         ],
         timings: GenerationTimings::default(),
         kv_cache_bytes: 0,
+        ids_without_text: 0,
         step_runner: None,
     };
     let mut samplers: Vec<TokenSampler> = (0..rows)

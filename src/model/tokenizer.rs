@@ -136,6 +136,18 @@ impl TextTokenizer {
                 model_vocab: config.vocab_size,
             });
         }
+        if n < config.vocab_size {
+            warn_once(
+                path,
+                "vocab_size",
+                format_args!(
+                    "{}: the tokenizer has {n} tokens but the model's embedding has {} rows; \
+                     generated ids from {n} up have no text",
+                    path.display(),
+                    config.vocab_size
+                ),
+            );
+        }
         Ok(tok)
     }
 
