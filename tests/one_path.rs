@@ -54,24 +54,33 @@ fn window_ids(prompt: &str, form: PoemForm, variations: usize, seed: u64) -> Vec
     }
 }
 
-fn cli_ids(prompt: &str, form: &str, variations: usize, seed: u64) -> Vec<Vec<u32>> {
+/// `versifier generate` on the bundled model on the CPU, with `extra` arguments.
+fn generate_bundled(extra: &[&str]) -> std::process::Output {
     let model = bundled();
-    let out = run_cli(&[
+    let mut args = vec![
         "generate",
         "--model",
         model.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    run_cli(&args)
+}
+
+fn cli_ids(prompt: &str, form: &str, variations: usize, seed: u64) -> Vec<Vec<u32>> {
+    let (variations, seed) = (variations.to_string(), seed.to_string());
+    let out = generate_bundled(&[
         "--prompt",
         prompt,
         "--form",
         form,
         "--variations",
-        &variations.to_string(),
+        &variations,
         "--seed",
-        &seed.to_string(),
+        &seed,
         "--max-tokens",
         "64",
-        "--device",
-        "cpu",
         "--json",
     ]);
     assert!(
@@ -100,15 +109,9 @@ fn command_line_and_window_produce_the_same_ids_for_the_same_settings() {
 
 #[test]
 fn command_line_shows_the_engines_fit_refusal_with_options() {
-    let model = bundled();
-    let out = run_cli(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
+    let out = generate_bundled(&[
         "--prompt",
         "月",
-        "--device",
-        "cpu",
         "--dtype",
         "f32",
         "--memory-budget-mib",

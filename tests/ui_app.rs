@@ -42,15 +42,20 @@ fn pump(h: &mut Harness<'static, VersifierApp>, what: &str, done: impl Fn(&Versi
     }
 }
 
+/// Types `prompt` and presses Generate, as a user would.
+fn start_poem(h: &mut Harness<'static, VersifierApp>, prompt: &str) {
+    h.state_mut().prompt = prompt.into();
+    h.run_steps(1);
+    h.get_by_label("Generate  (Ctrl+Enter)").click();
+    h.run_steps(1);
+}
+
 #[test]
 fn type_a_prompt_generate_on_the_bundled_model_and_see_the_poem() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::in_dir(dir.path());
     let mut h = harness(app(&store));
-    h.state_mut().prompt = "月".into();
-    h.run_steps(1);
-    h.get_by_label("Generate  (Ctrl+Enter)").click();
-    h.run_steps(1);
+    start_poem(&mut h, "月");
     pump(&mut h, "poem", |a| {
         !a.cards.is_empty() && a.cards.iter().all(|c| c.done)
     });
@@ -224,10 +229,7 @@ fn history_records_the_settings_that_were_sent_not_the_widgets_edited_during_gen
     let dir = tempfile::tempdir().unwrap();
     let store = Store::in_dir(dir.path());
     let mut h = harness(app(&store));
-    h.state_mut().prompt = "月".into();
-    h.run_steps(1);
-    h.get_by_label("Generate  (Ctrl+Enter)").click();
-    h.run_steps(1);
+    start_poem(&mut h, "月");
     let sent_seed = h.state().settings.sampling.seed;
     // The user keeps typing and changes a setting while the poem is written.
     h.state_mut().prompt = "江".into();

@@ -8,10 +8,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
+use versifier::engine::Precision;
 use versifier::engine::{
     Command as EngineCommand, Engine, EngineOptions, Event, GenerateJob, LoadSpec, Prompt,
 };
-use versifier::engine::{DeviceChoice, Precision};
 use versifier::generate::forms::{layout, PoemForm};
 use versifier::generate::{SamplingParams, StopReason};
 
@@ -144,13 +144,11 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
             bail!("the engine stopped without finishing the request");
         };
         match event {
-            Event::Loaded(report) => load_ms = report.load_ms,
-            Event::Notice(n) => {
-                if n.contains("running on the CPU") {
-                    actual_device = DeviceChoice::Cpu;
-                }
-                eprintln!("note: {n}");
+            Event::Loaded(report) => {
+                load_ms = report.load_ms;
+                actual_device = report.device;
             }
+            Event::Notice(n) => eprintln!("note: {n}"),
             Event::Token {
                 request,
                 variation: 0,

@@ -638,6 +638,7 @@ impl OwnerThread {
                 let params = model.config.param_count();
                 let report = LoadReport {
                     spec: spec.clone(),
+                    device: actual,
                     load_ms: started.elapsed().as_secs_f64() * 1000.0,
                     params,
                     weights_bytes: params * precision.bytes(),

@@ -101,6 +101,8 @@ pub enum ReleaseReason {
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
     pub spec: LoadSpec,
+    /// Where the model actually went (the CPU when a CUDA request fell back).
+    pub device: DeviceChoice,
     pub load_ms: f64,
     pub params: usize,
     pub weights_bytes: usize,
