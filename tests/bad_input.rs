@@ -478,3 +478,51 @@ fn a_tokenizer_smaller_than_the_model_warns_and_counts_the_ids_without_text() {
         "{stderr}"
     );
 }
+
+#[test]
+fn info_checks_tensor_shapes_and_fails_where_generate_would() {
+    let d = scratch_copy("hf-safetensors");
+    rewrite_weights(d.path(), |t| {
+        t.insert(
+            "transformer.h.0.attn.c_attn.weight".into(),
+            Tensor::zeros((32, 95), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+        t.remove("transformer.h.1.mlp.c_fc.weight");
+    });
+    let dir = d.path().to_str().unwrap();
+    let needles = [
+        "model.safetensors",
+        "h.0.attn.c_attn.weight` has shape [32, 95], expected [32, 96]",
+        "`h.1.mlp.c_fc.weight` is missing",
+    ];
+    expect_failure(&["info", "--model", dir], &needles);
+    // generate refuses the same file (it stops at the first problem).
+    generate_on(d.path(), &[], &needles[..2]);
+}
+
+#[test]
+fn info_says_whether_shapes_were_checked() {
+    let out = run_cli(&[
+        "info",
+        "--json",
+        "--model",
+        fixture("hf-safetensors").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["shapes_checked"], true);
+    assert_eq!(v["shape_problems"], serde_json::json!([]));
+    // A pickle's shapes are only known by loading it: said, not implied.
+    let out = run_cli(&["info", "--model", fixture("pytorch-bin").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not checked"), "{text}");
+}

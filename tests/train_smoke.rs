@@ -8,7 +8,7 @@ mod common;
 use candle_core::{DType, Device};
 use versifier::engine::{DeviceChoice, Precision};
 use versifier::model::load_model;
-use versifier::train::{train, TrainOptions};
+use versifier::train::{train, TrainOptions, TrainProgress};
 
 const POEMS: [&str; 4] = [
     "[WUJUE]床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。",
@@ -94,11 +94,21 @@ fn resumed_training_matches_an_uninterrupted_run() {
     let resumed = tempfile::tempdir().unwrap();
     let mut first = options(corpus.path(), resumed.path(), 20);
     first.stop_after = Some(10);
-    let s1 = train(&first, |_| {}).unwrap();
+    let mut first_events = Vec::new();
+    let s1 = train(&first, |e| first_events.push(e)).unwrap();
     assert_eq!(s1.steps, 10);
+    assert_eq!(
+        first_events.last(),
+        Some(&TrainProgress::Stopped { step: 10 })
+    );
     let mut second = options(corpus.path(), resumed.path(), 20);
     second.resume = true;
-    let s2 = train(&second, |_| {}).unwrap();
+    let mut second_events = Vec::new();
+    let s2 = train(&second, |e| second_events.push(e)).unwrap();
+    assert_eq!(
+        second_events.first(),
+        Some(&TrainProgress::Resumed { step: 10 })
+    );
     assert_eq!(s2.steps, 20);
     let a = candle_core::safetensors::load(straight.path().join("model.safetensors"), &Device::Cpu)
         .unwrap();
@@ -117,4 +127,35 @@ fn resumed_training_matches_an_uninterrupted_run() {
             .unwrap();
         assert!(diff < 1e-5, "{name} differs by {diff} after resume");
     }
+}
+
+#[test]
+fn training_progress_arrives_as_typed_events_in_step_order() {
+    let corpus = tiny_corpus();
+    let out = tempfile::tempdir().unwrap();
+    let mut events = Vec::new();
+    train(&options(corpus.path(), out.path(), 30), |e| events.push(e)).unwrap();
+    let steps: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainProgress::Step {
+                step, steps, loss, ..
+            } => {
+                assert_eq!(*steps, 30);
+                assert!(loss.is_finite(), "{e}");
+                Some(*step)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, [10, 20, 30]);
+    let evals: Vec<usize> = events
+        .iter()
+        .filter(|e| matches!(e, TrainProgress::Eval { .. }))
+        .map(TrainProgress::step)
+        .collect();
+    assert_eq!(evals, [10, 20, 30]);
+    // The display the command line prints says the same figures.
+    let text = events[0].to_string();
+    assert!(text.starts_with("step 10/30 loss "), "{text}");
 }

@@ -247,3 +247,33 @@ fn history_records_the_settings_that_were_sent_not_the_widgets_edited_during_gen
         assert_ne!(r.sampling.temperature, 1.7);
     }
 }
+
+#[test]
+fn snapshots_stop_at_a_refused_load_and_picture_the_refusal() {
+    use versifier::ui::snapshot::{take_sequence, SnapshotPlan};
+    let dir = tempfile::tempdir().unwrap();
+    let plan = SnapshotPlan {
+        out_dir: dir.path().to_path_buf(),
+        device: versifier::engine::DeviceChoice::Cpu,
+        precision: versifier::engine::Precision::F32,
+        prompt: "月".into(),
+        variations: 1,
+        max_tokens: 32,
+        size: [900, 600],
+        // Far less than the bundled model needs: the engine refuses the load.
+        memory_budget: Some(1024 * 1024),
+    };
+    let taken = take_sequence(&plan).unwrap();
+    let names: Vec<String> = taken
+        .iter()
+        .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["1-before-load.png", "2-refused.png"]);
+    let last = &taken.last().unwrap().1;
+    assert!(
+        last.contains("did not run") && last.contains("MiB"),
+        "{last}"
+    );
+    assert!(dir.path().join("2-refused.png").exists());
+    assert!(!dir.path().join("3-ready.png").exists());
+}

@@ -15,7 +15,7 @@ use versifier::engine::{
 use versifier::generate::forms::{layout, PoemForm};
 use versifier::generate::{SamplingParams, StopReason};
 
-use super::{device_or_auto, model_or_bundled};
+use super::{model_or_bundled, DeviceArg};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -31,11 +31,11 @@ pub struct GenerateArgs {
     prompt_ids: Option<Vec<u32>>,
     /// auto (the first GPU when this build can use one, else the CPU), cpu or cuda:N.
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: DeviceArg,
     /// f32, f16 or bf16. On the CPU, f16/bf16 keep the weights at 2 bytes with
     /// f32 math: about twice as fast, exact for a model stored in f16.
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: Precision,
     /// Number of variations, decoded together as one batch.
     #[arg(long, default_value_t = 1)]
     variations: usize,
@@ -57,7 +57,7 @@ pub struct GenerateArgs {
     /// Poem form enforced while decoding: free, wujue, qijue, wulv, qilv or
     /// acrostic:<head characters>.
     #[arg(long, default_value = "free")]
-    form: String,
+    form: PoemForm,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -68,9 +68,9 @@ pub struct GenerateArgs {
 }
 
 pub fn run_generate(args: GenerateArgs) -> Result<()> {
-    let device_choice = device_or_auto(&args.device)?;
+    let device_choice = args.device.resolve();
     let model = model_or_bundled(args.model.clone())?;
-    let precision: Precision = args.dtype.parse()?;
+    let precision = args.dtype;
     let defaults = SamplingParams::default();
     let sampling = if args.greedy {
         SamplingParams {
@@ -95,7 +95,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     if args.max_tokens == 0 {
         bail!("invalid setting `max_tokens`: must be at least 1");
     }
-    let form: PoemForm = args.form.parse()?;
+    let form = args.form.clone();
     let prompt = match &args.prompt_ids {
         Some(ids) => Prompt::Ids(ids.clone()),
         None => Prompt::Text(args.prompt.clone()),

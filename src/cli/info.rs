@@ -1,17 +1,40 @@
 //! `versifier info`: a checkpoint's shape, parameters, bytes per dtype, tokenizer.
 
-use anyhow::Result;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
 use serde_json::json;
 
 use versifier::engine::Precision;
-use versifier::model::{inspect_safetensors, Gpt2Config, ModelFiles, WeightFormat};
+use versifier::model::{
+    check_tensor_shapes, inspect_safetensors, Gpt2Config, ModelFiles, WeightFormat,
+};
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// Checkpoint folder (default: the bundled Tang model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
 
 pub fn run_info(path: &std::path::Path, as_json: bool) -> Result<()> {
     let files = ModelFiles::locate(path)?;
     let cfg = Gpt2Config::from_file(&files.config)?;
-    let tensors = match files.format {
-        WeightFormat::Safetensors => Some(inspect_safetensors(&files.weights)?.tensors.len()),
-        WeightFormat::PytorchBin => None,
+    // Shapes are checked against config.json from the safetensors header (no
+    // weights read); a pickle's shapes are only known by loading it.
+    let (tensors, shape_problems) = match files.format {
+        WeightFormat::Safetensors => {
+            let summary = inspect_safetensors(&files.weights)?;
+            let problems: Vec<String> = check_tensor_shapes(&files.weights, &cfg, &summary)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            (Some(summary.tensors.len()), Some(problems))
+        }
+        WeightFormat::PytorchBin => (None, None),
     };
     let tokenizer = match &files.tokenizer {
         Some(p) => Some(versifier::model::TextTokenizer::from_file(p, &cfg)?),
@@ -32,6 +55,8 @@ pub fn run_info(path: &std::path::Path, as_json: bool) -> Result<()> {
         "format": files.format,
         "weights_file_bytes": weights_bytes,
         "tensors": tensors,
+        "shapes_checked": shape_problems.is_some(),
+        "shape_problems": shape_problems,
         "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
         "n_positions": cfg.n_positions, "vocab_size": cfg.vocab_size,
         "activation": cfg.activation.hf_name(),
@@ -71,6 +96,31 @@ pub fn run_info(path: &std::path::Path, as_json: bool) -> Result<()> {
             ),
             None => println!("tokenizer   none (generate needs --prompt-ids)"),
         }
+        match &shape_problems {
+            Some(p) if p.is_empty() => {
+                println!(
+                    "tensors     {} checked against config.json: all present, shapes match",
+                    tensors.unwrap_or(0)
+                );
+            }
+            Some(p) => println!("tensors     {} problem(s), see below", p.len()),
+            None => println!(
+                "tensors     not checked (pytorch_model.bin: shapes are known only by loading it)"
+            ),
+        }
+    }
+    if let Some(problems) = shape_problems.filter(|p| !p.is_empty()) {
+        let shown: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();
+        let more = problems.len().saturating_sub(shown.len());
+        bail!(
+            "this checkpoint would not load: {}{}",
+            shown.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(())
 }

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use versifier::engine::{DeviceChoice, Precision};
+use versifier::train::TrainProgress;
+
 #[derive(Args)]
 pub struct TrainArgs {
     #[arg(long, default_value = "data/corpus")]
@@ -12,7 +15,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "models/tang-poems")]
     out: PathBuf,
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceChoice,
     #[arg(long, default_value_t = 6)]
     n_layer: usize,
     #[arg(long, default_value_t = 6)]
@@ -45,14 +48,14 @@ pub struct TrainArgs {
     min_char_count: usize,
     /// Precision of the saved model.
     #[arg(long, default_value = "f16")]
-    save_dtype: String,
+    save_dtype: Precision,
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
     let opts = versifier::train::TrainOptions {
         corpus: a.corpus,
         out: a.out,
-        device: a.device.parse()?,
+        device: a.device,
         n_layer: a.n_layer,
         n_head: a.n_head,
         n_embd: a.n_embd,
@@ -66,7 +69,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         resume: a.resume,
         min_char_count: a.min_char_count,
-        save_dtype: a.save_dtype.parse()?,
+        save_dtype: a.save_dtype,
         stop_after: a.stop_after,
         ..Default::default()
     };
@@ -77,22 +80,20 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     );
     // Without a terminal the bar is hidden: print evaluations and every 100th step instead.
     let plain = bar.is_hidden();
-    let summary = versifier::train::train(&opts, |msg| {
-        let step: Option<u64> = msg
-            .strip_prefix("step ")
-            .and_then(|m| m.split(['/', ':']).next())
-            .and_then(|s| s.parse().ok());
-        if let Some(step) = step {
-            bar.set_position(step);
-        }
-        bar.set_message(msg.to_string());
-        let milestone = msg.contains("eval")
-            || msg.starts_with("resumed")
-            || step.is_some_and(|s| s % 100 == 0);
+    let summary = versifier::train::train(&opts, |event| {
+        bar.set_position(event.step() as u64);
+        bar.set_message(event.to_string());
+        let milestone = match &event {
+            TrainProgress::Step { step, .. } => step % 100 == 0,
+            TrainProgress::Resumed { .. }
+            | TrainProgress::Eval { .. }
+            | TrainProgress::Stopped { .. } => true,
+        };
+        let printed_above_bar = !matches!(event, TrainProgress::Step { .. });
         if plain && milestone {
-            eprintln!("{msg}");
-        } else if milestone && msg.contains("eval") {
-            bar.suspend(|| eprintln!("{msg}"));
+            eprintln!("{event}");
+        } else if printed_above_bar {
+            bar.suspend(|| eprintln!("{event}"));
         }
     })?;
     bar.finish_and_clear();

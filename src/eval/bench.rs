@@ -199,7 +199,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         new_tokens: opts.new_tokens,
         decode,
         rss_after_load_mib: rss_after_load,
-        peak_rss_mib: process_memory().map(|m| mib(m.peak_rss_bytes)),
+        peak_rss_mib: process_memory().and_then(|m| m.peak_rss_bytes).map(mib),
         machine: MachineInfo {
             logical_cpus: num_cpus::get(),
             physical_cores: num_cpus::get_physical(),

@@ -9,7 +9,7 @@
 //! is being read therefore gives an error that names the file and the tensor,
 //! never a `SIGBUS`; the extra memory is one tensor at a time.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -360,6 +360,90 @@ fn candle_dtype(name: &str) -> Option<DType> {
         "F64" => DType::F64,
         _ => return None,
     })
+}
+
+/// Every tensor a GPT-2 of `cfg` reads, by its canonical `GPT2Model` name,
+/// with its shape; `lm_head.weight` is not listed (optional: tied to `wte`).
+pub fn expected_tensor_shapes(cfg: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
+    let c = cfg.n_embd;
+    let mut out = vec![
+        ("wte.weight".to_string(), vec![cfg.vocab_size, c]),
+        ("wpe.weight".to_string(), vec![cfg.n_positions, c]),
+    ];
+    for i in 0..cfg.n_layer {
+        let layer: [(&str, Vec<usize>); 12] = [
+            ("ln_1.weight", vec![c]),
+            ("ln_1.bias", vec![c]),
+            ("attn.c_attn.weight", vec![c, 3 * c]), // Conv1D: (in, out)
+            ("attn.c_attn.bias", vec![3 * c]),
+            ("attn.c_proj.weight", vec![c, c]),
+            ("attn.c_proj.bias", vec![c]),
+            ("ln_2.weight", vec![c]),
+            ("ln_2.bias", vec![c]),
+            ("mlp.c_fc.weight", vec![c, cfg.n_inner]),
+            ("mlp.c_fc.bias", vec![cfg.n_inner]),
+            ("mlp.c_proj.weight", vec![cfg.n_inner, c]),
+            ("mlp.c_proj.bias", vec![c]),
+        ];
+        out.extend(
+            layer
+                .into_iter()
+                .map(|(name, shape)| (format!("h.{i}.{name}"), shape)),
+        );
+    }
+    out.push(("ln_f.weight".to_string(), vec![c]));
+    out.push(("ln_f.bias".to_string(), vec![c]));
+    out
+}
+
+/// Checks a safetensors header against the tensors `cfg` needs, as a load
+/// would (either key layout; `lm_head.weight` optional), without reading any
+/// weights. Each problem is the error a load would give for that tensor.
+pub fn check_tensor_shapes(
+    path: &Path,
+    cfg: &Gpt2Config,
+    summary: &SafetensorsSummary,
+) -> Vec<LoadError> {
+    let stored: HashMap<&str, &[usize]> = summary
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.shape.as_slice()))
+        .collect();
+    // (the key as stored, its shape): the load names a tensor the same way.
+    let find = |name: &str| {
+        let prefixed = format!("transformer.{name}");
+        if let Some(shape) = stored.get(name) {
+            return Some((name.to_string(), *shape));
+        }
+        stored
+            .get(prefixed.as_str())
+            .map(|shape| (prefixed, *shape))
+    };
+    let mut needed = expected_tensor_shapes(cfg);
+    if find("lm_head.weight").is_some() {
+        needed.push(("lm_head.weight".into(), vec![cfg.vocab_size, cfg.n_embd]));
+    }
+    let mut problems = Vec::new();
+    for (name, expected) in needed {
+        match find(&name) {
+            None => problems.push(LoadError::MissingTensor {
+                path: path.to_path_buf(),
+                name,
+                expected,
+                inventory: format!("the file has {} tensors", summary.tensors.len()),
+            }),
+            Some((key, found)) if found != expected.as_slice() => {
+                problems.push(LoadError::TensorShape {
+                    path: path.to_path_buf(),
+                    name: key,
+                    found: found.to_vec(),
+                    expected,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    problems
 }
 
 /// A `VarBuilder` backend over one checkpoint file that accepts both key layouts

@@ -17,8 +17,9 @@ pub mod synthetic;
 mod tokenizer;
 
 pub use checkpoint::{
-    inspect_safetensors, load_model, load_model_with_progress, LoadProgress, LoadedModel,
-    ModelFiles, SafetensorsSummary, TensorEntry, WeightFormat,
+    check_tensor_shapes, expected_tensor_shapes, inspect_safetensors, load_model,
+    load_model_with_progress, LoadProgress, LoadedModel, ModelFiles, SafetensorsSummary,
+    TensorEntry, WeightFormat,
 };
 pub use config::{Activation, Gpt2Config};
 pub use gpt2::{masked_value, ForwardError, Gpt2, KvCache, KvSlot, StaticKvCache, TokenBatch};

@@ -3,20 +3,24 @@
 //! that cannot be read is kept aside as `.bak` and defaults are used, with a
 //! notice; nothing is ever silently lost.
 //!
+//! Layout: `settings.rs`, `history.rs` (records and exports), `atomic.rs`
+//! (atomic writes, reads that keep a bad file aside), `settings_writer.rs`
+//! (the writer thread); this file holds the errors and where files live.
+//!
 //! Owns: file formats, locations, atomic writes. Must not: touch the engine or
 //! draw UI.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-
+mod atomic;
+mod history;
+mod settings;
 mod settings_writer;
-pub use settings_writer::{SettingsWriter, SETTINGS_SAVE_INTERVAL};
 
-use crate::device::{DeviceChoice, Precision};
-use crate::generate::forms::PoemForm;
-use crate::generate::SamplingParams;
+pub use atomic::{load_or_default, write_bytes_atomic, write_json_atomic};
+pub use history::{export_text, PoemRecord};
+pub use settings::Settings;
+pub use settings_writer::{SettingsWriter, SETTINGS_SAVE_INTERVAL};
 
 /// Errors writing or reading the store.
 #[derive(Debug, thiserror::Error)]
@@ -30,171 +34,6 @@ pub enum StoreError {
     #[error("{path}: {problem}")]
     Format { path: PathBuf, problem: String },
 }
-
-/// Saved settings. Every field has a default, so old or partial files load.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Settings {
-    /// The last model folder; `None` means the bundled model.
-    pub model: Option<PathBuf>,
-    pub recent_models: Vec<PathBuf>,
-    pub device: DeviceChoice,
-    pub precision: Precision,
-    /// Idle unload after this many seconds; `None` = never.
-    pub idle_timeout_s: Option<u64>,
-    pub sampling: SamplingParams,
-    pub lock_seed: bool,
-    pub max_tokens: usize,
-    pub variations: usize,
-    pub form: PoemForm,
-    pub preload_on_focus: bool,
-    pub vertical_layout: bool,
-    pub window_size: Option<[f32; 2]>,
-    /// "system", "light" or "dark".
-    pub theme: String,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            model: None,
-            recent_models: Vec::new(),
-            device: DeviceChoice::Cpu,
-            precision: Precision::F32,
-            idle_timeout_s: Some(300),
-            sampling: SamplingParams::default(),
-            lock_seed: false,
-            max_tokens: 80,
-            variations: 1,
-            form: PoemForm::QiJue,
-            preload_on_focus: true,
-            vertical_layout: false,
-            window_size: None,
-            theme: "system".into(),
-        }
-    }
-}
-
-impl Settings {
-    /// The longest idle timeout a file may ask for (a week); longer is "never" in practice.
-    pub const MAX_IDLE_TIMEOUT_S: u64 = 7 * 24 * 3600;
-    /// How many recently opened models the picker remembers.
-    pub const MAX_RECENT_MODELS: usize = 8;
-
-    /// Brings every field into the range the window offers (a hand-edited or
-    /// damaged file may say `temperature: -3` or `variations: 10000`), with one
-    /// notice per field changed, naming the field, what it was and what it is now.
-    pub fn sanitized(mut self) -> (Self, Vec<String>) {
-        let mut notes = Vec::new();
-        fn fix<T: PartialOrd + Copy + std::fmt::Debug>(
-            notes: &mut Vec<String>,
-            field: &str,
-            value: &mut T,
-            lo: T,
-            hi: T,
-            fallback: T,
-        ) {
-            use std::cmp::Ordering::{Greater, Less};
-            // NaN compares as None: neither in range nor above/below, so it gets the default.
-            let new = match ((*value).partial_cmp(&lo), (*value).partial_cmp(&hi)) {
-                (Some(Less), _) => lo,
-                (_, Some(Greater)) => hi,
-                (Some(_), Some(_)) => return,
-                _ => fallback,
-            };
-            notes.push(format!(
-                "settings: `{field}` was {value:?}, now {new:?} (allowed {lo:?}..={hi:?})"
-            ));
-            *value = new;
-        }
-        let d = Settings::default();
-        fix(
-            &mut notes,
-            "variations",
-            &mut self.variations,
-            1,
-            8,
-            d.variations,
-        );
-        fix(
-            &mut notes,
-            "max_tokens",
-            &mut self.max_tokens,
-            1,
-            1024,
-            d.max_tokens,
-        );
-        let sd = SamplingParams::default();
-        let sp = &mut self.sampling;
-        fix(
-            &mut notes,
-            "sampling.temperature",
-            &mut sp.temperature,
-            0.01,
-            10.0,
-            sd.temperature,
-        );
-        fix(
-            &mut notes,
-            "sampling.top_p",
-            &mut sp.top_p,
-            0.01,
-            1.0,
-            sd.top_p,
-        );
-        fix(
-            &mut notes,
-            "sampling.top_k",
-            &mut sp.top_k,
-            0,
-            100_000,
-            sd.top_k,
-        );
-        fix(
-            &mut notes,
-            "sampling.repetition_penalty",
-            &mut sp.repetition_penalty,
-            1.0,
-            10.0,
-            sd.repetition_penalty,
-        );
-        if let Some(t) = &mut self.idle_timeout_s {
-            fix(
-                &mut notes,
-                "idle_timeout_s",
-                t,
-                1,
-                Self::MAX_IDLE_TIMEOUT_S,
-                300,
-            );
-        }
-        if let Some([w, h]) = &mut self.window_size {
-            fix(&mut notes, "window_size[0]", w, 320.0, 16384.0, 1100.0);
-            fix(&mut notes, "window_size[1]", h, 240.0, 16384.0, 760.0);
-        }
-        if !["system", "light", "dark"].contains(&self.theme.as_str()) {
-            notes.push(format!(
-                "settings: `theme` was {:?}, now \"system\" (allowed: system, light, dark)",
-                self.theme
-            ));
-            self.theme = "system".into();
-        }
-        self.recent_models.truncate(Self::MAX_RECENT_MODELS);
-        (self, notes)
-    }
-}
-
-/// One saved poem.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PoemRecord {
-    pub prompt: String,
-    pub form: PoemForm,
-    pub text: String,
-    pub model: String,
-    pub sampling: SamplingParams,
-    pub unix_ms: u64,
-}
-
 /// Where the files live.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -243,74 +82,6 @@ impl Store {
     }
 }
 
-/// Reads JSON from `path`; a missing file gives the default silently, an
-/// unreadable one is moved to `<name>.bak` and gives the default with a notice.
-pub fn load_or_default<T: DeserializeOwned + Default>(path: &Path) -> (T, Option<String>) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (T::default(), None),
-        Err(e) => {
-            return (
-                T::default(),
-                Some(format!("{}: {e}; using defaults", path.display())),
-            )
-        }
-    };
-    match serde_json::from_str(&text) {
-        Ok(v) => (v, None),
-        Err(e) => {
-            let bak = path.with_extension("json.bak");
-            let kept = std::fs::rename(path, &bak).is_ok();
-            let note = if kept {
-                format!(
-                    "{} could not be read ({e}); kept it as {} and started fresh",
-                    path.display(),
-                    bak.display()
-                )
-            } else {
-                format!("{} could not be read ({e}); using defaults", path.display())
-            };
-            (T::default(), Some(note))
-        }
-    }
-}
-
-/// Writes `value` as JSON to `path` atomically (see [`write_bytes_atomic`]).
-pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), StoreError> {
-    let text = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Format {
-        path: path.to_path_buf(),
-        problem: e.to_string(),
-    })?;
-    write_bytes_atomic(path, &text)
-}
-
-/// Writes `text` to `path` atomically: a temp file in the same folder, fsync,
-/// rename over the old file, fsync the folder. A crash leaves the old file or
-/// the new one, never a mix.
-pub fn write_bytes_atomic(path: &Path, text: &[u8]) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("store"),
-        std::process::id()
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(text).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 /// The folder for log files: the OS state folder where there is one
 /// (`~/.local/state/versifier/logs` on Linux), else the local data folder.
 pub fn log_dir() -> Option<PathBuf> {
@@ -346,87 +117,6 @@ pub fn bundled_model() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn settings_round_trip_and_partial_files_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::in_dir(dir.path());
-        let (s, note) = store.load_settings();
-        assert_eq!(s, Settings::default());
-        assert!(note.is_none());
-        let s = Settings {
-            variations: 4,
-            form: PoemForm::WuLv,
-            idle_timeout_s: None,
-            ..Settings::default()
-        };
-        store.save_settings(&s).unwrap();
-        assert_eq!(store.load_settings().0, s);
-        std::fs::write(&store.settings_path, r#"{"variations": 3}"#).unwrap();
-        let (s, note) = store.load_settings();
-        assert_eq!(s.variations, 3);
-        assert_eq!(s.max_tokens, Settings::default().max_tokens);
-        assert!(note.is_none());
-    }
-
-    #[test]
-    fn out_of_range_settings_are_brought_into_range_with_a_notice_per_field() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::in_dir(dir.path());
-        std::fs::write(
-            &store.settings_path,
-            r#"{"variations": 10000, "max_tokens": 0, "idle_timeout_s": 18446744073709551615,
-                "sampling": {"temperature": -3.0, "top_p": 7},
-                "window_size": [1e30, 10], "theme": "neon"}"#,
-        )
-        .unwrap();
-        let (s, note) = store.load_settings();
-        let note = note.expect("a notice");
-        assert_eq!(s.variations, 8);
-        assert_eq!(s.max_tokens, 1);
-        assert_eq!(s.idle_timeout_s, Some(Settings::MAX_IDLE_TIMEOUT_S));
-        assert_eq!(s.sampling.temperature, 0.01);
-        assert_eq!(s.sampling.top_p, 1.0);
-        assert_eq!(s.window_size, Some([16384.0, 240.0]));
-        assert_eq!(s.theme, "system");
-        for field in [
-            "variations",
-            "max_tokens",
-            "idle_timeout_s",
-            "sampling.temperature",
-            "sampling.top_p",
-            "window_size[0]",
-            "window_size[1]",
-            "theme",
-        ] {
-            assert!(
-                note.contains(&format!("`{field}`")),
-                "{field} missing from {note}"
-            );
-        }
-        // A file within range gives no notice and is unchanged.
-        let (clean, fixes) = Settings::default().sanitized();
-        assert!(fixes.is_empty(), "{fixes:?}");
-        assert_eq!(clean, Settings::default());
-    }
-
-    #[test]
-    fn corrupt_file_is_kept_aside_with_a_notice() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::in_dir(dir.path());
-        std::fs::write(&store.history_path, "[{\"prompt\": ").unwrap();
-        let (h, note) = store.load_history();
-        assert!(h.is_empty());
-        let note = note.unwrap();
-        assert!(
-            note.contains("history.json") && note.contains(".bak"),
-            "{note}"
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("history.json.bak")).unwrap(),
-            "[{\"prompt\": "
-        );
-    }
 
     #[test]
     fn bundled_model_is_found_from_the_source_tree() {

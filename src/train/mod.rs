@@ -11,4 +11,4 @@ pub mod trainer;
 pub mod vocab;
 
 pub use corpus::{prepare_corpus, CorpusOptions, CorpusStats};
-pub use trainer::{held_out_perplexity, train, TrainOptions, TrainSummary};
+pub use trainer::{held_out_perplexity, train, TrainOptions, TrainProgress, TrainSummary};

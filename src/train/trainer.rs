@@ -308,10 +308,81 @@ pub fn held_out_perplexity(
     Ok((loss.exp(), bigram.exp()))
 }
 
+/// What a training run reports while it runs, in order: `Resumed` (once, when
+/// continuing a checkpoint), then `Step` every tenth step and `Eval` at each
+/// evaluation, and `Stopped` when `stop_after` ends the run early.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainProgress {
+    /// The run continues a checkpoint from this step.
+    Resumed { step: usize },
+    /// A training step finished (every tenth, and the last).
+    Step {
+        /// Steps done so far.
+        step: usize,
+        /// Steps of the whole schedule.
+        steps: usize,
+        /// Training loss of this step's batch.
+        loss: f64,
+        /// Learning rate used for this step.
+        lr: f64,
+        /// Gradient norm before clipping.
+        grad_norm: f64,
+        /// Training tokens per second since this run started.
+        tokens_per_s: f64,
+        /// Seconds left at the current rate.
+        eta_s: f64,
+    },
+    /// The held-out loss after `step` steps.
+    Eval { step: usize, loss: f64 },
+    /// `stop_after` ended the run after `step` steps; `--resume` continues it.
+    Stopped { step: usize },
+}
+
+impl TrainProgress {
+    /// The step this event is about.
+    pub fn step(&self) -> usize {
+        match self {
+            Self::Resumed { step }
+            | Self::Step { step, .. }
+            | Self::Eval { step, .. }
+            | Self::Stopped { step } => *step,
+        }
+    }
+}
+
+impl std::fmt::Display for TrainProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Resumed { step } => write!(f, "resumed at step {step}"),
+            Self::Step {
+                step,
+                steps,
+                loss,
+                lr,
+                grad_norm,
+                tokens_per_s,
+                eta_s,
+            } => write!(
+                f,
+                "step {step}/{steps} loss {loss:.3} lr {lr:.2e} grad-norm {grad_norm:.2} \
+                 {tokens_per_s:.0} tok/s eta {eta_s:.0}s"
+            ),
+            Self::Eval { step, loss } => write!(
+                f,
+                "step {step}: eval loss {loss:.3} (perplexity {:.1})",
+                loss.exp()
+            ),
+            Self::Stopped { step } => {
+                write!(f, "stopped after step {step}; continue with --resume")
+            }
+        }
+    }
+}
+
 /// Trains a model as `o` says and writes it to `o.out`.
 pub fn train(
     o: &TrainOptions,
-    mut on_progress: impl FnMut(&str),
+    mut on_progress: impl FnMut(TrainProgress),
 ) -> Result<TrainSummary, TrainError> {
     if o.n_embd % o.n_head != 0 {
         return Err(TrainError::Invalid {
@@ -418,7 +489,7 @@ pub fn train(
         rng = BatchRng(state.rng);
         tokens_seen = state.tokens_seen;
         start_step = state.step;
-        on_progress(&format!("resumed at step {start_step}"));
+        on_progress(TrainProgress::Resumed { step: start_step });
     }
 
     let mask = Gpt2::causal_mask(o.context, &device).map_err(step_err(0))?;
@@ -483,31 +554,33 @@ pub fn train(
             let secs = started.elapsed().as_secs_f64();
             let rate = (done - start_step) as f64 / secs.max(1e-9);
             let eta = (o.steps - done) as f64 / rate.max(1e-9);
-            on_progress(&format!(
-                "step {done}/{} loss {last_loss:.3} lr {lr:.2e} grad-norm {norm:.2} {:.0} tok/s eta {:.0}s",
-                o.steps,
-                (tokens_seen as f64) / secs.max(1e-9) * ((done - start_step) as f64 / done as f64).max(0.0),
-                eta
-            ));
+            on_progress(TrainProgress::Step {
+                step: done,
+                steps: o.steps,
+                loss: last_loss,
+                lr,
+                grad_norm: norm,
+                tokens_per_s: (tokens_seen as f64) / secs.max(1e-9)
+                    * ((done - start_step) as f64 / done as f64).max(0.0),
+                eta_s: eta,
+            });
         }
         if done % o.eval_every == 0 || done == o.steps {
             let eval =
                 evaluate(&model, &eval_ids, o, &mask, o.eval_batches).map_err(step_err(step))?;
             let line = serde_json::json!({"step": done, "train_loss": last_loss, "eval_loss": eval, "lr": lr, "seconds": started.elapsed().as_secs_f64()});
             let _ = writeln!(log, "{line}");
-            on_progress(&format!(
-                "step {done}: eval loss {eval:.3} (perplexity {:.1})",
-                eval.exp()
-            ));
+            on_progress(TrainProgress::Eval {
+                step: done,
+                loss: eval,
+            });
         }
         let interrupted = o.stop_after.is_some_and(|n| done - start_step >= n) && done < o.steps;
         if (o.checkpoint_every > 0 && done % o.checkpoint_every == 0) || interrupted {
             save(&ckpt_dir, DType::F32, Some((&opt, &rng, tokens_seen)))?;
         }
         if interrupted {
-            on_progress(&format!(
-                "stopped after step {done}; continue with --resume"
-            ));
+            on_progress(TrainProgress::Stopped { step: done });
             break;
         }
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::meter_panel::{release_summary, MeterAction, MeterView};
 use crate::engine::{
     Command, DeviceChoice, Engine, EngineError, EngineOptions, EngineState, ErrorKind, Event,
     GenerateJob, LoadReport, LoadSpec, Precision, Prompt, ReleaseReport, RequestId,
@@ -76,7 +77,7 @@ pub struct VersifierApp {
     store: Option<Store>,
     pub history: Vec<PoemRecord>,
     engine: Engine,
-    pub(super) sampler: Option<MemorySampler>,
+    sampler: Option<MemorySampler>,
     pub prompt: String,
     form_choice: FormChoice,
     acrostic_heads: String,
@@ -87,18 +88,18 @@ pub struct VersifierApp {
     /// The job behind `current`, as sent: its poems are recorded with these
     /// settings, whatever the widgets say by the time it finishes.
     sent: Option<GenerateJob>,
-    pub(super) last_load: Option<LoadReport>,
-    pub(super) last_release: Option<ReleaseReport>,
+    last_load: Option<LoadReport>,
+    last_release: Option<ReleaseReport>,
     /// Idle time left, as of when it was reported.
-    pub(super) idle_left: Option<(Duration, Instant)>,
-    pub(super) pinned: bool,
+    idle_left: Option<(Duration, Instant)>,
+    pinned: bool,
     pub error: Option<(ErrorKind, String)>,
     /// For a refused load: the numbers and what would fit.
     pub fit: Option<crate::device::fit::FitRefusal>,
     /// History panel search text.
     pub history_filter: String,
     pub notices: Vec<String>,
-    pub(super) kv_cache_bytes: usize,
+    kv_cache_bytes: usize,
     prompt_had_focus: bool,
     /// A native "Open model" dialog running on its own thread, and where its answer arrives.
     dialog: Option<(
@@ -112,6 +113,17 @@ pub struct VersifierApp {
 impl VersifierApp {
     /// Builds the app and starts the engine and the meter threads; `ctx` is woken by both.
     pub fn new(ctx: &egui::Context, store: Option<Store>) -> Result<Self, EngineError> {
+        Self::with_memory_budget(ctx, store, None)
+    }
+
+    /// As [`Self::new`], with the engine treating the device as having at most
+    /// `memory_budget` bytes free (loads that would not fit are refused with
+    /// what would, as on a full GPU).
+    pub fn with_memory_budget(
+        ctx: &egui::Context,
+        store: Option<Store>,
+        memory_budget: Option<u64>,
+    ) -> Result<Self, EngineError> {
         let (mut settings, note) = store
             .as_ref()
             .map(|s| s.load_settings())
@@ -136,6 +148,7 @@ impl VersifierApp {
             waker: Some(Arc::new(move || {
                 waker_ctx.request_repaint_after(Duration::from_millis(10))
             })),
+            memory_budget,
             ..EngineOptions::default()
         })?;
         let meter_ctx = ctx.clone();
@@ -493,7 +506,12 @@ impl VersifierApp {
         egui::Panel::top("model-bar").show(ui, |ui| self.model_bar(ui));
         egui::Panel::right("meter")
             .default_size(360.0)
-            .show(ui, |ui| super::meter_panel::show(self, ui));
+            .show(ui, |ui| {
+                let actions = super::meter_panel::show(&self.meter_view(), ui);
+                for action in actions {
+                    self.apply_meter_action(action);
+                }
+            });
         egui::CentralPanel::default().show(ui, |ui| self.writer(ui, generating));
         self.save_settings_if_changed();
         // The countdown needs a tick even when nothing else happens.
@@ -868,19 +886,7 @@ impl VersifierApp {
     /// Writes the history as Markdown or plain text next to the history file.
     pub fn export_history(&mut self, markdown: bool) {
         let Some(store) = &self.store else { return };
-        let mut out = String::new();
-        for r in &self.history {
-            if markdown {
-                out.push_str(&format!("## {} · {}\n\n", r.form.label(), r.prompt));
-                for line in layout(&r.text).lines() {
-                    out.push_str(&format!("{line}  \n"));
-                }
-                out.push_str(&format!("\n*seed {} · {}*\n\n", r.sampling.seed, r.model));
-            } else {
-                out.push_str(&layout(&r.text));
-                out.push_str("\n\n");
-            }
-        }
+        let out = crate::store::export_text(&self.history, markdown);
         let ext = if markdown { "md" } else { "txt" };
         let dir = store
             .history_path
@@ -898,6 +904,43 @@ impl VersifierApp {
     /// Sends a command, returning a message when the queue refused it.
     pub fn engine_send(&self, cmd: Command) -> Result<(), String> {
         self.engine.send(cmd).map_err(|e| e.to_string())
+    }
+
+    /// What the memory panel draws, borrowed from the app's state.
+    fn meter_view(&self) -> MeterView<'_> {
+        MeterView {
+            state: &self.state,
+            device: self.settings.device,
+            sampler: self.sampler.as_ref(),
+            last_load: self.last_load.as_ref(),
+            last_release: self.last_release.as_ref(),
+            kv_cache_bytes: self.kv_cache_bytes,
+            idle_left: self.idle_left,
+            pinned: self.pinned,
+            idle_timeout_s: self.settings.idle_timeout_s,
+        }
+    }
+
+    /// Carries out what the user did in the memory panel.
+    pub fn apply_meter_action(&mut self, action: MeterAction) {
+        match action {
+            MeterAction::Release => self.release(),
+            MeterAction::SetPinned(pinned) => {
+                self.pinned = pinned;
+                if let Err(e) = self.engine_send(Command::SetPinned(pinned)) {
+                    self.notices.push(e);
+                }
+            }
+            MeterAction::SetIdleTimeout(t) => {
+                self.settings.idle_timeout_s = t;
+                if let Err(e) =
+                    self.engine_send(Command::SetIdleTimeout(t.map(Duration::from_secs)))
+                {
+                    self.notices.push(e);
+                }
+            }
+            MeterAction::ExportTimeline => self.export_timeline(),
+        }
     }
 
     /// Writes the memory history as CSV next to the history file.
@@ -965,27 +1008,6 @@ fn vertical(text: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// "returned 1,130 MiB in 62 ms; process now holds 0 MiB"
-pub fn release_summary(r: &ReleaseReport) -> String {
-    match (r.gpu_returned_bytes(), r.gpu_after_bytes) {
-        (Some(back), Some(after)) => format!(
-            "returned {} MiB in {:.0} ms; process now holds {} MiB",
-            crate::mib(back),
-            r.took_ms,
-            crate::mib(after)
-        ),
-        _ => match (r.rss_before_bytes, r.rss_after_bytes) {
-            (Some(b), Some(a)) => format!(
-                "returned {} MiB of RAM in {:.0} ms; process now {} MiB",
-                crate::mib(b.saturating_sub(a)),
-                r.took_ms,
-                crate::mib(a)
-            ),
-            _ => format!("released in {:.0} ms", r.took_ms),
-        },
-    }
 }
 
 impl Drop for VersifierApp {

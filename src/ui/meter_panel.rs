@@ -2,14 +2,17 @@
 //! app's weights, KV cache, runtime, free) or of this process's RAM, a history
 //! plot with load / generate / release markers, the engine state, the idle
 //! countdown with Pin, and Release with its checked report.
+//!
+//! Narrow on purpose: it draws a [`MeterView`] (what it needs of the app's
+//! state, borrowed) and returns the [`MeterAction`]s the user took; the app
+//! applies them. It knows nothing of the app itself.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use egui_plot::{Line, Plot, PlotPoints, VLine};
 
-use super::app::{release_summary, VersifierApp};
-use crate::engine::{Command, DeviceChoice, EngineState};
-use crate::meter::MarkerKind;
+use crate::engine::{DeviceChoice, EngineState, LoadReport, ReleaseReport};
+use crate::meter::{MarkerKind, MemorySampler};
 
 use crate::mib_f64 as mib;
 
@@ -23,9 +26,40 @@ const TIMEOUTS: [(Option<u64>, &str); 6] = [
     (Some(3600), "60 min"),
 ];
 
-pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
+/// What the memory panel draws.
+pub struct MeterView<'a> {
+    pub state: &'a EngineState,
+    /// The device the settings select (the meter shows its memory).
+    pub device: DeviceChoice,
+    pub sampler: Option<&'a MemorySampler>,
+    pub last_load: Option<&'a LoadReport>,
+    pub last_release: Option<&'a ReleaseReport>,
+    /// The KV cache of the current request, bytes.
+    pub kv_cache_bytes: usize,
+    /// Idle time left, as of when it was reported.
+    pub idle_left: Option<(Duration, Instant)>,
+    pub pinned: bool,
+    pub idle_timeout_s: Option<u64>,
+}
+
+/// What the user did in the memory panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeterAction {
+    /// Release pressed: free the model and give the memory back.
+    Release,
+    /// Pin toggled: never unload while pinned.
+    SetPinned(bool),
+    /// A new idle timeout chosen (`None`: never unload when idle).
+    SetIdleTimeout(Option<u64>),
+    /// Export timeline pressed: write the memory history as CSV.
+    ExportTimeline,
+}
+
+/// Draws the panel; returns what the user did this frame.
+pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
+    let mut actions = Vec::new();
     ui.heading("Memory");
-    let state = match app.state {
+    let state = match view.state {
         EngineState::Unloaded => "Unloaded".to_string(),
         EngineState::Loading { progress } => format!("Loading {:.0}%", progress * 100.0),
         EngineState::Ready => "Ready".into(),
@@ -34,16 +68,16 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
     };
     ui.label(egui::RichText::new(state).strong());
 
-    let (latest, unavailable) = match &app.sampler {
+    let (latest, unavailable) = match view.sampler {
         Some(s) => {
             let h = s.history();
             (h.latest().cloned(), h.gpu_unavailable.clone())
         }
         None => (None, Some("the meter thread could not start".into())),
     };
-    let weights = app.last_load.as_ref().map_or(0, |l| l.weights_bytes as u64);
-    let loaded = !matches!(app.state, EngineState::Unloaded);
-    let gpu = match app.settings.device {
+    let weights = view.last_load.map_or(0, |l| l.weights_bytes as u64);
+    let loaded = !matches!(view.state, EngineState::Unloaded);
+    let gpu = match view.device {
         DeviceChoice::Cuda(i) => latest
             .as_ref()
             .and_then(|l| crate::meter::gpu_for_ordinal(&l.gpus, i).cloned()),
@@ -54,7 +88,7 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
         (Some(g), _) => {
             let process = g.process_bytes.unwrap_or(0);
             let w = if loaded { weights.min(process) } else { 0 };
-            let kv = (app.kv_cache_bytes as u64).min(process.saturating_sub(w));
+            let kv = (view.kv_cache_bytes as u64).min(process.saturating_sub(w));
             let runtime = process.saturating_sub(w + kv);
             let other = g.used_bytes.saturating_sub(process);
             let segments = [
@@ -117,7 +151,7 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
                 mib(rss),
                 mib(w)
             ));
-            match (&unavailable, app.settings.device) {
+            match (&unavailable, view.device) {
                 (Some(why), _) => {
                     ui.label(format!("No GPU found: {why}"));
                 }
@@ -133,9 +167,9 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
     }
 
     // History plot: this process's memory over the last minutes, with markers.
-    if let Some(s) = &app.sampler {
+    if let Some(s) = view.sampler {
         let h = s.history();
-        let cuda = match app.settings.device {
+        let cuda = match view.device {
             DeviceChoice::Cuda(i) => Some(i),
             DeviceChoice::Cpu => None,
         };
@@ -180,47 +214,41 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
 
     ui.horizontal(|ui| {
         let release = ui.add_enabled(
-            !matches!(app.state, EngineState::Unloaded),
+            !matches!(view.state, EngineState::Unloaded),
             egui::Button::new("Release"),
         );
         if release
             .on_hover_text("Free the model and give all GPU memory back")
             .clicked()
         {
-            app.release();
+            actions.push(MeterAction::Release);
         }
-        let mut pinned = app.pinned;
+        let mut pinned = view.pinned;
         if ui
             .checkbox(&mut pinned, "Pin")
             .on_hover_text("Never unload while pinned")
             .changed()
         {
-            app.pinned = pinned;
-            if let Err(e) = app.engine_send(Command::SetPinned(pinned)) {
-                app.notices.push(e);
-            }
+            actions.push(MeterAction::SetPinned(pinned));
         }
     });
     ui.horizontal(|ui| {
         let current = TIMEOUTS
             .iter()
-            .find(|(t, _)| *t == app.settings.idle_timeout_s)
+            .find(|(t, _)| *t == view.idle_timeout_s)
             .map_or("custom", |(_, l)| l);
         egui::ComboBox::from_label("Unload when idle")
             .selected_text(current)
             .show_ui(ui, |ui| {
+                let mut chosen = view.idle_timeout_s;
                 for (t, label) in TIMEOUTS {
-                    if ui
-                        .selectable_value(&mut app.settings.idle_timeout_s, t, label)
-                        .changed()
-                    {
-                        let _ =
-                            app.engine_send(Command::SetIdleTimeout(t.map(Duration::from_secs)));
+                    if ui.selectable_value(&mut chosen, t, label).changed() {
+                        actions.push(MeterAction::SetIdleTimeout(t));
                     }
                 }
             });
     });
-    if let Some((left, at)) = app.idle_left {
+    if let Some((left, at)) = view.idle_left {
         let left = left.saturating_sub(at.elapsed());
         ui.label(format!(
             "unloads in {}:{:02}",
@@ -228,7 +256,7 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
             left.as_secs() % 60
         ));
     }
-    if let Some(l) = &app.last_load {
+    if let Some(l) = view.last_load {
         ui.label(format!("reload ~{:.1} s", l.load_ms / 1000.0));
         if let (Some(after), Some(before)) = (l.gpu_after_bytes, l.gpu_before_bytes) {
             ui.label(format!(
@@ -238,7 +266,7 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
             ));
         }
     }
-    if let Some(r) = &app.last_release {
+    if let Some(r) = view.last_release {
         ui.label(format!("last release: {}", release_summary(r)));
         if let Some(held) = &r.still_held {
             ui.colored_label(ui.visuals().warn_fg_color, held);
@@ -249,7 +277,29 @@ pub fn show(app: &mut VersifierApp, ui: &mut egui::Ui) {
         .on_hover_text("Write the memory history as CSV for a bug report")
         .clicked()
     {
-        app.export_timeline();
+        actions.push(MeterAction::ExportTimeline);
+    }
+    actions
+}
+
+/// A release report in one line: what came back and what is still held.
+pub fn release_summary(r: &ReleaseReport) -> String {
+    match (r.gpu_returned_bytes(), r.gpu_after_bytes) {
+        (Some(back), Some(after)) => format!(
+            "returned {} MiB in {:.0} ms; process now holds {} MiB",
+            crate::mib(back),
+            r.took_ms,
+            crate::mib(after)
+        ),
+        _ => match (r.rss_before_bytes, r.rss_after_bytes) {
+            (Some(b), Some(a)) => format!(
+                "returned {} MiB of RAM in {:.0} ms; process now {} MiB",
+                crate::mib(b.saturating_sub(a)),
+                r.took_ms,
+                crate::mib(a)
+            ),
+            _ => format!("released in {:.0} ms", r.took_ms),
+        },
     }
 }
 

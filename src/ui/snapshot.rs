@@ -194,11 +194,20 @@ impl HeadlessWindow {
     /// Starts the app with its settings and history in `data_dir` (a fresh
     /// folder gives first-launch defaults).
     pub fn new(data_dir: &Path, size: [usize; 2]) -> Result<Self, SnapshotError> {
+        Self::with_memory_budget(data_dir, size, None)
+    }
+
+    /// As [`Self::new`], with the engine's memory budget (bytes) set.
+    pub fn with_memory_budget(
+        data_dir: &Path,
+        size: [usize; 2],
+        memory_budget: Option<u64>,
+    ) -> Result<Self, SnapshotError> {
         let ctx = egui::Context::default();
         install_fonts(&ctx);
         let store = crate::store::Store::in_dir(data_dir);
-        let app =
-            VersifierApp::new(&ctx, Some(store)).map_err(|e| SnapshotError::App(e.to_string()))?;
+        let app = VersifierApp::with_memory_budget(&ctx, Some(store), memory_budget)
+            .map_err(|e| SnapshotError::App(e.to_string()))?;
         Ok(Self {
             app,
             ctx,
@@ -269,6 +278,8 @@ pub struct SnapshotPlan {
     pub variations: usize,
     pub max_tokens: usize,
     pub size: [usize; 2],
+    /// Treat the device as having at most this many bytes free.
+    pub memory_budget: Option<u64>,
 }
 
 /// What the meter shows for the selected device, in MiB.
@@ -304,7 +315,7 @@ pub fn take_sequence(plan: &SnapshotPlan) -> Result<Vec<(PathBuf, String)>, Snap
     })?;
     let data = plan.out_dir.join("app-data");
     let _ = std::fs::remove_dir_all(&data);
-    let mut w = HeadlessWindow::new(&data, plan.size)?;
+    let mut w = HeadlessWindow::with_memory_budget(&data, plan.size, plan.memory_budget)?;
     w.app.settings.device = plan.device;
     w.app.settings.precision = plan.precision;
     w.app.settings.variations = plan.variations;
@@ -329,15 +340,37 @@ pub fn take_sequence(plan: &SnapshotPlan) -> Result<Vec<(PathBuf, String)>, Snap
     w.run_for(Duration::from_millis(1500));
     shoot(&mut w, "1-before-load.png")?;
     w.app.generate();
+    // A refused load or an error ends the wait at once (and the sequence: the
+    // picture shows the refusal and its options).
+    let stopped = |a: &VersifierApp| a.error.is_some() || a.fit.is_some();
     let generating = w.run_until(Duration::from_secs(120), |a| {
-        matches!(a.state, EngineState::Generating) && a.cards.iter().any(|c| !c.text.is_empty())
+        stopped(a)
+            || (matches!(a.state, EngineState::Generating)
+                && a.cards.iter().any(|c| !c.text.is_empty()))
     });
+    if stopped(&w.app) {
+        w.run_for(Duration::from_millis(500));
+        shoot(&mut w, "2-refused.png")?;
+        let why = w
+            .app
+            .error
+            .as_ref()
+            .map(|e| e.1.clone())
+            .unwrap_or_default();
+        if let Some((_, line)) = taken.last_mut() {
+            line.push_str(&format!(
+                "; the request did not run, so the sequence stops here: {why}"
+            ));
+        }
+        return Ok(taken);
+    }
     if generating {
         shoot(&mut w, "2-generating.png")?;
     }
     if !w.run_until(Duration::from_secs(300), |a| {
-        matches!(a.state, EngineState::Ready) && !a.cards.is_empty()
-    }) {
+        stopped(a) || (matches!(a.state, EngineState::Ready) && !a.cards.is_empty())
+    }) || stopped(&w.app)
+    {
         let why = w
             .app
             .error

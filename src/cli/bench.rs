@@ -1,0 +1,92 @@
+//! `versifier bench`: speed, lifecycle/soak and quality benchmarks (JSON).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use versifier::engine::{DeviceChoice, Precision};
+use versifier::eval::bench::{
+    run_bench, run_lifecycle, run_quality, BenchOptions, LifecycleOptions, QualityOptions,
+};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Benchmark random weights of a known shape: gpt2-124m or tiny.
+    #[arg(long, conflicts_with = "model")]
+    synthetic: Option<String>,
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
+    #[arg(long, default_value_t = 16)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batches: Vec<usize>,
+    /// JSON output (the only output format; accepted for clarity).
+    #[arg(long)]
+    json: bool,
+    /// Run load -> generate -> release cycles through the engine and report this
+    /// process's memory after each phase, and its growth per 100 cycles (needs
+    /// --model; `--soak` is the same run).
+    #[arg(long, alias = "soak", requires = "model")]
+    lifecycle: bool,
+    /// Number of lifecycle cycles.
+    #[arg(long, default_value_t = 10)]
+    cycles: usize,
+    /// Poem quality: well-formed share of free and constrained samples, distinct-2,
+    /// and with --corpus the held-out perplexity against a bigram model (needs --model).
+    #[arg(long, requires = "model", conflicts_with = "lifecycle")]
+    quality: bool,
+    /// Corpus folder from `versifier corpus`, for the held-out perplexity.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Free-form samples per prompt (20 prompts).
+    #[arg(long, default_value_t = 10)]
+    samples_per_prompt: usize,
+    /// Samples per constrained form.
+    #[arg(long, default_value_t = 20)]
+    constrained_samples: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let report = if args.quality {
+        serde_json::to_value(run_quality(&QualityOptions {
+            model: args.model.context("--quality needs --model")?,
+            device: args.device,
+            samples_per_prompt: args.samples_per_prompt,
+            constrained_samples: args.constrained_samples,
+            seed: args.seed,
+            corpus: args.corpus,
+        })?)?
+    } else if args.lifecycle {
+        serde_json::to_value(run_lifecycle(&LifecycleOptions {
+            model: args.model.context("--lifecycle needs --model")?,
+            device: args.device,
+            precision: args.dtype,
+            cycles: args.cycles,
+            new_tokens: args.new_tokens,
+        })?)?
+    } else {
+        // JSON is the only output format; --json is accepted for clarity.
+        let _ = args.json;
+        serde_json::to_value(run_bench(&BenchOptions {
+            model: args.model,
+            synthetic: args.synthetic,
+            device: args.device,
+            precision: args.dtype,
+            prompt_tokens: args.prompt_tokens,
+            new_tokens: args.new_tokens,
+            batches: args.batches,
+        })?)?
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

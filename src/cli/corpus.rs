@@ -1,0 +1,35 @@
+//! `versifier corpus`: the chinese-poetry collection as training text.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Args)]
+pub struct CorpusArgs {
+    /// chinese-poetry's package folder (npm pack chinese-poetry@2.0.1, unpacked).
+    #[arg(long)]
+    source: PathBuf,
+    #[arg(long, default_value = "data/corpus")]
+    out: PathBuf,
+    /// Also use the Song poems.
+    #[arg(long)]
+    song: bool,
+    /// Held-out share in poems per ten thousand.
+    #[arg(long, default_value_t = 200)]
+    holdout_per_10k: u64,
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+}
+
+pub fn run_corpus(args: CorpusArgs) -> Result<()> {
+    let stats = versifier::train::prepare_corpus(&versifier::train::CorpusOptions {
+        source: args.source,
+        out: args.out,
+        include_song: args.song,
+        holdout_per_10k: args.holdout_per_10k,
+        seed: args.seed,
+    })?;
+    println!("{}", serde_json::to_string_pretty(&stats)?);
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! The poem history: one record per poem, and its exports (Markdown, text).
+
+use serde::{Deserialize, Serialize};
+
+use crate::generate::forms::{layout, PoemForm};
+use crate::generate::SamplingParams;
+
+/// One saved poem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoemRecord {
+    pub prompt: String,
+    pub form: PoemForm,
+    pub text: String,
+    pub model: String,
+    pub sampling: SamplingParams,
+    pub unix_ms: u64,
+}
+
+/// The history as a Markdown document (a heading per poem, its lines, the
+/// seed and model) or as plain text (the poems, a blank line between).
+pub fn export_text(records: &[PoemRecord], markdown: bool) -> String {
+    let mut out = String::new();
+    for r in records {
+        if markdown {
+            out.push_str(&format!("## {} · {}\n\n", r.form.label(), r.prompt));
+            for line in layout(&r.text).lines() {
+                out.push_str(&format!("{line}  \n"));
+            }
+            out.push_str(&format!("\n*seed {} · {}*\n\n", r.sampling.seed, r.model));
+        } else {
+            out.push_str(&layout(&r.text));
+            out.push_str("\n\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_exports_as_markdown_with_seed_and_as_plain_poems() {
+        let record = PoemRecord {
+            prompt: "春".into(),
+            form: PoemForm::WuJue,
+            text: "春眠不覺曉，處處聞啼鳥。夜來風雨聲，花落知多少。".into(),
+            model: "tang-poems".into(),
+            sampling: SamplingParams {
+                seed: 42,
+                ..SamplingParams::default()
+            },
+            unix_ms: 0,
+        };
+        let md = export_text(std::slice::from_ref(&record), true);
+        assert!(md.starts_with("## "), "{md}");
+        assert!(md.contains("春眠不覺曉，處處聞啼鳥。  \n"), "{md}");
+        assert!(md.contains("*seed 42 · tang-poems*"), "{md}");
+        let txt = export_text(&[record.clone(), record], false);
+        assert_eq!(txt.matches("花落知多少。").count(), 2, "{txt}");
+        assert!(!txt.contains("seed"), "{txt}");
+    }
+}
