@@ -311,16 +311,22 @@ fn garbage_pytorch_bin() {
 }
 
 #[test]
-fn unknown_device_and_precision() {
-    generate_on(
-        &fixture("hf-safetensors"),
-        &["--device", "tpu"],
-        &["unknown device `tpu`"],
-    );
-    generate_on(
-        &fixture("hf-safetensors"),
-        &["--dtype", "f8"],
-        &["unknown precision `f8`"],
+fn unknown_device_precision_and_form_are_refused_by_the_argument_parser_naming_the_flag() {
+    for (flag, value, said) in [
+        ("--device", "tpu", "unknown device `tpu`"),
+        ("--dtype", "f8", "unknown precision `f8`"),
+        ("--form", "sonnet", "unknown poem form `sonnet`"),
+    ] {
+        // clap parses the typed value, so the message names the flag too.
+        generate_on(
+            &fixture("hf-safetensors"),
+            &[flag, value],
+            &[said, &format!("invalid value '{value}' for '{flag}")],
+        );
+    }
+    expect_failure(
+        &["train", "--save-dtype", "f64"],
+        &["invalid value 'f64' for '--save-dtype"],
     );
 }
 
