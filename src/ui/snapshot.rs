@@ -282,6 +282,11 @@ pub struct SnapshotPlan {
     pub memory_budget: Option<u64>,
 }
 
+/// The app's error message, or nothing.
+fn error_text(app: &VersifierApp) -> String {
+    app.error.as_ref().map(|e| e.1.clone()).unwrap_or_default()
+}
+
 /// What the meter shows for the selected device, in MiB.
 fn memory_line(app: &VersifierApp) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
@@ -351,12 +356,7 @@ pub fn take_sequence(plan: &SnapshotPlan) -> Result<Vec<(PathBuf, String)>, Snap
     if stopped(&w.app) {
         w.run_for(Duration::from_millis(500));
         shoot(&mut w, "2-refused.png")?;
-        let why = w
-            .app
-            .error
-            .as_ref()
-            .map(|e| e.1.clone())
-            .unwrap_or_default();
+        let why = error_text(&w.app);
         if let Some((_, line)) = taken.last_mut() {
             line.push_str(&format!(
                 "; the request did not run, so the sequence stops here: {why}"
@@ -371,12 +371,7 @@ pub fn take_sequence(plan: &SnapshotPlan) -> Result<Vec<(PathBuf, String)>, Snap
         stopped(a) || (matches!(a.state, EngineState::Ready) && !a.cards.is_empty())
     }) || stopped(&w.app)
     {
-        let why = w
-            .app
-            .error
-            .as_ref()
-            .map(|e| e.1.clone())
-            .unwrap_or_default();
+        let why = error_text(&w.app);
         return Err(SnapshotError::Script(format!(
             "the generation did not finish (state {:?}) {why}",
             w.app.state
