@@ -73,6 +73,7 @@ impl Harness {
 
     fn job(&self, max_new_tokens: usize) -> GenerateJob {
         GenerateJob {
+            verse: versifier::poetry::VerseRules::default(),
             id: self.engine.next_request_id(),
             spec: Self::spec("hf-safetensors"),
             prompt: Prompt::Text("月".into()),

@@ -67,6 +67,7 @@ proptest! {
             let r = match s {
                 Step::Prepare(m) => engine.send(Command::Prepare(spec(*m))),
                 Step::Generate(m, n) => engine.send(Command::Generate(GenerateJob {
+                    verse: versifier::poetry::VerseRules::default(),
                     id: engine.next_request_id(),
                     spec: spec(*m),
                     prompt: Prompt::Text("月".into()),

@@ -110,6 +110,7 @@ fn weights_file_replaced_or_truncated_after_load_does_not_affect_the_model() {
     };
     let job = |id| {
         Command::Generate(GenerateJob {
+            verse: versifier::poetry::VerseRules::default(),
             id,
             spec: spec.clone(),
             prompt: Prompt::Text("月".into()),

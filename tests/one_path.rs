@@ -26,6 +26,7 @@ fn window_ids(prompt: &str, form: PoemForm, variations: usize, seed: u64) -> Vec
     let id = engine.next_request_id();
     engine
         .send(Command::Generate(GenerateJob {
+            verse: versifier::poetry::VerseRules::default(),
             id,
             spec: LoadSpec {
                 model: bundled(),

@@ -6,9 +6,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use versifier::engine::{DeviceChoice, Precision};
-use versifier::eval::bench::{
-    run_bench, run_lifecycle, run_quality, BenchOptions, LifecycleOptions, QualityOptions,
-};
+use versifier::eval::bench::{run_bench, run_lifecycle, BenchOptions, LifecycleOptions};
+use versifier::eval::quality::{run_quality, QualityOptions};
 
 #[derive(Args)]
 pub struct BenchArgs {

@@ -14,6 +14,7 @@ use versifier::engine::{
 };
 use versifier::generate::forms::{layout, PoemForm};
 use versifier::generate::{SamplingParams, StopReason};
+use versifier::poetry::{RulesMode, TemplateStart, VerseRules};
 
 use super::{model_or_bundled, DeviceArg};
 
@@ -58,6 +59,18 @@ pub struct GenerateArgs {
     /// acrostic:<head characters>.
     #[arg(long, default_value = "free")]
     form: PoemForm,
+    /// Rhyme (平水韻) and tones (平仄) for the regulated forms (wujue, qijue,
+    /// wulv, qilv, acrostic of 4 or 8 heads): strict keeps both while decoding;
+    /// off is the form alone.
+    #[arg(long, default_value = "strict")]
+    rules: RulesMode,
+    /// The rhyme group: a 平聲 group by name (東, 一先, 下平一先) or by any
+    /// character in it (紅); simplified accepted. Default: the poem chooses.
+    #[arg(long)]
+    rhyme: Option<String>,
+    /// The tonal template: pingqi (平起), zeqi (仄起) or any.
+    #[arg(long, default_value = "any")]
+    template: TemplateStart,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -96,6 +109,13 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         bail!("invalid setting `max_tokens`: must be at least 1");
     }
     let form = args.form.clone();
+    let verse = VerseRules {
+        mode: args.rules,
+        rhyme: args.rhyme.clone(),
+        template: args.template,
+    };
+    // A bad rhyme name fails before paying for a load.
+    verse.rhyme_group()?;
     let prompt = match &args.prompt_ids {
         Some(ids) => Prompt::Ids(ids.clone()),
         None => Prompt::Text(args.prompt.clone()),
@@ -125,6 +145,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         variations: args.variations,
         max_new_tokens: args.max_tokens,
         sampling,
+        verse,
     }))?;
 
     let stream = !args.json && args.variations == 1;
@@ -219,6 +240,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
             "ids": gen.variations.iter().map(|v| v.ids.clone()).collect::<Vec<_>>(),
             "text": gen.variations.iter().map(|v| v.text.clone()).collect::<Vec<_>>(),
             "stop": gen.variations.iter().map(|v| v.stop).collect::<Vec<_>>(),
+            "relaxed": gen.variations.iter().map(|v| v.relaxed.clone()).collect::<Vec<_>>(),
             "ids_without_text": gen.ids_without_text,
             "load_ms": load_ms,
             "first_token_ms": gen.timings.first_token_ms,

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use versifier::engine::DeviceChoice;
 
 mod bench;
+mod check;
 mod corpus;
 mod generate;
 mod info;
@@ -19,6 +20,7 @@ mod snapshots;
 mod train;
 
 use bench::BenchArgs;
+use check::CheckArgs;
 use corpus::CorpusArgs;
 use info::InfoArgs;
 use selftest::SelftestArgs;
@@ -55,6 +57,9 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from a prompt.
     Generate(GenerateArgs),
+    /// Check a poem's rhyme (平水韻) and tones (平仄): marks per character,
+    /// rhyme characters and group, broken rules with line and column, verdict.
+    Check(CheckArgs),
     /// Describe a checkpoint: architecture, parameters, bytes per dtype,
     /// tokenizer, and whether its tensors match config.json.
     Info(InfoArgs),
@@ -82,6 +87,7 @@ pub fn run(cli: Cli) -> Result<()> {
             "this build has no window (built without the `gui` feature); run `versifier --help` for the commands"
         ),
         Some(Command::Generate(args)) => run_generate(args),
+        Some(Command::Check(args)) => check::run_check(args),
         Some(Command::Info(args)) => run_info(&model_or_bundled(args.model)?, args.json),
         #[cfg(feature = "gui")]
         Some(Command::Snapshots(args)) => snapshots::run_snapshots(args),

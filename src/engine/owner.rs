@@ -870,6 +870,7 @@ impl OwnerThread {
             variations: job.variations,
             max_new_tokens: job.max_new_tokens,
             sampling: &job.sampling,
+            verse: &job.verse,
         };
         let req = prepare_request(m, &settings).map_err(|e| {
             let kind = match e {

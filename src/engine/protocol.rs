@@ -35,6 +35,8 @@ pub struct GenerateJob {
     pub variations: usize,
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
+    /// Rhyme and tones enforced for the regulated forms (strict by default).
+    pub verse: crate::poetry::VerseRules,
 }
 
 /// What the engine is told to do.

@@ -7,4 +7,5 @@
 //! bench uses the trainer's held-out perplexity); nothing below imports it.
 
 pub mod bench;
+pub mod quality;
 pub mod selftest;

@@ -97,6 +97,11 @@ pub struct Variation {
     pub ids: Vec<u32>,
     pub text: String,
     pub stop: Option<StopReason>,
+    /// Verse rules a finished regulated poem does not keep, each where it is
+    /// broken: positions the decoder relaxed (see `poetry::rules`) or that the
+    /// prompt broke. Empty when the rules are off or kept.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relaxed: Vec<crate::poetry::Relaxed>,
 }
 
 /// Timings of a generation.
@@ -159,12 +164,24 @@ pub fn poem_prompt(
     tok: &crate::model::TextTokenizer,
     prompt: &str,
     form: &forms::PoemForm,
+    verse: &crate::poetry::VerseRules,
 ) -> Result<(Vec<u32>, Option<FormStart>), GenerateError> {
     let invalid = |field: &'static str, problem: String| GenerateError::Invalid { field, problem };
     let text = if matches!(form, forms::PoemForm::Acrostic(_)) {
         String::new()
     } else {
-        prompt.trim().to_string()
+        // The characters the model writes (simplified ones mapped), so the
+        // verse rules read the prompt as the poem's start.
+        tok.to_vocab_chars(prompt.trim())
+    };
+    // Acrostic heads typed in simplified script are mapped the same way.
+    let form = &match form {
+        forms::PoemForm::Acrostic(heads) => forms::PoemForm::Acrostic(
+            tok.to_vocab_chars(&heads.iter().collect::<String>())
+                .chars()
+                .collect(),
+        ),
+        other => other.clone(),
     };
     let mut ids: Vec<u32> = tok.start_id().into_iter().collect();
     if let Some(tag) = form.tag().and_then(|t| tok.token_id(t)) {
@@ -193,6 +210,7 @@ pub fn poem_prompt(
         tok.vocab_size(),
         |id| String::from_utf8_lossy(tok.token_bytes(id)).into_owned(),
         tok.stop_ids().first().copied(),
+        verse,
     )
     .map_err(|e| invalid("form", e.to_string()))?;
     Ok((ids, Some((constraint, text))))
@@ -390,7 +408,8 @@ pub fn generate_on<'t>(
             Variation {
                 ids: Vec::new(),
                 text: String::new(),
-                stop: None
+                stop: None,
+                relaxed: Vec::new(),
             };
             rows
         ],
@@ -508,7 +527,27 @@ pub fn generate_on<'t>(
     }
     out.kv_cache_bytes = decoding.cache_bytes();
     out.step_runner = decoding.runner();
+    if let Some((_, start)) = req.constraint.as_ref().filter(|(c, _)| c.enforces_verse_rules()) {
+        for v in &mut out.variations {
+            if v.stop == Some(StopReason::Stop) {
+                v.relaxed = relaxed_rules(&format!("{start}{}", v.text));
+            }
+        }
+    }
     Ok(out)
+}
+
+/// The verse rules a finished poem breaks, as the checker finds them.
+fn relaxed_rules(poem: &str) -> Vec<crate::poetry::Relaxed> {
+    crate::poetry::check_poem(poem)
+        .problems
+        .into_iter()
+        .map(|p| crate::poetry::Relaxed {
+            line: p.line,
+            column: p.column,
+            rule: p.rule.label().to_string(),
+        })
+        .collect()
 }
 
 fn finish_rows(out: &mut Generation, streams: &mut [Utf8Stream], reason: StopReason) {

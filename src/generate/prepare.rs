@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use super::forms::PoemForm;
 use super::{poem_prompt, GenerateRequest, SamplingParams};
 use crate::model::LoadedModel;
+use crate::poetry::VerseRules;
 
 /// A prompt as text (tokenized with the model's tokenizer) or as token ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,8 @@ pub struct RequestSettings<'a> {
     pub variations: usize,
     pub max_new_tokens: usize,
     pub sampling: &'a SamplingParams,
+    /// Rhyme and tones for the regulated forms.
+    pub verse: &'a VerseRules,
 }
 
 /// Builds the request `settings` describe for `model`.
@@ -50,7 +53,7 @@ pub fn prepare_request(
         Prompt::Ids(ids) => ids.clone(),
         Prompt::Text(text) => match tok {
             Some(t) if *settings.form != PoemForm::Free => {
-                let (ids, c) = poem_prompt(t, text, settings.form).map_err(|e| bad(&e))?;
+                let (ids, c) = poem_prompt(t, text, settings.form, settings.verse).map_err(|e| bad(&e))?;
                 constraint = c;
                 ids
             }

@@ -351,6 +351,12 @@ impl TextTokenizer {
         Ok(map)
     }
 
+    /// `text` as the vocabulary writes it: each character the vocabulary lacks
+    /// replaced by its traditional form when it has that (春风 -> 春風).
+    pub fn to_vocab_chars(&self, text: &str) -> String {
+        self.map_variants(text)
+    }
+
     /// Replaces characters the vocabulary lacks by their traditional form when it has that.
     fn map_variants(&self, text: &str) -> String {
         if self.variants.is_empty() {

@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::rules::{RulesError, RulesMode, ToneRules, VerseRules};
+
 /// Comma ending the first line of a couplet.
 pub const COMMA: char = '，';
 /// Full stop ending a couplet.
@@ -27,7 +29,7 @@ pub enum PoemForm {
     /// 七言律詩: 8 lines of 7.
     QiLv,
     /// 藏頭詩: one line per head character, each line starting with it
-    /// (7 characters a line).
+    /// (7 characters a line; 4 heads make a 七絕, 8 a 七律).
     Acrostic(Vec<char>),
 }
 
@@ -94,10 +96,16 @@ impl fmt::Display for PoemForm {
 
 /// A form name the CLI or settings did not understand.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown poem form `{0}`: expected free, wujue, qijue, wulv, qilv or acrostic:<2-8 characters>"
-)]
-pub struct FormParseError(String);
+pub enum FormParseError {
+    #[error(
+        "unknown poem form `{0}`: expected free, wujue, qijue, wulv, qilv or acrostic:<4 or 8 characters>"
+    )]
+    Unknown(String),
+    #[error("acrostic `{heads}` has {count} head character(s): an acrostic takes 4 (a 七絕) or 8 (a 七律), one per line")]
+    HeadCount { heads: String, count: usize },
+    #[error("acrostic heads must be Chinese characters; `{0}` is not")]
+    NotHanzi(char),
+}
 
 impl FromStr for PoemForm {
     type Err = FormParseError;
@@ -113,14 +121,20 @@ impl FromStr for PoemForm {
                     .strip_prefix("acrostic:")
                     .or_else(|| other.strip_prefix("藏頭:"))
                     .or_else(|| other.strip_prefix("藏头:"))
-                    .ok_or_else(|| FormParseError(s.to_string()))?
+                    .ok_or_else(|| FormParseError::Unknown(s.to_string()))?
                     .chars()
                     .filter(|c| !c.is_whitespace())
                     .collect();
-                if (2..=8).contains(&heads.len()) && heads.iter().all(|c| is_hanzi(*c)) {
+                if let Some(c) = heads.iter().find(|c| !is_hanzi(**c)) {
+                    return Err(FormParseError::NotHanzi(*c));
+                }
+                if matches!(heads.len(), 4 | 8) {
                     Ok(Self::Acrostic(heads))
                 } else {
-                    Err(FormParseError(s.to_string()))
+                    Err(FormParseError::HeadCount {
+                        heads: heads.iter().collect(),
+                        count: heads.len(),
+                    })
                 }
             }
         }
@@ -318,7 +332,7 @@ mod tests {
             next_token(&f, "床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"),
             NextToken::Stop
         );
-        let a: PoemForm = "acrostic:春秋".parse().unwrap();
+        let a: PoemForm = "acrostic:春秋冬夏".parse().unwrap();
         assert_eq!(next_token(&a, ""), NextToken::Char('春'));
         assert_eq!(next_token(&a, "春風又綠江南岸，"), NextToken::Char('秋'));
         assert_eq!(next_token(&PoemForm::Free, "x"), NextToken::Any);
@@ -337,6 +351,9 @@ mod tests {
             assert_eq!(s.parse::<PoemForm>().unwrap().to_string(), s);
         }
         assert!("acrostic:".parse::<PoemForm>().is_err());
+        let three = "acrostic:月風風".parse::<PoemForm>().unwrap_err().to_string();
+        assert!(three.contains("3 head") && three.contains("4") && three.contains("8"), "{three}");
+        assert!("acrostic:春夏秋冬春夏秋冬".parse::<PoemForm>().is_ok());
         assert!("sonnet".parse::<PoemForm>().is_err());
     }
 }
@@ -349,6 +366,8 @@ pub struct FormConstraint {
     hanzi: Vec<bool>,
     char_ids: std::collections::HashMap<char, u32>,
     stop: u32,
+    /// Rhyme and tones, when the rules are strict and the form is regulated.
+    rules: Option<ToneRules>,
 }
 
 /// Why a form cannot be enforced with this tokenizer.
@@ -358,6 +377,8 @@ pub enum ConstraintError {
     MissingChar(char),
     #[error("the model has no stop token, so the form cannot be ended")]
     NoStop,
+    #[error(transparent)]
+    Rules(#[from] RulesError),
 }
 
 impl FormConstraint {
@@ -367,15 +388,20 @@ impl FormConstraint {
         vocab: usize,
         token_text: impl Fn(u32) -> String,
         stop: Option<u32>,
+        verse: &VerseRules,
     ) -> Result<Self, ConstraintError> {
         let mut hanzi = vec![false; vocab];
         let mut char_ids = std::collections::HashMap::new();
+        let mut char_of = vec![None; vocab];
         for id in 0..vocab as u32 {
             let t = token_text(id);
             let mut chars = t.chars();
             if let (Some(c), None) = (chars.next(), chars.next()) {
                 hanzi[id as usize] = is_hanzi(c);
                 char_ids.entry(c).or_insert(id);
+                if is_hanzi(c) {
+                    char_of[id as usize] = Some(c);
+                }
             }
         }
         for c in [COMMA, PERIOD] {
@@ -389,12 +415,24 @@ impl FormConstraint {
             }
         }
         let stop = stop.ok_or(ConstraintError::NoStop)?;
+        let rules = match (verse.mode, form.shape()) {
+            (RulesMode::Strict, Some((lines @ (4 | 8), chars @ (5 | 7)))) => {
+                Some(ToneRules::new(lines, chars, verse, char_of)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             form,
             hanzi,
             char_ids,
             stop,
+            rules,
         })
+    }
+
+    /// Whether rhyme and tones are enforced (strict rules, regulated form).
+    pub fn enforces_verse_rules(&self) -> bool {
+        self.rules.is_some()
     }
 
     /// Masks `logits` so only tokens allowed after `written` stay possible.
@@ -419,6 +457,9 @@ impl FormConstraint {
                     if !self.hanzi.get(i).copied().unwrap_or(false) {
                         *l = f32::NEG_INFINITY;
                     }
+                }
+                if let Some(rules) = &self.rules {
+                    rules.apply(written, logits);
                 }
             }
         }

@@ -2,4 +2,12 @@
 //! and the constraints that enforce them while decoding. Knows characters and
 //! token strings, not tensors or devices.
 
+pub mod check;
 pub mod forms;
+pub mod rhyme;
+pub mod rules;
+pub mod tonal;
+
+pub use check::{check_poem, CheckReport, Problem, Rule};
+pub use rules::{Relaxed, RulesMode, VerseRules};
+pub use tonal::TemplateStart;

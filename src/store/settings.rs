@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::{DeviceChoice, Precision};
 use crate::generate::forms::PoemForm;
 use crate::generate::SamplingParams;
+use crate::poetry::VerseRules;
 
 /// Saved settings. Every field has a default, so old or partial files load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,10 @@ pub struct Settings {
     pub max_tokens: usize,
     pub variations: usize,
     pub form: PoemForm,
+    /// Rhyme and tones for the regulated forms.
+    pub verse: VerseRules,
+    /// Poem cards show each character's tone mark and the verdict.
+    pub show_marks: bool,
     pub preload_on_focus: bool,
     pub vertical_layout: bool,
     pub window_size: Option<[f32; 2]>,
@@ -45,6 +50,8 @@ impl Default for Settings {
             max_tokens: 80,
             variations: 1,
             form: PoemForm::QiJue,
+            verse: VerseRules::default(),
+            show_marks: false,
             preload_on_focus: true,
             vertical_layout: false,
             window_size: None,

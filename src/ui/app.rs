@@ -297,6 +297,7 @@ impl VersifierApp {
             variations: self.cards.len(),
             max_new_tokens: self.settings.max_tokens.max(1),
             sampling: self.settings.sampling.clone(),
+            verse: self.settings.verse.clone(),
         };
         if let Some(s) = &self.sampler {
             s.mark(MarkerKind::Generate, "generate");
