@@ -14,7 +14,9 @@ use serde::Serialize;
 use super::bench::BenchError;
 use crate::device::{open_device, DeviceChoice};
 use crate::generate::forms::{regular_form, satisfies, PoemForm};
-use crate::generate::{generate, poem_prompt, GenerateError, GenerateRequest, SamplingParams, StopReason};
+use crate::generate::{
+    generate, poem_prompt, GenerateError, GenerateRequest, SamplingParams, StopReason,
+};
 use crate::model::{load_model, Gpt2, LoadError, LoadedModel, TokenBatch};
 use crate::poetry::{check_poem, VerseRules};
 
@@ -231,7 +233,13 @@ fn constrained_samples(
             stop_ids: tok.stop_ids().to_vec(),
             constraint,
         };
-        let g = generate(&loaded.model, &req, |id| tok.token_bytes(id), &|| false, |_| {})?;
+        let g = generate(
+            &loaded.model,
+            &req,
+            |id| tok.token_bytes(id),
+            &|| false,
+            |_| {},
+        )?;
         for v in g.variations {
             relaxed += v.relaxed.len();
             out.push(Sample {
@@ -277,7 +285,13 @@ fn free_samples(loaded: &LoadedModel, opts: &QualityOptions) -> Result<Vec<Sampl
                 stop_ids: tok.stop_ids().to_vec(),
                 constraint: None,
             };
-            let g = generate(&loaded.model, &req, |id| tok.token_bytes(id), &|| false, |_| {})?;
+            let g = generate(
+                &loaded.model,
+                &req,
+                |id| tok.token_bytes(id),
+                &|| false,
+                |_| {},
+            )?;
             for v in g.variations {
                 out.push(Sample {
                     text: format!("{prompt}{}", v.text),
@@ -303,8 +317,13 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
     let mut constrained = Vec::new();
     let mut regulated: Vec<(VerseFigure, VerseFigure)> = Vec::new();
     let mut regulated_texts: (Vec<Sample>, Vec<Sample>) = (Vec::new(), Vec::new());
-    for (fi, form) in QUALITY_FORMS.iter().filter_map(|f| f.parse::<PoemForm>().ok()).enumerate() {
-        let (strict, relaxed) = constrained_samples(&loaded, &form, fi, &VerseRules::default(), opts)?;
+    for (fi, form) in QUALITY_FORMS
+        .iter()
+        .filter_map(|f| f.parse::<PoemForm>().ok())
+        .enumerate()
+    {
+        let (strict, relaxed) =
+            constrained_samples(&loaded, &form, fi, &VerseRules::default(), opts)?;
         let (off, _) = constrained_samples(&loaded, &form, fi, &VerseRules::off(), opts)?;
         let keeps = |t: &str| satisfies(t, &form);
         let sf = figure(model, &strict, keeps)?;

@@ -527,7 +527,11 @@ pub fn generate_on<'t>(
     }
     out.kv_cache_bytes = decoding.cache_bytes();
     out.step_runner = decoding.runner();
-    if let Some((_, start)) = req.constraint.as_ref().filter(|(c, _)| c.enforces_verse_rules()) {
+    if let Some((_, start)) = req
+        .constraint
+        .as_ref()
+        .filter(|(c, _)| c.enforces_verse_rules())
+    {
         for v in &mut out.variations {
             if v.stop == Some(StopReason::Stop) {
                 v.relaxed = relaxed_rules(&format!("{start}{}", v.text));

@@ -53,7 +53,8 @@ pub fn prepare_request(
         Prompt::Ids(ids) => ids.clone(),
         Prompt::Text(text) => match tok {
             Some(t) if *settings.form != PoemForm::Free => {
-                let (ids, c) = poem_prompt(t, text, settings.form, settings.verse).map_err(|e| bad(&e))?;
+                let (ids, c) =
+                    poem_prompt(t, text, settings.form, settings.verse).map_err(|e| bad(&e))?;
                 constraint = c;
                 ids
             }

@@ -150,7 +150,10 @@ fn best_group(chars: &[char]) -> Option<(u8, usize)> {
 }
 
 /// Problems of `lines` under `template`, the rhyme group, and the marks.
-fn judge(lines: &[Vec<char>], template: &Template) -> (Vec<Problem>, Option<u8>, Vec<Vec<CharMark>>) {
+fn judge(
+    lines: &[Vec<char>],
+    template: &Template,
+) -> (Vec<Problem>, Option<u8>, Vec<Vec<CharMark>>) {
     let t = table();
     let mut problems = Vec::new();
     let mut marks = Vec::with_capacity(lines.len());
@@ -168,11 +171,7 @@ fn judge(lines: &[Vec<char>], template: &Template) -> (Vec<Problem>, Option<u8>,
                     line: i + 1,
                     column: col + 1,
                     rule,
-                    message: format!(
-                        "{ch} 是{}，此處應{want}（{}）",
-                        class.mark(),
-                        rule.label()
-                    ),
+                    message: format!("{ch} 是{}，此處應{want}（{}）", class.mark(), rule.label()),
                 });
             }
             row.push(CharMark {
@@ -268,7 +267,11 @@ pub fn check_poem(text: &str) -> CheckReport {
             tones_kept: false,
             verdict: format!(
                 "不是近體詩的格式（{n} 句，每句 {} 字）：只標平仄",
-                if shape.is_empty() { "0".into() } else { shape.join("/") }
+                if shape.is_empty() {
+                    "0".into()
+                } else {
+                    shape.join("/")
+                }
             ),
         };
     }
@@ -326,13 +329,13 @@ impl CheckReport {
             out.push_str(&format!("{:>2}  {text}\n    {marks}\n", i + 1));
         }
         if let Some(t) = &self.template {
-            out.push_str(&format!("格式：{} {t}\n", self.form.as_deref().unwrap_or("")));
+            out.push_str(&format!(
+                "格式：{} {t}\n",
+                self.form.as_deref().unwrap_or("")
+            ));
         }
         for p in &self.problems {
-            out.push_str(&format!(
-                "第{}句第{}字：{}\n",
-                p.line, p.column, p.message
-            ));
+            out.push_str(&format!("第{}句第{}字：{}\n", p.line, p.column, p.message));
         }
         out.push_str(&self.verdict);
         out
@@ -403,8 +406,20 @@ mod tests {
     fn repeated_rhyme_and_gu_ping_are_named() {
         // 仄仄平平仄，仄平仄仄平 (孤平 at line 2 column 1) ... and 流 twice.
         let r = verdict("白日依山盡，大河入海流。欲窮千里目，更上一江流。");
-        assert!(r.problems.iter().any(|p| p.rule == Rule::GuPing && p.line == 2 && p.column == 1), "{}", r.to_text());
-        assert!(r.problems.iter().any(|p| p.rule == Rule::RepeatedRhyme && p.line == 4), "{}", r.to_text());
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.rule == Rule::GuPing && p.line == 2 && p.column == 1),
+            "{}",
+            r.to_text()
+        );
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.rule == Rule::RepeatedRhyme && p.line == 4),
+            "{}",
+            r.to_text()
+        );
     }
 
     #[test]

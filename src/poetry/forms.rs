@@ -351,8 +351,14 @@ mod tests {
             assert_eq!(s.parse::<PoemForm>().unwrap().to_string(), s);
         }
         assert!("acrostic:".parse::<PoemForm>().is_err());
-        let three = "acrostic:月風風".parse::<PoemForm>().unwrap_err().to_string();
-        assert!(three.contains("3 head") && three.contains("4") && three.contains("8"), "{three}");
+        let three = "acrostic:月風風"
+            .parse::<PoemForm>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            three.contains("3 head") && three.contains("4") && three.contains("8"),
+            "{three}"
+        );
         assert!("acrostic:春夏秋冬春夏秋冬".parse::<PoemForm>().is_ok());
         assert!("sonnet".parse::<PoemForm>().is_err());
     }

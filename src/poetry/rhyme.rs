@@ -105,6 +105,10 @@ pub struct RhymeTable {
     traditional: HashMap<char, Vec<char>>,
     /// Tone classes of characters outside the table (no rhyme group).
     annotated: HashMap<char, ToneClass>,
+    /// Characters the table itself lists (not through a simplified form).
+    listed: std::collections::HashSet<char>,
+    /// Group memberships the loader added to the data (先 in 下平一先).
+    added: HashMap<char, GroupSet>,
 }
 
 /// The table, parsed on first use.
@@ -144,6 +148,8 @@ impl RhymeTable {
     fn parse(json: &str, s2t: &str, strain_tones: &str) -> Self {
         let raw: RawTable = serde_json::from_str(json).unwrap_or_default();
         let mut groups = Vec::with_capacity(106);
+        let mut added: HashMap<char, GroupSet> = HashMap::new();
+        let mut keyless: Vec<String> = Vec::new();
         for (tone_key, section, prefix, tone) in SECTIONS {
             let Some(named) = raw.get(tone_key).and_then(|t| t.get(section)) else {
                 continue;
@@ -161,12 +167,20 @@ impl RhymeTable {
                 };
                 let mut chars: Vec<char> = members.concat().chars().collect();
                 // The scraped list of 下平一先 lacks 先 itself.
-                if !chars.contains(&key) {
+                let missing_key = !chars.contains(&key);
+                if missing_key {
                     chars.insert(0, key);
                 }
-                ordered.insert(n, (key, format!("{prefix}{numeral}{key}"), chars));
+                let display = format!("{prefix}{numeral}{key}");
+                if missing_key {
+                    keyless.push(display.clone());
+                }
+                ordered.insert(n, (key, display, chars));
             }
             for (_, (key, name, members)) in ordered {
+                if keyless.contains(&name) {
+                    *added.entry(key).or_default() |= 1u128 << groups.len();
+                }
                 groups.push(RhymeGroup {
                     id: groups.len() as u8,
                     name,
@@ -182,6 +196,7 @@ impl RhymeTable {
                 *of_char.entry(c).or_default() |= 1u128 << g.id;
             }
         }
+        let listed = of_char.keys().copied().collect();
         let mut traditional: HashMap<char, Vec<char>> = HashMap::new();
         for line in s2t.lines().filter(|l| !l.starts_with('#')) {
             let Some((s, t)) = line.split_once('\t') else {
@@ -193,9 +208,11 @@ impl RhymeTable {
             traditional.insert(s, forms);
         }
         // A simplified form takes the readings of every traditional form it
-        // stands for (and keeps its own where it is a character of its own).
+        // stands for; a character the table lists keeps its own (干 is 寒, not
+        // also 乾's 先: the model writes both).
         let extra: Vec<(char, GroupSet)> = traditional
             .iter()
+            .filter(|(s, _)| !of_char.contains_key(s))
             .map(|(s, forms)| {
                 let set = forms
                     .iter()
@@ -227,6 +244,8 @@ impl RhymeTable {
             of_char,
             traditional,
             annotated,
+            listed,
+            added,
         }
     }
 
@@ -255,8 +274,17 @@ impl RhymeTable {
     pub fn tone_class(&self, c: char) -> ToneClass {
         let set = self.groups_of(c);
         if set == 0 {
-            return self.annotated.get(&c).copied().unwrap_or(ToneClass::Unknown);
+            return self
+                .annotated
+                .get(&c)
+                .copied()
+                .unwrap_or(ToneClass::Unknown);
         }
+        self.class_of_set(set)
+    }
+
+    /// The class of a character in these groups.
+    fn class_of_set(&self, set: GroupSet) -> ToneClass {
         let ping = self.ping_only(set) != 0;
         let ze = (set & !self.ping_only(u128::MAX)) != 0;
         match (ping, ze) {
@@ -265,6 +293,17 @@ impl RhymeTable {
             (false, true) => ToneClass::Ze,
             (false, false) => ToneClass::Unknown,
         }
+    }
+
+    /// The tone class from the table's own entry for `c`: `Unknown` for a
+    /// character it does not list (one read through a simplified form or the
+    /// collection's annotations). What the decoder trusts at strict positions,
+    /// so any checker built on the same table agrees.
+    pub fn listed_class(&self, c: char) -> ToneClass {
+        if !self.listed.contains(&c) {
+            return ToneClass::Unknown;
+        }
+        self.class_of_set(self.groups_of(c) & !self.added.get(&c).copied().unwrap_or(0))
     }
 
     /// The groups of a set, by id.
@@ -282,9 +321,10 @@ impl RhymeTable {
             .join("、")
     }
 
-    /// The traditional form of `c` (itself when it is one, or unknown).
+    /// The traditional form of `c`: itself when the table lists it (秋 stays
+    /// 秋 though it also simplifies 鞦) or it is unknown.
     pub fn to_traditional(&self, c: char) -> char {
-        if self.of_char.contains_key(&c) && !self.traditional.contains_key(&c) {
+        if self.listed.contains(&c) {
             return c;
         }
         self.traditional
@@ -310,7 +350,9 @@ impl RhymeTable {
             .collect();
         let by_name = self.groups.iter().find(|g| {
             let short = g.name.trim_start_matches(|c| "上下平去入聲".contains(c));
-            g.name == bare || short == bare || (bare.chars().count() == 1 && g.key.to_string() == bare && g.tone == Tone::Ping)
+            g.name == bare
+                || short == bare
+                || (bare.chars().count() == 1 && g.key.to_string() == bare && g.tone == Tone::Ping)
         });
         if let Some(g) = by_name {
             return match g.tone {
@@ -373,11 +415,17 @@ mod tests {
         // 先 names its group and is in it.
         let xian = t.find_ping_group("先").unwrap();
         assert!(t.groups_of('先') & (1u128 << xian) != 0);
+        assert_eq!(t.tone_class('先'), ToneClass::Either);
+        // The decoder keeps to what the data itself says (there 先 is 仄 only).
+        assert_eq!(t.listed_class('先'), ToneClass::Ze);
+        assert_eq!(t.listed_class('啼'), ToneClass::Unknown);
+        assert_eq!(t.listed_class('東'), ToneClass::Ping);
         // Simplified forms take their traditional readings.
         assert_eq!(t.tone_class('东'), ToneClass::Ping);
         assert_eq!(t.to_traditional('楼'), '樓');
         assert_eq!(t.traditional_text("西楼"), "西樓");
         assert_eq!(t.to_traditional('樓'), '樓');
+        assert_eq!(t.traditional_text("春夏秋冬"), "春夏秋冬");
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! four), and a character is allowed when one of them allows it. Acrostic
 //! heads and the prompt are part of that text.
 //!
+//! Stricter than the checker where a reader could disagree: a strict
+//! position takes only characters whose tone the table itself lists (not one
+//! read through a simplified form or the collection's annotations), and a line
+//! end that does not rhyme takes only characters that are 仄 in every reading
+//! and share no group (in any tone) with the rhymes so far (no 撞韻).
+//!
 //! Relaxation (documented, never silent): when the allowed characters hold
 //! less than [`RELAX_BELOW`] of the probability the model gives the
 //! characters the form allows, or none is left, the verse rules are lifted
@@ -119,6 +125,8 @@ pub struct ToneRules {
     class_bits: Vec<u8>,
     /// 平聲 groups per token id.
     ping_groups: Vec<GroupSet>,
+    /// All groups per token id (both tones), for 撞韻.
+    all_groups: Vec<GroupSet>,
     /// Token ids by character, to exclude used rhyme characters.
     char_of: Vec<Option<char>>,
     /// Groups the first rhyme may take.
@@ -160,6 +168,9 @@ fn bits_class(bits: u8) -> ToneClass {
 /// What a template allows at the next position.
 struct Requirement {
     slot: Slot,
+    /// The end of a line that does not rhyme: 仄 in every reading, and none
+    /// of these groups (those of the rhymes so far).
+    plain_end: Option<GroupSet>,
     /// At a rhyme position: the groups allowed and the characters used.
     rhyme: Option<(GroupSet, Vec<char>)>,
 }
@@ -180,11 +191,21 @@ impl ToneRules {
             .collect();
         let class_bits: Vec<u8> = char_of
             .iter()
-            .map(|c| c.map_or(0, |c| class_bits(t.tone_class(c))))
+            .map(|c| c.map_or(0, |c| class_bits(t.listed_class(c))))
             .collect();
         let ping_groups: Vec<GroupSet> = char_of
             .iter()
-            .map(|c| c.map_or(0, |c| t.ping_only(t.groups_of(c))))
+            .map(|c| {
+                c.filter(|c| t.listed_class(*c) != ToneClass::Unknown)
+                    .map_or(0, |c| t.ping_only(t.groups_of(c)))
+            })
+            .collect();
+        let all_groups: Vec<GroupSet> = char_of
+            .iter()
+            .map(|c| {
+                c.filter(|c| t.listed_class(*c) != ToneClass::Unknown)
+                    .map_or(0, |c| t.groups_of(c))
+            })
             .collect();
         let rhyme_positions = lines / 2 + 1;
         let needed = 4 * rhyme_positions;
@@ -205,17 +226,19 @@ impl ToneRules {
                 }
                 1u128 << g
             }
-            None => t
-                .groups()
-                .iter()
-                .filter(|g| members[g.id as usize] >= needed)
-                .fold(0, |acc, g| acc | (1u128 << g.id))
-                & t.ping_only(u128::MAX),
+            None => {
+                t.groups()
+                    .iter()
+                    .filter(|g| members[g.id as usize] >= needed)
+                    .fold(0, |acc, g| acc | (1u128 << g.id))
+                    & t.ping_only(u128::MAX)
+            }
         };
         Ok(Self {
             templates,
             class_bits,
             ping_groups,
+            all_groups,
             char_of,
             eligible,
         })
@@ -228,6 +251,7 @@ impl ToneRules {
         let mut broken = 0;
         let mut groups = self.eligible;
         let mut used: Vec<char> = Vec::new();
+        let mut rhymed: GroupSet = 0;
         let lines = done.iter().map(Vec::as_slice).chain(std::iter::once(cur));
         for (i, line) in lines.enumerate() {
             let Some(&pattern) = tpl.lines.get(i) else {
@@ -236,9 +260,14 @@ impl ToneRules {
             for (col, &c) in line.iter().enumerate() {
                 let class = t.tone_class(c);
                 if let Some(slot) = tpl.slot(i, col) {
-                    broken += usize::from(slot_problem(class, slot, pattern, col, tpl.chars).is_some());
+                    broken +=
+                        usize::from(slot_problem(class, slot, pattern, col, tpl.chars).is_some());
+                }
+                if col + 1 == tpl.chars && !tpl.rhymes_at(i) {
+                    broken += usize::from(t.listed_class(c) != ToneClass::Ze);
                 }
                 if col + 1 == tpl.chars && tpl.rhymes_at(i) {
+                    rhymed |= t.groups_of(c);
                     let own = t.ping_only(t.groups_of(c));
                     let trad = t.to_traditional(c);
                     if own & groups == 0 || used.contains(&trad) {
@@ -251,10 +280,20 @@ impl ToneRules {
             }
         }
         let (line, col) = (done.len(), cur.len());
-        let slot = tpl.slot(line, col).unwrap_or(Slot::Free(super::rhyme::Tone::Ping));
-        let rhyme = (col + 1 == tpl.chars && line < tpl.lines.len() && tpl.rhymes_at(line))
-            .then_some((groups, used));
-        (broken, Requirement { slot, rhyme })
+        let slot = tpl
+            .slot(line, col)
+            .unwrap_or(Slot::Free(super::rhyme::Tone::Ping));
+        let line_end = col + 1 == tpl.chars && line < tpl.lines.len();
+        let rhyme = (line_end && tpl.rhymes_at(line)).then_some((groups, used));
+        let plain_end = (line_end && rhyme.is_none()).then_some(rhymed);
+        (
+            broken,
+            Requirement {
+                slot,
+                plain_end,
+                rhyme,
+            },
+        )
     }
 
     /// Masks `logits` (already limited to the ideographs the form allows at
@@ -278,13 +317,18 @@ impl ToneRules {
             let bits = self.class_bits.get(id).copied().unwrap_or(0);
             reqs.iter().any(|r| {
                 let tone_ok = match r.slot {
+                    _ if r.plain_end.is_some() => {
+                        let rhymed = r.plain_end.unwrap_or(0);
+                        bits == ZE && self.all_groups.get(id).copied().unwrap_or(0) & rhymed == 0
+                    }
                     Slot::Free(_) => true,
                     Slot::Tone(tone) => bits_class(bits).fits(tone),
                 };
                 let rhyme_ok = r.rhyme.as_ref().is_none_or(|(groups, used)| {
                     let own = self.ping_groups.get(id).copied().unwrap_or(0);
                     own & groups != 0
-                        && self.char_of[id].is_none_or(|c| !used.contains(&table().to_traditional(c)))
+                        && self.char_of[id]
+                            .is_none_or(|c| !used.contains(&table().to_traditional(c)))
                 });
                 tone_ok && rhyme_ok
             })
@@ -352,7 +396,11 @@ mod tests {
         // After 白日依山 (仄仄平平): only A; position 5 must be 仄.
         let next = allowed_after(&rules, "白日依山");
         assert!(!next.is_empty());
-        assert!(next.iter().all(|c| table().tone_class(*c).fits(super::super::rhyme::Tone::Ze)), "{next:?}");
+        assert!(
+            next.iter()
+                .all(|c| table().tone_class(*c).fits(super::super::rhyme::Tone::Ze)),
+            "{next:?}"
+        );
     }
 
     #[test]
@@ -379,7 +427,9 @@ mod tests {
         let xian = table().find_ping_group("先").unwrap();
         let next = allowed_after(&rules, "白日依山雪，黃河入海");
         assert!(!next.is_empty());
-        assert!(next.iter().all(|c| table().groups_of(*c) & (1u128 << xian) != 0));
+        assert!(next
+            .iter()
+            .all(|c| table().groups_of(*c) & (1u128 << xian) != 0));
     }
 
     #[test]
@@ -401,6 +451,9 @@ mod tests {
         let mut logits = vec![-1e4f32; v];
         logits[ping] = 0.0;
         rules.apply("白日依山", &mut logits);
-        assert!(logits[ping].is_finite(), "relaxed: the likely character stays");
+        assert!(
+            logits[ping].is_finite(),
+            "relaxed: the likely character stays"
+        );
     }
 }

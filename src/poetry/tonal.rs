@@ -196,7 +196,11 @@ impl Template {
                 TemplateStart::PingQi => "平起",
                 _ => "仄起",
             },
-            if self.lines[0].ends_ping() { "入" } else { "不入" }
+            if self.lines[0].ends_ping() {
+                "入"
+            } else {
+                "不入"
+            }
         )
     }
 
@@ -230,7 +234,12 @@ mod tests {
         let seven = Template::all(4, 7);
         assert_eq!(
             seven[0].pattern_text(),
-            ["平平仄仄仄平平", "仄仄平平仄仄平", "仄仄平平平仄仄", "平平仄仄仄平平"]
+            [
+                "平平仄仄仄平平",
+                "仄仄平平仄仄平",
+                "仄仄平平平仄仄",
+                "平平仄仄仄平平"
+            ]
         );
         assert_eq!(seven[0].name(), "平起首句入韻");
     }
