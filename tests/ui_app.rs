@@ -277,3 +277,55 @@ fn snapshots_stop_at_a_refused_load_and_picture_the_refusal() {
     assert!(dir.path().join("2-refused.png").exists());
     assert!(!dir.path().join("3-ready.png").exists());
 }
+
+#[test]
+fn poem_cards_show_tone_marks_and_the_verdict_when_the_toggle_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    // The default form is a 七絕 with strict rules.
+    start_poem(&mut h, "春");
+    pump(&mut h, "poem", |a| {
+        !a.cards.is_empty() && a.cards.iter().all(|c| c.done)
+    });
+    h.get_by_label("平仄 marks").click();
+    h.run_steps(2);
+    assert!(h.state().settings.show_marks);
+    let card = h.state().cards[0].clone();
+    let report = versifier::poetry::check_poem(&format!("{}{}", card.prompt, card.text));
+    assert!(
+        report.rhyme_kept && report.tones_kept,
+        "{}",
+        report.to_text()
+    );
+    // The verdict and the marks are on screen, drawn from the same check.
+    h.get_by_label(&report.verdict);
+    assert!(report.verdict.contains("平仄合律"), "{}", report.verdict);
+    for vertical in [false, true] {
+        h.state_mut().settings.vertical_layout = vertical;
+        h.run_steps(2);
+        let marks: usize = h.query_all_by_label("平").count()
+            + h.query_all_by_label("仄").count()
+            + h.query_all_by_label("中").count();
+        assert!(
+            marks >= 20,
+            "{marks} tone marks shown (vertical: {vertical})"
+        );
+    }
+}
+
+#[test]
+fn a_bad_rhyme_setting_is_refused_by_the_engine_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    h.state_mut().settings.verse.rhyme = Some("董".into());
+    start_poem(&mut h, "春");
+    pump(&mut h, "error", |a| a.error.is_some());
+    let (_, message) = h.state().error.clone().unwrap();
+    assert!(
+        message.contains("rhyme") && message.contains("仄聲"),
+        "{message}"
+    );
+    assert!(h.state().cards.iter().all(|c| c.text.is_empty()));
+}

@@ -127,7 +127,7 @@ fn mean_logprob(model: &Gpt2, s: &Sample) -> Result<f64, BenchError> {
     let all: Vec<u32> = s.prompt_ids.iter().chain(&s.ids).copied().collect();
     let fail = |e: candle_core::Error| BenchError::Generate(GenerateError::Candle(e));
     let mut cache = model.new_cache(1);
-    let batch = TokenBatch::left_padded(&[all.clone()], 0);
+    let batch = TokenBatch::left_padded(std::slice::from_ref(&all), 0);
     let logits = model
         .forward(&batch, &mut cache)
         .map_err(|e| BenchError::Generate(e.into()))?; // (1, T, V)

@@ -16,6 +16,18 @@ pub struct PoemRecord {
     pub unix_ms: u64,
 }
 
+impl PoemRecord {
+    /// Whether the poem or its prompt contains `query`, simplified or
+    /// traditional alike (西楼 finds 西樓).
+    pub fn matches(&self, query: &str) -> bool {
+        let t = crate::poetry::rhyme::table();
+        let q = t.traditional_text(query.trim());
+        q.is_empty()
+            || t.traditional_text(&self.text).contains(&q)
+            || t.traditional_text(&self.prompt).contains(&q)
+    }
+}
+
 /// The history as a Markdown document (a heading per poem, its lines, the
 /// seed and model) or as plain text (the poems, a blank line between).
 pub fn export_text(records: &[PoemRecord], markdown: bool) -> String {
@@ -38,6 +50,22 @@ pub fn export_text(records: &[PoemRecord], markdown: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_search_finds_traditional_text_typed_in_simplified() {
+        let record = PoemRecord {
+            prompt: "月".into(),
+            form: PoemForm::QiJue,
+            text: "月滿西樓夜氣清，一尊聊與酒爲傾。".into(),
+            model: "tang-poems".into(),
+            sampling: SamplingParams::default(),
+            unix_ms: 0,
+        };
+        for query in ["西楼", "西樓", "", "  月满 "] {
+            assert!(record.matches(query), "{query}");
+        }
+        assert!(!record.matches("東樓"));
+    }
 
     #[test]
     fn history_exports_as_markdown_with_seed_and_as_plain_poems() {

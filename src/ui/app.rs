@@ -674,6 +674,7 @@ impl VersifierApp {
                     .text("repetition penalty"),
             );
             ui.add(egui::Slider::new(&mut s.max_tokens, 8..=256).text("max tokens"));
+            verse_rules_row(ui, &mut s.verse);
             ui.horizontal(|ui| {
                 ui.add(egui::DragValue::new(&mut s.sampling.seed).prefix("seed "));
                 ui.checkbox(&mut s.lock_seed, "lock seed");
@@ -692,6 +693,10 @@ impl VersifierApp {
                 });
         });
         ui.separator();
+        ui.checkbox(&mut self.settings.show_marks, "平仄 marks")
+            .on_hover_text(
+            "Show each character's tone (平 仄, 中 either, ？ unknown), the rhyme and the verdict",
+        );
         egui::ScrollArea::vertical().show(ui, |ui| {
             // Cards two to a row, each with its buttons under the poem.
             let cards = self.cards.clone();
@@ -712,7 +717,17 @@ impl VersifierApp {
                                     } else {
                                         layout(&full)
                                     };
-                                    ui.label(egui::RichText::new(shown).size(22.0));
+                                    if self.settings.show_marks && card.done {
+                                        let report = crate::poetry::check_poem(&full);
+                                        super::poem_marks::show(
+                                            ui,
+                                            &report,
+                                            self.settings.vertical_layout,
+                                            22.0,
+                                        );
+                                    } else {
+                                        ui.label(egui::RichText::new(shown).size(22.0));
+                                    }
                                     ui.horizontal(|ui| {
                                         if !card.done {
                                             ui.spinner();
@@ -849,7 +864,7 @@ impl VersifierApp {
         let mut rerun = None;
         let mut delete = None;
         for (i, r) in self.history.iter().enumerate().rev().take(200) {
-            if !filter.is_empty() && !r.text.contains(&filter) && !r.prompt.contains(&filter) {
+            if !r.matches(&filter) {
                 continue;
             }
             ui.horizontal(|ui| {
@@ -989,6 +1004,54 @@ impl VersifierApp {
             Ok(()) => format!("saved {}", path.display()),
             Err(e) => format!("{}: {e}", path.display()),
         });
+    }
+}
+
+/// The verse-rule controls under Advanced: rules, rhyme, template.
+fn verse_rules_row(ui: &mut egui::Ui, verse: &mut crate::poetry::VerseRules) {
+    use crate::poetry::{RulesMode, TemplateStart};
+    ui.horizontal(|ui| {
+        egui::ComboBox::from_label("rules")
+            .selected_text(match verse.mode {
+                RulesMode::Strict => "strict (rhyme + 平仄)",
+                RulesMode::Off => "off (form only)",
+            })
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut verse.mode, RulesMode::Strict, "strict (rhyme + 平仄)");
+                ui.selectable_value(&mut verse.mode, RulesMode::Off, "off (form only)");
+            })
+            .response
+            .on_hover_text("Regulated forms (五絕 七絕 五律 七律, acrostics of 4 or 8): keep 平水韻 rhyme and tones while writing");
+        let enabled = verse.mode == RulesMode::Strict;
+        ui.add_enabled_ui(enabled, |ui| {
+            let mut rhyme = verse.rhyme.clone().unwrap_or_default();
+            if ui
+                .add(
+                    egui::TextEdit::singleline(&mut rhyme)
+                        .desired_width(60.0)
+                        .hint_text("any"),
+                )
+                .on_hover_text("A 平聲 rhyme group by name (東, 一先) or by a character in it (紅)")
+                .changed()
+            {
+                verse.rhyme = (!rhyme.trim().is_empty()).then_some(rhyme);
+            }
+            ui.label("rhyme");
+            egui::ComboBox::from_label("template")
+                .selected_text(match verse.template {
+                    TemplateStart::Any => "any",
+                    TemplateStart::PingQi => "平起",
+                    TemplateStart::ZeQi => "仄起",
+                })
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut verse.template, TemplateStart::Any, "any");
+                    ui.selectable_value(&mut verse.template, TemplateStart::PingQi, "平起");
+                    ui.selectable_value(&mut verse.template, TemplateStart::ZeQi, "仄起");
+                });
+        });
+    });
+    if let Err(e) = verse.rhyme_group() {
+        ui.colored_label(ui.visuals().error_fg_color, e.to_string());
     }
 }
 

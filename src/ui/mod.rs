@@ -6,6 +6,7 @@
 
 mod app;
 mod meter_panel;
+mod poem_marks;
 pub mod snapshot;
 
 pub use app::{Card, VersifierApp};
