@@ -71,6 +71,15 @@ fn character(
     response.on_hover_text(hover);
 }
 
+/// The mark that closes line `line` (0-based): `，` then `。`.
+fn line_mark(line: usize) -> &'static str {
+    if line % 2 == 0 {
+        "，"
+    } else {
+        "。"
+    }
+}
+
 /// Draws the poem of `report` with its marks and the verdict.
 pub fn show(ui: &mut egui::Ui, report: &CheckReport, vertical: bool, size: f32) {
     if vertical {
@@ -92,6 +101,7 @@ pub fn show(ui: &mut egui::Ui, report: &CheckReport, vertical: bool, size: f32) 
                 for col in 0..report.lines[line].len() {
                     character(ui, report, line, col, size, false);
                 }
+                ui.label(RichText::new(line_mark(line)).size(size));
             });
         }
     }
