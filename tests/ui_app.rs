@@ -151,6 +151,8 @@ fn history_survives_a_simulated_crash_mid_save() {
         model: "m".into(),
         sampling: Default::default(),
         unix_ms: 1,
+        unfinished: false,
+        verse: Default::default(),
     };
     store.save_history(std::slice::from_ref(&poem)).unwrap();
     // A crash while writing the next save leaves a half-written temp file beside it.
@@ -175,6 +177,8 @@ fn history_panel_searches_deletes_and_exports() {
         model: "m".into(),
         sampling: Default::default(),
         unix_ms: 1,
+        unfinished: false,
+        verse: Default::default(),
     };
     store
         .save_history(&[
@@ -328,4 +332,116 @@ fn a_bad_rhyme_setting_is_refused_by_the_engine_naming_the_setting() {
         "{message}"
     );
     assert!(h.state().cards.iter().all(|c| c.text.is_empty()));
+}
+
+fn fixture_model() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf-safetensors")
+        .display()
+        .to_string()
+}
+
+/// Puts `path` in the model field and presses Enter there, as a user would.
+fn enter_model(h: &mut Harness<'static, VersifierApp>, path: &str) {
+    h.state_mut().set_model_field(path);
+    h.run_steps(1);
+    h.get_all_by_value(path).next().unwrap().focus();
+    h.run_steps(1);
+    h.key_press(egui::Key::Enter);
+    h.run_steps(2);
+}
+
+#[test]
+fn broken_model_folders_are_not_remembered_and_the_one_that_loaded_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let missing = dir.path().join("no-such-model").display().to_string();
+    {
+        let mut h = harness(app(&store));
+        enter_model(&mut h, &missing);
+        pump(&mut h, "load error", |a| a.error.is_some());
+        assert_eq!(
+            h.state().settings.model,
+            None,
+            "a failed folder is not kept"
+        );
+        assert!(h.state().settings.recent_models.is_empty());
+        h.state_mut().error = None;
+        let good = fixture_model();
+        enter_model(&mut h, &good);
+        pump(&mut h, "load", |a| a.settings.model.is_some());
+        assert_eq!(
+            h.state().settings.recent_models,
+            [std::path::PathBuf::from(&good)]
+        );
+    }
+    // The next launch starts on the model that loaded.
+    let a = app(&store);
+    assert_eq!(
+        a.load_spec().model,
+        std::path::PathBuf::from(fixture_model())
+    );
+    // A remembered folder that has gone since: the bundled model, with a notice.
+    let mut s = store.load_settings().0;
+    s.model = Some(missing.clone().into());
+    s.recent_models = vec![missing.clone().into()];
+    store.save_settings(&s).unwrap();
+    let a = app(&store);
+    assert!(
+        a.notices.iter().any(|n| n.contains("not there any more")),
+        "{:?}",
+        a.notices
+    );
+    assert!(a.load_spec().model.ends_with("tang-poems"));
+    assert!(a.settings.recent_models.is_empty());
+}
+
+#[test]
+fn a_failed_run_keeps_the_poems_already_on_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    start_poem(&mut h, "月");
+    pump(&mut h, "poem", |a| {
+        !a.cards.is_empty() && a.cards.iter().all(|c| c.done)
+    });
+    let before = h.state().cards.clone();
+    assert!(!before[0].text.is_empty());
+    // The next run fails before writing anything (a bad rhyme setting).
+    h.state_mut().settings.verse.rhyme = Some("董".into());
+    start_poem(&mut h, "江");
+    pump(&mut h, "error", |a| a.error.is_some());
+    let after: Vec<String> = h.state().cards.iter().map(|c| c.text.clone()).collect();
+    let kept: Vec<String> = before.iter().map(|c| c.text.clone()).collect();
+    assert_eq!(after, kept, "the poems on screen stay");
+}
+
+#[test]
+fn rerun_writes_the_chosen_variation_again_and_leaves_the_settings_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    h.state_mut().settings.variations = 3;
+    start_poem(&mut h, "山");
+    pump(&mut h, "poems", |a| {
+        a.cards.len() == 3 && a.cards.iter().all(|c| c.done)
+    });
+    let third = h.state().cards[2].clone();
+    let record = third
+        .record
+        .clone()
+        .expect("a finished card keeps its record");
+    assert_eq!(
+        record.sampling.seed,
+        h.state().settings.sampling.seed + 2,
+        "history keeps each variation's own seed"
+    );
+    let reruns = h.get_all_by_label("Re-run").count();
+    assert!(reruns >= 3, "{reruns} Re-run buttons");
+    h.get_all_by_label("Re-run").nth(2).unwrap().click();
+    h.run_steps(1);
+    pump(&mut h, "re-run", |a| a.cards.len() == 1 && a.cards[0].done);
+    assert_eq!(h.state().cards[0].text, third.text, "the same poem again");
+    assert_eq!(h.state().settings.variations, 3);
+    assert!(!h.state().settings.lock_seed);
 }

@@ -12,8 +12,16 @@ pub struct PoemRecord {
     pub form: PoemForm,
     pub text: String,
     pub model: String,
+    /// The settings of this very poem: `sampling.seed` is its own seed (the
+    /// batch's seed plus its variation), so a re-run writes it again.
     pub sampling: SamplingParams,
     pub unix_ms: u64,
+    /// Stopped (Esc) or cut before the poem ended.
+    #[serde(default)]
+    pub unfinished: bool,
+    /// Rhyme and tones it was written with.
+    #[serde(default)]
+    pub verse: crate::poetry::VerseRules,
 }
 
 impl PoemRecord {
@@ -60,6 +68,8 @@ mod tests {
             model: "tang-poems".into(),
             sampling: SamplingParams::default(),
             unix_ms: 0,
+            unfinished: false,
+            verse: crate::poetry::VerseRules::default(),
         };
         for query in ["西楼", "西樓", "", "  月满 "] {
             assert!(record.matches(query), "{query}");
@@ -79,6 +89,8 @@ mod tests {
                 ..SamplingParams::default()
             },
             unix_ms: 0,
+            unfinished: false,
+            verse: crate::poetry::VerseRules::default(),
         };
         let md = export_text(std::slice::from_ref(&record), true);
         assert!(md.starts_with("## "), "{md}");

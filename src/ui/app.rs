@@ -22,6 +22,10 @@ pub struct Card {
     pub prompt: String,
     pub text: String,
     pub done: bool,
+    /// Stopped (Esc) or cut by an error before the poem ended.
+    pub unfinished: bool,
+    /// The finished poem as history keeps it (its own seed), for Re-run.
+    pub record: Option<PoemRecord>,
 }
 
 /// The form picker's choices (the acrostic heads are typed separately).
@@ -84,6 +88,9 @@ pub struct VersifierApp {
     model_field: String,
     pub state: EngineState,
     pub cards: Vec<Card>,
+    /// The cards a new run replaced, kept until it writes something: a run
+    /// that fails before its first character brings them back.
+    replaced_cards: Option<Vec<Card>>,
     current: Option<RequestId>,
     /// The job behind `current`, as sent: its poems are recorded with these
     /// settings, whatever the widgets say by the time it finishes.
@@ -159,6 +166,18 @@ impl VersifierApp {
         })
         .map_err(EngineError::Spawn)
         .ok();
+        // Start on the last model that loaded, if it is still there; else the
+        // bundled one (with a notice). Recent keeps only folders that exist.
+        let gone = |p: &std::path::Path| !p.exists();
+        let mut model_note = None;
+        if let Some(last) = settings.model.clone().filter(|p| gone(p)) {
+            model_note = Some(format!(
+                "The last model, {}, is not there any more; using the bundled model.",
+                last.display()
+            ));
+            settings.model = None;
+        }
+        settings.recent_models.retain(|p| !gone(p));
         let model_field = settings
             .model
             .clone()
@@ -191,6 +210,7 @@ impl VersifierApp {
             model_field,
             state: EngineState::Unloaded,
             cards: Vec::new(),
+            replaced_cards: None,
             current: None,
             sent: None,
             last_load: None,
@@ -204,6 +224,7 @@ impl VersifierApp {
                 .into_iter()
                 .chain(history_note)
                 .chain(device_note)
+                .chain(model_note)
                 .chain(writer_note)
                 .collect(),
             kv_cache_bytes: 0,
@@ -260,11 +281,9 @@ impl VersifierApp {
     pub fn generate(&mut self) {
         let form = self.form();
         if let PoemForm::Acrostic(h) = &form {
-            if !(2..=8).contains(&h.len()) {
-                self.error = Some((
-                    ErrorKind::BadRequest,
-                    "an acrostic needs 2 to 8 head characters".into(),
-                ));
+            let typed = format!("acrostic:{}", h.iter().collect::<String>());
+            if let Err(e) = typed.parse::<PoemForm>() {
+                self.error = Some((ErrorKind::BadRequest, e.to_string()));
                 return;
             }
         }
@@ -273,31 +292,64 @@ impl VersifierApp {
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64 % 1_000_000);
         }
+        let (prompt, sampling, variations) = (
+            self.prompt.trim().to_string(),
+            self.settings.sampling.clone(),
+            self.settings.variations.clamp(1, 8),
+        );
+        let verse = self.settings.verse.clone();
+        self.start_job(prompt, form, sampling, variations, verse);
+    }
+
+    /// Writes the poem of `record` again: its prompt, form, own seed and
+    /// settings, one variation, without changing the user's settings.
+    pub fn rerun(&mut self, record: &PoemRecord) {
+        self.start_job(
+            record.prompt.clone(),
+            record.form.clone(),
+            record.sampling.clone(),
+            1,
+            record.verse.clone(),
+        );
+    }
+
+    fn start_job(
+        &mut self,
+        prompt: String,
+        form: PoemForm,
+        sampling: crate::generate::SamplingParams,
+        variations: usize,
+        verse: crate::poetry::VerseRules,
+    ) {
         let id = self.engine.next_request_id();
         let echoed = if matches!(form, PoemForm::Acrostic(_)) {
             String::new()
         } else {
-            self.prompt.trim().to_string()
+            prompt.clone()
         };
-        self.cards = vec![
+        let fresh = vec![
             Card {
                 prompt: echoed,
                 ..Card::default()
             };
-            self.settings.variations.clamp(1, 8)
+            variations
         ];
+        let old = std::mem::replace(&mut self.cards, fresh);
+        if old.iter().any(|c| !c.text.is_empty()) {
+            self.replaced_cards = Some(old);
+        }
         self.current = Some(id);
         self.error = None;
         let spec = self.load_spec();
         let job = GenerateJob {
             id,
             spec,
-            prompt: Prompt::Text(self.prompt.trim().to_string()),
+            prompt: Prompt::Text(prompt),
             form,
-            variations: self.cards.len(),
+            variations,
             max_new_tokens: self.settings.max_tokens.max(1),
-            sampling: self.settings.sampling.clone(),
-            verse: self.settings.verse.clone(),
+            sampling,
+            verse,
         };
         if let Some(s) = &self.sampler {
             s.mark(MarkerKind::Generate, "generate");
@@ -316,6 +368,42 @@ impl VersifierApp {
         if let Err(e) = self.engine.release() {
             self.error = Some((ErrorKind::QueueFull, e.to_string()));
         }
+    }
+
+    /// What the model field says (as if typed).
+    pub fn set_model_field(&mut self, path: &str) {
+        self.model_field = path.to_string();
+    }
+
+    /// Loads the model in the field (beside the current one: hot swap). It is
+    /// remembered (settings, Recent) only once it has loaded.
+    pub fn load_chosen_model(&mut self) {
+        let spec = self.load_spec();
+        let cmd = if matches!(self.state, EngineState::Unloaded) {
+            Command::Prepare(spec)
+        } else {
+            Command::Swap(spec)
+        };
+        self.send(cmd);
+    }
+
+    /// A model that loaded: the next launch starts on it, and Recent lists it
+    /// (the bundled model is not listed: it has its own button and comes first).
+    fn remember_model(&mut self, model: &std::path::Path) {
+        let same = |a: &std::path::Path, b: &std::path::Path| {
+            a == b || std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+        };
+        if bundled_model().is_some_and(|b| same(&b, model)) {
+            self.settings.model = None;
+            return;
+        }
+        let model = model.to_path_buf();
+        self.settings.model = Some(model.clone());
+        self.settings.recent_models.retain(|p| !same(p, &model));
+        self.settings.recent_models.insert(0, model);
+        self.settings
+            .recent_models
+            .truncate(Settings::MAX_RECENT_MODELS);
     }
 
     /// Opens the system's folder picker without blocking the window; without a
@@ -395,6 +483,7 @@ impl VersifierApp {
                     MarkerKind::Load,
                     format!("load {:.2} s", r.load_ms / 1000.0),
                 );
+                self.remember_model(&r.spec.model);
                 self.last_load = Some(r);
             }
             Event::Token {
@@ -404,6 +493,9 @@ impl VersifierApp {
             } if Some(request) == self.current => {
                 if let Some(c) = self.cards.get_mut(variation) {
                     c.text.push_str(&text);
+                }
+                if !text.is_empty() {
+                    self.replaced_cards = None;
                 }
             }
             Event::Token { .. } => {}
@@ -416,22 +508,40 @@ impl VersifierApp {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
                 let sent = self.sent.take();
-                for (card, v) in self.cards.iter_mut().zip(&generation.variations) {
+                self.replaced_cards = None;
+                for (i, (card, v)) in self
+                    .cards
+                    .iter_mut()
+                    .zip(&generation.variations)
+                    .enumerate()
+                {
                     card.text = v.text.clone();
                     card.done = true;
+                    card.unfinished = v.stop != Some(crate::generate::StopReason::Stop);
                     let Some(job) = &sent else { continue };
+                    if v.text.is_empty() {
+                        continue;
+                    }
                     let prompt = match &job.prompt {
                         Prompt::Text(t) => t.clone(),
                         Prompt::Ids(_) => String::new(),
                     };
-                    self.history.push(PoemRecord {
+                    let record = PoemRecord {
                         prompt,
                         form: job.form.clone(),
                         text: format!("{}{}", card.prompt, v.text),
                         model: job.spec.model.display().to_string(),
-                        sampling: job.sampling.clone(),
+                        // Variation i was drawn with seed + i: its own seed.
+                        sampling: crate::generate::SamplingParams {
+                            seed: job.sampling.seed.wrapping_add(i as u64),
+                            ..job.sampling.clone()
+                        },
                         unix_ms,
-                    });
+                        unfinished: card.unfinished,
+                        verse: job.verse.clone(),
+                    };
+                    card.record = Some(record.clone());
+                    self.history.push(record);
                 }
                 self.current = None;
                 self.save_history();
@@ -456,6 +566,18 @@ impl VersifierApp {
                         card.text = v.text.clone();
                     }
                 }
+                // Nothing written: the poems the run replaced come back.
+                if self.cards.iter().all(|c| c.text.is_empty()) {
+                    if let Some(old) = self.replaced_cards.take() {
+                        self.cards = old;
+                    }
+                } else {
+                    for c in self.cards.iter_mut().filter(|c| !c.done) {
+                        c.unfinished = true;
+                    }
+                }
+                self.replaced_cards = None;
+                self.sent = None;
                 for c in &mut self.cards {
                     c.done = true;
                 }
@@ -525,6 +647,9 @@ impl VersifierApp {
         ui.horizontal(|ui| {
             ui.label("Model");
             let field = ui.add(egui::TextEdit::singleline(&mut self.model_field).desired_width(360.0).hint_text("model folder"));
+            if field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+                self.load_chosen_model();
+            }
             field.on_hover_text("A GPT-2 folder: config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt");
             if ui.button("Open…").on_hover_text("Choose a model folder").clicked() {
                 self.open_model_dialog();
@@ -542,15 +667,7 @@ impl VersifierApp {
                 });
             }
             if ui.button("Load").on_hover_text("Load the model now").clicked() {
-                let spec = self.load_spec();
-                let recent = spec.model.clone();
-                self.settings.recent_models.retain(|p| p != &recent);
-                self.settings.recent_models.insert(0, recent);
-                self.settings.recent_models.truncate(Settings::MAX_RECENT_MODELS);
-                self.settings.model = Some(spec.model.clone());
-                // With a model in memory, load the new one beside it (hot swap).
-                let cmd = if matches!(self.state, EngineState::Unloaded) { Command::Prepare(spec) } else { Command::Swap(spec) };
-                self.send(cmd);
+                self.load_chosen_model();
             }
             ui.separator();
             // CUDA ordinals (what the engine opens), not NVML's numbering of every GPU.
@@ -698,6 +815,7 @@ impl VersifierApp {
             "Show each character's tone (平 仄, 中 either, ？ unknown), the rhyme and the verdict",
         );
         egui::ScrollArea::vertical().show(ui, |ui| {
+            let mut rerun: Option<PoemRecord> = None;
             // Cards two to a row, each with its buttons under the poem.
             let cards = self.cards.clone();
             let width = ((ui.available_width() - 40.0) / 2.0).max(220.0);
@@ -732,21 +850,52 @@ impl VersifierApp {
                                         if !card.done {
                                             ui.spinner();
                                         }
-                                        if ui.small_button("Copy").clicked() {
+                                        let has_text = !card.text.is_empty();
+                                        if ui
+                                            .add_enabled(
+                                                has_text,
+                                                egui::Button::new("Copy").small(),
+                                            )
+                                            .clicked()
+                                        {
                                             ui.ctx().copy_text(layout(&full));
                                         }
                                         if ui
-                                            .small_button("Save")
+                                            .add_enabled(
+                                                has_text,
+                                                egui::Button::new("Save").small(),
+                                            )
                                             .on_hover_text("Save to a text file in the data folder")
                                             .clicked()
                                         {
                                             self.save_card(i, &full);
+                                        }
+                                        if let Some(record) = &card.record {
+                                            if ui
+                                                .add_enabled(
+                                                    card.done,
+                                                    egui::Button::new("Re-run").small(),
+                                                )
+                                                .on_hover_text(format!(
+                                                    "Write this poem again (seed {})",
+                                                    record.sampling.seed
+                                                ))
+                                                .clicked()
+                                            {
+                                                rerun = Some(record.clone());
+                                            }
+                                        }
+                                        if card.unfinished && card.done {
+                                            ui.label(egui::RichText::new("stopped").small().weak());
                                         }
                                     });
                                 });
                             });
                     }
                 });
+            }
+            if let Some(record) = rerun {
+                self.rerun(&record);
             }
             if !self.history.is_empty() {
                 ui.separator();
@@ -888,10 +1037,7 @@ impl VersifierApp {
             if let PoemForm::Acrostic(h) = &r.form {
                 self.acrostic_heads = h.iter().collect();
             }
-            self.settings.sampling = r.sampling.clone();
-            self.settings.lock_seed = true;
-            self.settings.variations = 1;
-            self.generate();
+            self.rerun(&r);
         }
         if let Some(i) = delete {
             self.history.remove(i);
