@@ -445,3 +445,102 @@ fn rerun_writes_the_chosen_variation_again_and_leaves_the_settings_alone() {
     assert_eq!(h.state().settings.variations, 3);
     assert!(!h.state().settings.lock_seed);
 }
+
+#[test]
+fn every_control_is_reachable_in_a_700_by_500_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(700.0, 500.0))
+        .with_context_setup(versifier::ui::install_fonts)
+        .build_ui_state(|ui, app: &mut VersifierApp| app.show(ui), app(&store));
+    h.run_steps(3);
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(700.0, 500.0));
+    for label in [
+        "Open…",
+        "Bundled",
+        "Load",
+        "Device",
+        "Precision",
+        "Form",
+        "Generate  (Ctrl+Enter)",
+        "Stop  (Esc)",
+        "Advanced",
+        "平仄 marks",
+        "Release",
+        "Pin",
+        "Export timeline",
+    ] {
+        let rect = h.get_all_by_label(label).next().unwrap().rect();
+        assert!(
+            window.contains_rect(rect) && rect.width() > 4.0,
+            "{label} at {rect:?} is not inside the 700x500 window"
+        );
+    }
+    // The Generate button shows its whole label (not "Ge").
+    let go = h.get_by_label("Generate  (Ctrl+Enter)").rect();
+    assert!(go.width() > 100.0, "{go:?}");
+}
+
+#[test]
+fn first_launch_shows_a_hint_and_example_prompts_that_fill_the_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    h.get_by_label_contains("Type a character or two");
+    h.get_by_label("江").click();
+    h.run_steps(2);
+    assert_eq!(h.state().prompt, "江");
+}
+
+#[test]
+fn without_a_gpu_the_meter_shows_this_apps_ram_with_no_gpu_wording_or_raw_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    h.state_mut().settings.device = versifier::engine::DeviceChoice::Cpu;
+    start_poem(&mut h, "月");
+    pump(&mut h, "poem", |a| {
+        !a.cards.is_empty() && a.cards.iter().all(|c| c.done)
+    });
+    h.run_steps(3);
+    h.get_by_label_contains("This app in RAM");
+    for raw in ["NVML", "libnvidia", "No GPU", "GPU memory back"] {
+        assert!(
+            h.query_by_label_contains(raw).is_none(),
+            "{raw} is on screen on a CPU run"
+        );
+    }
+    // A reload of the small bundled model takes well under a second: in ms.
+    let ms = h.state().last_load_ms().unwrap();
+    if ms < 1000.0 {
+        h.get_by_label(&format!("reload ≈ {ms:.0} ms"));
+    }
+}
+
+#[test]
+fn errors_are_plain_words_in_a_strip_that_does_not_move_the_controls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    let before = h.get_by_label("Generate  (Ctrl+Enter)").rect();
+    h.state_mut().settings.verse.rhyme = Some("董".into());
+    start_poem(&mut h, "春");
+    pump(&mut h, "error", |a| a.error.is_some());
+    h.run_steps(2);
+    assert_eq!(
+        h.get_by_label("Generate  (Ctrl+Enter)").rect(),
+        before,
+        "the button stayed put"
+    );
+    h.get_by_label("This poem cannot be written with these settings.");
+    assert!(h.query_by_label_contains("BadRequest").is_none());
+    assert!(
+        h.query_by_label_contains("`").is_none(),
+        "no backticked names"
+    );
+    h.get_by_label("details");
+    h.get_by_label("Dismiss").click();
+    h.run_steps(2);
+    assert!(h.state().error.is_none());
+}

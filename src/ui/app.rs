@@ -51,12 +51,26 @@ impl FormChoice {
 
     fn label(self) -> &'static str {
         match self {
-            Self::Free => "free",
-            Self::WuJue => "五絕",
-            Self::QiJue => "七絕",
-            Self::WuLv => "五律",
-            Self::QiLv => "七律",
-            Self::Acrostic => "藏頭",
+            Self::Free => "自由 free",
+            Self::WuJue => "五絕 4×5",
+            Self::QiJue => "七絕 4×7",
+            Self::WuLv => "五律 8×5",
+            Self::QiLv => "七律 8×7",
+            Self::Acrostic => "藏頭 acrostic",
+        }
+    }
+
+    /// What the form is, in plain words.
+    fn explain(self) -> &'static str {
+        match self {
+            Self::Free => "The model chooses the shape.",
+            Self::WuJue => "五言絕句: four lines of five characters; lines 2 and 4 rhyme.",
+            Self::QiJue => "七言絕句: four lines of seven characters; lines 2 and 4 rhyme.",
+            Self::WuLv => "五言律詩: eight lines of five characters; the even lines rhyme.",
+            Self::QiLv => "七言律詩: eight lines of seven characters; the even lines rhyme.",
+            Self::Acrostic => {
+                "藏頭詩: each line starts with one of your head characters (4 heads: a 七絕, 8: a 七律)."
+            }
         }
     }
 
@@ -97,6 +111,8 @@ pub struct VersifierApp {
     sent: Option<GenerateJob>,
     last_load: Option<LoadReport>,
     last_release: Option<ReleaseReport>,
+    /// When `last_release` arrived (Unix ms), to line the meter up with it.
+    release_at_unix_ms: u64,
     /// Idle time left, as of when it was reported.
     idle_left: Option<(Duration, Instant)>,
     pinned: bool,
@@ -215,6 +231,7 @@ impl VersifierApp {
             sent: None,
             last_load: None,
             last_release: None,
+            release_at_unix_ms: 0,
             idle_left: None,
             pinned: false,
             error: None,
@@ -368,6 +385,11 @@ impl VersifierApp {
         if let Err(e) = self.engine.release() {
             self.error = Some((ErrorKind::QueueFull, e.to_string()));
         }
+    }
+
+    /// How long the last load took, ms.
+    pub fn last_load_ms(&self) -> Option<f64> {
+        self.last_load.as_ref().map(|l| l.load_ms)
     }
 
     /// What the model field says (as if typed).
@@ -550,6 +572,9 @@ impl VersifierApp {
             Event::Released(r) => {
                 self.mark(MarkerKind::Release, release_summary(&r));
                 self.last_release = Some(r);
+                self.release_at_unix_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
                 self.kv_cache_bytes = 0;
             }
             Event::Error {
@@ -568,9 +593,7 @@ impl VersifierApp {
                 }
                 // Nothing written: the poems the run replaced come back.
                 if self.cards.iter().all(|c| c.text.is_empty()) {
-                    if let Some(old) = self.replaced_cards.take() {
-                        self.cards = old;
-                    }
+                    self.cards = self.replaced_cards.take().unwrap_or_default();
                 } else {
                     for c in self.cards.iter_mut().filter(|c| !c.done) {
                         c.unfinished = true;
@@ -627,14 +650,21 @@ impl VersifierApp {
         }
         let generating = matches!(self.state, EngineState::Generating) || self.current.is_some();
         egui::Panel::top("model-bar").show(ui, |ui| self.model_bar(ui));
-        egui::Panel::right("meter")
-            .default_size(360.0)
+        // A narrow window gets a narrow memory strip (figures, Release; no plot).
+        let narrow = ui.available_width() < 900.0;
+        egui::Panel::right(if narrow { "meter-strip" } else { "meter" })
+            .default_size(if narrow { 190.0 } else { 360.0 })
             .show(ui, |ui| {
-                let actions = super::meter_panel::show(&self.meter_view(), ui);
+                let mut view = self.meter_view();
+                view.compact = narrow;
+                let actions = super::meter_panel::show(&view, ui);
                 for action in actions {
                     self.apply_meter_action(action);
                 }
             });
+        if self.error.is_some() || !self.notices.is_empty() {
+            egui::Panel::bottom("messages").show(ui, |ui| self.messages(ui));
+        }
         egui::CentralPanel::default().show(ui, |ui| self.writer(ui, generating));
         self.save_settings_if_changed();
         // The countdown needs a tick even when nothing else happens.
@@ -644,9 +674,9 @@ impl VersifierApp {
     }
 
     fn model_bar(&mut self, ui: &mut egui::Ui) {
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.label("Model");
-            let field = ui.add(egui::TextEdit::singleline(&mut self.model_field).desired_width(360.0).hint_text("model folder"));
+            let field = ui.add(egui::TextEdit::singleline(&mut self.model_field).desired_width(220.0).hint_text("model folder"));
             if field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
                 self.load_chosen_model();
             }
@@ -658,42 +688,68 @@ impl VersifierApp {
                 self.model_field = bundled_model().map(|p| p.display().to_string()).unwrap_or_default();
             }
             if !self.settings.recent_models.is_empty() {
-                egui::ComboBox::from_label("Recent models").selected_text("…").show_ui(ui, |ui| {
+                egui::ComboBox::from_label("Recent").selected_text("…").show_ui(ui, |ui| {
+                    // The bundled model first, then the models that loaded.
+                    if let Some(b) = bundled_model() {
+                        if ui.selectable_label(false, "tang-poems (bundled)").clicked() {
+                            self.model_field = b.display().to_string();
+                        }
+                    }
                     for p in self.settings.recent_models.clone() {
-                        if ui.selectable_label(false, p.display().to_string()).clicked() {
+                        let name = p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned());
+                        if ui.selectable_label(false, name).on_hover_text(p.display().to_string()).clicked() {
                             self.model_field = p.display().to_string();
                         }
                     }
                 });
             }
+            if let Some(l) = &self.last_load {
+                let name = l.spec.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                ui.label(egui::RichText::new(format!("{name} · {:.1}M", l.params as f64 / 1e6)).weak())
+                    .on_hover_text(l.spec.model.display().to_string());
+            }
             if ui.button("Load").on_hover_text("Load the model now").clicked() {
                 self.load_chosen_model();
             }
-            ui.separator();
+            // A narrow window puts device and precision on a row of their own.
+            if ui.max_rect().width() < 900.0 {
+                ui.end_row();
+            } else {
+                ui.separator();
+            }
             // CUDA ordinals (what the engine opens), not NVML's numbering of every GPU.
             let gpus: Vec<(usize, String, u64)> = self
                 .sampler
                 .as_ref()
                 .and_then(|s| s.history().latest().map(|l| l.gpus.iter().filter_map(|g| Some((crate::meter::cuda_ordinal_of(g.index)?, g.name.clone(), g.free_bytes))).collect()))
                 .unwrap_or_default();
-            egui::ComboBox::from_label("Device").selected_text(self.settings.device.to_string()).show_ui(ui, |ui| {
+            ui.horizontal(|ui| {
+            let device_label = ui.label("Device");
+            egui::ComboBox::from_id_salt("device").selected_text(self.settings.device.to_string()).show_ui(ui, |ui| {
                 ui.selectable_value(&mut self.settings.device, DeviceChoice::Cpu, "CPU");
                 for (i, name, free) in &gpus {
                     let label = format!("cuda:{i} {name} ({} MiB free)", crate::mib(*free));
                     ui.selectable_value(&mut self.settings.device, DeviceChoice::Cuda(*i), label);
                 }
+            })
+            .response
+            .labelled_by(device_label.id);
             });
-            egui::ComboBox::from_label("Precision").selected_text(self.settings.precision.to_string()).show_ui(ui, |ui| {
+            ui.horizontal(|ui| {
+            let precision_label = ui.label("Precision");
+            egui::ComboBox::from_id_salt("precision").selected_text(self.settings.precision.to_string()).show_ui(ui, |ui| {
                 for p in Precision::ALL {
                     ui.selectable_value(&mut self.settings.precision, p, p.to_string());
                 }
             })
             .response
+            .labelled_by(precision_label.id)
             .on_hover_text(
                 "f16 / bf16 halve the memory the weights take. On the CPU the math stays f32 \
                  and decoding is faster (half the bytes to read per token); a model stored in \
                  f16, like the bundled one, gives exactly the same poems.",
             );
+            });
         });
     }
 
@@ -705,34 +761,18 @@ impl VersifierApp {
                 i.consume_key(egui::Modifiers::NONE, egui::Key::Escape),
             )
         });
-        if let Some((kind, message)) = self.error.clone() {
-            egui::Frame::group(ui.style())
-                .fill(ui.visuals().error_fg_color.gamma_multiply(0.15))
-                .show(ui, |ui| {
-                    ui.horizontal_wrapped(|ui| {
-                        ui.colored_label(ui.visuals().error_fg_color, format!("{kind:?}"));
-                        ui.label(&message);
-                    });
-                    ui.horizontal(|ui| {
-                        if matches!(kind, ErrorKind::OutOfMemory | ErrorKind::DoesNotFit) {
-                            self.fit_options(ui);
-                        }
-                        if ui.button("Dismiss").clicked() {
-                            self.error = None;
-                        }
-                    });
-                });
-        }
-        for n in self.notices.clone() {
-            // The button first, so a long notice wraps instead of pushing it off-screen.
-            ui.horizontal(|ui| {
-                if ui.small_button("OK").clicked() {
-                    self.notices.retain(|x| x != &n);
+        if self.cards.iter().all(|c| c.text.is_empty()) && self.history.is_empty() {
+            // First launch: one line of hint and a row of example prompts.
+            ui.horizontal_wrapped(|ui| {
+                ui.label("Type a character or two, pick a form, press Generate. Try:");
+                for example in ["月", "春", "江", "山", "秋"] {
+                    if ui.button(egui::RichText::new(example).size(18.0)).clicked() {
+                        self.prompt = example.to_string();
+                    }
                 }
-                ui.add(egui::Label::new(egui::RichText::new(format!("Note: {n}")).weak()).wrap());
             });
         }
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.label("Prompt");
             let prompt = ui.add(
                 egui::TextEdit::singleline(&mut self.prompt)
@@ -747,30 +787,30 @@ impl VersifierApp {
                 self.send(Command::Prepare(spec));
             }
             self.prompt_had_focus = focused;
-            egui::ComboBox::from_label("Form")
+            let form_label = ui.label("Form");
+            egui::ComboBox::from_id_salt("form")
                 .selected_text(self.form_choice.label())
                 .show_ui(ui, |ui| {
                     for f in FormChoice::ALL {
-                        ui.selectable_value(&mut self.form_choice, f, f.label());
+                        ui.selectable_value(&mut self.form_choice, f, f.label())
+                            .on_hover_text(f.explain());
                     }
-                });
+                })
+                .response
+                .labelled_by(form_label.id)
+                .on_hover_text(self.form_choice.explain());
             if self.form_choice == FormChoice::Acrostic {
+                ui.label("Heads");
                 ui.add(
                     egui::TextEdit::singleline(&mut self.acrostic_heads)
                         .desired_width(90.0)
-                        .hint_text("heads"),
-                );
+                        .hint_text("春夏秋冬"),
+                )
+                .on_hover_text("4 or 8 characters, one to start each line");
             }
         });
-        ui.horizontal(|ui| {
-            let (per_variation, max_fit) = self.variation_budget();
-            ui.add(
-                egui::Slider::new(&mut self.settings.variations, 1..=max_fit).text("variations"),
-            );
-            if let Some(b) = per_variation {
-                ui.label(format!("≈{:.1} MiB each", crate::mib_f64(b)))
-                    .on_hover_text("KV cache of one more variation at the model's full context");
-            }
+        ui.horizontal_wrapped(|ui| {
+            // The buttons first, so nothing that comes and goes moves them.
             let go = ui.add_enabled(!generating, egui::Button::new("Generate  (Ctrl+Enter)"));
             let stop = ui.add_enabled(generating, egui::Button::new("Stop  (Esc)"));
             let (ctrl_enter, esc) = shortcuts;
@@ -779,6 +819,14 @@ impl VersifierApp {
             }
             if stop.clicked() || (esc && generating) {
                 self.stop();
+            }
+            let (per_variation, max_fit) = self.variation_budget();
+            ui.add(
+                egui::Slider::new(&mut self.settings.variations, 1..=max_fit).text("variations"),
+            );
+            if let Some(b) = per_variation {
+                ui.label(format!("≈{:.1} MiB each", crate::mib_f64(b)))
+                    .on_hover_text("KV cache of one more variation at the model's full context");
             }
         });
         egui::CollapsingHeader::new("Advanced").show(ui, |ui| {
@@ -844,7 +892,11 @@ impl VersifierApp {
                                             22.0,
                                         );
                                     } else {
-                                        ui.label(egui::RichText::new(shown).size(22.0));
+                                        ui.label(
+                                            egui::RichText::new(shown)
+                                                .size(22.0)
+                                                .color(ui.visuals().strong_text_color()),
+                                        );
                                     }
                                     ui.horizontal(|ui| {
                                         if !card.done {
@@ -1068,14 +1120,54 @@ impl VersifierApp {
         self.engine.send(cmd).map_err(|e| e.to_string())
     }
 
+    /// The message strip and, for a refused load, the options that fit.
+    fn messages(&mut self, ui: &mut egui::Ui) {
+        let view = super::messages::MessagesView {
+            error: self.error.as_ref(),
+            notices: &self.notices,
+        };
+        let actions = super::messages::show(ui, &view);
+        if matches!(
+            self.error.as_ref().map(|e| e.0),
+            Some(ErrorKind::OutOfMemory | ErrorKind::DoesNotFit)
+        ) {
+            ui.horizontal_wrapped(|ui| self.fit_options(ui));
+        }
+        for action in actions {
+            match action {
+                super::messages::MessageAction::DismissError => self.error = None,
+                super::messages::MessageAction::DismissNotice(n) => {
+                    self.notices.retain(|x| x != &n);
+                }
+            }
+        }
+    }
+
     /// What the memory panel draws, borrowed from the app's state.
-    fn meter_view(&self) -> MeterView<'_> {
+    fn meter_view(&mut self) -> MeterView<'_> {
+        let generating = matches!(self.state, EngineState::Generating);
+        let kv_estimate_bytes = if generating {
+            // The cache holds the prompt and the tokens asked for, not the
+            // whole context: scale the full-context figure down to that.
+            let (per_variation, _) = self.variation_budget();
+            let n_positions = match &self.config_cache {
+                Some((_, Some(cfg))) => cfg.n_positions.max(1) as u64,
+                _ => 1,
+            };
+            let columns = (self.settings.max_tokens as u64 + 16).min(n_positions);
+            per_variation.map(|p| p * columns / n_positions * self.cards.len() as u64)
+        } else {
+            None
+        };
         MeterView {
             state: &self.state,
             device: self.settings.device,
             sampler: self.sampler.as_ref(),
             last_load: self.last_load.as_ref(),
             last_release: self.last_release.as_ref(),
+            release_at_unix_ms: self.release_at_unix_ms,
+            kv_estimate_bytes,
+            compact: false,
             kv_cache_bytes: self.kv_cache_bytes,
             idle_left: self.idle_left,
             pinned: self.pinned,

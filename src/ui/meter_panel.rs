@@ -34,8 +34,15 @@ pub struct MeterView<'a> {
     pub sampler: Option<&'a MemorySampler>,
     pub last_load: Option<&'a LoadReport>,
     pub last_release: Option<&'a ReleaseReport>,
-    /// The KV cache of the current request, bytes.
+    /// When the last release report arrived (Unix ms).
+    pub release_at_unix_ms: u64,
+    /// The KV cache of the last finished request, bytes.
     pub kv_cache_bytes: usize,
+    /// What the running request's KV cache takes (variations x the model's
+    /// cache per variation), while generating.
+    pub kv_estimate_bytes: Option<u64>,
+    /// A narrow window: figures and buttons only, no plot or legends.
+    pub compact: bool,
     /// Idle time left, as of when it was reported.
     pub idle_left: Option<(Duration, Instant)>,
     pub pinned: bool,
@@ -68,15 +75,27 @@ pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
     };
     ui.label(egui::RichText::new(state).strong());
 
-    let (latest, unavailable) = match view.sampler {
+    let (latest, unavailable, peak) = match view.sampler {
         Some(s) => {
             let h = s.history();
-            (h.latest().cloned(), h.gpu_unavailable.clone())
+            // This process's peak over the window: the bar's scale.
+            let peak = h
+                .samples
+                .iter()
+                .filter_map(|smp| process_bytes(smp, view.device))
+                .max()
+                .unwrap_or(0);
+            (h.latest().cloned(), h.gpu_unavailable.clone(), peak)
         }
-        None => (None, Some("the meter thread could not start".into())),
+        None => (None, Some("the meter thread could not start".into()), 0),
     };
     let weights = view.last_load.map_or(0, |l| l.weights_bytes as u64);
     let loaded = !matches!(view.state, EngineState::Unloaded);
+    let kv_now = if matches!(view.state, EngineState::Generating) {
+        view.kv_estimate_bytes.unwrap_or(view.kv_cache_bytes as u64)
+    } else {
+        view.kv_cache_bytes as u64
+    };
     let gpu = match view.device {
         DeviceChoice::Cuda(i) => latest
             .as_ref()
@@ -88,77 +107,65 @@ pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
         (Some(g), _) => {
             let process = g.process_bytes.unwrap_or(0);
             let w = if loaded { weights.min(process) } else { 0 };
-            let kv = (view.kv_cache_bytes as u64).min(process.saturating_sub(w));
+            let kv = kv_now.min(process.saturating_sub(w));
             let runtime = process.saturating_sub(w + kv);
-            let other = g.used_bytes.saturating_sub(process);
-            let segments = [
-                (
-                    "other processes",
-                    other,
-                    egui::Color32::from_rgb(140, 140, 140),
-                ),
-                (
-                    "this app: weights",
-                    w,
-                    egui::Color32::from_rgb(70, 130, 220),
-                ),
-                (
-                    "this app: KV cache",
-                    kv,
-                    egui::Color32::from_rgb(80, 190, 140),
-                ),
-                (
-                    "this app: runtime/context",
-                    runtime,
-                    egui::Color32::from_rgb(230, 160, 60),
-                ),
-            ];
-            stacked_bar(ui, desired, g.total_bytes, &segments);
-            ui.label(format!(
-                "{} · {:.0} MiB total · {:.0} MiB free",
-                g.name,
-                mib(g.total_bytes),
-                mib(g.free_bytes)
-            ));
-            for (name, bytes, color) in segments {
-                ui.colored_label(color, format!("{name}: {:.0} MiB", mib(bytes)));
+            let segments = app_segments(w, kv, runtime);
+            ui.label(format!("This app on {}: {}", g.name, figure(process)));
+            // Scaled to this app's peak (or what the model needs), so its share
+            // is visible on any GPU; the whole GPU is the thin bar under it.
+            let scale = peak.max(process).max(weights + kv).max(1);
+            stacked_bar(ui, desired, scale, &segments);
+            if !view.compact {
+                legend(ui, &segments);
             }
+            let other = g.used_bytes.saturating_sub(process);
+            stacked_bar(
+                ui,
+                egui::vec2(ui.available_width(), 6.0),
+                g.total_bytes,
+                &[
+                    ("other processes", other, OTHER_COLOR),
+                    ("this app", process, WEIGHTS_COLOR),
+                ],
+            );
+            ui.label(
+                egui::RichText::new(format!(
+                    "whole GPU: {} used of {}, {} free",
+                    figure(g.used_bytes),
+                    figure(g.total_bytes),
+                    figure(g.free_bytes)
+                ))
+                .small(),
+            );
             if g.process_bytes.is_none() {
-                ui.label("this process's GPU memory: not available from the driver");
+                ui.label("this app's GPU memory: not reported by the driver");
             }
         }
         (None, Some(l)) => {
-            let rss = l.rss_bytes.unwrap_or(0);
+            let rss = shown_rss(l, view.last_release, view.release_at_unix_ms);
             let w = if loaded { weights.min(rss) } else { 0 };
-            let total = crate::device::fit::available_ram()
-                .map_or(rss * 4, |a| a + rss)
-                .max(1);
-            let segments = [
-                (
-                    "this app: weights",
-                    w,
-                    egui::Color32::from_rgb(70, 130, 220),
-                ),
-                (
-                    "this app: other",
-                    rss.saturating_sub(w),
-                    egui::Color32::from_rgb(230, 160, 60),
-                ),
-            ];
-            stacked_bar(ui, desired, total, &segments);
-            ui.label(format!(
-                "RAM: this process {:.0} MiB (weights {:.0} MiB)",
-                mib(rss),
-                mib(w)
-            ));
-            match (&unavailable, view.device) {
-                (Some(why), _) => {
-                    ui.label(format!("No GPU found: {why}"));
+            let kv = if loaded {
+                kv_now.min(rss.saturating_sub(w))
+            } else {
+                0
+            };
+            let segments = app_segments(w, kv, rss.saturating_sub(w + kv));
+            ui.label(format!("This app in RAM: {}", figure(rss)));
+            stacked_bar(ui, desired, peak.max(rss).max(1), &segments);
+            if !view.compact {
+                legend(ui, &segments);
+            }
+            if let DeviceChoice::Cuda(i) = view.device {
+                // A GPU was chosen but cannot be read: say so plainly, details folded.
+                ui.colored_label(
+                    ui.visuals().warn_fg_color,
+                    format!("cuda:{i} is not visible to the meter; showing this app's RAM."),
+                );
+                if let Some(why) = &unavailable {
+                    egui::CollapsingHeader::new("details")
+                        .id_salt("meter-details")
+                        .show(ui, |ui| ui.label(egui::RichText::new(why).small()));
                 }
-                (None, DeviceChoice::Cpu) => {
-                    ui.label("Running on the CPU.");
-                }
-                _ => {}
             }
         }
         (None, None) => {
@@ -166,50 +173,8 @@ pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
         }
     }
 
-    // History plot: this process's memory over the last minutes, with markers.
-    if let Some(s) = view.sampler {
-        let h = s.history();
-        let cuda = match view.device {
-            DeviceChoice::Cuda(i) => Some(i),
-            DeviceChoice::Cpu => None,
-        };
-        let points: Vec<[f64; 2]> =
-            h.samples
-                .iter()
-                .filter_map(|smp| {
-                    let bytes = match cuda {
-                        Some(i) => crate::meter::gpu_for_ordinal(&smp.gpus, i)
-                            .and_then(|g| g.process_bytes),
-                        None => smp.rss_bytes,
-                    }?;
-                    Some([smp.t, mib(bytes)])
-                })
-                .collect();
-        let markers = h.markers.clone();
-        drop(h);
-        Plot::new("memory-history")
-            .height(150.0)
-            .allow_scroll(false)
-            .allow_zoom(false)
-            .show(ui, |plot| {
-                plot.line(Line::new(
-                    if cuda.is_some() {
-                        "GPU MiB (this process)"
-                    } else {
-                        "RAM MiB (this process)"
-                    },
-                    PlotPoints::from(points),
-                ));
-                for m in markers {
-                    let color = match m.kind {
-                        MarkerKind::Load => egui::Color32::from_rgb(70, 130, 220),
-                        MarkerKind::Generate => egui::Color32::from_rgb(80, 190, 140),
-                        MarkerKind::Release => egui::Color32::from_rgb(230, 160, 60),
-                        MarkerKind::Error => egui::Color32::from_rgb(220, 60, 60),
-                    };
-                    plot.vline(VLine::new(m.label, m.t).color(color));
-                }
-            });
+    if !view.compact {
+        history_plot(ui, view);
     }
 
     ui.horizontal(|ui| {
@@ -217,10 +182,11 @@ pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
             !matches!(view.state, EngineState::Unloaded),
             egui::Button::new("Release"),
         );
-        if release
-            .on_hover_text("Free the model and give all GPU memory back")
-            .clicked()
-        {
+        let hover = match view.device {
+            DeviceChoice::Cuda(_) => "Free the model and give its GPU memory back",
+            DeviceChoice::Cpu => "Free the model and give its memory back",
+        };
+        if release.on_hover_text(hover).clicked() {
             actions.push(MeterAction::Release);
         }
         let mut pinned = view.pinned;
@@ -257,7 +223,7 @@ pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
         ));
     }
     if let Some(l) = view.last_load {
-        ui.label(format!("reload ~{:.1} s", l.load_ms / 1000.0));
+        ui.label(format!("reload ≈ {}", duration_text(l.load_ms)));
         if let (Some(after), Some(before)) = (l.gpu_after_bytes, l.gpu_before_bytes) {
             ui.label(format!(
                 "load: estimate {:.0} MiB weights, measured {:.0} MiB in all",
@@ -300,6 +266,116 @@ pub fn release_summary(r: &ReleaseReport) -> String {
             ),
             _ => format!("released in {:.0} ms", r.took_ms),
         },
+    }
+}
+
+const WEIGHTS_COLOR: egui::Color32 = egui::Color32::from_rgb(70, 130, 220);
+const KV_COLOR: egui::Color32 = egui::Color32::from_rgb(80, 190, 140);
+const RUNTIME_COLOR: egui::Color32 = egui::Color32::from_rgb(230, 160, 60);
+const OTHER_COLOR: egui::Color32 = egui::Color32::from_rgb(140, 140, 140);
+
+/// This app's memory in three parts.
+fn app_segments(weights: u64, kv: u64, rest: u64) -> [(&'static str, u64, egui::Color32); 3] {
+    [
+        ("weights", weights, WEIGHTS_COLOR),
+        ("KV cache", kv, KV_COLOR),
+        ("runtime and buffers", rest, RUNTIME_COLOR),
+    ]
+}
+
+/// A colour key under a bar: one swatch and figure per part.
+fn legend(ui: &mut egui::Ui, segments: &[(&str, u64, egui::Color32)]) {
+    ui.horizontal_wrapped(|ui| {
+        for (name, bytes, color) in segments {
+            let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+            ui.painter().rect_filled(rect, 2.0, *color);
+            ui.label(egui::RichText::new(format!("{name} {}", figure(*bytes))).small());
+        }
+    });
+}
+
+/// A memory figure in MiB (GiB above 10 GiB).
+pub fn figure(bytes: u64) -> String {
+    let m = mib(bytes);
+    if m >= 10240.0 {
+        format!("{:.1} GiB", m / 1024.0)
+    } else {
+        format!("{m:.0} MiB")
+    }
+}
+
+/// Milliseconds below a second, else seconds.
+pub fn duration_text(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
+}
+
+/// This process's memory in a snapshot: on the GPU for a CUDA device, else RAM.
+fn process_bytes(s: &crate::meter::MemorySnapshot, device: DeviceChoice) -> Option<u64> {
+    match device {
+        DeviceChoice::Cuda(i) => {
+            crate::meter::gpu_for_ordinal(&s.gpus, i).and_then(|g| g.process_bytes)
+        }
+        DeviceChoice::Cpu => s.rss_bytes,
+    }
+}
+
+/// The RAM figure to show: the release report's own measurement when it is
+/// newer than the last sample (so the two never disagree just after Release).
+fn shown_rss(
+    latest: &crate::meter::MemorySnapshot,
+    release: Option<&ReleaseReport>,
+    release_at_unix_ms: u64,
+) -> u64 {
+    let sampled = latest.rss_bytes.unwrap_or(0);
+    match release.and_then(|r| r.rss_after_bytes) {
+        Some(after) if release_at_unix_ms >= latest.unix_ms => after,
+        _ => sampled,
+    }
+}
+
+/// The history plot: this process's memory in MiB over the last minutes, with
+/// load / generate / release / error markers and their legend.
+fn history_plot(ui: &mut egui::Ui, view: &MeterView<'_>) {
+    let Some(s) = view.sampler else { return };
+    let h = s.history();
+    let points: Vec<[f64; 2]> = h
+        .samples
+        .iter()
+        .filter_map(|smp| Some([smp.t, mib(process_bytes(smp, view.device)?)]))
+        .collect();
+    let markers = h.markers.clone();
+    drop(h);
+    let what = match view.device {
+        DeviceChoice::Cuda(_) => "this app on the GPU",
+        DeviceChoice::Cpu => "this app in RAM",
+    };
+    Plot::new("memory-history")
+        .height(150.0)
+        .allow_scroll(false)
+        .allow_zoom(false)
+        .allow_drag(false)
+        .y_axis_label("MiB")
+        .x_axis_label("seconds")
+        .legend(egui_plot::Legend::default().position(egui_plot::Corner::RightBottom))
+        .show(ui, |plot| {
+            plot.line(Line::new(what, PlotPoints::from(points)));
+            for m in markers {
+                let (name, color) = marker_style(m.kind);
+                plot.vline(VLine::new(name, m.t).color(color));
+            }
+        });
+}
+
+fn marker_style(kind: MarkerKind) -> (&'static str, egui::Color32) {
+    match kind {
+        MarkerKind::Load => ("load", WEIGHTS_COLOR),
+        MarkerKind::Generate => ("generate", KV_COLOR),
+        MarkerKind::Release => ("release", RUNTIME_COLOR),
+        MarkerKind::Error => ("error", egui::Color32::from_rgb(220, 60, 60)),
     }
 }
 

@@ -5,6 +5,7 @@
 //! and reads `meter/` snapshots), or block on either.
 
 mod app;
+mod messages;
 mod meter_panel;
 mod poem_marks;
 pub mod snapshot;

@@ -36,7 +36,9 @@ fn character(
         .problems
         .iter()
         .any(|p| p.line == line + 1 && p.column == col + 1);
-    let mut glyph = RichText::new(m.ch.to_string()).size(size);
+    let mut glyph = RichText::new(m.ch.to_string())
+        .size(size)
+        .color(ui.visuals().strong_text_color());
     if m.rhyme {
         glyph = glyph
             .color(ui.visuals().strong_text_color())
