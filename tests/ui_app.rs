@@ -196,12 +196,26 @@ fn history_panel_searches_deletes_and_exports() {
         h.query_all_by_label_contains("春眠不覺曉").next().is_none(),
         "filtered out"
     );
+    // Export writes the entries the search shows (through the dialog's path).
+    let out = dir.path().join("chosen.md");
+    h.state_mut().export_history_to(&out, true);
+    let md = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        md.contains("床前明月光") && !md.contains("春眠不覺曉"),
+        "{md}"
+    );
+    assert!(md.contains("1970-01-01"), "dated: {md}");
     h.get_by_label("Delete").click();
     h.run_steps(2);
     assert_eq!(store.load_history().0.len(), 1, "deletion is saved");
-    h.state_mut().export_history(true);
-    let md = std::fs::read_to_string(dir.path().join("poems.md")).unwrap();
-    assert!(md.contains("春眠不覺曉，處處聞啼鳥。"), "{md}");
+    // Undo brings it back, saved.
+    h.get_by_label("Undo").click();
+    h.run_steps(2);
+    assert_eq!(store.load_history().0.len(), 2, "undo is saved");
+    assert_eq!(
+        h.state().history[1].text,
+        "床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。"
+    );
 }
 
 #[test]
@@ -543,4 +557,34 @@ fn errors_are_plain_words_in_a_strip_that_does_not_move_the_controls() {
     h.get_by_label("Dismiss").click();
     h.run_steps(2);
     assert!(h.state().error.is_none());
+}
+
+#[test]
+fn copy_says_copied_and_a_poem_cut_short_is_marked_in_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    // 8 tokens cannot finish a 七絕: the poem is cut, and kept as such.
+    h.state_mut().settings.max_tokens = 8;
+    start_poem(&mut h, "月");
+    pump(&mut h, "poem", |a| {
+        !a.cards.is_empty() && a.cards.iter().all(|c| c.done)
+    });
+    assert!(h.state().cards[0].unfinished);
+    let saved = store.load_history().0;
+    assert!(saved.last().unwrap().unfinished, "history says it was cut");
+    h.get_by_label("stopped");
+    h.get_by_label("Copy").click();
+    h.run_steps(2);
+    h.get_by_label("copied");
+}
+
+#[test]
+fn first_launch_on_the_cpu_picks_f16_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let a = app(&store);
+    if a.settings.device == versifier::engine::DeviceChoice::Cpu {
+        assert_eq!(a.settings.precision, versifier::engine::Precision::F16);
+    }
 }

@@ -81,37 +81,82 @@ impl MemoryHistory {
         self.samples.back()
     }
 
-    /// CSV, one row per sample and GPU: `t,unix_ms,gpu,used_mib,total_mib,process_mib,rss_mib`,
-    /// then `# marker` lines.
+    /// CSV (quoted by the `csv` crate, so commas and quotes in marker labels
+    /// stay in their column): one row per sample and GPU, then one per marker:
+    /// `row,t,unix_ms,gpu,used_mib,total_mib,process_mib,rss_mib,marker,label`.
     pub fn to_csv(&self) -> String {
         let mib = |b: u64| format!("{:.1}", b as f64 / 1048576.0);
-        let mut out = String::from("t,unix_ms,gpu,used_mib,total_mib,process_mib,rss_mib\n");
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let mut rows: Vec<[String; 10]> = vec![[
+            "row",
+            "t",
+            "unix_ms",
+            "gpu",
+            "used_mib",
+            "total_mib",
+            "process_mib",
+            "rss_mib",
+            "marker",
+            "label",
+        ]
+        .map(String::from)];
         for s in &self.samples {
             let rss = s.rss_bytes.map(mib).unwrap_or_default();
+            let t = format!("{:.3}", s.t);
             if s.gpus.is_empty() {
-                out.push_str(&format!("{:.3},{},,,,,{rss}\n", s.t, s.unix_ms));
+                rows.push([
+                    "sample".into(),
+                    t.clone(),
+                    s.unix_ms.to_string(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    rss.clone(),
+                    String::new(),
+                    String::new(),
+                ]);
             }
             for g in &s.gpus {
-                let proc = g.process_bytes.map(mib).unwrap_or_default();
-                out.push_str(&format!(
-                    "{:.3},{},{},{},{},{proc},{rss}\n",
-                    s.t,
-                    s.unix_ms,
-                    g.index,
+                rows.push([
+                    "sample".into(),
+                    t.clone(),
+                    s.unix_ms.to_string(),
+                    g.index.to_string(),
                     mib(g.used_bytes),
-                    mib(g.total_bytes)
-                ));
+                    mib(g.total_bytes),
+                    g.process_bytes.map(mib).unwrap_or_default(),
+                    rss.clone(),
+                    String::new(),
+                    String::new(),
+                ]);
             }
         }
         for m in &self.markers {
-            out.push_str(&format!(
-                "# marker,{:.3},{:?},{}\n",
-                m.t,
-                m.kind,
-                m.label.replace('\n', " ")
-            ));
+            let kind = serde_json::to_value(m.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            rows.push([
+                "marker".into(),
+                format!("{:.3}", m.t),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                kind,
+                m.label.clone(),
+            ]);
         }
-        out
+        for row in &rows {
+            // Writing to a Vec cannot fail.
+            let _ = w.write_record(row);
+        }
+        w.into_inner()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
     }
 
     /// JSON lines: `{"sample": ...}` and `{"marker": ...}` in time order.
@@ -279,23 +324,43 @@ mod tests {
             label: "returned 512 MiB".into(),
         });
         h.push(snap(0.25));
+        h.markers.push_back(Marker {
+            t: 0.2,
+            kind: MarkerKind::Error,
+            label: "out of memory: needs 696 MiB, 298 free, \"cuda:0\"".into(),
+        });
         let csv = h.to_csv();
         let mut lines = csv.lines();
         assert_eq!(
             lines.next(),
-            Some("t,unix_ms,gpu,used_mib,total_mib,process_mib,rss_mib")
+            Some("row,t,unix_ms,gpu,used_mib,total_mib,process_mib,rss_mib,marker,label")
         );
         assert_eq!(
             lines.next(),
-            Some("0.000,1000,0,1024.0,81920.0,512.0,100.0")
+            Some("sample,0.000,1000,0,1024.0,81920.0,512.0,100.0,,")
         );
-        assert!(csv.contains("# marker,0.100,Release,returned 512 MiB"));
+        assert!(
+            csv.contains("marker,0.100,,,,,,,release,returned 512 MiB"),
+            "{csv}"
+        );
+        // A label with commas and quotes stays one field when read back.
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let labels: Vec<String> = reader
+            .records()
+            .map(|r| r.unwrap()[9].to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            labels[1],
+            "out of memory: needs 696 MiB, 298 free, \"cuda:0\""
+        );
+        assert!(reader.records().all(|r| r.unwrap().len() == 10));
         let jl: Vec<serde_json::Value> = h
             .to_json_lines()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(jl.len(), 3);
+        assert_eq!(jl.len(), 4);
         assert!(jl[1].get("marker").is_some(), "in time order");
     }
 

@@ -24,7 +24,48 @@ pub struct PoemRecord {
     pub verse: crate::poetry::VerseRules,
 }
 
+/// `unix_ms` as local date and time, `2026-12-01 14:05` (UTC where the
+/// local offset cannot be read).
+pub fn date_text(unix_ms: u64) -> String {
+    use time::{
+        format_description::FormatItem, macros::format_description, OffsetDateTime, UtcOffset,
+    };
+    const FORMAT: &[FormatItem<'static>] =
+        format_description!("[year]-[month]-[day] [hour]:[minute]");
+    let Ok(t) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000) else {
+        return String::new();
+    };
+    let offset = UtcOffset::current_local_offset().unwrap_or(UtcOffset::UTC);
+    t.to_offset(offset).format(FORMAT).unwrap_or_default()
+}
+
+/// The model's folder name, for lists.
+pub fn model_name(model: &str) -> &str {
+    std::path::Path::new(model)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(model)
+}
+
 impl PoemRecord {
+    /// One poem as a document: the poem, then its form, model, seed and date
+    /// (Markdown or plain text).
+    pub fn document(&self, markdown: bool) -> String {
+        let details = format!(
+            "{} · {} · seed {} · {}{}",
+            self.form.label(),
+            model_name(&self.model),
+            self.sampling.seed,
+            date_text(self.unix_ms),
+            if self.unfinished { " · stopped" } else { "" }
+        );
+        if markdown {
+            export_text(std::slice::from_ref(self), true)
+        } else {
+            format!("{}\n\n{details}\n", layout(&self.text))
+        }
+    }
+
     /// Whether the poem or its prompt contains `query`, simplified or
     /// traditional alike (西楼 finds 西樓).
     pub fn matches(&self, query: &str) -> bool {
@@ -46,7 +87,13 @@ pub fn export_text(records: &[PoemRecord], markdown: bool) -> String {
             for line in layout(&r.text).lines() {
                 out.push_str(&format!("{line}  \n"));
             }
-            out.push_str(&format!("\n*seed {} · {}*\n\n", r.sampling.seed, r.model));
+            out.push_str(&format!(
+                "\n*seed {} · {} · {}{}*\n\n",
+                r.sampling.seed,
+                model_name(&r.model),
+                date_text(r.unix_ms),
+                if r.unfinished { " · stopped" } else { "" }
+            ));
         } else {
             out.push_str(&layout(&r.text));
             out.push_str("\n\n");
@@ -95,7 +142,12 @@ mod tests {
         let md = export_text(std::slice::from_ref(&record), true);
         assert!(md.starts_with("## "), "{md}");
         assert!(md.contains("春眠不覺曉，處處聞啼鳥。  \n"), "{md}");
-        assert!(md.contains("*seed 42 · tang-poems*"), "{md}");
+        assert!(md.contains("*seed 42 · tang-poems · 1970-01-01"), "{md}");
+        let doc = record.document(false);
+        assert!(
+            doc.contains("seed 42") && doc.starts_with("春眠不覺曉"),
+            "{doc}"
+        );
         let txt = export_text(&[record.clone(), record], false);
         assert_eq!(txt.matches("花落知多少。").count(), 2, "{txt}");
         assert!(!txt.contains("seed"), "{txt}");

@@ -28,6 +28,19 @@ pub struct Card {
     pub record: Option<PoemRecord>,
 }
 
+/// What a file dialog is for.
+#[derive(Debug, Clone)]
+enum DialogPurpose {
+    /// Choose a model folder.
+    OpenModel,
+    /// Save `text` under a name the user picks (`name` suggested).
+    Save {
+        name: String,
+        text: String,
+        markdown: bool,
+    },
+}
+
 /// The form picker's choices (the acrostic heads are typed separately).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FormChoice {
@@ -124,11 +137,17 @@ pub struct VersifierApp {
     pub notices: Vec<String>,
     kv_cache_bytes: usize,
     prompt_had_focus: bool,
-    /// A native "Open model" dialog running on its own thread, and where its answer arrives.
+    /// A native file dialog running on its own thread, what it is for, and
+    /// where its answer arrives.
     dialog: Option<(
         std::thread::JoinHandle<()>,
+        DialogPurpose,
         std::sync::mpsc::Receiver<Option<PathBuf>>,
     )>,
+    /// The last history entry deleted, and where it was, for Undo.
+    deleted: Option<(usize, PoemRecord)>,
+    /// Which card's text was just copied, and when (a brief "copied").
+    copied: Option<(usize, Instant)>,
     /// The chosen model's config, read once per path (for the variation cost).
     config_cache: Option<(PathBuf, Option<crate::model::Gpt2Config>)>,
 }
@@ -160,6 +179,11 @@ impl VersifierApp {
         let device_note = if first_launch {
             let (preferred, note) = crate::device::preferred_device();
             settings.device = preferred;
+            // On the CPU, f16 weights decode about twice as fast, and the bundled
+            // model (stored in f16) writes exactly the same poems.
+            if preferred == DeviceChoice::Cpu {
+                settings.precision = Precision::F16;
+            }
             note
         } else {
             None
@@ -248,6 +272,8 @@ impl VersifierApp {
             prompt_had_focus: false,
             config_cache: None,
             dialog: None,
+            deleted: None,
+            copied: None,
         })
     }
 
@@ -431,45 +457,82 @@ impl VersifierApp {
     /// Opens the system's folder picker without blocking the window; without a
     /// portal or dialog the path field above stays the way to choose.
     fn open_model_dialog(&mut self) {
+        self.file_dialog(DialogPurpose::OpenModel);
+    }
+
+    /// Runs the system's file dialog for `purpose` on its own thread.
+    fn file_dialog(&mut self, purpose: DialogPurpose) {
         if self.dialog.is_some() {
             return;
         }
         let (tx, rx) = std::sync::mpsc::channel();
+        let documents =
+            directories::UserDirs::new().and_then(|d| d.document_dir().map(PathBuf::from));
+        let dialog_purpose = purpose.clone();
         let spawned = std::thread::Builder::new()
             .name("versifier-file-dialog".into())
             .spawn(move || {
-                let picked = rfd::FileDialog::new()
-                    .set_title("Open a GPT-2 model folder")
-                    .pick_folder();
+                let mut d = rfd::FileDialog::new();
+                if let Some(dir) = documents {
+                    d = d.set_directory(dir);
+                }
+                let picked = match &dialog_purpose {
+                    DialogPurpose::OpenModel => {
+                        d.set_title("Open a GPT-2 model folder").pick_folder()
+                    }
+                    DialogPurpose::Save { name, markdown, .. } => d
+                        .set_title("Save")
+                        .set_file_name(name)
+                        .add_filter(
+                            if *markdown { "Markdown" } else { "Text" },
+                            &[if *markdown { "md" } else { "txt" }],
+                        )
+                        .save_file(),
+                };
                 let _ = tx.send(picked);
             });
         match spawned {
-            Ok(handle) => self.dialog = Some((handle, rx)),
+            Ok(handle) => self.dialog = Some((handle, purpose, rx)),
             Err(e) => self.notices.push(format!(
-                "could not open a file dialog ({e}); type the folder's path instead"
+                "Could not open a file dialog ({e}); type the folder's path instead."
             )),
         }
     }
 
     fn poll_dialog(&mut self) {
-        let Some((_, rx)) = &self.dialog else { return };
+        let Some((_, _, rx)) = &self.dialog else {
+            return;
+        };
         match rx.try_recv() {
             Ok(picked) => {
-                if let Some((handle, _)) = self.dialog.take() {
-                    let _ = handle.join();
-                }
-                match picked {
-                    Some(p) => self.model_field = p.display().to_string(),
-                    None => self.notices.push("no folder chosen (or no file dialog on this system): type the model folder's path in the Model field".into()),
+                let Some((handle, purpose, _)) = self.dialog.take() else {
+                    return;
+                };
+                let _ = handle.join();
+                match (purpose, picked) {
+                    (DialogPurpose::OpenModel, Some(p)) => self.model_field = p.display().to_string(),
+                    (DialogPurpose::OpenModel, None) => self.notices.push("No folder chosen (or no file dialog on this system): type the model folder's path in the Model field.".into()),
+                    (DialogPurpose::Save { text, .. }, Some(p)) => self.write_file(&p, &text),
+                    (DialogPurpose::Save { .. }, None) => {}
                 }
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => {}
             Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                if let Some((handle, _)) = self.dialog.take() {
+                if let Some((handle, _, _)) = self.dialog.take() {
                     let _ = handle.join();
                 }
             }
         }
+    }
+
+    /// Writes `text` to `path` atomically and says where it went.
+    pub fn write_file(&mut self, path: &std::path::Path, text: &str) {
+        self.notices.push(
+            match crate::store::write_bytes_atomic(path, text.as_bytes()) {
+                Ok(()) => format!("Saved {}.", path.display()),
+                Err(e) => format!("Not saved: {e}"),
+            },
+        );
     }
 
     /// Handles every event that has arrived; never blocks.
@@ -911,6 +974,18 @@ impl VersifierApp {
                                             .clicked()
                                         {
                                             ui.ctx().copy_text(layout(&full));
+                                            self.copied = Some((i, Instant::now()));
+                                        }
+                                        if let Some((c, at)) = self.copied {
+                                            if c == i && at.elapsed() < Duration::from_millis(1500)
+                                            {
+                                                ui.label(
+                                                    egui::RichText::new("copied").small().weak(),
+                                                );
+                                                ui.ctx().request_repaint_after(
+                                                    Duration::from_millis(200),
+                                                );
+                                            }
                                         }
                                         if ui
                                             .add_enabled(
@@ -920,7 +995,7 @@ impl VersifierApp {
                                             .on_hover_text("Save to a text file in the data folder")
                                             .clicked()
                                         {
-                                            self.save_card(i, &full);
+                                            self.save_card(i);
                                         }
                                         if let Some(record) = &card.record {
                                             if ui
@@ -949,9 +1024,10 @@ impl VersifierApp {
             if let Some(record) = rerun {
                 self.rerun(&record);
             }
-            if !self.history.is_empty() {
+            if !self.history.is_empty() || self.deleted.is_some() {
                 ui.separator();
                 egui::CollapsingHeader::new(format!("History ({})", self.history.len()))
+                    .id_salt("history")
                     .show(ui, |ui| self.history_panel(ui));
             }
         });
@@ -1054,13 +1130,31 @@ impl VersifierApp {
                     .hint_text("search")
                     .desired_width(160.0),
             );
-            if ui.button("Export Markdown").clicked() {
+            if ui
+                .button("Export Markdown…")
+                .on_hover_text("Save the entries shown (the search applies)")
+                .clicked()
+            {
                 self.export_history(true);
             }
-            if ui.button("Export text").clicked() {
+            if ui.button("Export text…").clicked() {
                 self.export_history(false);
             }
         });
+        if let Some((_, r)) = &self.deleted {
+            let shown: String = r.text.chars().take(12).collect();
+            let mut undo = false;
+            ui.horizontal(|ui| {
+                ui.label(egui::RichText::new(format!("Deleted {shown}…")).weak());
+                undo = ui.small_button("Undo").clicked();
+            });
+            if undo {
+                if let Some((i, r)) = self.deleted.take() {
+                    self.history.insert(i.min(self.history.len()), r);
+                    self.save_history();
+                }
+            }
+        }
         let filter = self.history_filter.trim().to_string();
         let mut rerun = None;
         let mut delete = None;
@@ -1069,7 +1163,20 @@ impl VersifierApp {
                 continue;
             }
             ui.horizontal(|ui| {
-                ui.label(format!("{} · {}", r.form.label(), r.text));
+                ui.label(
+                    egui::RichText::new(format!(
+                        "{} · {} · {}",
+                        crate::store::date_text(r.unix_ms),
+                        r.form.label(),
+                        crate::store::model_name(&r.model)
+                    ))
+                    .small()
+                    .weak(),
+                );
+                ui.label(&r.text);
+                if r.unfinished {
+                    ui.label(egui::RichText::new("stopped").small().weak());
+                }
                 if ui
                     .small_button("Re-run")
                     .on_hover_text(format!("seed {}", r.sampling.seed))
@@ -1092,27 +1199,38 @@ impl VersifierApp {
             self.rerun(&r);
         }
         if let Some(i) = delete {
-            self.history.remove(i);
+            let r = self.history.remove(i);
+            self.deleted = Some((i, r));
             self.save_history();
         }
     }
 
     /// Writes the history as Markdown or plain text next to the history file.
+    /// The history entries the search shows, oldest first.
+    fn filtered_history(&self) -> Vec<PoemRecord> {
+        self.history
+            .iter()
+            .filter(|r| r.matches(&self.history_filter))
+            .cloned()
+            .collect()
+    }
+
+    /// Exports the entries the search shows through a save dialog (the
+    /// documents folder first).
     pub fn export_history(&mut self, markdown: bool) {
-        let Some(store) = &self.store else { return };
-        let out = crate::store::export_text(&self.history, markdown);
-        let ext = if markdown { "md" } else { "txt" };
-        let dir = store
-            .history_path
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
-        let path = dir.join(format!("poems.{ext}"));
-        let result = crate::store::write_bytes_atomic(&path, out.as_bytes());
-        self.notices.push(match result {
-            Ok(()) => format!("history exported to {}", path.display()),
-            Err(e) => e.to_string(),
+        let text = crate::store::export_text(&self.filtered_history(), markdown);
+        let name = if markdown { "poems.md" } else { "poems.txt" };
+        self.file_dialog(DialogPurpose::Save {
+            name: name.into(),
+            text,
+            markdown,
         });
+    }
+
+    /// Writes the entries the search shows to `path` (what the dialog does).
+    pub fn export_history_to(&mut self, path: &std::path::Path, markdown: bool) {
+        let text = crate::store::export_text(&self.filtered_history(), markdown);
+        self.write_file(path, &text);
     }
 
     /// Sends a command, returning a message when the queue refused it.
@@ -1221,26 +1339,26 @@ impl VersifierApp {
         });
     }
 
-    fn save_card(&mut self, index: usize, text: &str) {
-        let Some(store) = &self.store else { return };
-        let dir = store
-            .history_path
-            .parent()
-            .map(|p| p.join("poems"))
-            .unwrap_or_else(|| PathBuf::from("poems"));
-        let name = format!(
-            "poem-{}-{}.txt",
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            index + 1
-        );
-        let path = dir.join(name);
-        let result =
-            std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, layout(text) + "\n"));
-        self.notices.push(match result {
-            Ok(()) => format!("saved {}", path.display()),
-            Err(e) => format!("{}: {e}", path.display()),
+    /// Saves a card through a save dialog: the poem with its details when it
+    /// finished, else its text.
+    fn save_card(&mut self, index: usize) {
+        let Some(card) = self.cards.get(index) else {
+            return;
+        };
+        let (name, text) = match &card.record {
+            Some(r) => (
+                format!("{}-{}.txt", r.prompt.trim(), r.sampling.seed),
+                r.document(false),
+            ),
+            None => (
+                format!("poem-{}.txt", index + 1),
+                layout(&format!("{}{}", card.prompt, card.text)) + "\n",
+            ),
+        };
+        self.file_dialog(DialogPurpose::Save {
+            name,
+            text,
+            markdown: false,
         });
     }
 }
@@ -1316,7 +1434,7 @@ impl Drop for VersifierApp {
     fn drop(&mut self) {
         // A finished dialog thread is joined; one still waiting for the user is
         // left to end with the process (joining it would hang the exit).
-        if let Some((handle, _)) = self.dialog.take() {
+        if let Some((handle, _, _)) = self.dialog.take() {
             if handle.is_finished() {
                 let _ = handle.join();
             }
