@@ -588,3 +588,24 @@ fn first_launch_on_the_cpu_picks_f16_weights() {
         assert_eq!(a.settings.precision, versifier::engine::Precision::F16);
     }
 }
+
+#[test]
+fn an_unreadable_settings_file_is_said_in_the_message_strip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    std::fs::write(
+        &store.settings_path,
+        r#"{"variations": 3, "precision": "F16"}"#,
+    )
+    .unwrap();
+    let h = harness(app(&store));
+    assert!(
+        h.state()
+            .notices
+            .iter()
+            .any(|n| n.contains("settings.json")),
+        "{:?}",
+        h.state().notices
+    );
+    h.get_by_label_contains("settings.json");
+}

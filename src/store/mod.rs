@@ -69,6 +69,14 @@ impl Store {
         (settings, (!note.is_empty()).then(|| note.join("\n")))
     }
 
+    /// The saved window size, read without touching the file: an unreadable
+    /// file stays where it is for [`Self::load_settings`] to report.
+    pub fn peek_window_size(&self) -> Option<[f32; 2]> {
+        let text = std::fs::read_to_string(&self.settings_path).ok()?;
+        let settings: Settings = serde_json::from_str(&text).ok()?;
+        settings.sanitized().0.window_size
+    }
+
     pub fn save_settings(&self, s: &Settings) -> Result<(), StoreError> {
         write_json_atomic(&self.settings_path, s)
     }
@@ -117,6 +125,23 @@ pub fn bundled_model() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peeking_at_the_window_size_leaves_an_unreadable_file_for_the_app_to_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_dir(dir.path());
+        std::fs::write(&store.settings_path, r#"{"precision": "F16"}"#).unwrap();
+        assert_eq!(store.peek_window_size(), None);
+        let (_, note) = store.load_settings();
+        assert!(note.is_some_and(|n| n.contains("settings.json")));
+        store
+            .save_settings(&Settings {
+                window_size: Some([900.0, 600.0]),
+                ..Settings::default()
+            })
+            .unwrap();
+        assert_eq!(store.peek_window_size(), Some([900.0, 600.0]));
+    }
 
     #[test]
     fn bundled_model_is_found_from_the_source_tree() {

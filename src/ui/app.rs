@@ -1451,6 +1451,15 @@ impl eframe::App for VersifierApp {
             }
         }
         self.show(ui);
+        if let Some(launched) = super::LAUNCHED.get() {
+            static FIRST_FRAME: std::sync::Once = std::sync::Once::new();
+            FIRST_FRAME.call_once(|| {
+                tracing::info!(
+                    first_frame_ms = launched.elapsed().as_secs_f64() * 1000.0,
+                    "first frame laid out"
+                );
+            });
+        }
     }
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {

@@ -38,12 +38,16 @@ pub fn install_fonts(ctx: &egui::Context) {
 /// in `assets/icons/` for the menu entry).
 const WINDOW_ICON_PNG: &[u8] = include_bytes!("../../assets/icons/versifier-256.png");
 
+/// When `run` was called, for the first-frame figure in the log.
+static LAUNCHED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 /// Opens the window and runs until it is closed.
 pub fn run() -> Result<(), eframe::Error> {
+    let _ = LAUNCHED.set(std::time::Instant::now());
     let store = crate::store::Store::system();
     let size = store
         .as_ref()
-        .and_then(|s| s.load_settings().0.window_size)
+        .and_then(crate::store::Store::peek_window_size)
         .unwrap_or([1180.0, 760.0]);
     let mut viewport = egui::ViewportBuilder::default()
         .with_title("Versifier")
