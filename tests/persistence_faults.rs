@@ -21,6 +21,8 @@ fn poem(i: usize) -> PoemRecord {
         model: "models/tang-poems".into(),
         sampling: Default::default(),
         unix_ms: i as u64,
+        unfinished: false,
+        verse: Default::default(),
     }
 }
 

@@ -30,6 +30,9 @@ pub struct Settings {
     pub verse: VerseRules,
     /// Poem cards show each character's tone mark and the verdict.
     pub show_marks: bool,
+    /// Yield mode: release an idle model when the GPU has less than this
+    /// many MiB free (`None`: off).
+    pub yield_below_mib: Option<u64>,
     pub preload_on_focus: bool,
     pub vertical_layout: bool,
     pub window_size: Option<[f32; 2]>,
@@ -52,6 +55,7 @@ impl Default for Settings {
             form: PoemForm::QiJue,
             verse: VerseRules::default(),
             show_marks: false,
+            yield_below_mib: None,
             preload_on_focus: true,
             vertical_layout: false,
             window_size: None,

@@ -729,6 +729,7 @@ impl VersifierApp {
             egui::Panel::bottom("messages").show(ui, |ui| self.messages(ui));
         }
         egui::CentralPanel::default().show(ui, |ui| self.writer(ui, generating));
+        self.apply_yield_mode();
         self.save_settings_if_changed();
         // The countdown needs a tick even when nothing else happens.
         if self.idle_left.is_some() {
@@ -1261,6 +1262,28 @@ impl VersifierApp {
         }
     }
 
+    /// Yield mode: releases an idle model when other programs squeeze the GPU,
+    /// saying why in the timeline and a notice.
+    fn apply_yield_mode(&mut self) {
+        let Some(keep_free) = self.settings.yield_below_mib else {
+            return;
+        };
+        let latest = self.latest_memory();
+        let Some(why) = super::yield_mode::yield_reason(
+            &self.state,
+            self.settings.device,
+            latest.as_ref(),
+            keep_free,
+        ) else {
+            return;
+        };
+        self.mark(MarkerKind::Release, "yield".into());
+        self.release();
+        // Until the engine says Releasing, do not ask again.
+        self.state = EngineState::Releasing;
+        self.notices.push(why);
+    }
+
     /// What the memory panel draws, borrowed from the app's state.
     fn meter_view(&mut self) -> MeterView<'_> {
         let generating = matches!(self.state, EngineState::Generating);
@@ -1286,6 +1309,7 @@ impl VersifierApp {
             release_at_unix_ms: self.release_at_unix_ms,
             kv_estimate_bytes,
             compact: false,
+            yield_below_mib: self.settings.yield_below_mib,
             kv_cache_bytes: self.kv_cache_bytes,
             idle_left: self.idle_left,
             pinned: self.pinned,
@@ -1312,6 +1336,7 @@ impl VersifierApp {
                 }
             }
             MeterAction::ExportTimeline => self.export_timeline(),
+            MeterAction::SetYield(keep_free) => self.settings.yield_below_mib = keep_free,
         }
     }
 

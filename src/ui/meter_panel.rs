@@ -43,6 +43,8 @@ pub struct MeterView<'a> {
     pub kv_estimate_bytes: Option<u64>,
     /// A narrow window: figures and buttons only, no plot or legends.
     pub compact: bool,
+    /// Yield mode's threshold (MiB to keep free), when on.
+    pub yield_below_mib: Option<u64>,
     /// Idle time left, as of when it was reported.
     pub idle_left: Option<(Duration, Instant)>,
     pub pinned: bool,
@@ -60,6 +62,8 @@ pub enum MeterAction {
     SetIdleTimeout(Option<u64>),
     /// Export timeline pressed: write the memory history as CSV.
     ExportTimeline,
+    /// Yield mode turned on (MiB to keep free) or off.
+    SetYield(Option<u64>),
 }
 
 /// Draws the panel; returns what the user did this frame.
@@ -214,6 +218,29 @@ pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
                 }
             });
     });
+    if let DeviceChoice::Cuda(_) = view.device {
+        ui.horizontal(|ui| {
+            let mut on = view.yield_below_mib.is_some();
+            let mut mib_free = view.yield_below_mib.unwrap_or(2048);
+            let toggled = ui
+                .checkbox(&mut on, "Yield")
+                .on_hover_text(
+                    "While idle, give the GPU back when other programs leave less than this free",
+                )
+                .changed();
+            let edited = ui
+                .add_enabled(
+                    on,
+                    egui::DragValue::new(&mut mib_free)
+                        .range(256..=262_144)
+                        .suffix(" MiB free"),
+                )
+                .changed();
+            if toggled || edited {
+                actions.push(MeterAction::SetYield(on.then_some(mib_free)));
+            }
+        });
+    }
     if let Some((left, at)) = view.idle_left {
         let left = left.saturating_sub(at.elapsed());
         ui.label(format!(

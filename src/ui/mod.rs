@@ -9,6 +9,7 @@ mod messages;
 mod meter_panel;
 mod poem_marks;
 pub mod snapshot;
+pub mod yield_mode;
 
 pub use app::{Card, VersifierApp};
 
