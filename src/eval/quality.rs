@@ -206,6 +206,45 @@ fn merge(figures: &[&VerseFigure], texts: &[&Sample]) -> VerseFigure {
     f
 }
 
+/// One batch: `variations` samples of `prompt_ids` (their text starting with
+/// `start`), and how many positions the verse rules relaxed.
+fn sample_batch(
+    loaded: &LoadedModel,
+    tok: &crate::model::TextTokenizer,
+    (prompt_ids, constraint): (Vec<u32>, Option<crate::generate::FormStart>),
+    start: &str,
+    variations: usize,
+    seed: u64,
+) -> Result<(Vec<Sample>, usize), BenchError> {
+    let req = GenerateRequest {
+        prompt_ids: prompt_ids.clone(),
+        variations,
+        max_new_tokens: 80,
+        sampling: sampling(seed),
+        stop_ids: tok.stop_ids().to_vec(),
+        constraint,
+    };
+    let g = generate(
+        &loaded.model,
+        &req,
+        |id| tok.token_bytes(id),
+        &|| false,
+        |_| {},
+    )?;
+    let relaxed = g.variations.iter().map(|v| v.relaxed.len()).sum();
+    let samples = g
+        .variations
+        .into_iter()
+        .map(|v| Sample {
+            text: format!("{start}{}", v.text),
+            prompt_ids: prompt_ids.clone(),
+            finished: v.stop == Some(StopReason::Stop),
+            ids: v.ids,
+        })
+        .collect();
+    Ok((samples, relaxed))
+}
+
 /// `n` samples of `form` from the quality prompts, rules as `verse` says.
 fn constrained_samples(
     loaded: &LoadedModel,
@@ -225,30 +264,10 @@ fn constrained_samples(
             .as_ref()
             .map(|(_, s)| s.clone())
             .unwrap_or_default();
-        let req = GenerateRequest {
-            prompt_ids: ids.clone(),
-            variations: n,
-            max_new_tokens: 80,
-            sampling: sampling(opts.seed + 7919 * (form_index as u64 + 1) + out.len() as u64),
-            stop_ids: tok.stop_ids().to_vec(),
-            constraint,
-        };
-        let g = generate(
-            &loaded.model,
-            &req,
-            |id| tok.token_bytes(id),
-            &|| false,
-            |_| {},
-        )?;
-        for v in g.variations {
-            relaxed += v.relaxed.len();
-            out.push(Sample {
-                text: format!("{start}{}", v.text),
-                prompt_ids: ids.clone(),
-                finished: v.stop == Some(StopReason::Stop),
-                ids: v.ids,
-            });
-        }
+        let seed = opts.seed + 7919 * (form_index as u64 + 1) + out.len() as u64;
+        let (samples, r) = sample_batch(loaded, tok, (ids, constraint), &start, n, seed)?;
+        out.extend(samples);
+        relaxed += r;
     }
     Ok((out, relaxed))
 }
@@ -277,29 +296,9 @@ fn free_samples(loaded: &LoadedModel, opts: &QualityOptions) -> Result<Vec<Sampl
         let mut batch_no = 0u64;
         while left > 0 {
             let n = left.min(crate::generate::MAX_VARIATIONS);
-            let req = GenerateRequest {
-                prompt_ids: ids.clone(),
-                variations: n,
-                max_new_tokens: 80,
-                sampling: sampling(opts.seed + 1000 * pi as u64 + 100 * batch_no),
-                stop_ids: tok.stop_ids().to_vec(),
-                constraint: None,
-            };
-            let g = generate(
-                &loaded.model,
-                &req,
-                |id| tok.token_bytes(id),
-                &|| false,
-                |_| {},
-            )?;
-            for v in g.variations {
-                out.push(Sample {
-                    text: format!("{prompt}{}", v.text),
-                    prompt_ids: ids.clone(),
-                    finished: v.stop == Some(StopReason::Stop),
-                    ids: v.ids,
-                });
-            }
+            let seed = opts.seed + 1000 * pi as u64 + 100 * batch_no;
+            let (samples, _) = sample_batch(loaded, tok, (ids.clone(), None), prompt, n, seed)?;
+            out.extend(samples);
             left -= n;
             batch_no += 1;
         }
