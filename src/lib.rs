@@ -11,6 +11,7 @@ pub mod generate;
 pub mod meter;
 pub mod model;
 pub mod poetry;
+pub mod serve;
 pub mod store;
 pub mod train;
 #[cfg(feature = "gui")]

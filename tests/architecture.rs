@@ -7,7 +7,8 @@ use std::path::Path;
 
 /// Bottom to top. Each may use the ones before it.
 const LAYERS: &[&str] = &[
-    "model", "poetry", "meter", "generate", "device", "store", "train", "engine", "eval", "ui",
+    "model", "poetry", "meter", "generate", "device", "store", "train", "engine", "eval", "serve",
+    "ui",
 ];
 
 fn rank(module: &str) -> Option<usize> {

@@ -15,6 +15,7 @@ mod generate;
 mod info;
 mod logging;
 mod selftest;
+mod serve;
 #[cfg(feature = "gui")]
 mod snapshots;
 mod train;
@@ -24,6 +25,7 @@ use check::CheckArgs;
 use corpus::CorpusArgs;
 use info::InfoArgs;
 use selftest::SelftestArgs;
+use serve::ServeArgs;
 #[cfg(feature = "gui")]
 use snapshots::SnapshotsArgs;
 
@@ -72,6 +74,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Turn the chinese-poetry collection into training text (see packaging/corpus/).
     Corpus(CorpusArgs),
+    /// Serve poems over local HTTP (JSON and server-sent events), one engine per device.
+    Serve(ServeArgs),
     /// Train a GPT-2 poem model on a prepared corpus.
     Train(TrainArgs),
     /// Check this build on a device against the reference fixtures (tests/fixtures).
@@ -95,6 +99,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Selftest(args)) => selftest::run_selftest(args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Train(a)) => run_train(a),
+        Some(Command::Serve(a)) => serve::run_serve(a),
     }
 }
 

@@ -118,6 +118,9 @@ enum Inbox {
     SwapLoaded(Box<Result<Resident, JobFailure>>),
 }
 
+/// Request ids cancelled one by one (shared by the remote and the owner).
+type CancelledSet = Arc<std::sync::Mutex<std::collections::HashSet<RequestId>>>;
+
 /// A cloneable way to send commands and cancel work, usable from any thread
 /// (the UI, a callback, a test).
 #[derive(Clone)]
@@ -125,6 +128,8 @@ pub struct EngineRemote {
     commands: SyncSender<Inbox>,
     /// Generations with an id at or below this are cancelled.
     cancel_up_to: Arc<AtomicU64>,
+    /// Single requests cancelled by id (a server's client that went away).
+    cancelled: CancelledSet,
     next_id: Arc<AtomicU64>,
     capacity: usize,
 }
@@ -150,6 +155,13 @@ impl EngineRemote {
         self.cancel_up_to.fetch_max(last, Ordering::Relaxed);
     }
 
+    /// Stops one request (running or queued) between tokens; the others go on.
+    pub fn cancel_request(&self, id: RequestId) {
+        if let Ok(mut set) = self.cancelled.lock() {
+            set.insert(id);
+        }
+    }
+
     /// Cancels running work, then releases everything.
     pub fn release(&self) -> Result<(), EngineError> {
         self.cancel();
@@ -171,7 +183,9 @@ impl Engine {
         let (cmd_tx, cmd_rx) = mpsc::sync_channel(capacity);
         let (ev_tx, ev_rx) = mpsc::channel();
         let cancel_up_to = Arc::new(AtomicU64::new(0));
+        let cancelled = CancelledSet::default();
         let owner = OwnerThread {
+            cancelled: Arc::clone(&cancelled),
             inbox: cmd_rx,
             loader_tx: cmd_tx.clone(),
             swap: None,
@@ -195,6 +209,7 @@ impl Engine {
         let remote = EngineRemote {
             commands: cmd_tx,
             cancel_up_to,
+            cancelled,
             next_id: Arc::new(AtomicU64::new(1)),
             capacity,
         };
@@ -288,6 +303,7 @@ struct OwnerThread {
     pinned: bool,
     last_activity: Option<Instant>,
     cancel_up_to: Arc<AtomicU64>,
+    cancelled: CancelledSet,
     loaded: Option<Resident>,
     /// NVML, opened on first use (never creates a CUDA context).
     meter: Option<GpuMeter>,
@@ -881,7 +897,11 @@ impl OwnerThread {
         })?;
         self.set_state(EngineState::Generating);
         let cancel_up_to = Arc::clone(&self.cancel_up_to);
-        let is_cancelled = move || cancel_up_to.load(Ordering::Relaxed) >= job.id;
+        let cancelled = Arc::clone(&self.cancelled);
+        let is_cancelled = move || {
+            cancel_up_to.load(Ordering::Relaxed) >= job.id
+                || cancelled.lock().is_ok_and(|set| set.contains(&job.id))
+        };
         let bytes = |id: u32| -> &[u8] { tok.map_or(&[], |t| t.token_bytes(id)) };
         let events = &self.events;
         let waker = &self.waker;
@@ -897,6 +917,9 @@ impl OwnerThread {
                 });
             }
         });
+        if let Ok(mut set) = self.cancelled.lock() {
+            set.remove(&job.id);
+        }
         match result {
             Ok(mut generation) => {
                 if let Some(t) = tok {

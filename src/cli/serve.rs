@@ -1,0 +1,100 @@
+//! `versifier serve`: the engine over local HTTP; see `versifier::serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use versifier::engine::{DeviceChoice, Precision};
+use versifier::serve::{run_until_ctrl_c, ServeOptions};
+
+use super::{model_or_bundled, DeviceArg};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Off loopback a bearer token is required.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+    /// One engine per entry: auto, cpu, cuda:N (cpu,cpu gives two CPU engines).
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    devices: Vec<DeviceArg>,
+    /// Checkpoint folder (default: the bundled Tang model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
+    /// Release an engine after this long idle: 90s, 5m, 1h, or never.
+    #[arg(long, default_value = "5m")]
+    idle: String,
+    /// Requests accepted per engine before answering 503 with Retry-After.
+    #[arg(long, default_value_t = 16)]
+    max_queue: usize,
+    /// File holding the bearer token clients must send (never the token itself
+    /// on the command line); or set VERSIFIER_TOKEN.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+/// `90s`, `5m`, `1h`, a number of seconds, or `never`.
+fn idle(text: &str) -> Result<Option<Duration>> {
+    let t = text.trim();
+    if t == "never" {
+        return Ok(None);
+    }
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("invalid setting `idle`: `{text}`; give 90s, 5m, 1h or never"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => bail!("invalid setting `idle`: `{text}`; give 90s, 5m, 1h or never"),
+    };
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+pub fn run_serve(args: ServeArgs) -> Result<()> {
+    let token = match &args.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read the token file", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("VERSIFIER_TOKEN").ok(),
+    };
+    let devices: Vec<DeviceChoice> = args.devices.iter().map(|d| d.resolve()).collect();
+    let opts = ServeOptions {
+        bind: args.bind,
+        devices,
+        model: model_or_bundled(args.model)?,
+        precision: args.dtype,
+        idle: idle(&args.idle)?,
+        max_queue: args.max_queue,
+        token,
+    };
+    run_until_ctrl_c(&opts, |addr| {
+        eprintln!("versifier serve: listening on http://{addr} (Ctrl+C stops)");
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn idle_durations_parse_with_units_and_never() {
+        assert_eq!(
+            super::idle("90s").unwrap(),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            super::idle("5m").unwrap(),
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(super::idle("never").unwrap(), None);
+        assert!(super::idle("5 weeks").is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! `versifier serve`: the engine over local HTTP (axum on tokio). One engine
+//! per device, started on its first request, each with its own idle release;
+//! requests go to the engine with the fewest in flight.
+//!
+//! Endpoints: `POST /v1/poems` (JSON, or server-sent events with
+//! `"stream": true`), `GET /v1/status`, `POST /v1/release`, `GET /metrics`.
+//! Errors are `{"error": {"kind", "message"}}` with the matching status.
+//!
+//! Owns: the HTTP surface, request limits, the token check. Must not: hold a
+//! model or open a device (the engines do), or be used by anything below it.
+
+mod pool;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use pool::{EnginePool, EngineStatus, PoolError};
+
+use crate::engine::{DeviceChoice, Precision};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub bind: SocketAddr,
+    /// One engine per entry (`cpu,cpu` gives two CPU engines).
+    pub devices: Vec<DeviceChoice>,
+    pub model: PathBuf,
+    pub precision: Precision,
+    /// Idle release per engine; `None` never.
+    pub idle: Option<Duration>,
+    /// Requests accepted per engine before the server answers 503.
+    pub max_queue: usize,
+    /// Bearer token every request must carry; required off loopback.
+    pub token: Option<String>,
+}
+
+/// Why the server did not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--bind {0} is not a loopback address, so a bearer token is required: put one in a file and pass --token-file FILE (or set VERSIFIER_TOKEN)")]
+    TokenRequired(SocketAddr),
+    #[error("invalid setting `devices`: give at least one device (cpu, cuda:N)")]
+    NoDevices,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server's runtime could not start: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("the server stopped: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub pool: EnginePool,
+    pub token: Option<String>,
+    pub meter: Option<std::sync::Mutex<crate::meter::GpuMeter>>,
+}
+
+fn check(opts: &ServeOptions) -> Result<(), ServeError> {
+    if opts.devices.is_empty() {
+        return Err(ServeError::NoDevices);
+    }
+    if !opts.bind.ip().is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
+        return Err(ServeError::TokenRequired(opts.bind));
+    }
+    Ok(())
+}
+
+fn state(opts: &ServeOptions) -> Arc<AppState> {
+    Arc::new(AppState {
+        pool: EnginePool::new(
+            &opts.devices,
+            opts.model.clone(),
+            opts.precision,
+            opts.idle,
+            opts.max_queue,
+        ),
+        token: opts.token.clone().filter(|t| !t.is_empty()),
+        meter: Some(std::sync::Mutex::new(crate::meter::GpuMeter::open())),
+    })
+}
+
+/// A server running on its own named thread (tests, embedding).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets requests in flight finish, releases every engine
+    /// and joins the thread.
+    pub fn stop(mut self) -> Result<(), ServeError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ServeError::Serve(std::io::Error::other(
+                "the server thread panicked",
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+/// Starts the server on a thread of its own and returns once it listens.
+pub fn start(opts: &ServeOptions) -> Result<RunningServer, ServeError> {
+    check(opts)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("versifier-serve")
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(opts.bind))
+        .map_err(|source| ServeError::Bind {
+            addr: opts.bind,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: opts.bind,
+        source,
+    })?;
+    let app = routes::router(state(opts));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("versifier-serve-main".into())
+        .spawn(move || {
+            let served = runtime.block_on(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await
+            });
+            // Handlers (and their engines) go with the runtime.
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            served.map_err(ServeError::Serve)
+        })
+        .map_err(ServeError::Runtime)?;
+    Ok(RunningServer {
+        addr,
+        shutdown: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+/// Runs the server until Ctrl+C (the command line's `versifier serve`).
+pub fn run_until_ctrl_c(
+    opts: &ServeOptions,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let server = start(opts)?;
+    on_listening(server.addr);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A second handler cannot be installed; then only the process signal stops us.
+    let _ = ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    });
+    let _ = rx.recv();
+    server.stop()
+}

@@ -1,0 +1,526 @@
+//! The HTTP routes: request parsing with limits and clear errors, the token
+//! check, and turning engine events into JSON or server-sent events.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::pool::{PoolError, Ticket};
+use super::{AppState, MAX_BODY_BYTES};
+use crate::engine::{DeviceChoice, ErrorKind, Event, GenerateJob, Prompt};
+use crate::generate::forms::PoemForm;
+use crate::generate::{Generation, SamplingParams, MAX_VARIATIONS};
+use crate::poetry::{check_poem, RulesMode, TemplateStart, VerseRules};
+
+/// The longest prompt accepted, in characters.
+const MAX_PROMPT_CHARS: usize = 64;
+/// The most tokens one request may ask for.
+const MAX_TOKENS: usize = 256;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/poems", post(poems))
+        .route("/v1/status", get(status))
+        .route("/v1/release", post(release))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// An error answer: `{"error": {"kind", "message"}}` with its status.
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "bad_request",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": {"kind": self.kind, "message": self.message}}));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
+        let (status, kind) = match e {
+            PoolError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            PoolError::Start { .. } | PoolError::Stopped { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "engine")
+            }
+        };
+        Self {
+            status,
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The bearer token, when the server has one.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| g.as_bytes() == token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "unauthorized",
+            message: "this server needs `Authorization: Bearer <token>` (the token from its --token-file)".into(),
+        })
+    }
+}
+
+/// `POST /v1/poems`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoemRequest {
+    prompt: String,
+    #[serde(default)]
+    form: Option<String>,
+    #[serde(default)]
+    rules: Option<String>,
+    #[serde(default)]
+    rhyme: Option<String>,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    variations: Option<usize>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    stream: bool,
+}
+
+/// The body as JSON of type `T`, or a 400 that says what is wrong.
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("the request body is not valid: {e}")))
+}
+
+/// What the request asks for, checked.
+struct Checked {
+    prompt: String,
+    form: PoemForm,
+    verse: VerseRules,
+    variations: usize,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stream: bool,
+}
+
+fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
+    let prompt = r.prompt.trim().to_string();
+    if prompt.chars().count() > MAX_PROMPT_CHARS {
+        return Err(ApiError::bad(format!(
+            "invalid setting prompt: {} characters; at most {MAX_PROMPT_CHARS}",
+            prompt.chars().count()
+        )));
+    }
+    let form: PoemForm = r
+        .form
+        .as_deref()
+        .unwrap_or("qijue")
+        .parse()
+        .map_err(|e: crate::generate::forms::FormParseError| ApiError::bad(e.to_string()))?;
+    let mode: RulesMode = r
+        .rules
+        .as_deref()
+        .unwrap_or("strict")
+        .parse()
+        .map_err(ApiError::bad)?;
+    let template: TemplateStart = r
+        .template
+        .as_deref()
+        .unwrap_or("any")
+        .parse()
+        .map_err(ApiError::bad)?;
+    let verse = VerseRules {
+        mode,
+        rhyme: r.rhyme,
+        template,
+    };
+    verse
+        .rhyme_group()
+        .map_err(|e| ApiError::bad(format!("invalid setting rhyme: {e}")))?;
+    let variations = r.variations.unwrap_or(1);
+    if !(1..=MAX_VARIATIONS).contains(&variations) {
+        return Err(ApiError::bad(format!(
+            "invalid setting variations: {variations}; 1 to {MAX_VARIATIONS}"
+        )));
+    }
+    let max_tokens = r.max_tokens.unwrap_or(80);
+    if !(1..=MAX_TOKENS).contains(&max_tokens) {
+        return Err(ApiError::bad(format!(
+            "invalid setting max_tokens: {max_tokens}; 1 to {MAX_TOKENS}"
+        )));
+    }
+    let d = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: r.temperature.unwrap_or(d.temperature),
+        top_k: r.top_k.unwrap_or(d.top_k),
+        top_p: r.top_p.unwrap_or(d.top_p),
+        seed: r.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |t| t.as_nanos() as u64 % 1_000_000_007)
+        }),
+        ..d
+    };
+    sampling
+        .validate()
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok(Checked {
+        prompt,
+        form,
+        verse,
+        variations,
+        max_tokens,
+        sampling,
+        stream: r.stream,
+    })
+}
+
+/// One poem of the answer.
+#[derive(Serialize)]
+struct PoemAnswer {
+    text: String,
+    ids: Vec<u32>,
+    seed: u64,
+    stop: Option<crate::generate::StopReason>,
+    verdict: Option<String>,
+    relaxed: Vec<crate::poetry::Relaxed>,
+}
+
+fn answer(c: &Checked, device: DeviceChoice, g: &Generation) -> serde_json::Value {
+    let echoed = if matches!(c.form, PoemForm::Acrostic(_)) {
+        String::new()
+    } else {
+        c.prompt.clone()
+    };
+    let poems: Vec<PoemAnswer> = g
+        .variations
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let text = format!("{echoed}{}", v.text);
+            let report = check_poem(&text);
+            PoemAnswer {
+                verdict: report.form.is_some().then_some(report.verdict),
+                text,
+                ids: v.ids.clone(),
+                seed: c.sampling.seed.wrapping_add(i as u64),
+                stop: v.stop,
+                relaxed: v.relaxed.clone(),
+            }
+        })
+        .collect();
+    json!({
+        "poems": poems,
+        "device": device.to_string(),
+        "timing": {
+            "first_token_ms": g.timings.first_token_ms,
+            "decode_ms": g.timings.decode_ms,
+            "tokens": g.generated_tokens(),
+        },
+    })
+}
+
+fn engine_error(kind: ErrorKind, message: String) -> ApiError {
+    let (status, k) = match kind {
+        ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
+        ErrorKind::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        ErrorKind::DoesNotFit | ErrorKind::OutOfMemory => {
+            (StatusCode::SERVICE_UNAVAILABLE, "out_of_memory")
+        }
+        ErrorKind::BadModel => (StatusCode::INTERNAL_SERVER_ERROR, "bad_model"),
+        ErrorKind::Device => (StatusCode::INTERNAL_SERVER_ERROR, "device"),
+        ErrorKind::Internal | ErrorKind::Generation => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+    };
+    ApiError {
+        status,
+        kind: k,
+        message,
+    }
+}
+
+fn submit(state: &AppState, c: &Checked) -> Result<Ticket, ApiError> {
+    Ok(state.pool.submit(|id, spec| GenerateJob {
+        id,
+        spec,
+        prompt: Prompt::Text(c.prompt.clone()),
+        form: c.form.clone(),
+        variations: c.variations,
+        max_new_tokens: c.max_tokens,
+        sampling: c.sampling.clone(),
+        verse: c.verse.clone(),
+    })?)
+}
+
+/// The body, or a JSON error (413 for one over the size limit).
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| ApiError {
+        status: e.status(),
+        kind: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "bad_request"
+        },
+        message: format!(
+            "the request body could not be read: {e} (at most {MAX_BODY_BYTES} bytes)"
+        ),
+    })
+}
+
+async fn poems(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match poems_inner(&state, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn poems_inner(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    authorize(state, headers)?;
+    let checked = check_request(parse(body)?)?;
+    let mut ticket = submit(state, &checked)?;
+    if checked.stream {
+        return Ok(stream(ticket, checked).into_response());
+    }
+    // Dropping this future (the client went away) drops the ticket, which
+    // cancels the request between tokens.
+    while let Some(event) = ticket.events.recv().await {
+        match event {
+            Event::Done { generation, .. } => {
+                ticket.answered();
+                return Ok(Json(answer(&checked, ticket.device, &generation)).into_response());
+            }
+            Event::Error { kind, message, .. } => {
+                ticket.answered();
+                return Err(engine_error(kind, message));
+            }
+            _ => {}
+        }
+    }
+    ticket.answered();
+    Err(engine_error(
+        ErrorKind::Internal,
+        "the engine stopped before answering".into(),
+    ))
+}
+
+/// Server-sent events: `token` events as the poem is written, then `done`
+/// with the whole answer (or `error`).
+fn stream(
+    ticket: Ticket,
+    checked: Checked,
+) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
+    let events = futures_unfold(ticket, checked);
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+fn futures_unfold(
+    ticket: Ticket,
+    checked: Checked,
+) -> impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut ticket = ticket;
+        while let Some(event) = ticket.events.recv().await {
+            let (sse, last) = match event {
+                Event::Token {
+                    variation, text, ..
+                } => (
+                    SseEvent::default()
+                        .event("token")
+                        .data(json!({"variation": variation, "text": text}).to_string()),
+                    false,
+                ),
+                Event::Done { generation, .. } => (
+                    SseEvent::default()
+                        .event("done")
+                        .data(answer(&checked, ticket.device, &generation).to_string()),
+                    true,
+                ),
+                Event::Error { message, .. } => (
+                    SseEvent::default()
+                        .event("error")
+                        .data(json!({"message": message}).to_string()),
+                    true,
+                ),
+                _ => continue,
+            };
+            if last {
+                ticket.answered();
+            }
+            // The client went away: dropping the ticket cancels the request.
+            if tx.send(Ok(sse)).is_err() || last {
+                break;
+            }
+        }
+    });
+    tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+}
+
+async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    let gpus: Vec<crate::meter::GpuMemory> = state
+        .meter
+        .as_ref()
+        .and_then(|m| m.lock().ok())
+        .map(|m| (0..m.device_count()).filter_map(|i| m.read(i)).collect())
+        .unwrap_or_default();
+    Json(json!({
+        "model": state.pool.model().display().to_string(),
+        "engines": state.pool.status(),
+        "gpus": gpus,
+        "process_rss_bytes": crate::meter::process_memory().map(|m| m.rss_bytes),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseRequest {
+    #[serde(default)]
+    device: Option<String>,
+}
+
+async fn release(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        authorize(&state, &headers)?;
+        let body = body_or_error(body)?;
+        let req: ReleaseRequest = if body.is_empty() {
+            ReleaseRequest { device: None }
+        } else {
+            parse(&body)?
+        };
+        let device = match req.device.as_deref() {
+            None | Some("all") => None,
+            Some(d) => {
+                let d: DeviceChoice = d
+                    .parse()
+                    .map_err(|e: crate::device::DeviceError| ApiError::bad(e.to_string()))?;
+                if !state.pool.has_device(d) {
+                    return Err(ApiError::bad(format!(
+                        "invalid setting device: {d} is not one of this server's devices"
+                    )));
+                }
+                Some(d)
+            }
+        };
+        Ok(Json(json!({"released": state.pool.release(device)})).into_response())
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    let c = &state.pool.counters;
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    };
+    counter(
+        "versifier_requests_total",
+        "Poem requests that passed the checks and were queued or refused as busy.",
+        c.requests.load(Ordering::Relaxed),
+    );
+    counter(
+        "versifier_errors_total",
+        "Requests the engine answered with an error.",
+        c.errors.load(Ordering::Relaxed),
+    );
+    counter(
+        "versifier_rejected_busy_total",
+        "Requests refused with 503 (queue full).",
+        c.rejected_busy.load(Ordering::Relaxed),
+    );
+    counter(
+        "versifier_cancelled_total",
+        "Requests cancelled because the client went away.",
+        c.cancelled.load(Ordering::Relaxed),
+    );
+    counter(
+        "versifier_tokens_total",
+        "Tokens streamed.",
+        c.tokens.load(Ordering::Relaxed),
+    );
+    counter(
+        "versifier_releases_total",
+        "Engine releases (requested or idle).",
+        c.releases.load(Ordering::Relaxed),
+    );
+    out.push_str("# HELP versifier_in_flight Requests accepted and not yet answered.\n# TYPE versifier_in_flight gauge\n");
+    for s in state.pool.status() {
+        out.push_str(&format!(
+            "versifier_in_flight{{device=\"{}\"}} {}\n",
+            s.device, s.in_flight
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,280 @@
+//! `versifier serve` over loopback with CPU engines standing in for GPUs:
+//! concurrent requests spread over two engines, hostile requests answered with
+//! clear 4xx JSON errors while the server keeps serving, a full queue answered
+//! 503 with Retry-After, a client that goes away cancelled, Release per engine,
+//! and the bearer token.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use versifier::engine::{DeviceChoice, Precision};
+use versifier::serve::{start, RunningServer, ServeError, ServeOptions};
+
+fn options(devices: usize, max_queue: usize) -> ServeOptions {
+    ServeOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        devices: vec![DeviceChoice::Cpu; devices],
+        model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems"),
+        precision: Precision::F32,
+        idle: None,
+        max_queue,
+        token: None,
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// POSTs `body` (raw text) and returns the status and the JSON answer.
+fn post(
+    server: &RunningServer,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, Value, Option<String>) {
+    let mut req = agent()
+        .post(format!("http://{}{path}", server.addr))
+        .header("Content-Type", "application/json");
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut resp = req.send(body).unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = resp.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        retry,
+    )
+}
+
+fn get(server: &RunningServer, path: &str) -> String {
+    agent()
+        .get(format!("http://{}{path}", server.addr))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+/// Polls `/metrics` (bounded) until `name` reaches `at_least`.
+fn metric_reaches(server: &RunningServer, name: &str, at_least: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let text = get(server, "/metrics");
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if value >= at_least {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn two_cpu_engines_answer_concurrent_requests_and_share_the_work() {
+    let server = start(&options(2, 32)).unwrap();
+    let addr = server.addr;
+    let clients: Vec<_> = (0..24)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = json!({"prompt": "月", "form": "wujue", "seed": i, "max_tokens": 40})
+                    .to_string();
+                let mut resp = agent()
+                    .post(format!("http://{addr}/v1/poems"))
+                    .send(&body)
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let v: Value =
+                    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+                (status, v)
+            })
+        })
+        .collect();
+    for c in clients {
+        let (status, v) = c.join().unwrap();
+        assert_eq!(status, 200, "{v}");
+        let poem = &v["poems"][0];
+        assert!(
+            poem["verdict"].as_str().unwrap().contains("平仄合律"),
+            "{v}"
+        );
+        assert!(poem["text"].as_str().unwrap().starts_with('月'), "{v}");
+    }
+    let status: Value = serde_json::from_str(&get(&server, "/v1/status")).unwrap();
+    let served: Vec<u64> = status["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["served"].as_u64().unwrap())
+        .collect();
+    assert_eq!(served.iter().sum::<u64>(), 24, "{status}");
+    assert!(
+        served.iter().all(|s| *s > 0),
+        "both engines worked: {served:?}"
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn hostile_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
+    let server = start(&options(1, 8)).unwrap();
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let huge = json!({"prompt": "春".repeat(20_000)}).to_string();
+    for (body, status, says) in [
+        ("{\"prompt\": ", 400, "not valid"),
+        ("not json at all", 400, "not valid"),
+        (deep.as_str(), 400, "not valid"),
+        (huge.as_str(), 413, "at most"),
+        (r#"{"prompt": 5}"#, 400, "invalid type"),
+        (r#"{"prompt": "春", "variations": 1000}"#, 400, "variations"),
+        (r#"{"prompt": "春", "max_tokens": 0}"#, 400, "max_tokens"),
+        (r#"{"prompt": "春", "temperature": -1}"#, 400, "temperature"),
+        (r#"{"prompt": "春", "form": "sonnet"}"#, 400, "sonnet"),
+        (r#"{"prompt": "春", "rhyme": "董"}"#, 400, "rhyme"),
+        (
+            r#"{"prompt": "春", "model": "../../etc"}"#,
+            400,
+            "unknown field",
+        ),
+        (
+            r#"{"prompt": "春春春春春春春春"}"#,
+            400,
+            "longer than one line",
+        ),
+    ] {
+        let (got, v, _) = post(&server, "/v1/poems", body, None);
+        assert_eq!(got, status, "{}: {v}", &body[..body.len().min(40)]);
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(says),
+            "{}: {v}",
+            &body[..body.len().min(40)]
+        );
+        assert!(v["error"]["kind"].is_string(), "{v}");
+    }
+    let (got, v, _) = post(&server, "/v1/release", r#"{"device": "cuda:7"}"#, None);
+    assert_eq!(got, 400, "{v}");
+    // Still serving.
+    let (got, v, _) = post(&server, "/v1/poems", r#"{"prompt": "春", "seed": 1}"#, None);
+    assert_eq!(got, 200, "{v}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() {
+    let server = start(&options(1, 1)).unwrap();
+    let addr = server.addr;
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body =
+                    json!({"prompt": "山", "form": "qilv", "seed": i, "variations": 4}).to_string();
+                let mut resp = agent()
+                    .post(format!("http://{addr}/v1/poems"))
+                    .send(&body)
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let retry = resp.headers().get("retry-after").is_some();
+                let v: Value =
+                    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+                (status, retry, v)
+            })
+        })
+        .collect();
+    let results: Vec<(u16, bool, Value)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let busy = results.iter().filter(|r| r.0 == 503).count();
+    assert!(ok >= 1 && busy >= 1, "{results:?}");
+    assert_eq!(ok + busy, 6, "{results:?}");
+    for (status, retry, v) in &results {
+        if *status == 503 {
+            assert!(retry, "503 says when to retry");
+            assert_eq!(v["error"]["kind"], "busy");
+        } else {
+            assert_eq!(v["poems"].as_array().unwrap().len(), 4, "{v}");
+        }
+    }
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_client_that_goes_away_has_its_request_cancelled() {
+    let server = start(&options(1, 8)).unwrap();
+    let body = json!({"prompt": "江", "form": "qilv", "variations": 8, "stream": true, "seed": 5})
+        .to_string();
+    let mut resp = agent()
+        .post(format!("http://{}/v1/poems", server.addr))
+        .send(&body)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut reader = resp.body_mut().as_reader();
+    let mut first = [0u8; 64];
+    let n = reader.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).contains("event: token"));
+    drop(reader);
+    drop(resp); // the client goes away mid-poem
+    assert!(
+        metric_reaches(&server, "versifier_cancelled_total", 1),
+        "{}",
+        get(&server, "/metrics")
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn release_unloads_the_engines_and_status_says_so() {
+    let server = start(&options(2, 8)).unwrap();
+    let (got, _, _) = post(&server, "/v1/poems", r#"{"prompt": "秋", "seed": 2}"#, None);
+    assert_eq!(got, 200);
+    let (got, v, _) = post(&server, "/v1/release", "", None);
+    assert_eq!(got, 200, "{v}");
+    assert!(metric_reaches(&server, "versifier_releases_total", 1));
+    let status: Value = serde_json::from_str(&get(&server, "/v1/status")).unwrap();
+    for e in status["engines"].as_array().unwrap() {
+        assert_eq!(e["state"]["state"], "unloaded", "{status}");
+    }
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_token_is_required_off_loopback_and_checked_when_set() {
+    let mut open = options(1, 4);
+    open.bind = "0.0.0.0:0".parse().unwrap();
+    // Refused before anything listens.
+    assert!(matches!(start(&open), Err(ServeError::TokenRequired(_))));
+    let mut locked = options(1, 4);
+    locked.token = Some("s3cret".into());
+    let server = start(&locked).unwrap();
+    for token in [None, Some("wrong")] {
+        let (got, v, _) = post(&server, "/v1/poems", r#"{"prompt": "春"}"#, token);
+        assert_eq!(got, 401, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("Bearer"));
+    }
+    let (got, v, _) = post(
+        &server,
+        "/v1/poems",
+        r#"{"prompt": "春", "seed": 4}"#,
+        Some("s3cret"),
+    );
+    assert_eq!(got, 200, "{v}");
+    server.stop().unwrap();
+}
