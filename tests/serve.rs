@@ -278,3 +278,30 @@ fn a_token_is_required_off_loopback_and_checked_when_set() {
     assert_eq!(got, 200, "{v}");
     server.stop().unwrap();
 }
+
+#[test]
+fn the_openai_compatible_completions_endpoint_answers_in_its_shape() {
+    let server = start(&options(1, 8)).unwrap();
+    let (got, v, _) = post(
+        &server,
+        "/v1/completions",
+        r#"{"model": "tang-poems", "prompt": "春風", "max_tokens": 12, "n": 2, "seed": 9, "temperature": 0.8}"#,
+        None,
+    );
+    assert_eq!(got, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    assert!(choices
+        .iter()
+        .all(|c| c["text"].is_string() && c["finish_reason"].is_string()));
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let (got, v, _) = post(
+        &server,
+        "/v1/completions",
+        r#"{"prompt": "春", "n": 50}"#,
+        None,
+    );
+    assert_eq!(got, 400, "{v}");
+    server.stop().unwrap();
+}

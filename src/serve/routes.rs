@@ -31,6 +31,7 @@ const MAX_TOKENS: usize = 256;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/poems", post(poems))
+        .route("/v1/completions", post(completions))
         .route("/v1/status", get(status))
         .route("/v1/release", post(release))
         .route("/metrics", get(metrics))
@@ -414,6 +415,148 @@ fn futures_unfold(
         }
     });
     tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+}
+
+/// `POST /v1/completions`: the OpenAI-compatible subset, so existing clients
+/// work unchanged. Free continuation (no poem form), `n` variations.
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    prompt: String,
+    /// Accepted and ignored (the server has one model); named in the answer.
+    #[serde(default)]
+    #[allow(dead_code)]
+    model: Option<String>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    n: Option<usize>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+}
+
+fn completion_answer(state: &AppState, g: &Generation, prompt_tokens: usize) -> serde_json::Value {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let choices: Vec<serde_json::Value> = g
+        .variations
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let finish = match v.stop {
+                Some(
+                    crate::generate::StopReason::MaxTokens
+                    | crate::generate::StopReason::ContextFull,
+                ) => "length",
+                _ => "stop",
+            };
+            json!({"text": v.text, "index": i, "logprobs": null, "finish_reason": finish})
+        })
+        .collect();
+    let completion = g.generated_tokens();
+    json!({
+        "id": format!("cmpl-{created}-{}", g.prompt_ids.len()),
+        "object": "text_completion",
+        "created": created,
+        "model": state.pool.model().file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion},
+    })
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match completions_inner(&state, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions_inner(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(state, headers)?;
+    let r: CompletionRequest = parse(&body_or_error(body)?)?;
+    let checked = check_request(PoemRequest {
+        prompt: r.prompt,
+        form: Some("free".into()),
+        rules: Some("off".into()),
+        rhyme: None,
+        template: None,
+        variations: r.n,
+        seed: r.seed,
+        temperature: r.temperature,
+        top_k: Some(0),
+        top_p: r.top_p,
+        max_tokens: r.max_tokens.or(Some(16)),
+        stream: r.stream,
+    })?;
+    let mut ticket = submit(state, &checked)?;
+    if checked.stream {
+        return Ok(completion_stream(ticket).into_response());
+    }
+    while let Some(event) = ticket.events.recv().await {
+        match event {
+            Event::Done { generation, .. } => {
+                ticket.answered();
+                let prompt_tokens = generation.prompt_ids.len();
+                return Ok(
+                    Json(completion_answer(state, &generation, prompt_tokens)).into_response()
+                );
+            }
+            Event::Error { kind, message, .. } => {
+                ticket.answered();
+                return Err(engine_error(kind, message));
+            }
+            _ => {}
+        }
+    }
+    ticket.answered();
+    Err(engine_error(
+        ErrorKind::Internal,
+        "the engine stopped before answering".into(),
+    ))
+}
+
+/// OpenAI-style streaming: `data: {choices: [{text, index}]}` per token, then
+/// `data: [DONE]`.
+fn completion_stream(
+    ticket: Ticket,
+) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut ticket = ticket;
+        while let Some(event) = ticket.events.recv().await {
+            let (data, last) = match event {
+                Event::Token { variation, text, .. } => (
+                    json!({"object": "text_completion", "choices": [{"text": text, "index": variation, "finish_reason": null}]}).to_string(),
+                    false,
+                ),
+                Event::Done { .. } => ("[DONE]".to_string(), true),
+                Event::Error { message, .. } => (json!({"error": {"kind": "engine", "message": message}}).to_string(), true),
+                _ => continue,
+            };
+            if last {
+                ticket.answered();
+            }
+            if tx.send(Ok(SseEvent::default().data(data))).is_err() || last {
+                break;
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
 }
 
 async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
