@@ -364,57 +364,61 @@ async fn poems_inner(
     ))
 }
 
+/// A stream of server-sent events for `ticket`: `to_sse` turns each engine
+/// event into one (and says whether it is the last), or skips it. A client
+/// that goes away ends the pump, and dropping the ticket cancels the request.
+fn sse_pump(
+    ticket: Ticket,
+    to_sse: impl Fn(Event, DeviceChoice) -> Option<(SseEvent, bool)> + Send + 'static,
+) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut ticket = ticket;
+        while let Some(event) = ticket.events.recv().await {
+            let Some((sse, last)) = to_sse(event, ticket.device) else {
+                continue;
+            };
+            if last {
+                ticket.answered();
+            }
+            if tx.send(Ok(sse)).is_err() || last {
+                break;
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+}
+
 /// Server-sent events: `token` events as the poem is written, then `done`
 /// with the whole answer (or `error`).
 fn stream(
     ticket: Ticket,
     checked: Checked,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
-    let events = futures_unfold(ticket, checked);
-    Sse::new(events).keep_alive(KeepAlive::default())
-}
-
-fn futures_unfold(
-    ticket: Ticket,
-    checked: Checked,
-) -> impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut ticket = ticket;
-        while let Some(event) = ticket.events.recv().await {
-            let (sse, last) = match event {
-                Event::Token {
-                    variation, text, ..
-                } => (
-                    SseEvent::default()
-                        .event("token")
-                        .data(json!({"variation": variation, "text": text}).to_string()),
-                    false,
-                ),
-                Event::Done { generation, .. } => (
-                    SseEvent::default()
-                        .event("done")
-                        .data(answer(&checked, ticket.device, &generation).to_string()),
-                    true,
-                ),
-                Event::Error { message, .. } => (
-                    SseEvent::default()
-                        .event("error")
-                        .data(json!({"message": message}).to_string()),
-                    true,
-                ),
-                _ => continue,
-            };
-            if last {
-                ticket.answered();
-            }
-            // The client went away: dropping the ticket cancels the request.
-            if tx.send(Ok(sse)).is_err() || last {
-                break;
-            }
-        }
-    });
-    tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+    sse_pump(ticket, move |event, device| match event {
+        Event::Token {
+            variation, text, ..
+        } => Some((
+            SseEvent::default()
+                .event("token")
+                .data(json!({"variation": variation, "text": text}).to_string()),
+            false,
+        )),
+        Event::Done { generation, .. } => Some((
+            SseEvent::default()
+                .event("done")
+                .data(answer(&checked, device, &generation).to_string()),
+            true,
+        )),
+        Event::Error { message, .. } => Some((
+            SseEvent::default()
+                .event("error")
+                .data(json!({"message": message}).to_string()),
+            true,
+        )),
+        _ => None,
+    })
 }
 
 /// `POST /v1/completions`: the OpenAI-compatible subset, so existing clients
@@ -534,29 +538,23 @@ async fn completions_inner(
 fn completion_stream(
     ticket: Ticket,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut ticket = ticket;
-        while let Some(event) = ticket.events.recv().await {
-            let (data, last) = match event {
-                Event::Token { variation, text, .. } => (
-                    json!({"object": "text_completion", "choices": [{"text": text, "index": variation, "finish_reason": null}]}).to_string(),
-                    false,
-                ),
-                Event::Done { .. } => ("[DONE]".to_string(), true),
-                Event::Error { message, .. } => (json!({"error": {"kind": "engine", "message": message}}).to_string(), true),
-                _ => continue,
-            };
-            if last {
-                ticket.answered();
-            }
-            if tx.send(Ok(SseEvent::default().data(data))).is_err() || last {
-                break;
-            }
-        }
-    });
-    Sse::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .keep_alive(KeepAlive::default())
+    sse_pump(ticket, |event, _| {
+        let (data, last) = match event {
+            Event::Token {
+                variation, text, ..
+            } => (
+                json!({"object": "text_completion", "choices": [{"text": text, "index": variation, "finish_reason": null}]}).to_string(),
+                false,
+            ),
+            Event::Done { .. } => ("[DONE]".to_string(), true),
+            Event::Error { message, .. } => (
+                json!({"error": {"kind": "engine", "message": message}}).to_string(),
+                true,
+            ),
+            _ => return None,
+        };
+        Some((SseEvent::default().data(data), last))
+    })
 }
 
 async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -623,41 +621,40 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     }
     let c = &state.pool.counters;
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 6] = [
+        (
+            "versifier_requests_total",
+            "Poem requests that passed the checks and were queued or refused as busy.",
+            &c.requests,
+        ),
+        (
+            "versifier_errors_total",
+            "Requests the engine answered with an error.",
+            &c.errors,
+        ),
+        (
+            "versifier_rejected_busy_total",
+            "Requests refused with 503 (queue full).",
+            &c.rejected_busy,
+        ),
+        (
+            "versifier_cancelled_total",
+            "Requests cancelled because the client went away.",
+            &c.cancelled,
+        ),
+        ("versifier_tokens_total", "Tokens streamed.", &c.tokens),
+        (
+            "versifier_releases_total",
+            "Engine releases (requested or idle).",
+            &c.releases,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let value = value.load(Ordering::Relaxed);
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
         ));
-    };
-    counter(
-        "versifier_requests_total",
-        "Poem requests that passed the checks and were queued or refused as busy.",
-        c.requests.load(Ordering::Relaxed),
-    );
-    counter(
-        "versifier_errors_total",
-        "Requests the engine answered with an error.",
-        c.errors.load(Ordering::Relaxed),
-    );
-    counter(
-        "versifier_rejected_busy_total",
-        "Requests refused with 503 (queue full).",
-        c.rejected_busy.load(Ordering::Relaxed),
-    );
-    counter(
-        "versifier_cancelled_total",
-        "Requests cancelled because the client went away.",
-        c.cancelled.load(Ordering::Relaxed),
-    );
-    counter(
-        "versifier_tokens_total",
-        "Tokens streamed.",
-        c.tokens.load(Ordering::Relaxed),
-    );
-    counter(
-        "versifier_releases_total",
-        "Engine releases (requested or idle).",
-        c.releases.load(Ordering::Relaxed),
-    );
+    }
     out.push_str("# HELP versifier_in_flight Requests accepted and not yet answered.\n# TYPE versifier_in_flight gauge\n");
     for s in state.pool.status() {
         out.push_str(&format!(
