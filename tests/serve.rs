@@ -23,6 +23,7 @@ fn options(devices: usize, max_queue: usize) -> ServeOptions {
         idle: None,
         max_queue,
         token: None,
+        models_dir: None,
     }
 }
 
@@ -303,5 +304,66 @@ fn the_openai_compatible_completions_endpoint_answers_in_its_shape() {
         None,
     );
     assert_eq!(got, 400, "{v}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_model_swap_takes_only_folders_under_models_dir_and_requests_keep_working() {
+    let models = tempfile::tempdir().unwrap();
+    let bundled = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems");
+    let copy = models.path().join("tang-copy");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["config.json", "model.safetensors", "vocab.txt", "s2t.tsv"] {
+        std::fs::copy(bundled.join(f), copy.join(f)).unwrap();
+    }
+    // A symlink that points out of the folder.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&bundled, models.path().join("escape")).unwrap();
+    let mut opts = options(1, 8);
+    opts.models_dir = Some(models.path().to_path_buf());
+    let server = start(&opts).unwrap();
+    let (got, _, _) = post(&server, "/v1/poems", r#"{"prompt": "春", "seed": 1}"#, None);
+    assert_eq!(got, 200);
+    for (name, says) in [
+        ("../tang-copy", "no .."),
+        ("/etc", "no absolute"),
+        ("missing", "invalid setting model"),
+        #[cfg(unix)]
+        ("escape", "outside --models-dir"),
+    ] {
+        let (got, v, _) = post(
+            &server,
+            "/v1/model",
+            &json!({ "model": name }).to_string(),
+            None,
+        );
+        assert_eq!(got, 400, "{name}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{name}: {v}"
+        );
+    }
+    let (got, v, _) = post(&server, "/v1/model", r#"{"model": "tang-copy"}"#, None);
+    assert_eq!(got, 200, "{v}");
+    // Requests go on during and after the swap, and the status names the new model.
+    for seed in 0..4 {
+        let (got, v, _) = post(
+            &server,
+            "/v1/poems",
+            &json!({"prompt": "月", "seed": seed}).to_string(),
+            None,
+        );
+        assert_eq!(got, 200, "{v}");
+    }
+    let status: Value = serde_json::from_str(&get(&server, "/v1/status")).unwrap();
+    assert!(
+        status["model"].as_str().unwrap().ends_with("tang-copy"),
+        "{status}"
+    );
+    server.stop().unwrap();
+    // Without --models-dir there are no swaps.
+    let server = start(&options(1, 8)).unwrap();
+    let (got, v, _) = post(&server, "/v1/model", r#"{"model": "tang-copy"}"#, None);
+    assert_eq!(got, 403, "{v}");
     server.stop().unwrap();
 }

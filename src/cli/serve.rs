@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// Requests accepted per engine before answering 503 with Retry-After.
     #[arg(long, default_value_t = 16)]
     max_queue: usize,
+    /// Folder whose model folders `POST /v1/model` may switch to (no swaps without it).
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
     /// File holding the bearer token clients must send (never the token itself
     /// on the command line); or set VERSIFIER_TOKEN.
     #[arg(long)]
@@ -75,6 +78,7 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         idle: idle(&args.idle)?,
         max_queue: args.max_queue,
         token,
+        models_dir: args.models_dir,
     };
     run_until_ctrl_c(&opts, |addr| {
         eprintln!("versifier serve: listening on http://{addr} (Ctrl+C stops)");

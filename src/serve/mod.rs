@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub max_queue: usize,
     /// Bearer token every request must carry; required off loopback.
     pub token: Option<String>,
+    /// Folder `POST /v1/model` may choose models from (`None`: no swaps).
+    pub models_dir: Option<PathBuf>,
 }
 
 /// Why the server did not start or stopped.
@@ -47,6 +49,12 @@ pub enum ServeError {
     TokenRequired(SocketAddr),
     #[error("invalid setting `devices`: give at least one device (cpu, cuda:N)")]
     NoDevices,
+    #[error("invalid setting `models-dir`: {path}: {source}")]
+    ModelsDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -64,6 +72,8 @@ pub struct AppState {
     pub pool: EnginePool,
     pub token: Option<String>,
     pub meter: Option<std::sync::Mutex<crate::meter::GpuMeter>>,
+    /// `--models-dir`, resolved (symlinks followed) once at start.
+    pub models_dir: Option<PathBuf>,
 }
 
 fn check(opts: &ServeOptions) -> Result<(), ServeError> {
@@ -72,6 +82,12 @@ fn check(opts: &ServeOptions) -> Result<(), ServeError> {
     }
     if !opts.bind.ip().is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
         return Err(ServeError::TokenRequired(opts.bind));
+    }
+    if let Some(dir) = &opts.models_dir {
+        std::fs::canonicalize(dir).map_err(|source| ServeError::ModelsDir {
+            path: dir.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -87,6 +103,10 @@ fn state(opts: &ServeOptions) -> Arc<AppState> {
         ),
         token: opts.token.clone().filter(|t| !t.is_empty()),
         meter: Some(std::sync::Mutex::new(crate::meter::GpuMeter::open())),
+        models_dir: opts
+            .models_dir
+            .as_ref()
+            .and_then(|d| std::fs::canonicalize(d).ok()),
     })
 }
 

@@ -90,7 +90,8 @@ pub enum PoolError {
 /// The engines of a server, one per device.
 pub struct EnginePool {
     slots: Vec<Slot>,
-    model: PathBuf,
+    /// The model new requests use; a swap changes it once every engine has it.
+    model: Mutex<PathBuf>,
     precision: Precision,
     idle: Option<Duration>,
     max_queue: usize,
@@ -150,7 +151,7 @@ impl EnginePool {
             .collect();
         Self {
             slots,
-            model,
+            model: Mutex::new(model),
             precision,
             idle,
             max_queue: max_queue.max(1),
@@ -159,8 +160,34 @@ impl EnginePool {
     }
 
     /// The model every engine serves.
-    pub fn model(&self) -> &std::path::Path {
-        &self.model
+    pub fn model(&self) -> PathBuf {
+        self.model
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Hot swap: every started engine loads `model` beside the one it serves
+    /// and switches between requests (requests in flight finish on the old
+    /// one; a model that fails to load leaves the old one in place and is
+    /// reported by the engine). New requests ask for `model` from now on.
+    pub fn swap(&self, model: PathBuf) -> Vec<String> {
+        let mut asked = Vec::new();
+        for slot in &self.slots {
+            let running = slot.running.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(r) = running.as_ref() {
+                let spec = LoadSpec {
+                    model: model.clone(),
+                    device: slot.device,
+                    precision: self.precision,
+                };
+                if r.remote.send(Command::Swap(spec)).is_ok() {
+                    asked.push(slot.device.to_string());
+                }
+            }
+        }
+        *self.model.lock().unwrap_or_else(PoisonError::into_inner) = model;
+        asked
     }
 
     /// Queues a generation on the least-loaded engine (starting it if need be).
@@ -206,7 +233,7 @@ impl EnginePool {
             answered: false,
         };
         let spec = LoadSpec {
-            model: self.model.clone(),
+            model: self.model(),
             device: slot.device,
             precision: self.precision,
         };

@@ -34,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/status", get(status))
         .route("/v1/release", post(release))
+        .route("/v1/model", post(swap_model))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -611,6 +612,63 @@ async fn release(
             }
         };
         Ok(Json(json!({"released": state.pool.release(device)})).into_response())
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelRequest {
+    /// A folder under `--models-dir`, by its path relative to it.
+    model: String,
+}
+
+/// The model folder `name` names under `dir`, refusing anything that leaves
+/// it (`..`, absolute paths, symlinks pointing out).
+fn model_under(dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf, ApiError> {
+    let relative = std::path::Path::new(name);
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(ApiError::bad(format!(
+            "invalid setting model: {name} must be a folder name under the server's --models-dir (no absolute paths, no ..)"
+        )));
+    }
+    let resolved = std::fs::canonicalize(dir.join(relative))
+        .map_err(|e| ApiError::bad(format!("invalid setting model: {name}: {e}")))?;
+    if !resolved.starts_with(dir) {
+        return Err(ApiError::bad(format!(
+            "invalid setting model: {name} leads outside --models-dir (a symlink?)"
+        )));
+    }
+    if !resolved.join("config.json").is_file() {
+        return Err(ApiError::bad(format!(
+            "invalid setting model: {name} has no config.json; give a GPT-2 model folder"
+        )));
+    }
+    Ok(resolved)
+}
+
+async fn swap_model(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        authorize(&state, &headers)?;
+        let req: ModelRequest = parse(&body_or_error(body)?)?;
+        let Some(dir) = &state.models_dir else {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                kind: "forbidden",
+                message: "this server takes no model swaps: start it with --models-dir DIR".into(),
+            });
+        };
+        let model = model_under(dir, &req.model)?;
+        let asked = state.pool.swap(model.clone());
+        Ok(Json(json!({"model": model.display().to_string(), "swapping": asked})).into_response())
     };
     run().unwrap_or_else(IntoResponse::into_response)
 }
