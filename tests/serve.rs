@@ -367,3 +367,28 @@ fn a_model_swap_takes_only_folders_under_models_dir_and_requests_keep_working() 
     assert_eq!(got, 403, "{v}");
     server.stop().unwrap();
 }
+
+#[test]
+fn each_engine_releases_after_its_own_idle_time_and_a_restarted_server_serves_again() {
+    let mut opts = options(2, 8);
+    opts.idle = Some(Duration::from_millis(300));
+    let server = start(&opts).unwrap();
+    let (got, _, _) = post(&server, "/v1/poems", r#"{"prompt": "雪", "seed": 3}"#, None);
+    assert_eq!(got, 200);
+    // The engine that served releases on its own timer; the other never started.
+    assert!(metric_reaches(&server, "versifier_releases_total", 1));
+    let status: Value = serde_json::from_str(&get(&server, "/v1/status")).unwrap();
+    let engines = status["engines"].as_array().unwrap();
+    assert_eq!(engines[0]["state"]["state"], "unloaded", "{status}");
+    assert_eq!(
+        engines[0]["last_release"]["reason"], "idle_timeout",
+        "{status}"
+    );
+    assert_eq!(engines[1]["started"], false, "{status}");
+    server.stop().unwrap();
+    // The same models, a new server: it serves.
+    let server = start(&opts).unwrap();
+    let (got, v, _) = post(&server, "/v1/poems", r#"{"prompt": "雪", "seed": 3}"#, None);
+    assert_eq!(got, 200, "{v}");
+    server.stop().unwrap();
+}

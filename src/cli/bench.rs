@@ -53,10 +53,30 @@ pub struct BenchArgs {
     constrained_samples: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Drive a server on loopback in this process with concurrent clients:
+    /// requests/s, latency percentiles, tokens/s and the batching check.
+    #[arg(long, conflicts_with_all = ["lifecycle", "quality"])]
+    serve: bool,
+    /// Concurrent clients of --serve.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Requests each --serve client sends, one after another.
+    #[arg(long, default_value_t = 4)]
+    requests_per_client: usize,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let report = if args.quality {
+    let report = if args.serve {
+        serde_json::to_value(versifier::serve::bench::run(
+            &versifier::serve::bench::ServeBenchOptions {
+                model: super::model_or_bundled(args.model)?,
+                device: args.device,
+                precision: args.dtype,
+                clients: args.clients,
+                requests_per_client: args.requests_per_client,
+            },
+        )?)?
+    } else if args.quality {
         serde_json::to_value(run_quality(&QualityOptions {
             model: args.model.context("--quality needs --model")?,
             device: args.device,

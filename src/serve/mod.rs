@@ -9,6 +9,7 @@
 //! Owns: the HTTP surface, request limits, the token check. Must not: hold a
 //! model or open a device (the engines do), or be used by anything below it.
 
+pub mod bench;
 mod pool;
 mod routes;
 
