@@ -609,3 +609,16 @@ fn an_unreadable_settings_file_is_said_in_the_message_strip() {
     );
     h.get_by_label_contains("settings.json");
 }
+
+#[test]
+fn the_model_field_shows_the_models_name_and_size_and_a_click_edits_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    h.get_by_label("tang-poems · 14.1M").click();
+    h.run_steps(2);
+    let path = h.state().load_spec().model.display().to_string();
+    h.get_all_by_value(&path)
+        .next()
+        .expect("the path can be edited");
+}

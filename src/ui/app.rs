@@ -113,6 +113,8 @@ pub struct VersifierApp {
     form_choice: FormChoice,
     acrostic_heads: String,
     model_field: String,
+    /// The model field is being typed in (else it shows the model's name).
+    model_editing: bool,
     pub state: EngineState,
     pub cards: Vec<Card>,
     /// The cards a new run replaced, kept until it writes something: a run
@@ -248,6 +250,7 @@ impl VersifierApp {
             prompt: String::new(),
             acrostic_heads,
             model_field,
+            model_editing: false,
             state: EngineState::Unloaded,
             cards: Vec::new(),
             replaced_cards: None,
@@ -421,6 +424,23 @@ impl VersifierApp {
     /// What the model field says (as if typed).
     pub fn set_model_field(&mut self, path: &str) {
         self.model_field = path.to_string();
+        self.model_editing = true;
+    }
+
+    /// The chosen model as a person reads it: folder name and parameters.
+    pub fn model_name(&mut self) -> String {
+        let path = self.load_spec().model;
+        let folder = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let _ = self.variation_budget(); // reads the config once per path
+        match &self.config_cache {
+            Some((p, Some(cfg))) if *p == path => {
+                format!("{folder} · {:.1}M", cfg.param_count() as f64 / 1e6)
+            }
+            _ => folder,
+        }
     }
 
     /// Loads the model in the field (beside the current one: hot swap). It is
@@ -740,11 +760,24 @@ impl VersifierApp {
     fn model_bar(&mut self, ui: &mut egui::Ui) {
         ui.horizontal_wrapped(|ui| {
             ui.label("Model");
-            let field = ui.add(egui::TextEdit::singleline(&mut self.model_field).desired_width(220.0).hint_text("model folder"));
-            if field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
-                self.load_chosen_model();
+            if self.model_editing {
+                let field = ui.add(egui::TextEdit::singleline(&mut self.model_field).desired_width(220.0).hint_text("model folder"));
+                if field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+                    self.model_editing = false;
+                    self.load_chosen_model();
+                }
+                field.on_hover_text("A GPT-2 folder: config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt");
+            } else {
+                // The model's name and size; the full path on hover, a click edits it.
+                let name = self.model_name();
+                if ui
+                    .button(name)
+                    .on_hover_text(format!("{}\nClick to type another folder", self.load_spec().model.display()))
+                    .clicked()
+                {
+                    self.model_editing = true;
+                }
             }
-            field.on_hover_text("A GPT-2 folder: config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt");
             if ui.button("Open…").on_hover_text("Choose a model folder").clicked() {
                 self.open_model_dialog();
             }
@@ -766,11 +799,6 @@ impl VersifierApp {
                         }
                     }
                 });
-            }
-            if let Some(l) = &self.last_load {
-                let name = l.spec.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-                ui.label(egui::RichText::new(format!("{name} · {:.1}M", l.params as f64 / 1e6)).weak())
-                    .on_hover_text(l.spec.model.display().to_string());
             }
             if ui.button("Load").on_hover_text("Load the model now").clicked() {
                 self.load_chosen_model();
