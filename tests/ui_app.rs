@@ -580,13 +580,35 @@ fn copy_says_copied_and_a_poem_cut_short_is_marked_in_history() {
 }
 
 #[test]
-fn first_launch_on_the_cpu_picks_f16_weights() {
+fn precision_auto_uses_the_f16_checkpoints_own_precision_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::in_dir(dir.path());
-    let a = app(&store);
-    if a.settings.device == versifier::engine::DeviceChoice::Cpu {
-        assert_eq!(a.settings.precision, versifier::engine::Precision::F16);
-    }
+    let mut h = harness(app(&store));
+    h.state_mut().settings.device = versifier::engine::DeviceChoice::Cpu;
+    h.run_steps(2);
+    assert!(h.state().settings.precision_auto, "auto by default");
+    // The bundled model is stored in f16: auto loads it in f16 (exact, faster).
+    assert_eq!(
+        h.state().load_spec().precision,
+        versifier::engine::Precision::F16
+    );
+    assert!(
+        h.query_all_by_value("auto (f16)").next().is_some()
+            || h.query_all_by_label_contains("auto (f16)").next().is_some(),
+        "the choice says what auto picked"
+    );
+    // An f32 checkpoint stays f32 on the CPU.
+    h.state_mut().set_model_field(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hf-safetensors")
+            .display()
+            .to_string(),
+    );
+    h.run_steps(2);
+    assert_eq!(
+        h.state().load_spec().precision,
+        versifier::engine::Precision::F32
+    );
 }
 
 #[test]

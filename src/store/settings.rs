@@ -28,6 +28,11 @@ pub struct Settings {
     pub form: PoemForm,
     /// Rhyme and tones for the regulated forms.
     pub verse: VerseRules,
+    /// Precision "auto": on the CPU the checkpoint's own storage precision
+    /// (f16 weights for an f16 checkpoint: exact and about twice as fast),
+    /// else f32; on a GPU f16 (what the speed bench found faster there).
+    /// `precision` is used when this is off.
+    pub precision_auto: bool,
     /// Poem cards show each character's tone mark and the verdict.
     pub show_marks: bool,
     /// Yield mode: release an idle model when the GPU has less than this
@@ -54,6 +59,7 @@ impl Default for Settings {
             variations: 1,
             form: PoemForm::QiJue,
             verse: VerseRules::default(),
+            precision_auto: true,
             show_marks: false,
             yield_below_mib: None,
             preload_on_focus: true,

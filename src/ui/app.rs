@@ -28,6 +28,15 @@ pub struct Card {
     pub record: Option<PoemRecord>,
 }
 
+/// Precision "auto": the checkpoint's storage precision on the CPU (f32 when
+/// unknown), f16 on a GPU.
+fn auto_precision(device: DeviceChoice, stored: Option<Precision>) -> Precision {
+    match device {
+        DeviceChoice::Cpu => stored.unwrap_or(Precision::F32),
+        DeviceChoice::Cuda(_) => Precision::F16,
+    }
+}
+
 /// What a file dialog is for.
 #[derive(Debug, Clone)]
 enum DialogPurpose {
@@ -115,6 +124,8 @@ pub struct VersifierApp {
     model_field: String,
     /// The model field is being typed in (else it shows the model's name).
     model_editing: bool,
+    /// The chosen model's storage precision (for Precision "auto"), per path.
+    stored_precision: Option<(PathBuf, Option<Precision>)>,
     pub state: EngineState,
     pub cards: Vec<Card>,
     /// The cards a new run replaced, kept until it writes something: a run
@@ -251,6 +262,7 @@ impl VersifierApp {
             acrostic_heads,
             model_field,
             model_editing: false,
+            stored_precision: None,
             state: EngineState::Unloaded,
             cards: Vec::new(),
             replaced_cards: None,
@@ -289,16 +301,59 @@ impl VersifierApp {
     }
 
     pub fn load_spec(&self) -> LoadSpec {
-        let model = if self.model_field.trim().is_empty() {
-            bundled_model().unwrap_or_else(|| PathBuf::from("models/tang-poems"))
+        let model = self.chosen_model();
+        let precision = if self.settings.precision_auto {
+            auto_precision(
+                self.settings.device,
+                self.stored_precision
+                    .as_ref()
+                    .and_then(|(p, s)| (*p == model).then_some(*s).flatten()),
+            )
         } else {
-            PathBuf::from(self.model_field.trim())
+            self.settings.precision
         };
         LoadSpec {
             model,
             device: self.settings.device,
-            precision: self.settings.precision,
+            precision,
         }
+    }
+
+    fn chosen_model(&self) -> PathBuf {
+        if self.model_field.trim().is_empty() {
+            bundled_model().unwrap_or_else(|| PathBuf::from("models/tang-poems"))
+        } else {
+            PathBuf::from(self.model_field.trim())
+        }
+    }
+
+    /// Reads (once per model) the precision the checkpoint stores its weights
+    /// in, from the safetensors header, for Precision "auto".
+    fn refresh_stored_precision(&mut self) {
+        let model = self.chosen_model();
+        if self
+            .stored_precision
+            .as_ref()
+            .is_some_and(|(p, _)| *p == model)
+        {
+            return;
+        }
+        let stored = crate::model::ModelFiles::locate(&model)
+            .ok()
+            .filter(|f| f.format == crate::model::WeightFormat::Safetensors)
+            .and_then(|f| crate::model::inspect_safetensors(&f.weights).ok())
+            .and_then(|s| {
+                s.tensors
+                    .iter()
+                    .find(|t| t.name.ends_with("wte.weight"))
+                    .and_then(|t| match t.dtype.as_str() {
+                        "F16" => Some(Precision::F16),
+                        "BF16" => Some(Precision::Bf16),
+                        "F32" => Some(Precision::F32),
+                        _ => None,
+                    })
+            });
+        self.stored_precision = Some((model, stored));
     }
 
     fn form(&self) -> PoemForm {
@@ -722,6 +777,7 @@ impl VersifierApp {
     /// One frame: events in, then the whole window.
     pub fn show(&mut self, ui: &mut egui::Ui) {
         self.process_events();
+        self.refresh_stored_precision();
         self.settings.form = self.form();
         let theme = match self.settings.theme.as_str() {
             "light" => egui::ThemePreference::Light,
@@ -829,17 +885,29 @@ impl VersifierApp {
             });
             ui.horizontal(|ui| {
             let precision_label = ui.label("Precision");
-            egui::ComboBox::from_id_salt("precision").selected_text(self.settings.precision.to_string()).show_ui(ui, |ui| {
+            let shown = if self.settings.precision_auto {
+                format!("auto ({})", self.load_spec().precision)
+            } else {
+                self.settings.precision.to_string()
+            };
+            egui::ComboBox::from_id_salt("precision").selected_text(shown).show_ui(ui, |ui| {
+                if ui.selectable_label(self.settings.precision_auto, "auto").clicked() {
+                    self.settings.precision_auto = true;
+                }
                 for p in Precision::ALL {
-                    ui.selectable_value(&mut self.settings.precision, p, p.to_string());
+                    let picked = !self.settings.precision_auto && self.settings.precision == p;
+                    if ui.selectable_label(picked, p.to_string()).clicked() {
+                        self.settings.precision_auto = false;
+                        self.settings.precision = p;
+                    }
                 }
             })
             .response
             .labelled_by(precision_label.id)
             .on_hover_text(
-                "f16 / bf16 halve the memory the weights take. On the CPU the math stays f32 \
-                 and decoding is faster (half the bytes to read per token); a model stored in \
-                 f16, like the bundled one, gives exactly the same poems.",
+                "auto: on the CPU the precision the model is stored in (f16 for the bundled \
+                 one: exact, about twice as fast), else f32; on a GPU f16. f16 / bf16 halve \
+                 the memory the weights take; on the CPU the math stays f32.",
             );
             });
         });

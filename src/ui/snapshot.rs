@@ -323,6 +323,7 @@ pub fn take_sequence(plan: &SnapshotPlan) -> Result<Vec<(PathBuf, String)>, Snap
     let mut w = HeadlessWindow::with_memory_budget(&data, plan.size, plan.memory_budget)?;
     w.app.settings.device = plan.device;
     w.app.settings.precision = plan.precision;
+    w.app.settings.precision_auto = false;
     w.app.settings.variations = plan.variations;
     w.app.settings.max_tokens = plan.max_tokens;
     w.app.settings.preload_on_focus = false;
