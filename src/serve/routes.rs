@@ -343,13 +343,18 @@ async fn poems_inner(
     if checked.stream {
         return Ok(stream(ticket, checked).into_response());
     }
-    // Dropping this future (the client went away) drops the ticket, which
-    // cancels the request between tokens.
+    let generation = await_generation(&mut ticket).await?;
+    Ok(Json(answer(&checked, ticket.device, &generation)).into_response())
+}
+
+/// Waits for the request's result. Dropping this future (the client went
+/// away) drops the ticket, which cancels the request between tokens.
+async fn await_generation(ticket: &mut Ticket) -> Result<Generation, ApiError> {
     while let Some(event) = ticket.events.recv().await {
         match event {
             Event::Done { generation, .. } => {
                 ticket.answered();
-                return Ok(Json(answer(&checked, ticket.device, &generation)).into_response());
+                return Ok(generation);
             }
             Event::Error { kind, message, .. } => {
                 ticket.answered();
@@ -511,27 +516,9 @@ async fn completions_inner(
     if checked.stream {
         return Ok(completion_stream(ticket).into_response());
     }
-    while let Some(event) = ticket.events.recv().await {
-        match event {
-            Event::Done { generation, .. } => {
-                ticket.answered();
-                let prompt_tokens = generation.prompt_ids.len();
-                return Ok(
-                    Json(completion_answer(state, &generation, prompt_tokens)).into_response()
-                );
-            }
-            Event::Error { kind, message, .. } => {
-                ticket.answered();
-                return Err(engine_error(kind, message));
-            }
-            _ => {}
-        }
-    }
-    ticket.answered();
-    Err(engine_error(
-        ErrorKind::Internal,
-        "the engine stopped before answering".into(),
-    ))
+    let generation = await_generation(&mut ticket).await?;
+    let prompt_tokens = generation.prompt_ids.len();
+    Ok(Json(completion_answer(state, &generation, prompt_tokens)).into_response())
 }
 
 /// OpenAI-style streaming: `data: {choices: [{text, index}]}` per token, then
