@@ -222,6 +222,24 @@ pub fn layout(text: &str) -> String {
     out.trim_end().to_string()
 }
 
+/// Lays a poem out for a box `max_chars` full-width characters wide: a couplet
+/// per line when every couplet fits, else one line (句) per row, so that a
+/// line never breaks in the middle.
+pub fn layout_to_width(text: &str, max_chars: usize) -> String {
+    let couplets = layout(text);
+    if couplets.lines().all(|l| l.chars().count() <= max_chars) {
+        return couplets;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        out.push(c);
+        if c == PERIOD || c == COMMA {
+            out.push('\n');
+        }
+    }
+    out.trim_end().to_string()
+}
+
 /// What the next token may be, given the characters written so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NextToken {
@@ -267,6 +285,19 @@ pub fn next_token(form: &PoemForm, written: &str) -> NextToken {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_couplet_too_wide_for_its_box_breaks_at_the_comma_never_mid_line() {
+        let poem = "床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。";
+        assert_eq!(
+            layout_to_width(poem, 12),
+            "床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。"
+        );
+        assert_eq!(
+            layout_to_width(poem, 11),
+            "床前明月光，\n疑是地上霜。\n舉頭望明月，\n低頭思故鄉。"
+        );
+    }
+
     use super::*;
 
     #[test]

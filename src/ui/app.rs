@@ -16,6 +16,9 @@ use crate::store::{
     bundled_model, PoemRecord, Settings, SettingsWriter, Store, SETTINGS_SAVE_INTERVAL,
 };
 
+/// The poems' type size on the cards (points).
+const CARD_TEXT_SIZE: f32 = 22.0;
+
 /// One variation being written or written.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Card {
@@ -1041,7 +1044,12 @@ impl VersifierApp {
                                     let shown = if self.settings.vertical_layout {
                                         vertical(&full)
                                     } else {
-                                        layout(&full)
+                                        // Full-width glyphs are about as wide as the type is tall.
+                                        let per_row = ((width - 26.0) / CARD_TEXT_SIZE).floor();
+                                        crate::poetry::forms::layout_to_width(
+                                            &full,
+                                            per_row as usize,
+                                        )
                                     };
                                     if self.settings.show_marks && card.done {
                                         let report = crate::poetry::check_poem(&full);
@@ -1049,12 +1057,12 @@ impl VersifierApp {
                                             ui,
                                             &report,
                                             self.settings.vertical_layout,
-                                            22.0,
+                                            CARD_TEXT_SIZE,
                                         );
                                     } else {
                                         ui.label(
                                             egui::RichText::new(shown)
-                                                .size(22.0)
+                                                .size(CARD_TEXT_SIZE)
                                                 .color(ui.visuals().strong_text_color()),
                                         );
                                     }
