@@ -606,6 +606,23 @@ fn cuda_request_falls_back_to_cpu_with_one_notice_on_a_build_without_cuda() {
 }
 
 #[test]
+fn after_a_gpu_fell_back_a_cpu_request_for_the_same_model_is_served_without_a_reload() {
+    if candle_core::utils::cuda_is_available() {
+        return; // a CUDA build uses the GPU; the fallback is exercised by the default build
+    }
+    let mut h = Harness::new(8);
+    let mut spec = Harness::spec("hf-safetensors");
+    spec.device = DeviceChoice::Cuda(1);
+    h.engine.send(Command::Prepare(spec)).unwrap();
+    h.until("loaded", is_loaded);
+    // The window now shows (and asks for) the CPU, where the model runs.
+    h.engine.send(Command::Generate(h.job(3))).unwrap();
+    h.until("done", is_done);
+    assert_eq!(h.count(is_loaded), 1, "no second load: {:#?}", h.seen);
+    assert_eq!(h.count(is_released), 0, "no release: {:#?}", h.seen);
+}
+
+#[test]
 fn loading_reports_progress_up_to_complete_before_loaded() {
     let mut h = Harness::new(8);
     h.engine

@@ -646,3 +646,38 @@ fn the_model_field_shows_the_models_name_and_size_and_a_click_edits_the_path() {
         .next()
         .expect("the path can be edited");
 }
+
+#[test]
+fn a_saved_gpu_that_is_absent_falls_back_to_the_cpu_with_a_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    // A settings file from a machine with two GPUs; this one has none (or a
+    // build without CUDA).
+    let saved = Settings {
+        device: versifier::engine::DeviceChoice::Cuda(1),
+        ..Settings::default()
+    };
+    store.save_settings(&saved).unwrap();
+    let mut h = harness(app(&store));
+    start_poem(&mut h, "月");
+    pump(&mut h, "poem", |a| {
+        a.error.is_some() || (!a.cards.is_empty() && a.cards.iter().all(|c| c.done))
+    });
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(
+        !h.state().cards[0].text.is_empty(),
+        "the poem is written on the CPU"
+    );
+    let notices = h.state().notices.join("\n");
+    eprintln!("{notices}");
+    assert!(
+        notices.contains("cuda:1") && notices.contains("CPU"),
+        "the notice names the GPU and says where the poem ran: {notices}"
+    );
+    // The message is on screen, and the device shown is the one in use.
+    h.get_by_label_contains("running on the CPU");
+    assert_eq!(
+        h.state().settings.device,
+        versifier::engine::DeviceChoice::Cpu
+    );
+}

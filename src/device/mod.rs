@@ -113,7 +113,7 @@ pub enum DeviceError {
     BadChoice(String),
     #[error("unknown precision `{0}`: expected f32, f16 or bf16")]
     BadPrecision(String),
-    #[error("this build of Versifier has no CUDA support (rebuild with `--features cuda`, see packaging/cuda/)")]
+    #[error("this build of Versifier has no CUDA support (rebuild it with the cuda feature, see packaging/cuda/)")]
     NoCudaSupport,
     #[error("cannot open cuda:{ordinal}: {message}")]
     Cuda { ordinal: usize, message: String },

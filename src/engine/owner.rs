@@ -279,6 +279,17 @@ struct Resident {
     report: LoadReport,
 }
 
+impl Resident {
+    /// Whether this resident model answers `spec`: the one asked for, or the
+    /// same model and precision asked for on the device it fell back to.
+    fn serves(&self, spec: &LoadSpec) -> bool {
+        self.spec == *spec
+            || (spec.device == self.actual
+                && spec.model == self.spec.model
+                && spec.precision == self.spec.precision)
+    }
+}
+
 /// A hot swap's background load.
 struct SwapInFlight {
     spec: LoadSpec,
@@ -610,7 +621,10 @@ impl OwnerThread {
             Err(e) if spec.device != DeviceChoice::Cpu && !is_out_of_memory(&e.to_string()) => {
                 if !self.cuda_fallback_reported {
                     self.cuda_fallback_reported = true;
-                    self.emit(Event::Notice(format!("{e}; running on the CPU instead")));
+                    self.emit(Event::Notice(format!(
+                        "{} is not available: {e}; running on the CPU instead",
+                        spec.device
+                    )));
                 }
                 Ok((Device::Cpu, DeviceChoice::Cpu, spec.precision))
             }
@@ -688,11 +702,11 @@ impl OwnerThread {
     /// flight is finished first.
     fn ensure_loaded(&mut self, spec: &LoadSpec, batch: usize) -> Result<(), JobFailure> {
         // The current model keeps serving while a swap loads beside it.
-        if self.loaded.as_ref().is_some_and(|r| &r.spec == spec) {
+        if self.loaded.as_ref().is_some_and(|r| r.serves(spec)) {
             return Ok(());
         }
         self.wait_for_swap();
-        if self.loaded.as_ref().is_some_and(|r| &r.spec == spec) {
+        if self.loaded.as_ref().is_some_and(|r| r.serves(spec)) {
             return Ok(());
         }
         if self.loaded.is_some() {

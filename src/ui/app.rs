@@ -647,6 +647,11 @@ impl VersifierApp {
                     format!("load {:.2} s", r.load_ms / 1000.0),
                 );
                 self.remember_model(&r.spec.model);
+                // A saved GPU this machine lacks: the engine fell back to the
+                // CPU and said so; the Device control shows where poems run.
+                if r.device != r.spec.device {
+                    self.settings.device = r.device;
+                }
                 self.last_load = Some(r);
             }
             Event::Token {
