@@ -623,6 +623,36 @@ fn after_a_gpu_fell_back_a_cpu_request_for_the_same_model_is_served_without_a_re
 }
 
 #[test]
+fn measuring_precisions_times_f32_and_f16_and_leaves_f16_loaded() {
+    let mut h = Harness::new(8);
+    let spec = Harness::spec("hf-safetensors");
+    h.engine
+        .send(Command::MeasurePrecisions {
+            spec: spec.clone(),
+            batch: 2,
+        })
+        .unwrap();
+    let Event::PrecisionsMeasured(speeds) =
+        h.until("measured", |e| matches!(e, Event::PrecisionsMeasured(_)))
+    else {
+        unreachable!()
+    };
+    assert_eq!(speeds.device, DeviceChoice::Cpu);
+    assert_eq!(speeds.batch, 2);
+    assert!(
+        speeds.f32_tokens_per_s > 0.0 && speeds.f16_tokens_per_s > 0.0,
+        "{speeds:?}"
+    );
+    assert_eq!(h.count(is_loaded), 2, "one load per precision");
+    // f16 is resident: a job in f16 needs no load.
+    let mut job = h.job(3);
+    job.spec.precision = Precision::F16;
+    h.engine.send(Command::Generate(job)).unwrap();
+    h.until("done", is_done);
+    assert_eq!(h.count(is_loaded), 2, "{:#?}", h.seen);
+}
+
+#[test]
 fn loading_reports_progress_up_to_complete_before_loaded() {
     let mut h = Harness::new(8);
     h.engine

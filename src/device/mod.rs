@@ -45,6 +45,29 @@ impl FromStr for DeviceChoice {
     }
 }
 
+/// Decoding speed of one model in f32 and f16 on one device, measured by the
+/// engine for Precision "auto".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrecisionSpeeds {
+    /// Where it was measured (the CPU when a GPU request fell back).
+    pub device: DeviceChoice,
+    /// Sequences decoded together.
+    pub batch: usize,
+    pub f32_tokens_per_s: f64,
+    pub f16_tokens_per_s: f64,
+}
+
+impl PrecisionSpeeds {
+    /// The faster of the two (f16 on a tie: half the memory).
+    pub fn faster(&self) -> Precision {
+        if self.f32_tokens_per_s > self.f16_tokens_per_s {
+            Precision::F32
+        } else {
+            Precision::F16
+        }
+    }
+}
+
 /// Weight precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

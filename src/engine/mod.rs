@@ -9,7 +9,7 @@ mod owner;
 mod protocol;
 
 pub use crate::device::{
-    self, cpu_threads, fit, open_device, DeviceChoice, DeviceError, Precision,
+    self, cpu_threads, fit, open_device, DeviceChoice, DeviceError, Precision, PrecisionSpeeds,
 };
 pub use owner::{
     Clock, Engine, EngineError, EngineOptions, EngineRemote, ManualClock, SystemClock, Waker,

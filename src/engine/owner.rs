@@ -21,6 +21,7 @@ use crate::device::fit::{
     available_ram, check_fit, is_out_of_memory, out_of_memory_report, FitRefusal, MemoryStage,
 };
 use crate::device::Precision;
+use crate::device::PrecisionSpeeds;
 use crate::device::{open_device, DeviceChoice};
 use crate::generate::{generate, prepare_request, GenerateError, PrepareError, RequestSettings};
 use crate::meter::{process_memory, GpuMeter};
@@ -431,6 +432,19 @@ impl OwnerThread {
                     Ok(Ok(())) => {}
                     Ok(Err(f)) => self.fail(Some(id), f),
                     Err(panic) => self.caught_panic(Some(id), panic),
+                }
+                if self.loaded.is_some() {
+                    self.set_state(EngineState::Ready);
+                    self.touch();
+                }
+            }
+            Command::MeasurePrecisions { spec, batch } => {
+                let result =
+                    catch_unwind(AssertUnwindSafe(|| self.measure_precisions(&spec, batch)));
+                match result {
+                    Ok(Ok(speeds)) => self.emit(Event::PrecisionsMeasured(speeds)),
+                    Ok(Err(f)) => self.fail(None, f),
+                    Err(panic) => self.caught_panic(None, panic),
                 }
                 if self.loaded.is_some() {
                     self.set_state(EngineState::Ready);
@@ -972,6 +986,42 @@ impl OwnerThread {
                 })
             }
         }
+    }
+
+    /// Loads `spec`'s model in f32, then in f16, and times decoding `batch`
+    /// sequences in each; f16 stays loaded (the pick until this is measured, so
+    /// a job sent meanwhile needs no reload).
+    fn measure_precisions(
+        &mut self,
+        spec: &LoadSpec,
+        batch: usize,
+    ) -> Result<PrecisionSpeeds, JobFailure> {
+        const PROBE_TOKENS: usize = 48;
+        let batch = batch.clamp(1, crate::generate::MAX_VARIATIONS);
+        let speed = |engine: &mut Self, precision: Precision| {
+            let spec = LoadSpec {
+                precision,
+                ..spec.clone()
+            };
+            engine.ensure_loaded(&spec, batch)?;
+            let resident = engine.loaded.as_ref().ok_or_else(|| {
+                JobFailure::new(ErrorKind::Internal, "model vanished after loading".into())
+            })?;
+            engine.set_state(EngineState::Generating);
+            let tokens_per_s =
+                crate::generate::decode_tokens_per_s(&resident.model.model, batch, PROBE_TOKENS)
+                    .map_err(|e| JobFailure::new(ErrorKind::Generation, e.to_string()))?;
+            Ok::<_, JobFailure>((tokens_per_s, resident.actual))
+        };
+        let (f32_tokens_per_s, _) = speed(self, Precision::F32)?;
+        let (f16_tokens_per_s, device) = speed(self, Precision::F16)?;
+        let speeds = PrecisionSpeeds {
+            device,
+            batch,
+            f32_tokens_per_s,
+            f16_tokens_per_s,
+        };
+        Ok(speeds)
     }
 
     /// Drops the model, its caches and the device, resets the CUDA primary

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::device::fit::FitRefusal;
-use crate::device::{DeviceChoice, Precision};
+use crate::device::{DeviceChoice, Precision, PrecisionSpeeds};
 use crate::generate::{Generation, SamplingParams};
 
 /// Identifies one generation request in the events it causes.
@@ -65,6 +65,10 @@ pub enum Command {
     /// Answered at once with `Event::Pong` carrying the same number: a barrier
     /// for a client that needs every earlier command handled.
     Ping(u64),
+    /// Precision "auto" on a GPU: time decoding in f32 and in f16 for this
+    /// model and batch (loading each in turn), answer with
+    /// `Event::PrecisionsMeasured`. f16 stays loaded.
+    MeasurePrecisions { spec: LoadSpec, batch: usize },
     /// Stop the thread (after releasing everything).
     Shutdown,
     /// Panics inside the job boundary. Exists so tests can prove that a panic in
@@ -191,6 +195,8 @@ pub enum Event {
     /// Something the user should know that is not an error (CPU fallback, a swap
     /// that had to release first).
     Notice(String),
+    /// The answer to `Command::MeasurePrecisions`.
+    PrecisionsMeasured(PrecisionSpeeds),
     /// The idle timer's remaining time changed meaningfully (after work or a setting).
     IdleDeadline(Option<Duration>),
 }

@@ -570,3 +570,30 @@ fn fail(source: GenerateError, partial: Generation) -> GenerateError {
         partial: Box::new(partial),
     }
 }
+
+/// Decoding speed of `model` for `batch` sequences: a warm-up generation, then
+/// `new_tokens` steps timed (tokens per second over all rows). What Precision
+/// "auto" compares f16 and f32 with on a GPU.
+pub fn decode_tokens_per_s(
+    model: &Gpt2,
+    batch: usize,
+    new_tokens: usize,
+) -> Result<f64, GenerateError> {
+    let vocab = model.config().vocab_size.max(1);
+    let prompt_ids: Vec<u32> = (0..8).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+    let request = |max_new_tokens| GenerateRequest {
+        prompt_ids: prompt_ids.clone(),
+        variations: batch,
+        max_new_tokens,
+        sampling: SamplingParams {
+            seed: 7,
+            ..SamplingParams::default()
+        },
+        stop_ids: vec![],
+        constraint: None,
+    };
+    // The first run sizes the buffers (and captures the CUDA graph) for this shape.
+    generate(model, &request(new_tokens), |_| &[], &|| false, |_| {})?;
+    let timed = generate(model, &request(new_tokens), |_| &[], &|| false, |_| {})?;
+    Ok(timed.timings.steps_per_s() * batch as f64)
+}

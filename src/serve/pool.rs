@@ -403,7 +403,7 @@ fn dispatch(engine: Engine, routes: &Routes, status: &Mutex<SlotState>, counters
                     let _ = tx.send(event.clone());
                 }
             }
-            Event::Notice(_) | Event::Pong(_) => {}
+            Event::Notice(_) | Event::Pong(_) | Event::PrecisionsMeasured(_) => {}
         }
     }
 }

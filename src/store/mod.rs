@@ -19,7 +19,7 @@ mod settings_writer;
 
 pub use atomic::{load_or_default, write_bytes_atomic, write_json_atomic};
 pub use history::{date_text, export_text, model_name, PoemRecord};
-pub use settings::Settings;
+pub use settings::{MeasuredPrecision, Settings};
 pub use settings_writer::{SettingsWriter, SETTINGS_SAVE_INTERVAL};
 
 /// Errors writing or reading the store.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::{DeviceChoice, Precision};
+use crate::device::{DeviceChoice, Precision, PrecisionSpeeds};
 use crate::generate::forms::PoemForm;
 use crate::generate::SamplingParams;
 use crate::poetry::VerseRules;
@@ -30,9 +30,12 @@ pub struct Settings {
     pub verse: VerseRules,
     /// Precision "auto": on the CPU the checkpoint's own storage precision
     /// (f16 weights for an f16 checkpoint: exact and about twice as fast),
-    /// else f32; on a GPU f16 (what the speed bench found faster there).
+    /// else f32; on a GPU whichever of f16 and f32 decodes faster there, as
+    /// measured once per GPU and model (`precision_speeds`), f16 until then.
     /// `precision` is used when this is off.
     pub precision_auto: bool,
+    /// What Precision "auto" measured: per GPU (by name) and model folder.
+    pub precision_speeds: Vec<MeasuredPrecision>,
     /// Poem cards show each character's tone mark and the verdict.
     pub show_marks: bool,
     /// Yield mode: release an idle model when the GPU has less than this
@@ -43,6 +46,26 @@ pub struct Settings {
     pub window_size: Option<[f32; 2]>,
     /// "system", "light" or "dark".
     pub theme: String,
+}
+
+/// One speed measurement of Precision "auto".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasuredPrecision {
+    /// The GPU's name as the driver reports it ("NVIDIA H200").
+    pub gpu: String,
+    pub model: PathBuf,
+    pub speeds: PrecisionSpeeds,
+}
+
+impl Settings {
+    /// The precision measured fastest for `model` on the GPU named `gpu`.
+    pub fn measured_precision(&self, gpu: &str, model: &std::path::Path) -> Option<Precision> {
+        self.precision_speeds
+            .iter()
+            .rev()
+            .find(|m| m.gpu == gpu && m.model == model)
+            .map(|m| m.speeds.faster())
+    }
 }
 
 impl Default for Settings {
@@ -60,6 +83,7 @@ impl Default for Settings {
             form: PoemForm::QiJue,
             verse: VerseRules::default(),
             precision_auto: true,
+            precision_speeds: Vec::new(),
             show_marks: false,
             yield_below_mib: None,
             preload_on_focus: true,
@@ -183,6 +207,58 @@ impl Settings {
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    #[test]
+    fn precision_auto_remembers_the_faster_precision_per_gpu_and_model() {
+        let speeds = |f32_tokens_per_s, f16_tokens_per_s| PrecisionSpeeds {
+            device: DeviceChoice::Cuda(0),
+            batch: 8,
+            f32_tokens_per_s,
+            f16_tokens_per_s,
+        };
+        let mut s = Settings::default();
+        let (bundled, other) = (PathBuf::from("models/tang-poems"), PathBuf::from("/m/gpt2"));
+        assert_eq!(s.measured_precision("NVIDIA H200", &bundled), None);
+        s.precision_speeds.push(MeasuredPrecision {
+            gpu: "NVIDIA H200".into(),
+            model: bundled.clone(),
+            speeds: speeds(2885.0, 3181.0),
+        });
+        s.precision_speeds.push(MeasuredPrecision {
+            gpu: "NVIDIA H200".into(),
+            model: other.clone(),
+            speeds: speeds(700.0, 640.0),
+        });
+        assert_eq!(
+            s.measured_precision("NVIDIA H200", &bundled),
+            Some(Precision::F16)
+        );
+        assert_eq!(
+            s.measured_precision("NVIDIA H200", &other),
+            Some(Precision::F32)
+        );
+        assert_eq!(
+            s.measured_precision("NVIDIA A100", &bundled),
+            None,
+            "per GPU"
+        );
+        // A tie keeps f16 (half the memory); the newest measurement wins.
+        assert_eq!(speeds(500.0, 500.0).faster(), Precision::F16);
+        s.precision_speeds.push(MeasuredPrecision {
+            gpu: "NVIDIA H200".into(),
+            model: bundled.clone(),
+            speeds: speeds(3300.0, 3181.0),
+        });
+        assert_eq!(
+            s.measured_precision("NVIDIA H200", &bundled),
+            Some(Precision::F32)
+        );
+        // Kept across a restart.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_dir(dir.path());
+        store.save_settings(&s).unwrap();
+        assert_eq!(store.load_settings().0.precision_speeds, s.precision_speeds);
+    }
 
     #[test]
     fn settings_round_trip_and_partial_files_load() {

@@ -32,11 +32,16 @@ pub struct Card {
 }
 
 /// Precision "auto": the checkpoint's storage precision on the CPU (f32 when
-/// unknown), f16 on a GPU.
-fn auto_precision(device: DeviceChoice, stored: Option<Precision>) -> Precision {
+/// unknown); on a GPU the precision measured faster there for this model, f16
+/// until it is measured.
+fn auto_precision(
+    device: DeviceChoice,
+    stored: Option<Precision>,
+    measured: Option<Precision>,
+) -> Precision {
     match device {
         DeviceChoice::Cpu => stored.unwrap_or(Precision::F32),
-        DeviceChoice::Cuda(_) => Precision::F16,
+        DeviceChoice::Cuda(_) => measured.unwrap_or(Precision::F16),
     }
 }
 
@@ -140,6 +145,8 @@ pub struct VersifierApp {
     sent: Option<GenerateJob>,
     last_load: Option<LoadReport>,
     last_release: Option<ReleaseReport>,
+    /// Precision "auto" is timing f32 and f16 for (GPU name, model).
+    measuring_precision: Option<(String, PathBuf)>,
     /// When `last_release` arrived (Unix ms), to line the meter up with it.
     release_at_unix_ms: u64,
     /// Idle time left, as of when it was reported.
@@ -273,6 +280,7 @@ impl VersifierApp {
             sent: None,
             last_load: None,
             last_release: None,
+            measuring_precision: None,
             release_at_unix_ms: 0,
             idle_left: None,
             pinned: false,
@@ -306,11 +314,15 @@ impl VersifierApp {
     pub fn load_spec(&self) -> LoadSpec {
         let model = self.chosen_model();
         let precision = if self.settings.precision_auto {
+            let measured = self
+                .gpu_name(self.settings.device)
+                .and_then(|gpu| self.settings.measured_precision(&gpu, &model));
             auto_precision(
                 self.settings.device,
                 self.stored_precision
                     .as_ref()
                     .and_then(|(p, s)| (*p == model).then_some(*s).flatten()),
+                measured,
             )
         } else {
             self.settings.precision
@@ -320,6 +332,61 @@ impl VersifierApp {
             device: self.settings.device,
             precision,
         }
+    }
+
+    /// The name of GPU `device` as the meter last saw it.
+    fn gpu_name(&self, device: DeviceChoice) -> Option<String> {
+        let DeviceChoice::Cuda(i) = device else {
+            return None;
+        };
+        let m = self.latest_memory()?;
+        crate::meter::gpu_for_ordinal(&m.gpus, i).map(|g| g.name.clone())
+    }
+
+    /// Precision "auto" on a GPU it has not measured for this model: ask the
+    /// engine to time f32 and f16 once (before the job, which then runs in f16).
+    fn measure_precision_if_new(&mut self, spec: &LoadSpec, batch: usize) {
+        if !self.settings.precision_auto || self.measuring_precision.is_some() {
+            return;
+        }
+        let Some(gpu) = self.gpu_name(spec.device) else {
+            return;
+        };
+        if self
+            .settings
+            .measured_precision(&gpu, &spec.model)
+            .is_some()
+        {
+            return;
+        }
+        self.notices.push(format!(
+            "Precision auto: timing f32 and f16 once on {gpu} for this model (a few seconds)."
+        ));
+        self.measuring_precision = Some((gpu, spec.model.clone()));
+        self.send(Command::MeasurePrecisions {
+            spec: spec.clone(),
+            batch,
+        });
+    }
+
+    /// Keeps what the engine measured for Precision "auto" and says what it picked.
+    fn precisions_measured(&mut self, speeds: crate::engine::PrecisionSpeeds) {
+        let Some((gpu, model)) = self.measuring_precision.take() else {
+            return;
+        };
+        if speeds.device == DeviceChoice::Cpu {
+            return; // the GPU was not there after all: nothing to keep for it
+        }
+        self.notices.push(format!(
+            "Precision auto on {gpu}: {} ({:.0} tokens/s in f16, {:.0} in f32, {} at a time).",
+            speeds.faster(),
+            speeds.f16_tokens_per_s,
+            speeds.f32_tokens_per_s,
+            speeds.batch
+        ));
+        self.settings
+            .precision_speeds
+            .push(crate::store::MeasuredPrecision { gpu, model, speeds });
     }
 
     fn chosen_model(&self) -> PathBuf {
@@ -445,6 +512,7 @@ impl VersifierApp {
         self.current = Some(id);
         self.error = None;
         let spec = self.load_spec();
+        self.measure_precision_if_new(&spec, variations);
         let job = GenerateJob {
             id,
             spec,
@@ -754,6 +822,7 @@ impl VersifierApp {
                 self.error = Some((kind, message));
             }
             Event::Notice(n) => self.notices.push(n),
+            Event::PrecisionsMeasured(speeds) => self.precisions_measured(speeds),
             Event::Pong(_) => {}
             Event::IdleDeadline(d) => self.idle_left = d.map(|d| (d, Instant::now())),
         }
@@ -914,8 +983,9 @@ impl VersifierApp {
             .labelled_by(precision_label.id)
             .on_hover_text(
                 "auto: on the CPU the precision the model is stored in (f16 for the bundled \
-                 one: exact, about twice as fast), else f32; on a GPU f16. f16 / bf16 halve \
-                 the memory the weights take; on the CPU the math stays f32.",
+                 one: exact, about twice as fast), else f32; on a GPU whichever of f16 and \
+                 f32 is faster there (timed once per GPU and model), f16 until then. \
+                 f16 / bf16 halve the memory the weights take; on the CPU the math stays f32.",
             );
             });
         });
@@ -1598,5 +1668,32 @@ impl eframe::App for VersifierApp {
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
         self.save_settings_if_changed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_auto_is_the_stored_precision_on_the_cpu_and_the_measured_one_on_a_gpu() {
+        let cpu = DeviceChoice::Cpu;
+        let gpu = DeviceChoice::Cuda(0);
+        assert_eq!(
+            auto_precision(cpu, Some(Precision::F16), None),
+            Precision::F16
+        );
+        assert_eq!(
+            auto_precision(cpu, None, Some(Precision::F16)),
+            Precision::F32
+        );
+        assert_eq!(
+            auto_precision(gpu, Some(Precision::F32), None),
+            Precision::F16
+        );
+        assert_eq!(
+            auto_precision(gpu, None, Some(Precision::F32)),
+            Precision::F32
+        );
     }
 }
