@@ -58,6 +58,7 @@ fn greedy_continuation_matches_reference_exactly() {
             sampling: SamplingParams::greedy(),
             stop_ids: m.tokenizer.as_ref().unwrap().stop_ids().to_vec(),
             constraint: None,
+            rows: Vec::new(),
         };
         let g = generate(&m.model, &req, |_| &[], &|| false, |_| {}).unwrap();
         assert_eq!(g.variations[0].ids, r.greedy_ids, "{layout}");
@@ -127,6 +128,7 @@ fn batched_greedy_variations_equal_single_greedy_run() {
         sampling: SamplingParams::greedy(),
         stop_ids: vec![],
         constraint: None,
+        rows: Vec::new(),
     };
     let g = generate(&m.model, &req, |_| &[], &|| false, |_| {}).unwrap();
     for v in &g.variations {
@@ -220,6 +222,7 @@ fn streamed_pieces_concatenate_to_the_final_text_without_half_characters() {
         },
         stop_ids: vec![],
         constraint: None,
+        rows: Vec::new(),
     };
     let mut streamed = vec![String::new(); 2];
     let g = generate(

@@ -131,6 +131,7 @@ fn bundled_model_writes_the_same_greedy_poem_in_f16_and_f32_on_cpu() {
             sampling: SamplingParams::greedy(),
             stop_ids: tok.stop_ids().to_vec(),
             constraint: None,
+            rows: Vec::new(),
         };
         let g = generate(&m.model, &req, |_| &[], &|| false, |_| {}).unwrap();
         poems.push(

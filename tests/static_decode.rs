@@ -85,6 +85,7 @@ fn request(variations: usize, sampling: SamplingParams) -> GenerateRequest {
         sampling,
         stop_ids: vec![],
         constraint: None,
+        rows: Vec::new(),
     }
 }
 

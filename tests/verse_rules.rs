@@ -45,6 +45,7 @@ fn poems(form: &str, prompts: &[&str], n: usize, rules: &VerseRules, seed: u64) 
             },
             stop_ids: tok.stop_ids().to_vec(),
             constraint,
+            rows: Vec::new(),
         };
         let g = generate(&m.model, &req, |id| tok.token_bytes(id), &|| false, |_| {}).unwrap();
         for v in g.variations {

@@ -153,6 +153,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         sampling: sampling.clone(),
         stop_ids: vec![],
         constraint: None,
+        rows: Vec::new(),
     };
     generate(model, &warm, |_| &[], &|| false, |_| {})?;
     let mut decode = Vec::new();
@@ -165,6 +166,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             sampling: sampling.clone(),
             stop_ids: vec![],
             constraint: None,
+            rows: Vec::new(),
         };
         if model.device().is_cuda() {
             // The static path sizes its buffers (and captures its graph) once per

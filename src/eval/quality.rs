@@ -223,6 +223,7 @@ fn sample_batch(
         sampling: sampling(seed),
         stop_ids: tok.stop_ids().to_vec(),
         constraint,
+        rows: Vec::new(),
     };
     let g = generate(
         &loaded.model,

@@ -197,6 +197,7 @@ pub fn run_selftest(
             sampling: SamplingParams::greedy(),
             stop_ids: vec![],
             constraint: None,
+            rows: Vec::new(),
         };
         let rows = r.batch_prompts.len();
         let padded = TokenBatch::left_padded(&r.batch_prompts, 0);

@@ -66,6 +66,22 @@ pub struct GenerateRequest {
     /// A poem form enforced while decoding, and the text the poem starts with
     /// (the prompt's own characters).
     pub constraint: Option<FormStart>,
+    /// Rows of requests joined into one batch, each with its own prompt, seed
+    /// and start text (then `variations` is their count and `prompt_ids` and
+    /// the constraint's start text are not used). Empty: every row decodes
+    /// `prompt_ids` with `seed + row`.
+    pub rows: Vec<RowStart>,
+}
+
+/// One row of a joined batch: what a request's variation would have been alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowStart {
+    pub prompt_ids: Vec<u32>,
+    /// The request's seed; the row samples as variation `variation` of it.
+    pub seed: u64,
+    pub variation: usize,
+    /// The text the poem starts with (for the form constraint).
+    pub start: String,
 }
 
 /// Why a variation ended.
@@ -230,13 +246,33 @@ pub fn validate_request(model: &Gpt2, req: &GenerateRequest) -> Result<(), Gener
             format!("must be 1..={MAX_VARIATIONS}, found {}", req.variations),
         );
     }
-    if req.prompt_ids.is_empty() {
+    if !req.rows.is_empty() && req.rows.len() != req.variations {
+        return invalid(
+            "rows",
+            format!("{} rows for {} variations", req.rows.len(), req.variations),
+        );
+    }
+    if req.rows.iter().any(|r| r.prompt_ids.is_empty()) {
+        return invalid("prompt", "a joined row has an empty prompt".into());
+    }
+    let vocab = model.config().vocab_size;
+    if let Some(&id) = req
+        .rows
+        .iter()
+        .flat_map(|r| &r.prompt_ids)
+        .find(|&&id| id as usize >= vocab)
+    {
+        return invalid(
+            "prompt_ids",
+            format!("token id {id} is out of range (vocabulary has {vocab} tokens)"),
+        );
+    }
+    if req.rows.is_empty() && req.prompt_ids.is_empty() {
         return invalid(
             "prompt",
             "is empty and the model has no start token; give a prompt".into(),
         );
     }
-    let vocab = model.config().vocab_size;
     if let Some(&id) = req.prompt_ids.iter().find(|&&id| id as usize >= vocab) {
         return invalid(
             "prompt_ids",
@@ -244,6 +280,15 @@ pub fn validate_request(model: &Gpt2, req: &GenerateRequest) -> Result<(), Gener
         );
     }
     Ok(())
+}
+
+/// How many prompt tokens fit before `max_new_tokens` new ones: the last
+/// prompt token sits at position p - 1 and every new token but the last is
+/// fed back, so p prompt tokens leave room for n_positions - p + 1 new ones.
+pub fn prompt_tokens_kept(n_positions: usize, max_new_tokens: usize) -> usize {
+    (n_positions + 1)
+        .saturating_sub(max_new_tokens)
+        .clamp(1, n_positions)
 }
 
 /// How a generation keeps its keys and values.
@@ -385,24 +430,47 @@ pub fn generate_on<'t>(
     req: &GenerateRequest,
     token_bytes: impl Fn(u32) -> &'t [u8],
     cancel: &dyn Fn() -> bool,
+    on_token: impl FnMut(&TokenEvent),
+) -> Result<Generation, GenerateError> {
+    generate_rows(path, model, req, token_bytes, &|_| cancel(), on_token)
+}
+
+/// As [`generate_on`], with a cancel question per row: a row whose answer is
+/// yes stops (`Cancelled`) and the others go on (joined requests are cancelled
+/// one by one).
+pub fn generate_rows<'t>(
+    path: DecodePath,
+    model: &Gpt2,
+    req: &GenerateRequest,
+    token_bytes: impl Fn(u32) -> &'t [u8],
+    row_cancelled: &dyn Fn(usize) -> bool,
     mut on_token: impl FnMut(&TokenEvent),
 ) -> Result<Generation, GenerateError> {
     validate_request(model, req)?;
     let n_positions = model.config().n_positions;
-    let mut prompt = req.prompt_ids.clone();
-    // Keep room for the requested tokens: the last prompt token sits at
-    // position p - 1 and every new token but the last is fed back, so p prompt
-    // tokens leave room for n_positions - p + 1 new ones. The caller reports
-    // the drop (`truncated_prompt_tokens`); it is not logged here as well.
-    let keep = (n_positions + 1)
-        .saturating_sub(req.max_new_tokens)
-        .clamp(1, n_positions);
-    let truncated = prompt.len().saturating_sub(keep);
-    prompt.drain(..truncated);
-
+    // Keep room for the requested tokens. The caller reports the drop
+    // (`truncated_prompt_tokens`); it is not logged here as well.
+    let keep = prompt_tokens_kept(n_positions, req.max_new_tokens);
+    let cut = |ids: &[u32]| ids[ids.len().saturating_sub(keep)..].to_vec();
     let rows = req.variations;
+    let prompts: Vec<Vec<u32>> = if req.rows.is_empty() {
+        vec![cut(&req.prompt_ids); rows]
+    } else {
+        req.rows.iter().map(|r| cut(&r.prompt_ids)).collect()
+    };
+    let (prompt, truncated) = match req.rows.first() {
+        Some(r) => (prompts[0].clone(), r.prompt_ids.len() - prompts[0].len()),
+        None => (prompts[0].clone(), req.prompt_ids.len() - prompts[0].len()),
+    };
+    // The text each row's poem starts with, for the form constraint.
+    let starts: Vec<&str> = match (&req.constraint, req.rows.is_empty()) {
+        (Some((_, start)), true) => vec![start.as_str(); rows],
+        (_, false) => req.rows.iter().map(|r| r.start.as_str()).collect(),
+        (None, true) => vec![""; rows],
+    };
+
     let mut out = Generation {
-        prompt_ids: prompt.clone(),
+        prompt_ids: prompt,
         truncated_prompt_tokens: truncated,
         variations: vec![
             Variation {
@@ -418,21 +486,41 @@ pub fn generate_on<'t>(
         ids_without_text: 0,
         step_runner: None,
     };
-    let mut samplers: Vec<TokenSampler> = (0..rows)
-        .map(|r| TokenSampler::new(&req.sampling, r))
-        .collect();
+    let mut samplers: Vec<TokenSampler> = if req.rows.is_empty() {
+        (0..rows)
+            .map(|r| TokenSampler::new(&req.sampling, r))
+            .collect()
+    } else {
+        req.rows
+            .iter()
+            .map(|r| {
+                let sampling = SamplingParams {
+                    seed: r.seed,
+                    ..req.sampling.clone()
+                };
+                TokenSampler::new(&sampling, r.variation)
+            })
+            .collect()
+    };
     let mut streams = vec![Utf8Stream::new(); rows];
-    let mut contexts: Vec<Vec<u32>> = vec![prompt.clone(); rows];
-    let columns = static_columns(prompt.len(), req.max_new_tokens, n_positions);
+    let mut contexts: Vec<Vec<u32>> = prompts.clone();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+    let columns = static_columns(longest, req.max_new_tokens, n_positions);
     let mut decoding = Decoding::open(path, model, rows, columns)?;
 
     let started = Instant::now();
-    let mut input = TokenBatch::left_padded(&vec![prompt.clone(); rows], 0);
+    let mut input = TokenBatch::left_padded(&prompts, 0);
     let mut step = 0usize;
     let mut decode_started = None;
     loop {
-        if cancel() {
-            finish_rows(&mut out, &mut streams, StopReason::Cancelled);
+        for r in 0..rows {
+            if out.variations[r].stop.is_none() && row_cancelled(r) {
+                out.variations[r].stop = Some(StopReason::Cancelled);
+                let tail = streams[r].finish();
+                out.variations[r].text.push_str(&tail);
+            }
+        }
+        if out.variations.iter().all(|v| v.stop.is_some()) {
             break;
         }
         let forward_started = Instant::now();
@@ -456,8 +544,8 @@ pub fn generate_on<'t>(
             if out.variations[r].stop.is_some() {
                 return None;
             }
-            if let Some((c, start)) = &req.constraint {
-                let written = format!("{start}{}", out.variations[r].text);
+            if let Some((c, _)) = &req.constraint {
+                let written = format!("{}{}", starts[r], out.variations[r].text);
                 c.apply(&written, &mut row_logits);
             }
             Some(sampler.sample(row_logits, &contexts[r]))
@@ -527,12 +615,12 @@ pub fn generate_on<'t>(
     }
     out.kv_cache_bytes = decoding.cache_bytes();
     out.step_runner = decoding.runner();
-    if let Some((_, start)) = req
+    if req
         .constraint
         .as_ref()
-        .filter(|(c, _)| c.enforces_verse_rules())
+        .is_some_and(|(c, _)| c.enforces_verse_rules())
     {
-        for v in &mut out.variations {
+        for (v, start) in out.variations.iter_mut().zip(&starts) {
             if v.stop == Some(StopReason::Stop) {
                 v.relaxed = relaxed_rules(&format!("{start}{}", v.text));
             }
@@ -591,6 +679,7 @@ pub fn decode_tokens_per_s(
         },
         stop_ids: vec![],
         constraint: None,
+        rows: Vec::new(),
     };
     // The first run sizes the buffers (and captures the CUDA graph) for this shape.
     generate(model, &request(new_tokens), |_| &[], &|| false, |_| {})?;

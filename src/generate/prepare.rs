@@ -83,5 +83,6 @@ pub fn prepare_request(
         sampling: settings.sampling.clone(),
         stop_ids,
         constraint,
+        rows: Vec::new(),
     })
 }

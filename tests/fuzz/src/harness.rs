@@ -57,6 +57,7 @@ fn exercise(dir: &Path) -> bool {
             sampling,
             stop_ids: vec![0],
             constraint: None,
+            rows: Vec::new(),
         };
         let _ = generate(&loaded.model, &req, |_| &[], &|| false, |_| {});
     }
