@@ -652,6 +652,165 @@ fn measuring_precisions_times_f32_and_f16_and_leaves_f16_loaded() {
     assert_eq!(h.count(is_loaded), 2, "{:#?}", h.seen);
 }
 
+/// The Done events' poems, by request.
+fn poems_of(seen: &[Event], request: RequestId) -> Option<(Vec<String>, usize)> {
+    seen.iter().find_map(|e| match e {
+        Event::Done {
+            request: r,
+            generation,
+        } if *r == request => Some((
+            generation
+                .variations
+                .iter()
+                .map(|v| v.text.clone())
+                .collect(),
+            generation.batch_rows,
+        )),
+        _ => None,
+    })
+}
+
+#[test]
+fn queued_compatible_requests_share_one_decode_and_write_what_they_would_alone() {
+    let mut h = Harness::new(16);
+    let request = |h: &Harness, prompt: &str, seed: u64, variations: usize| GenerateJob {
+        prompt: Prompt::Text(prompt.into()),
+        variations,
+        sampling: SamplingParams {
+            seed,
+            ..SamplingParams::default()
+        },
+        ..h.job(12)
+    };
+    // Alone, one after another.
+    let (a, b) = (request(&h, "月", 11, 2), request(&h, "春風", 5, 1));
+    let (a_id, b_id) = (a.id, b.id);
+    h.engine.send(Command::Generate(a.clone())).unwrap();
+    h.until(
+        "a alone",
+        |e| matches!(e, Event::Done { request, .. } if *request == a_id),
+    );
+    h.engine.send(Command::Generate(b.clone())).unwrap();
+    h.until(
+        "b alone",
+        |e| matches!(e, Event::Done { request, .. } if *request == b_id),
+    );
+    let (a_alone, rows) = poems_of(&h.seen, a_id).unwrap();
+    assert_eq!(rows, 2);
+    let (b_alone, _) = poems_of(&h.seen, b_id).unwrap();
+    // Queued together behind a longer request (sent from its first token, so
+    // both wait in the queue): they decode as one batch of three rows.
+    let a2 = GenerateJob {
+        id: h.engine.next_request_id(),
+        ..a
+    };
+    let b2 = GenerateJob {
+        id: h.engine.next_request_id(),
+        ..b
+    };
+    let (a2_id, b2_id) = (a2.id, b2.id);
+    let queued = std::sync::Mutex::new(Some((a2, b2)));
+    h.set_hook(move |remote, _| {
+        if let Some((a2, b2)) = queued.lock().unwrap().take() {
+            remote.send(Command::Generate(a2)).unwrap();
+            remote.send(Command::Generate(b2)).unwrap();
+        }
+    });
+    let blocker = h.job(40);
+    h.engine.send(Command::Generate(blocker)).unwrap();
+    h.until(
+        "a joined",
+        |e| matches!(e, Event::Done { request, .. } if *request == a2_id),
+    );
+    h.until(
+        "b joined",
+        |e| matches!(e, Event::Done { request, .. } if *request == b2_id),
+    );
+    let (a_joined, a_rows) = poems_of(&h.seen, a2_id).unwrap();
+    let (b_joined, b_rows) = poems_of(&h.seen, b2_id).unwrap();
+    assert_eq!((a_rows, b_rows), (3, 3), "decoded as one batch");
+    assert!(a_alone.iter().all(|t| !t.is_empty()), "{a_alone:?}");
+    assert_eq!(a_joined, a_alone, "same seed, same poems, joined or not");
+    assert_eq!(b_joined, b_alone);
+    // Each request's tokens came with its own id and variation numbers.
+    let streamed: String = h
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Token {
+                request,
+                variation: 0,
+                text,
+            } if *request == b2_id => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(streamed, b_joined[0]);
+}
+
+#[test]
+fn cancelling_one_joined_request_stops_its_rows_and_the_other_finishes() {
+    let mut h = Harness::new(16);
+    let a = h.job(30);
+    let b = GenerateJob {
+        id: h.engine.next_request_id(),
+        sampling: SamplingParams {
+            seed: 9,
+            ..SamplingParams::default()
+        },
+        ..h.job(30)
+    };
+    let (a_id, b_id) = (a.id, b.id);
+    let queued = std::sync::Mutex::new(Some((a, b)));
+    let cancelled = std::sync::atomic::AtomicBool::new(false);
+    let tokens = std::sync::atomic::AtomicUsize::new(0);
+    h.set_hook(move |remote, _| {
+        if let Some((a, b)) = queued.lock().unwrap().take() {
+            remote.send(Command::Generate(a)).unwrap();
+            remote.send(Command::Generate(b)).unwrap();
+            return;
+        }
+        // Some tokens into the joined decode, the client of `a` goes away.
+        let n = tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n > 60 && !cancelled.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            remote.cancel_request(a_id);
+        }
+    });
+    let blocker = h.job(20);
+    h.engine.send(Command::Generate(blocker)).unwrap();
+    let done = |h: &Harness, id: RequestId| {
+        h.seen.iter().find_map(|e| match e {
+            Event::Done {
+                request,
+                generation,
+            } if *request == id => Some(generation.clone()),
+            _ => None,
+        })
+    };
+    h.until(
+        "a",
+        |e| matches!(e, Event::Done { request, .. } if *request == a_id),
+    );
+    h.until(
+        "b",
+        |e| matches!(e, Event::Done { request, .. } if *request == b_id),
+    );
+    let (a, b) = (done(&h, a_id).unwrap(), done(&h, b_id).unwrap());
+    assert_eq!(a.batch_rows, 4, "joined");
+    assert!(
+        a.variations
+            .iter()
+            .all(|v| v.stop == Some(versifier::generate::StopReason::Cancelled)),
+        "{a:?}"
+    );
+    assert!(
+        b.variations
+            .iter()
+            .all(|v| v.stop != Some(versifier::generate::StopReason::Cancelled)),
+        "{b:?}"
+    );
+}
+
 #[test]
 fn loading_reports_progress_up_to_complete_before_loaded() {
     let mut h = Harness::new(8);

@@ -23,7 +23,10 @@ use crate::device::fit::{
 use crate::device::Precision;
 use crate::device::PrecisionSpeeds;
 use crate::device::{open_device, DeviceChoice};
-use crate::generate::{generate, prepare_request, GenerateError, PrepareError, RequestSettings};
+use crate::generate::{
+    generate_rows, prepare_request, prompt_tokens_kept, GenerateError, GenerateRequest, Generation,
+    PrepareError, RequestSettings, RowStart, SamplingParams, MAX_VARIATIONS,
+};
 use crate::meter::{process_memory, GpuMeter};
 use crate::model::{load_model_with_progress, Gpt2Config, LoadProgress, LoadedModel, ModelFiles};
 
@@ -329,7 +332,30 @@ struct JobFailure {
     fit: Option<Box<FitRefusal>>,
 }
 
+/// Whether `next` can be decoded in one batch with `first`.
+fn joinable(first: &GenerateJob, next: &GenerateJob) -> bool {
+    first.spec == next.spec
+        && first.form == next.form
+        && first.verse == next.verse
+        && first.max_new_tokens == next.max_new_tokens
+        && SamplingParams {
+            seed: first.sampling.seed,
+            ..next.sampling.clone()
+        } == first.sampling
+}
+
 impl JobFailure {
+    /// The same failure, reported to another request of a joined batch (the
+    /// partial output belongs to the first).
+    fn for_another(&self) -> Self {
+        Self {
+            kind: self.kind,
+            message: self.message.clone(),
+            partial: None,
+            fit: self.fit.clone(),
+        }
+    }
+
     fn new(kind: ErrorKind, message: String) -> Self {
         Self {
             kind,
@@ -426,12 +452,19 @@ impl OwnerThread {
                 }
             }
             Command::Generate(job) => {
-                let id = job.id;
-                let result = catch_unwind(AssertUnwindSafe(|| self.run_job(job)));
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(f)) => self.fail(Some(id), f),
-                    Err(panic) => self.caught_panic(Some(id), panic),
+                let jobs = self.join_queued(job);
+                let ids: Vec<RequestId> = jobs.iter().map(|j| j.id).collect();
+                let result = catch_unwind(AssertUnwindSafe(|| self.run_jobs(jobs)));
+                if let Err(panic) = result {
+                    for id in &ids[1..] {
+                        let f = JobFailure::new(
+                            ErrorKind::Internal,
+                            "the batch this request was decoded in failed (a bug; see the log)"
+                                .into(),
+                        );
+                        self.fail(Some(*id), f);
+                    }
+                    self.caught_panic(ids.first().copied(), panic);
                 }
                 if self.loaded.is_some() {
                     self.set_state(EngineState::Ready);
@@ -898,72 +931,223 @@ impl OwnerThread {
         }
     }
 
-    fn run_job(&mut self, job: GenerateJob) -> Result<(), JobFailure> {
-        self.ensure_loaded(&job.spec, job.variations)?;
+    /// Takes the Generate jobs queued right behind `first` that can share its
+    /// decode (same model, form, rules, length and sampling but the seed), up
+    /// to the batch cap. Only a contiguous run at the head of the queue joins,
+    /// so no job ever overtakes another command.
+    fn join_queued(&mut self, first: GenerateJob) -> Vec<GenerateJob> {
+        if self.swap.is_none() {
+            while let Ok(msg) = self.inbox.try_recv() {
+                match msg {
+                    Inbox::Command(cmd) => self.deferred.push_back(cmd),
+                    // No swap in flight: nothing can be loading beside us.
+                    Inbox::SwapLoaded(result) => self.finish_swap(*result),
+                }
+            }
+        }
+        let mut rows = first.variations;
+        let mut jobs = vec![first];
+        while let Some(Command::Generate(next)) = self.deferred.front() {
+            if !joinable(&jobs[0], next) || rows + next.variations > MAX_VARIATIONS {
+                break;
+            }
+            rows += next.variations;
+            if let Some(Command::Generate(next)) = self.deferred.pop_front() {
+                jobs.push(next);
+            }
+        }
+        jobs
+    }
+
+    /// Runs `jobs` (one, or several joined by [`Self::join_queued`]) as one
+    /// batched decode. Each job gets its own tokens and its own `Done` or
+    /// error; a cancelled job's rows stop while the others go on.
+    fn run_jobs(&mut self, mut jobs: Vec<GenerateJob>) {
+        let rows: usize = jobs.iter().map(|j| j.variations).sum();
+        if let Err(f) = self.ensure_loaded(&jobs[0].spec, rows) {
+            if jobs.len() > 1 && f.kind == ErrorKind::DoesNotFit {
+                // Together they do not fit: each runs on its own, in order.
+                for job in jobs.drain(1..).rev() {
+                    self.deferred.push_front(Command::Generate(job));
+                }
+                return self.run_jobs(jobs);
+            }
+            for job in &jobs[1..] {
+                self.fail(Some(job.id), f.for_another());
+            }
+            return self.fail(Some(jobs[0].id), f);
+        }
         let Some(resident) = self.loaded.as_ref() else {
-            return Err(JobFailure::new(
-                ErrorKind::Internal,
-                "model vanished after loading".into(),
-            ));
+            for job in &jobs {
+                let f = JobFailure::new(ErrorKind::Internal, "model vanished after loading".into());
+                self.fail(Some(job.id), f);
+            }
+            return;
+        };
+        let m = &resident.model;
+        let spec = jobs[0].spec.clone();
+        let mut prepared = Vec::with_capacity(jobs.len());
+        let mut refused = Vec::new();
+        for job in jobs {
+            let settings = RequestSettings {
+                prompt: &job.prompt,
+                form: &job.form,
+                variations: job.variations,
+                max_new_tokens: job.max_new_tokens,
+                sampling: &job.sampling,
+                verse: &job.verse,
+            };
+            match prepare_request(m, &settings) {
+                Ok(req) => prepared.push((job, req)),
+                Err(e) => {
+                    let kind = match e {
+                        PrepareError::BadRequest(_) => ErrorKind::BadRequest,
+                        PrepareError::NoTokenizer { .. } => ErrorKind::BadModel,
+                    };
+                    refused.push((job.id, JobFailure::new(kind, e.to_string())));
+                }
+            }
+        }
+        let outcome = (!prepared.is_empty()).then(|| self.decode_joined(&prepared));
+        for (id, f) in refused {
+            self.fail(Some(id), f);
+        }
+        let Some(outcome) = outcome else { return };
+        if let Ok(mut set) = self.cancelled.lock() {
+            for (job, _) in &prepared {
+                set.remove(&job.id);
+            }
+        }
+        match outcome {
+            Ok(generations) => {
+                for (request, generation) in generations {
+                    self.emit(Event::Done {
+                        request,
+                        generation,
+                    });
+                }
+            }
+            Err(failures) => {
+                for (request, mut f) in failures {
+                    if is_out_of_memory(&f.message) {
+                        let partial = f.partial.take();
+                        f = self.out_of_memory_failure(
+                            MemoryStage::Generate,
+                            &spec,
+                            rows,
+                            &f.message,
+                        );
+                        f.partial = partial;
+                    }
+                    self.fail(Some(request), f);
+                }
+            }
+        }
+    }
+
+    /// The decode of [`Self::run_jobs`]: one request of all the jobs' rows,
+    /// its tokens sent as each job's events, its result split per job.
+    #[allow(clippy::type_complexity)]
+    fn decode_joined(
+        &self,
+        prepared: &[(GenerateJob, GenerateRequest)],
+    ) -> Result<Vec<(RequestId, Generation)>, Vec<(RequestId, JobFailure)>> {
+        let Some(resident) = self.loaded.as_ref() else {
+            return Err(Vec::new());
         };
         let m = &resident.model;
         let tok = m.tokenizer.as_ref();
-        let settings = RequestSettings {
-            prompt: &job.prompt,
-            form: &job.form,
-            variations: job.variations,
-            max_new_tokens: job.max_new_tokens,
-            sampling: &job.sampling,
-            verse: &job.verse,
+        // Which job and variation each row is.
+        let owners: Vec<(RequestId, usize)> = prepared
+            .iter()
+            .flat_map(|(job, req)| (0..req.variations).map(move |v| (job.id, v)))
+            .collect();
+        let req = match prepared {
+            [(_, only)] => only.clone(),
+            [(_, first), ..] => GenerateRequest {
+                variations: owners.len(),
+                rows: prepared
+                    .iter()
+                    .flat_map(|(_, r)| {
+                        (0..r.variations).map(move |variation| RowStart {
+                            prompt_ids: r.prompt_ids.clone(),
+                            seed: r.sampling.seed,
+                            variation,
+                            start: r
+                                .constraint
+                                .as_ref()
+                                .map(|c| c.1.clone())
+                                .unwrap_or_default(),
+                        })
+                    })
+                    .collect(),
+                ..first.clone()
+            },
+            [] => return Ok(Vec::new()),
         };
-        let req = prepare_request(m, &settings).map_err(|e| {
-            let kind = match e {
-                PrepareError::BadRequest(_) => ErrorKind::BadRequest,
-                PrepareError::NoTokenizer { .. } => ErrorKind::BadModel,
-            };
-            JobFailure::new(kind, e.to_string())
-        })?;
         self.set_state(EngineState::Generating);
         let cancel_up_to = Arc::clone(&self.cancel_up_to);
         let cancelled = Arc::clone(&self.cancelled);
-        let is_cancelled = move || {
-            cancel_up_to.load(Ordering::Relaxed) >= job.id
-                || cancelled.lock().is_ok_and(|set| set.contains(&job.id))
+        let is_cancelled = |id: RequestId| {
+            cancel_up_to.load(Ordering::Relaxed) >= id
+                || cancelled.lock().is_ok_and(|set| set.contains(&id))
         };
+        let row_cancelled = |r: usize| owners.get(r).is_some_and(|(id, _)| is_cancelled(*id));
         let bytes = |id: u32| -> &[u8] { tok.map_or(&[], |t| t.token_bytes(id)) };
-        let events = &self.events;
-        let waker = &self.waker;
-        let result = generate(&m.model, &req, bytes, &is_cancelled, |ev| {
-            if !ev.text.is_empty() {
-                if let Some(w) = waker {
-                    w();
-                }
+        let (events, waker) = (&self.events, &self.waker);
+        let path = crate::generate::DecodePath::for_device(m.model.device());
+        let result = generate_rows(path, &m.model, &req, bytes, &row_cancelled, |ev| {
+            if ev.text.is_empty() {
+                return;
+            }
+            if let Some(w) = waker {
+                w();
+            }
+            if let Some(&(request, variation)) = owners.get(ev.variation) {
                 let _ = events.send(Event::Token {
-                    request: job.id,
-                    variation: ev.variation,
+                    request,
+                    variation,
                     text: ev.text.clone(),
                 });
             }
         });
-        if let Ok(mut set) = self.cancelled.lock() {
-            set.remove(&job.id);
-        }
-        match result {
-            Ok(mut generation) => {
-                if let Some(t) = tok {
-                    generation.ids_without_text = generation
-                        .variations
-                        .iter()
-                        .flat_map(|v| &v.ids)
-                        .filter(|&&id| id as usize >= t.vocab_size())
-                        .count();
-                }
-                self.emit(Event::Done {
-                    request: job.id,
-                    generation,
-                });
-                Ok(())
+        let keep = prompt_tokens_kept(m.config.n_positions, req.max_new_tokens);
+        let split = |whole: &Generation| -> Vec<(RequestId, Generation)> {
+            if prepared.len() == 1 {
+                return vec![(prepared[0].0.id, whole.clone())];
             }
+            let mut rows = whole.variations.iter();
+            prepared
+                .iter()
+                .map(|(job, r)| {
+                    let variations: Vec<_> = rows.by_ref().take(r.variations).cloned().collect();
+                    let cut = r.prompt_ids.len().saturating_sub(keep);
+                    let generation = Generation {
+                        prompt_ids: r.prompt_ids[cut..].to_vec(),
+                        truncated_prompt_tokens: cut,
+                        variations,
+                        ..whole.clone()
+                    };
+                    (job.id, generation)
+                })
+                .collect()
+        };
+        let count_textless = |mut g: Generation| {
+            if let Some(t) = tok {
+                g.ids_without_text = g
+                    .variations
+                    .iter()
+                    .flat_map(|v| &v.ids)
+                    .filter(|&&id| id as usize >= t.vocab_size())
+                    .count();
+            }
+            g
+        };
+        match result {
+            Ok(whole) => Ok(split(&whole)
+                .into_iter()
+                .map(|(id, g)| (id, count_textless(g)))
+                .collect()),
             Err(e) => {
                 let message = e.to_string();
                 let (kind, partial) = match e {
@@ -971,19 +1155,26 @@ impl OwnerThread {
                     GenerateError::Failed { partial, .. } => (ErrorKind::Generation, Some(partial)),
                     _ => (ErrorKind::Generation, None),
                 };
-                if is_out_of_memory(&message) {
-                    let (spec, batch) = (job.spec.clone(), job.variations);
-                    let mut f =
-                        self.out_of_memory_failure(MemoryStage::Generate, &spec, batch, &message);
-                    f.partial = partial;
-                    return Err(f);
-                }
-                Err(JobFailure {
-                    kind,
-                    message: crate::without_backtrace(&message),
-                    partial,
-                    fit: None,
-                })
+                let partials: Vec<Option<Generation>> = match &partial {
+                    Some(p) => split(p).into_iter().map(|(_, g)| Some(g)).collect(),
+                    None => vec![None; prepared.len()],
+                };
+                let failures = prepared
+                    .iter()
+                    .zip(partials)
+                    .map(|((job, _), partial)| {
+                        // An out-of-memory is turned into the engine's report by the caller.
+                        let mut f = JobFailure {
+                            kind,
+                            message: crate::without_backtrace(&message),
+                            partial: None,
+                            fit: None,
+                        };
+                        f.partial = partial.map(Box::new);
+                        (job.id, f)
+                    })
+                    .collect();
+                Err(failures)
             }
         }
     }

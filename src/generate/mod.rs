@@ -159,6 +159,10 @@ pub struct Generation {
     /// counted, so empty text is never silent.
     #[serde(default)]
     pub ids_without_text: usize,
+    /// Rows decoded together: this request's variations plus those of any
+    /// requests joined to it.
+    #[serde(default)]
+    pub batch_rows: usize,
     /// How decode steps ran on the static path (absent on the growing-cache path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_runner: Option<StepRunner>,
@@ -484,6 +488,7 @@ pub fn generate_rows<'t>(
         timings: GenerationTimings::default(),
         kv_cache_bytes: 0,
         ids_without_text: 0,
+        batch_rows: rows,
         step_runner: None,
     };
     let mut samplers: Vec<TokenSampler> = if req.rows.is_empty() {
