@@ -48,6 +48,7 @@ impl Harness {
             clock: Arc::new(clock.clone()),
             waker: Some(waker),
             memory_budget: None,
+            batch_window: Duration::ZERO,
         })
         .unwrap();
         let _ = remote.set(engine.remote());

@@ -62,6 +62,7 @@ proptest! {
             clock: Arc::new(clock.clone()),
             waker: None,
             memory_budget,
+            batch_window: Duration::ZERO,
         }).unwrap();
         for s in &steps {
             let r = match s {

@@ -90,12 +90,17 @@ pub struct EngineOptions {
     /// Most bytes a model may need (weights + KV cache + runtime); `None` means
     /// what the device has free. Loads above it are refused with options.
     pub memory_budget: Option<u64>,
+    /// How long a Generate job that finds no other queued behind it waits for
+    /// compatible ones to join its batch (a server's maximum queue delay;
+    /// zero for the window and the command line, which send one at a time).
+    pub batch_window: Duration,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             memory_budget: None,
+            batch_window: Duration::ZERO,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             clock: Arc::new(SystemClock),
@@ -195,6 +200,7 @@ impl Engine {
             swap: None,
             deferred: VecDeque::new(),
             memory_budget: opts.memory_budget,
+            batch_window: opts.batch_window,
             cuda_overhead: crate::device::fit::DEFAULT_CUDA_OVERHEAD_BYTES,
             cuda_fallback_reported: false,
             events: ev_tx,
@@ -308,6 +314,7 @@ struct OwnerThread {
     /// Commands that arrived while waiting for a swap, handled next, in order.
     deferred: VecDeque<Command>,
     memory_budget: Option<u64>,
+    batch_window: Duration,
     /// Measured CUDA runtime overhead (context + cuBLAS), updated after each load.
     cuda_overhead: u64,
     cuda_fallback_reported: bool,
@@ -942,6 +949,27 @@ impl OwnerThread {
                     Inbox::Command(cmd) => self.deferred.push_back(cmd),
                     // No swap in flight: nothing can be loading beside us.
                     Inbox::SwapLoaded(result) => self.finish_swap(*result),
+                }
+            }
+        }
+        if self.swap.is_none() && self.deferred.is_empty() && !self.batch_window.is_zero() {
+            // Nothing queued yet: wait a little for requests to join (ends at
+            // the first command that is not a Generate, or when the batch is full).
+            let deadline = Instant::now() + self.batch_window;
+            let mut rows = first.variations;
+            while rows < MAX_VARIATIONS {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.inbox.recv_timeout(left) {
+                    Ok(Inbox::Command(Command::Generate(job))) => {
+                        rows += job.variations;
+                        self.deferred.push_back(Command::Generate(job));
+                    }
+                    Ok(Inbox::Command(cmd)) => {
+                        self.deferred.push_back(cmd);
+                        break;
+                    }
+                    Ok(Inbox::SwapLoaded(result)) => self.finish_swap(*result),
+                    Err(_) => break,
                 }
             }
         }

@@ -518,11 +518,11 @@ pub fn generate_rows<'t>(
     let mut step = 0usize;
     let mut decode_started = None;
     loop {
-        for r in 0..rows {
-            if out.variations[r].stop.is_none() && row_cancelled(r) {
-                out.variations[r].stop = Some(StopReason::Cancelled);
-                let tail = streams[r].finish();
-                out.variations[r].text.push_str(&tail);
+        for (r, (v, stream)) in out.variations.iter_mut().zip(&mut streams).enumerate() {
+            if v.stop.is_none() && row_cancelled(r) {
+                v.stop = Some(StopReason::Cancelled);
+                let tail = stream.finish();
+                v.text.push_str(&tail);
             }
         }
         if out.variations.iter().all(|v| v.stop.is_some()) {

@@ -18,6 +18,10 @@ use crate::engine::{
     GenerateJob, LoadReport, LoadSpec, Precision, ReleaseReport, RequestId,
 };
 
+/// How long a request waits for others to join its batch when it arrives at
+/// an idle engine (the server's maximum queue delay).
+const SERVE_BATCH_WINDOW: Duration = Duration::from_millis(15);
+
 /// What the status endpoint says about one engine.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineStatus {
@@ -259,6 +263,7 @@ impl EnginePool {
         let engine = Engine::spawn(EngineOptions {
             idle_timeout: self.idle,
             queue_capacity: self.max_queue + 4,
+            batch_window: SERVE_BATCH_WINDOW,
             ..EngineOptions::default()
         })
         .map_err(|source| PoolError::Start {
