@@ -835,3 +835,39 @@ fn loading_reports_progress_up_to_complete_before_loaded() {
     assert_eq!(progress.first(), Some(&0.0));
     assert_eq!(progress.last(), Some(&1.0));
 }
+
+#[test]
+fn with_a_batch_window_a_request_arriving_moments_later_joins_the_first() {
+    let engine = Engine::spawn(EngineOptions {
+        batch_window: Duration::from_secs(1),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let h = Harness::new(4); // only for its job builder
+    let mut a = h.job(8);
+    a.id = engine.next_request_id();
+    let mut b = h.job(8);
+    b.id = engine.next_request_id();
+    b.variations = 1;
+    let (a_id, b_id) = (a.id, b.id);
+    engine.send(Command::Generate(a)).unwrap();
+    // The second client is a moment late (well inside the window).
+    std::thread::sleep(Duration::from_millis(100));
+    engine.send(Command::Generate(b)).unwrap();
+    let mut rows = std::collections::HashMap::new();
+    while rows.len() < 2 {
+        match engine.recv_timeout(WAIT) {
+            Some(Event::Done {
+                request,
+                generation,
+            }) => {
+                rows.insert(request, generation.batch_rows);
+            }
+            Some(Event::Error { message, .. }) => panic!("{message}"),
+            Some(_) => {}
+            None => panic!("no result within {WAIT:?}"),
+        }
+    }
+    assert_eq!(rows[&a_id], 3, "{rows:?}");
+    assert_eq!(rows[&b_id], 3, "{rows:?}");
+}

@@ -952,26 +952,8 @@ impl OwnerThread {
                 }
             }
         }
-        if self.swap.is_none() && self.deferred.is_empty() && !self.batch_window.is_zero() {
-            // Nothing queued yet: wait a little for requests to join (ends at
-            // the first command that is not a Generate, or when the batch is full).
-            let deadline = Instant::now() + self.batch_window;
-            let mut rows = first.variations;
-            while rows < MAX_VARIATIONS {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.inbox.recv_timeout(left) {
-                    Ok(Inbox::Command(Command::Generate(job))) => {
-                        rows += job.variations;
-                        self.deferred.push_back(Command::Generate(job));
-                    }
-                    Ok(Inbox::Command(cmd)) => {
-                        self.deferred.push_back(cmd);
-                        break;
-                    }
-                    Ok(Inbox::SwapLoaded(result)) => self.finish_swap(*result),
-                    Err(_) => break,
-                }
-            }
+        if self.swap.is_none() && !self.batch_window.is_zero() {
+            self.wait_for_joiners(&first);
         }
         let mut rows = first.variations;
         let mut jobs = vec![first];
@@ -987,11 +969,42 @@ impl OwnerThread {
         jobs
     }
 
+    /// The batch window: until the queue behind `first` holds a full batch of
+    /// compatible rows, or something else, wait up to `batch_window` for more
+    /// (requests of clients that were answered a moment ago, or of a burst
+    /// still arriving).
+    fn wait_for_joiners(&mut self, first: &GenerateJob) {
+        let compatible_rows = |deferred: &VecDeque<Command>| {
+            let mut rows = first.variations;
+            for cmd in deferred {
+                match cmd {
+                    Command::Generate(next) if joinable(first, next) => rows += next.variations,
+                    _ => return (rows, true),
+                }
+            }
+            (rows, false)
+        };
+        let deadline = Instant::now() + self.batch_window;
+        loop {
+            let (rows, blocked) = compatible_rows(&self.deferred);
+            if blocked || rows >= MAX_VARIATIONS {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(left) {
+                Ok(Inbox::Command(cmd)) => self.deferred.push_back(cmd),
+                Ok(Inbox::SwapLoaded(result)) => self.finish_swap(*result),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Runs `jobs` (one, or several joined by [`Self::join_queued`]) as one
     /// batched decode. Each job gets its own tokens and its own `Done` or
     /// error; a cancelled job's rows stop while the others go on.
     fn run_jobs(&mut self, mut jobs: Vec<GenerateJob>) {
         let rows: usize = jobs.iter().map(|j| j.variations).sum();
+        tracing::debug!(jobs = jobs.len(), rows, "decoding requests as one batch");
         if let Err(f) = self.ensure_loaded(&jobs[0].spec, rows) {
             if jobs.len() > 1 && f.kind == ErrorKind::DoesNotFit {
                 // Together they do not fit: each runs on its own, in order.
