@@ -681,3 +681,29 @@ fn a_saved_gpu_that_is_absent_falls_back_to_the_cpu_with_a_notice() {
         versifier::engine::DeviceChoice::Cpu
     );
 }
+
+#[test]
+fn a_ci_to_a_chosen_tune_is_written_in_the_tunes_pattern() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let saved = Settings {
+        form: "ci:鹧鸪天".parse().unwrap(),
+        ..Settings::default()
+    };
+    store.save_settings(&saved).unwrap();
+    let mut h = harness(app(&store));
+    // The tune picker shows the tune by its traditional name.
+    h.get_by_value("鷓鴣天");
+    start_poem(&mut h, "春");
+    pump(&mut h, "poem", |a| {
+        a.error.is_some() || (!a.cards.is_empty() && a.cards.iter().all(|c| c.done))
+    });
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let card = &h.state().cards[0];
+    let poem = format!("{}{}", card.prompt, card.text);
+    assert!(
+        versifier::generate::forms::satisfies(&poem, &saved.form),
+        "{poem}"
+    );
+    assert_eq!(h.state().history[0].form, saved.form, "history keeps the tune");
+}

@@ -11,6 +11,7 @@ use versifier::engine::DeviceChoice;
 mod bench;
 mod check;
 mod corpus;
+mod forms;
 mod generate;
 mod info;
 mod logging;
@@ -23,6 +24,7 @@ mod train;
 use bench::BenchArgs;
 use check::CheckArgs;
 use corpus::CorpusArgs;
+use forms::FormsArgs;
 use info::InfoArgs;
 use selftest::SelftestArgs;
 use serve::ServeArgs;
@@ -62,6 +64,8 @@ pub enum Command {
     /// Check a poem's rhyme (平水韻) and tones (平仄): marks per character,
     /// rhyme characters and group, broken rules with line and column, verdict.
     Check(CheckArgs),
+    /// List the poem forms `--form` takes, with every 詞 tune's line pattern.
+    Forms(FormsArgs),
     /// Describe a checkpoint: architecture, parameters, bytes per dtype,
     /// tokenizer, and whether its tensors match config.json.
     Info(InfoArgs),
@@ -92,6 +96,7 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Check(args)) => check::run_check(args),
+        Some(Command::Forms(args)) => forms::run_forms(args),
         Some(Command::Info(args)) => run_info(&model_or_bundled(args.model)?, args.json),
         #[cfg(feature = "gui")]
         Some(Command::Snapshots(args)) => snapshots::run_snapshots(args),

@@ -24,8 +24,8 @@ use crate::device::Precision;
 use crate::device::PrecisionSpeeds;
 use crate::device::{open_device, DeviceChoice};
 use crate::generate::{
-    generate_rows, prepare_request, prompt_tokens_kept, GenerateError, GenerateRequest, Generation,
-    PrepareError, RequestSettings, RowStart, SamplingParams, MAX_VARIATIONS,
+    generate_rows, prepare_request, prompt_tokens_kept_for, GenerateError, GenerateRequest,
+    Generation, PrepareError, RequestSettings, RowStart, SamplingParams, MAX_VARIATIONS,
 };
 use crate::meter::{process_memory, GpuMeter};
 use crate::model::{load_model_with_progress, Gpt2Config, LoadProgress, LoadedModel, ModelFiles};
@@ -1152,7 +1152,7 @@ impl OwnerThread {
                 });
             }
         });
-        let keep = prompt_tokens_kept(m.config.n_positions, req.max_new_tokens);
+        let keep = prompt_tokens_kept_for(&req, m.config.n_positions);
         let split = |whole: &Generation| -> Vec<(RequestId, Generation)> {
             if prepared.len() == 1 {
                 return vec![(prepared[0].0.id, whole.clone())];

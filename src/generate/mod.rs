@@ -214,7 +214,7 @@ pub fn poem_prompt(
     if *form == forms::PoemForm::Free {
         return Ok((ids, None));
     }
-    if let Some((_, per_line)) = form.shape() {
+    if let Some(&(per_line, _)) = form.line_plan().as_ref().and_then(|p| p.first()) {
         if text.chars().filter(|c| forms::is_hanzi(*c)).count() >= per_line {
             return Err(invalid(
                 "prompt",
@@ -293,6 +293,23 @@ pub fn prompt_tokens_kept(n_positions: usize, max_new_tokens: usize) -> usize {
     (n_positions + 1)
         .saturating_sub(max_new_tokens)
         .clamp(1, n_positions)
+}
+
+/// Whether `req` goes on past a full context by sliding its window: a 詞 tune
+/// may need more tokens than the model's context holds.
+pub fn slides_context(req: &GenerateRequest) -> bool {
+    req.constraint
+        .as_ref()
+        .is_some_and(|(c, _)| matches!(c.form, forms::PoemForm::Ci(_)))
+}
+
+/// How many prompt tokens `req` keeps on a model with `n_positions`.
+pub fn prompt_tokens_kept_for(req: &GenerateRequest, n_positions: usize) -> usize {
+    if slides_context(req) {
+        n_positions
+    } else {
+        prompt_tokens_kept(n_positions, req.max_new_tokens)
+    }
 }
 
 /// How a generation keeps its keys and values.
@@ -454,7 +471,8 @@ pub fn generate_rows<'t>(
     let n_positions = model.config().n_positions;
     // Keep room for the requested tokens. The caller reports the drop
     // (`truncated_prompt_tokens`); it is not logged here as well.
-    let keep = prompt_tokens_kept(n_positions, req.max_new_tokens);
+    let keep = prompt_tokens_kept_for(req, n_positions);
+    let slides = slides_context(req);
     let cut = |ids: &[u32]| ids[ids.len().saturating_sub(keep)..].to_vec();
     let rows = req.variations;
     let prompts: Vec<Vec<u32>> = if req.rows.is_empty() {
@@ -511,7 +529,7 @@ pub fn generate_rows<'t>(
     let mut contexts: Vec<Vec<u32>> = prompts.clone();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
     let columns = static_columns(longest, req.max_new_tokens, n_positions);
-    let mut decoding = Decoding::open(path, model, rows, columns)?;
+    let mut decoding = Some(Decoding::open(path, model, rows, columns)?);
 
     let started = Instant::now();
     let mut input = TokenBatch::left_padded(&prompts, 0);
@@ -529,8 +547,35 @@ pub fn generate_rows<'t>(
             break;
         }
         let forward_started = Instant::now();
-        let logits = match decoding.next_logits(model, &input) {
+        let Some(open) = decoding.as_mut() else {
+            break;
+        };
+        let logits = match open.next_logits(model, &input) {
             Ok(l) => l,
+            Err(ForwardError::ContextFull { .. }) if slides => {
+                // The form needs more tokens than the context holds: keep each
+                // row's first token (the start) and the latest half of its
+                // context, and go on from there (positions restart).
+                let half = n_positions / 2;
+                let tails: Vec<Vec<u32>> = contexts
+                    .iter()
+                    .map(|c| {
+                        let from = c.len().saturating_sub(half).max(1);
+                        c[..1.min(c.len())]
+                            .iter()
+                            .chain(&c[from..])
+                            .copied()
+                            .collect()
+                    })
+                    .collect();
+                let longest = tails.iter().map(Vec::len).max().unwrap_or(1);
+                let columns = static_columns(longest, req.max_new_tokens, n_positions);
+                // The old decoder (and its lock on the static buffers) goes first.
+                drop(decoding.take());
+                decoding = Some(Decoding::open(path, model, rows, columns)?);
+                input = TokenBatch::left_padded(&tails, 0);
+                continue;
+            }
             Err(ForwardError::ContextFull { .. }) => {
                 finish_rows(&mut out, &mut streams, StopReason::ContextFull);
                 break;
@@ -618,8 +663,10 @@ pub fn generate_rows<'t>(
     if let Some(t) = decode_started {
         out.timings.decode_ms = t.elapsed().as_secs_f64() * 1000.0;
     }
-    out.kv_cache_bytes = decoding.cache_bytes();
-    out.step_runner = decoding.runner();
+    if let Some(d) = &decoding {
+        out.kv_cache_bytes = d.cache_bytes();
+        out.step_runner = d.runner();
+    }
     if req
         .constraint
         .as_ref()

@@ -76,10 +76,17 @@ pub fn prepare_request(
         Some(t) => t.stop_ids().to_vec(),
         None => cfg.eos_token_id.filter(in_vocab).into_iter().collect(),
     };
+    // A form that fixes every line (a 詞 tune can run to 120 characters) gets
+    // the tokens it needs, whatever the length setting says: one per
+    // character and mark, one for the stop.
+    let form_tokens = constraint
+        .as_ref()
+        .and_then(|(c, _): &(crate::poetry::forms::FormConstraint, String)| c.form.line_plan())
+        .map_or(0, |plan| plan.iter().map(|(n, _)| n + 1).sum::<usize>() + 1);
     Ok(GenerateRequest {
         prompt_ids,
         variations: settings.variations,
-        max_new_tokens: settings.max_new_tokens,
+        max_new_tokens: settings.max_new_tokens.max(form_tokens),
         sampling: settings.sampling.clone(),
         stop_ids,
         constraint,

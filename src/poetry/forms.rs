@@ -31,6 +31,9 @@ pub enum PoemForm {
     /// 藏頭詩: one line per head character, each line starting with it
     /// (7 characters a line; 4 heads make a 七絕, 8 a 七律).
     Acrostic(Vec<char>),
+    /// 詞 to a named tune: the tune's line lengths and punctuation, as
+    /// derived from the Song 詞 collection (the simplified name, as there).
+    Ci(String),
 }
 
 impl PoemForm {
@@ -43,6 +46,21 @@ impl PoemForm {
             Self::WuLv => Some((8, 5)),
             Self::QiLv => Some((8, 7)),
             Self::Acrostic(heads) => Some((heads.len(), 7)),
+            Self::Ci(_) => None,
+        }
+    }
+
+    /// Each line's length and closing mark, for the forms that fix them
+    /// (`None` for free verse).
+    pub fn line_plan(&self) -> Option<Vec<(usize, char)>> {
+        match self {
+            Self::Free => None,
+            Self::Ci(name) => super::tunes::find_tune(name).map(|t| t.lines.clone()),
+            _ => self.shape().map(|(lines, chars)| {
+                (0..lines)
+                    .map(|i| (chars, if i % 2 == 0 { COMMA } else { PERIOD }))
+                    .collect()
+            }),
         }
     }
 
@@ -53,7 +71,7 @@ impl PoemForm {
             Self::QiJue | Self::Acrostic(_) => Some("[QIJUE]"),
             Self::WuLv => Some("[WULV]"),
             Self::QiLv => Some("[QILV]"),
-            Self::Free => None,
+            Self::Free | Self::Ci(_) => None,
         }
     }
 
@@ -77,6 +95,10 @@ impl PoemForm {
             Self::WuLv => "五律".into(),
             Self::QiLv => "七律".into(),
             Self::Acrostic(h) => format!("藏頭 {}", h.iter().collect::<String>()),
+            Self::Ci(name) => format!(
+                "詞 {}",
+                super::tunes::find_tune(name).map_or(name.as_str(), |t| t.traditional.as_str())
+            ),
         }
     }
 }
@@ -90,6 +112,7 @@ impl fmt::Display for PoemForm {
             Self::WuLv => f.write_str("wulv"),
             Self::QiLv => f.write_str("qilv"),
             Self::Acrostic(h) => write!(f, "acrostic:{}", h.iter().collect::<String>()),
+            Self::Ci(name) => write!(f, "ci:{name}"),
         }
     }
 }
@@ -98,9 +121,11 @@ impl fmt::Display for PoemForm {
 #[derive(Debug, thiserror::Error)]
 pub enum FormParseError {
     #[error(
-        "unknown poem form `{0}`: expected free, wujue, qijue, wulv, qilv or acrostic:<4 or 8 characters>"
+        "unknown poem form `{0}`: expected free, wujue, qijue, wulv, qilv, acrostic:<4 or 8 characters> or ci:<tune> (`versifier forms` lists the tunes)"
     )]
     Unknown(String),
+    #[error("no 詞 tune named `{0}` is known (`versifier forms` lists the {1} tunes, e.g. 浣溪沙, 鹧鸪天, 菩萨蛮)")]
+    UnknownTune(String, usize),
     #[error("acrostic `{heads}` has {count} head character(s): an acrostic takes 4 (a 七絕) or 8 (a 七律), one per line")]
     HeadCount { heads: String, count: usize },
     #[error("acrostic heads must be Chinese characters; `{0}` is not")]
@@ -116,6 +141,21 @@ impl FromStr for PoemForm {
             "qijue" | "七絕" | "七绝" => Ok(Self::QiJue),
             "wulv" | "五律" => Ok(Self::WuLv),
             "qilv" | "七律" => Ok(Self::QiLv),
+            other if ["ci:", "詞:", "词:"].iter().any(|p| other.starts_with(p)) => {
+                let name = ["ci:", "詞:", "词:"]
+                    .iter()
+                    .find_map(|p| other.strip_prefix(p))
+                    .unwrap_or_default()
+                    .trim();
+                super::tunes::find_tune(name)
+                    .map(|t| Self::Ci(t.name.clone()))
+                    .ok_or_else(|| {
+                        FormParseError::UnknownTune(
+                            name.to_string(),
+                            super::tunes::ci_tunes().len(),
+                        )
+                    })
+            }
             other => {
                 let heads: Vec<char> = other
                     .strip_prefix("acrostic:")
@@ -206,6 +246,11 @@ pub fn satisfies(text: &str, form: &PoemForm) -> bool {
                         && *m == if i % 2 == 0 { COMMA } else { PERIOD }
                 })
         }),
+        PoemForm::Ci(_) => split_lines(text).is_some_and(|lines| {
+            let shape: Vec<(usize, char)> =
+                lines.iter().map(|(l, m)| (l.chars().count(), *m)).collect();
+            Some(shape) == form.line_plan()
+        }),
         regular => regular_form(text).as_ref() == Some(regular),
     }
 }
@@ -256,7 +301,7 @@ pub enum NextToken {
 /// What may come next under `form`, after `written` (the generated text so far,
 /// prompt included when the prompt is the poem's start).
 pub fn next_token(form: &PoemForm, written: &str) -> NextToken {
-    let Some((lines, per_line)) = form.shape() else {
+    let Some(plan) = form.line_plan() else {
         return NextToken::Any;
     };
     let mut line = 0usize;
@@ -269,11 +314,11 @@ pub fn next_token(form: &PoemForm, written: &str) -> NextToken {
             col += 1;
         }
     }
-    if line >= lines {
+    let Some(&(per_line, mark)) = plan.get(line) else {
         return NextToken::Stop;
-    }
+    };
     if col >= per_line {
-        return NextToken::Char(if line % 2 == 0 { COMMA } else { PERIOD });
+        return NextToken::Char(mark);
     }
     if col == 0 {
         if let PoemForm::Acrostic(heads) = form {

@@ -7,6 +7,7 @@ pub mod forms;
 pub mod rhyme;
 pub mod rules;
 pub mod tonal;
+pub mod tunes;
 
 pub use check::{check_poem, CheckReport, Problem, Rule};
 pub use rules::{Relaxed, RulesMode, VerseRules};

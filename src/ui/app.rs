@@ -67,16 +67,19 @@ enum FormChoice {
     WuLv,
     QiLv,
     Acrostic,
+    /// 詞 to the tune picked beside it.
+    Ci,
 }
 
 impl FormChoice {
-    const ALL: [FormChoice; 6] = [
+    const ALL: [FormChoice; 7] = [
         Self::Free,
         Self::WuJue,
         Self::QiJue,
         Self::WuLv,
         Self::QiLv,
         Self::Acrostic,
+        Self::Ci,
     ];
 
     fn label(self) -> &'static str {
@@ -87,6 +90,7 @@ impl FormChoice {
             Self::WuLv => "五律 8×5",
             Self::QiLv => "七律 8×7",
             Self::Acrostic => "藏頭 acrostic",
+            Self::Ci => "詞 ci (tune)",
         }
     }
 
@@ -101,6 +105,9 @@ impl FormChoice {
             Self::Acrostic => {
                 "藏頭詩: each line starts with one of your head characters (4 heads: a 七絕, 8: a 七律)."
             }
+            Self::Ci => {
+                "詞: lines of the lengths and punctuation a named tune (詞牌) takes, as most Song 詞 to that tune have them."
+            }
         }
     }
 
@@ -112,6 +119,7 @@ impl FormChoice {
             PoemForm::WuLv => Self::WuLv,
             PoemForm::QiLv => Self::QiLv,
             PoemForm::Acrostic(_) => Self::Acrostic,
+            PoemForm::Ci(_) => Self::Ci,
         }
     }
 }
@@ -129,6 +137,8 @@ pub struct VersifierApp {
     pub prompt: String,
     form_choice: FormChoice,
     acrostic_heads: String,
+    /// The tune of the 詞 form (simplified name, as in the tune table).
+    ci_tune: String,
     model_field: String,
     /// The model field is being typed in (else it shows the model's name).
     model_editing: bool,
@@ -259,6 +269,10 @@ impl VersifierApp {
             PoemForm::Acrostic(h) => h.iter().collect(),
             _ => "春夏秋冬".into(),
         };
+        let ci_tune = match &settings.form {
+            PoemForm::Ci(tune) => tune.clone(),
+            _ => "浣溪沙".into(),
+        };
         Ok(Self {
             form_choice: FormChoice::of(&settings.form),
             saved_settings: settings.clone(),
@@ -270,6 +284,7 @@ impl VersifierApp {
             sampler,
             prompt: String::new(),
             acrostic_heads,
+            ci_tune,
             model_field,
             model_editing: false,
             stored_precision: None,
@@ -439,6 +454,7 @@ impl VersifierApp {
                     .filter(|c| !c.is_whitespace())
                     .collect(),
             ),
+            FormChoice::Ci => PoemForm::Ci(self.ci_tune.clone()),
         }
     }
 
@@ -1037,6 +1053,9 @@ impl VersifierApp {
                 .response
                 .labelled_by(form_label.id)
                 .on_hover_text(self.form_choice.explain());
+            if self.form_choice == FormChoice::Ci {
+                tune_picker(ui, &mut self.ci_tune);
+            }
             if self.form_choice == FormChoice::Acrostic {
                 ui.label("Heads");
                 ui.add(
@@ -1376,6 +1395,9 @@ impl VersifierApp {
             if let PoemForm::Acrostic(h) = &r.form {
                 self.acrostic_heads = h.iter().collect();
             }
+            if let PoemForm::Ci(tune) = &r.form {
+                self.ci_tune = tune.clone();
+            }
             self.rerun(&r);
         }
         if let Some(i) = delete {
@@ -1565,6 +1587,30 @@ impl VersifierApp {
             markdown: false,
         });
     }
+}
+
+/// The 詞 tune picker: every tune by its traditional name, its pattern on hover.
+fn tune_picker(ui: &mut egui::Ui, tune: &mut String) {
+    let tune_label = ui.label("Tune");
+    let shown = crate::poetry::tunes::find_tune(tune)
+        .map_or_else(|| tune.clone(), |t| t.traditional.clone());
+    egui::ComboBox::from_id_salt("ci-tune")
+        .selected_text(shown)
+        .height(320.0)
+        .show_ui(ui, |ui| {
+            for t in crate::poetry::tunes::ci_tunes() {
+                ui.selectable_value(tune, t.name.clone(), &t.traditional)
+                    .on_hover_text(format!(
+                        "{}: {} ({} Song 詞, {:.0}% of them in this pattern)",
+                        t.traditional,
+                        t.pattern_text(),
+                        t.poems,
+                        t.share * 100.0
+                    ));
+            }
+        })
+        .response
+        .labelled_by(tune_label.id);
 }
 
 /// The verse-rule controls under Advanced: rules, rhyme, template.

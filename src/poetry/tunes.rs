@@ -1,0 +1,117 @@
+//! 詞 tunes (詞牌): the line pattern of each tune with enough poems in the Song
+//! 詞 collection, derived from the data (`data/ci-tunes.tsv`, made by
+//! `packaging/corpus/make_ci_tunes.py`), embedded and parsed on first use.
+//!
+//! Owns: the tune table and finding a tune by its simplified or traditional
+//! name. Enforcing a pattern while decoding is `forms`' job.
+
+use std::sync::OnceLock;
+
+use super::forms::{COMMA, PERIOD};
+
+const CI_TUNES_TSV: &str = include_str!("data/ci-tunes.tsv");
+
+/// One tune and the pattern most of its poems follow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CiTune {
+    /// As the collection writes it (simplified script).
+    pub name: String,
+    pub traditional: String,
+    /// Each line's length and the mark that ends it (`，` or `。`).
+    pub lines: Vec<(usize, char)>,
+    /// Poems of this tune in the collection.
+    pub poems: usize,
+    /// Share of them that follow `lines`' lengths.
+    pub share: f32,
+}
+
+impl CiTune {
+    /// Characters in a poem of this tune (marks not counted).
+    pub fn characters(&self) -> usize {
+        self.lines.iter().map(|(n, _)| n).sum()
+    }
+
+    /// The pattern as the data file writes it: `7。7。7。7，7。7。`.
+    pub fn pattern_text(&self) -> String {
+        self.lines.iter().map(|(n, m)| format!("{n}{m}")).collect()
+    }
+}
+
+/// A pattern such as `7。7。7，7。`.
+fn parse_pattern(text: &str) -> Option<Vec<(usize, char)>> {
+    let mut lines = Vec::new();
+    let mut n = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            n.push(c);
+        } else if c == COMMA || c == PERIOD {
+            let len: usize = n.parse().ok().filter(|l| *l > 0)?;
+            lines.push((len, c));
+            n.clear();
+        } else {
+            return None;
+        }
+    }
+    (n.is_empty() && !lines.is_empty()).then_some(lines)
+}
+
+/// Every tune, most poems first.
+pub fn ci_tunes() -> &'static [CiTune] {
+    static TUNES: OnceLock<Vec<CiTune>> = OnceLock::new();
+    TUNES.get_or_init(|| {
+        CI_TUNES_TSV
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                match f.as_slice() {
+                    [name, traditional, pattern, poems, share] => Some(CiTune {
+                        name: (*name).to_string(),
+                        traditional: (*traditional).to_string(),
+                        lines: parse_pattern(pattern)?,
+                        poems: poems.parse().ok()?,
+                        share: share.parse().ok()?,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+    })
+}
+
+/// The tune named `name` (simplified or traditional script).
+pub fn find_tune(name: &str) -> Option<&'static CiTune> {
+    let name = name.trim();
+    ci_tunes()
+        .iter()
+        .find(|t| t.name == name || t.traditional == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tune_table_parses_whole_and_has_the_common_tunes_patterns() {
+        let lines = CI_TUNES_TSV
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .count();
+        assert_eq!(ci_tunes().len(), lines, "every row parses");
+        assert!(ci_tunes().len() >= 20);
+        let huanxisha = find_tune("浣溪沙").unwrap();
+        assert_eq!(huanxisha.pattern_text(), "7。7。7。7，7。7。");
+        assert_eq!(huanxisha.characters(), 42);
+        assert_eq!(
+            find_tune("鷓鴣天"),
+            find_tune("鹧鸪天"),
+            "traditional names too"
+        );
+        assert_eq!(
+            find_tune("鹧鸪天").unwrap().pattern_text(),
+            "7。7。7，7。3，3。7。7，7。"
+        );
+        assert!(find_tune("沒有這個詞牌").is_none());
+        assert!(ci_tunes().windows(2).all(|w| w[0].poems >= w[1].poems));
+    }
+}

@@ -1,0 +1,160 @@
+//! 詞 to named tunes: `--form ci:TUNE` writes poems whose line lengths and
+//! punctuation are the tune's pattern (derived from the Song 詞 collection),
+//! every time, for the 20 most common tunes; names work in either script.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+
+mod common;
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use versifier::generate::forms::{satisfies, split_lines, PoemForm};
+use versifier::generate::{
+    generate, prepare_request, Prompt, RequestSettings, SamplingParams, StopReason,
+};
+use versifier::poetry::tunes::{ci_tunes, find_tune};
+use versifier::poetry::VerseRules;
+
+fn bundled() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems")
+}
+
+#[test]
+fn the_twenty_most_common_tunes_are_written_in_their_pattern_every_time() {
+    let model = versifier::model::load_model(&bundled(), &Device::Cpu, DType::F32).unwrap();
+    let tok = model.tokenizer.as_ref().unwrap();
+    let prompts = ["春", "月", "江", "秋"];
+    let mut written = 0;
+    for (i, tune) in ci_tunes().iter().take(20).enumerate() {
+        let form: PoemForm = format!("ci:{}", tune.name).parse().unwrap();
+        let prompt = Prompt::Text(prompts[i % prompts.len()].into());
+        let sampling = SamplingParams {
+            seed: 100 + i as u64,
+            ..SamplingParams::default()
+        };
+        let settings = RequestSettings {
+            prompt: &prompt,
+            form: &form,
+            variations: 4,
+            // Too few for most tunes: the form asks for what it needs.
+            max_new_tokens: 40,
+            sampling: &sampling,
+            verse: &VerseRules::default(),
+        };
+        let req = prepare_request(&model, &settings).unwrap();
+        let g = generate(
+            &model.model,
+            &req,
+            |id| tok.token_bytes(id),
+            &|| false,
+            |_| {},
+        )
+        .unwrap();
+        for v in &g.variations {
+            let poem = format!("{}{}", prompts[i % prompts.len()], v.text);
+            assert_eq!(v.stop, Some(StopReason::Stop), "{}: {poem}", tune.name);
+            assert!(
+                satisfies(&poem, &form),
+                "{} ({}): {poem}",
+                tune.name,
+                tune.pattern_text()
+            );
+            let lines = split_lines(&poem).unwrap();
+            assert_eq!(lines.len(), tune.lines.len(), "{poem}");
+            written += 1;
+        }
+    }
+    assert_eq!(written, 80);
+}
+
+#[test]
+fn a_tune_longer_than_the_models_context_slides_its_window_on_both_decode_paths() {
+    use versifier::generate::{generate_on, DecodePath};
+    use versifier::model::GraphMode;
+    let model = versifier::model::load_model(&bundled(), &Device::Cpu, DType::F32).unwrap();
+    let tok = model.tokenizer.as_ref().unwrap();
+    // 沁园春: 114 characters and 25 marks, more than the 128 positions.
+    let tune = find_tune("沁园春").unwrap();
+    assert!(tune.characters() + tune.lines.len() > model.config.n_positions);
+    let form: PoemForm = "ci:沁园春".parse().unwrap();
+    let prompt = Prompt::Text("雪".into());
+    let sampling = SamplingParams::default();
+    let settings = RequestSettings {
+        prompt: &prompt,
+        form: &form,
+        variations: 2,
+        max_new_tokens: 80,
+        sampling: &sampling,
+        verse: &VerseRules::default(),
+    };
+    let req = prepare_request(&model, &settings).unwrap();
+    for path in [DecodePath::Growing, DecodePath::Static(GraphMode::Eager)] {
+        let g = generate_on(
+            path,
+            &model.model,
+            &req,
+            |id| tok.token_bytes(id),
+            &|| false,
+            |_| {},
+        )
+        .unwrap();
+        for v in &g.variations {
+            let poem = format!("雪{}", v.text);
+            assert_eq!(v.stop, Some(StopReason::Stop), "{path:?}: {poem}");
+            assert!(satisfies(&poem, &form), "{path:?}: {poem}");
+        }
+    }
+}
+
+#[test]
+fn tune_names_parse_in_either_script_and_unknown_tunes_are_named() {
+    let simplified: PoemForm = "ci:鹧鸪天".parse().unwrap();
+    let traditional: PoemForm = "詞:鷓鴣天".parse().unwrap();
+    assert_eq!(simplified, traditional);
+    assert_eq!(simplified.to_string(), "ci:鹧鸪天");
+    assert_eq!(simplified.label(), "詞 鷓鴣天");
+    assert_eq!(
+        simplified.line_plan().unwrap(),
+        find_tune("鹧鸪天").unwrap().lines
+    );
+    let err = "ci:不存在".parse::<PoemForm>().unwrap_err().to_string();
+    assert!(
+        err.contains("不存在") && err.contains("versifier forms"),
+        "{err}"
+    );
+    // A pattern the tune does not take is not that tune.
+    assert!(!satisfies("春風吹綠江南岸。", &simplified));
+}
+
+#[test]
+fn the_command_line_writes_a_ci_and_lists_the_tunes() {
+    let model = bundled();
+    let out = common::run_cli(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "春",
+        "--form",
+        "ci:浣溪沙",
+        "--seed",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let poem: String = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect();
+    assert!(satisfies(&poem, &"ci:浣溪沙".parse().unwrap()), "{poem}");
+    let list = common::run_cli(&["forms"]);
+    assert!(list.status.success());
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("浣溪沙") && text.contains("7。7。7。7，7。7。"),
+        "{text}"
+    );
+}
