@@ -565,8 +565,14 @@ fn errors_are_plain_words_in_a_strip_that_does_not_move_the_controls() {
 fn copy_says_copied_and_a_poem_cut_short_is_marked_in_history() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::in_dir(dir.path());
+    // Free verse stops at the length setting (a set form takes the tokens it
+    // needs): 8 tokens cut the poem, and it is kept as such.
+    let saved = Settings {
+        form: versifier::generate::forms::PoemForm::Free,
+        ..Settings::default()
+    };
+    store.save_settings(&saved).unwrap();
     let mut h = harness(app(&store));
-    // 8 tokens cannot finish a 七絕: the poem is cut, and kept as such.
     h.state_mut().settings.max_tokens = 8;
     start_poem(&mut h, "月");
     pump(&mut h, "poem", |a| {
@@ -705,5 +711,9 @@ fn a_ci_to_a_chosen_tune_is_written_in_the_tunes_pattern() {
         versifier::generate::forms::satisfies(&poem, &saved.form),
         "{poem}"
     );
-    assert_eq!(h.state().history[0].form, saved.form, "history keeps the tune");
+    assert_eq!(
+        h.state().history[0].form,
+        saved.form,
+        "history keeps the tune"
+    );
 }

@@ -116,7 +116,7 @@ fn a_named_rhyme_and_template_are_kept() {
 }
 
 #[test]
-fn rules_off_gives_the_same_poems_as_before_the_rules_existed() {
+fn rules_and_the_repeat_guard_off_give_the_same_poems_as_before_they_existed() {
     let golden: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(common::fixture("rules-off-golden.json")).unwrap(),
     )
@@ -142,6 +142,8 @@ fn rules_off_gives_the_same_poems_as_before_the_rules_existed() {
             "--json",
             "--rules",
             "off",
+            "--repeats",
+            "allow",
         ];
         if !prompt.is_empty() {
             args.extend(["--prompt", prompt]);

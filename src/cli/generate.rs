@@ -14,7 +14,7 @@ use versifier::engine::{
 };
 use versifier::generate::forms::{layout, PoemForm};
 use versifier::generate::{SamplingParams, StopReason};
-use versifier::poetry::{RulesMode, TemplateStart, VerseRules};
+use versifier::poetry::{Repeats, RulesMode, TemplateStart, VerseRules};
 
 use super::{model_or_bundled, DeviceArg};
 
@@ -71,6 +71,10 @@ pub struct GenerateArgs {
     /// The tonal template: pingqi (平起), zeqi (仄起) or any.
     #[arg(long, default_value = "any")]
     template: TemplateStart,
+    /// guard: no character three times in a row and no line twice (any
+    /// form); allow: decode as before the guard existed.
+    #[arg(long, default_value = "guard")]
+    repeats: Repeats,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -113,6 +117,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         mode: args.rules,
         rhyme: args.rhyme.clone(),
         template: args.template,
+        repeats: args.repeats,
     };
     // A bad rhyme name fails before paying for a load.
     verse.rhyme_group()?;

@@ -6,10 +6,10 @@
 
 use std::path::PathBuf;
 
-use super::forms::PoemForm;
+use super::forms::{FormConstraint, PoemForm};
 use super::{poem_prompt, GenerateRequest, SamplingParams};
 use crate::model::LoadedModel;
-use crate::poetry::VerseRules;
+use crate::poetry::{Repeats, VerseRules};
 
 /// A prompt as text (tokenized with the model's tokenizer) or as token ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +58,23 @@ pub fn prepare_request(
                 constraint = c;
                 ids
             }
-            Some(t) => t.prompt_ids(text).map_err(|e| bad(&e))?,
+            Some(t) => {
+                let ids = t.prompt_ids(text).map_err(|e| bad(&e))?;
+                // Free verse gets the repeat guard alone (where the vocabulary
+                // has the marks and a stop; elsewhere it decodes unguarded).
+                if settings.verse.repeats == Repeats::Guard {
+                    constraint = FormConstraint::new(
+                        PoemForm::Free,
+                        t.vocab_size(),
+                        |id| String::from_utf8_lossy(t.token_bytes(id)).into_owned(),
+                        t.stop_ids().first().copied(),
+                        settings.verse,
+                    )
+                    .ok()
+                    .map(|c| (c, t.to_vocab_chars(text.trim())));
+                }
+                ids
+            }
             None => {
                 return Err(PrepareError::NoTokenizer {
                     dir: model.files.dir.clone(),

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::rules::{RulesError, RulesMode, ToneRules, VerseRules};
+use super::rules::{Repeats, RulesError, RulesMode, ToneRules, VerseRules};
 
 /// Comma ending the first line of a couplet.
 pub const COMMA: char = '，';
@@ -450,6 +450,8 @@ pub struct FormConstraint {
     stop: u32,
     /// Rhyme and tones, when the rules are strict and the form is regulated.
     rules: Option<ToneRules>,
+    /// No character three times in a row, no line twice.
+    repeats: Repeats,
 }
 
 /// Why a form cannot be enforced with this tokenizer.
@@ -509,7 +511,56 @@ impl FormConstraint {
             char_ids,
             stop,
             rules,
+            repeats: verse.repeats,
         })
+    }
+
+    /// The repeat guard: bans the character that would be the third of a run,
+    /// and the character that would finish a line the same as an earlier one
+    /// (free verse, whose lines have no set length: the marks that would close
+    /// such a line). Never bans every token left: then nothing is banned.
+    fn guard_repeats(&self, written: &str, logits: &mut [f32]) {
+        if self.repeats == Repeats::Allow {
+            return;
+        }
+        let mut banned: Vec<u32> = Vec::new();
+        let mut tail = written.chars().rev();
+        if let (Some(a), Some(b)) = (tail.next(), tail.next()) {
+            if a == b && is_hanzi(a) {
+                banned.extend(self.char_ids.get(&a));
+            }
+        }
+        let mut lines: Vec<&str> = written.split([COMMA, PERIOD]).collect();
+        let current = lines.pop().unwrap_or_default();
+        let col = current.chars().count();
+        match self.form.line_plan() {
+            Some(plan) => {
+                let length = plan.get(lines.len()).map(|(n, _)| *n);
+                if length == Some(col + 1) {
+                    for line in &lines {
+                        if line.chars().count() == col + 1 && line.starts_with(current) {
+                            banned.extend(line.chars().last().and_then(|c| self.char_ids.get(&c)));
+                        }
+                    }
+                }
+            }
+            None if col > 0 && lines.contains(&current) => {
+                banned.extend([COMMA, PERIOD].iter().filter_map(|c| self.char_ids.get(c)));
+            }
+            None => {}
+        }
+        let open =
+            |logits: &[f32], id: &u32| logits.get(*id as usize).is_some_and(|l| l.is_finite());
+        banned.retain(|id| open(logits, id));
+        let left = logits.iter().filter(|l| l.is_finite()).count();
+        if banned.is_empty() || left <= banned.len() {
+            return;
+        }
+        for id in banned {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
     }
 
     /// Whether rhyme and tones are enforced (strict rules, regulated form).
@@ -527,7 +578,7 @@ impl FormConstraint {
             }
         };
         match next_token(&self.form, written) {
-            NextToken::Any => {}
+            NextToken::Any => self.guard_repeats(written, logits),
             NextToken::Stop => keep_only(logits, self.stop),
             NextToken::Char(c) => {
                 if let Some(&id) = self.char_ids.get(&c) {
@@ -543,7 +594,77 @@ impl FormConstraint {
                 if let Some(rules) = &self.rules {
                     rules.apply(written, logits);
                 }
+                self.guard_repeats(written, logits);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod repeat_guard_tests {
+    use super::*;
+
+    const VOCAB: [&str; 14] = [
+        "<s>", "，", "。", "床", "前", "明", "月", "光", "疑", "是", "地", "上", "霜", "</s>",
+    ];
+
+    fn constraint(form: PoemForm, repeats: Repeats) -> FormConstraint {
+        let verse = VerseRules {
+            mode: RulesMode::Off,
+            repeats,
+            ..VerseRules::default()
+        };
+        FormConstraint::new(
+            form,
+            VOCAB.len(),
+            |id| VOCAB[id as usize].to_string(),
+            Some(13),
+            &verse,
+        )
+        .unwrap()
+    }
+
+    fn id(c: &str) -> usize {
+        VOCAB.iter().position(|v| *v == c).unwrap()
+    }
+
+    #[test]
+    fn the_guard_bans_a_third_character_in_a_row_and_the_end_of_a_repeated_line() {
+        let free = constraint(PoemForm::Free, Repeats::Guard);
+        let mut logits = vec![0.0f32; VOCAB.len()];
+        free.apply("床明明", &mut logits);
+        assert_eq!(logits[id("明")], f32::NEG_INFINITY);
+        assert!(logits[id("月")].is_finite() && logits[id("明")] != logits[id("月")]);
+        // Free verse: a line the same as an earlier one cannot be closed.
+        let mut logits = vec![0.0f32; VOCAB.len()];
+        free.apply("床前，床前", &mut logits);
+        assert_eq!(logits[id("，")], f32::NEG_INFINITY);
+        assert_eq!(logits[id("。")], f32::NEG_INFINITY);
+        assert!(logits[id("明")].is_finite());
+        // A set line length: the character that would finish the same line.
+        let wujue = constraint(PoemForm::WuJue, Repeats::Guard);
+        let mut logits = vec![0.0f32; VOCAB.len()];
+        wujue.apply("床前明月光，疑是地上霜。床前明月", &mut logits);
+        assert_eq!(logits[id("光")], f32::NEG_INFINITY);
+        assert!(logits[id("霜")].is_finite());
+        let mut logits = vec![0.0f32; VOCAB.len()];
+        wujue.apply("床前明月光，疑是地上霜。床前明", &mut logits);
+        assert!(
+            logits[id("月")].is_finite(),
+            "not the line's last character yet"
+        );
+    }
+
+    #[test]
+    fn the_guard_never_bans_the_last_token_left_and_allow_bans_nothing() {
+        let free = constraint(PoemForm::Free, Repeats::Guard);
+        let mut logits = vec![f32::NEG_INFINITY; VOCAB.len()];
+        logits[id("明")] = 1.0;
+        free.apply("明明", &mut logits);
+        assert_eq!(logits[id("明")], 1.0);
+        let allow = constraint(PoemForm::Free, Repeats::Allow);
+        let mut logits = vec![0.0f32; VOCAB.len()];
+        allow.apply("床明明", &mut logits);
+        assert!(logits.iter().all(|l| *l == 0.0));
     }
 }

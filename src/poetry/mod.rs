@@ -10,5 +10,5 @@ pub mod tonal;
 pub mod tunes;
 
 pub use check::{check_poem, CheckReport, Problem, Rule};
-pub use rules::{Relaxed, RulesMode, VerseRules};
+pub use rules::{Relaxed, Repeats, RulesMode, VerseRules};
 pub use tonal::TemplateStart;

@@ -62,6 +62,39 @@ impl std::fmt::Display for RulesMode {
     }
 }
 
+/// Whether decoding may repeat itself: `Guard` stops the same character a
+/// third time in a row and a line the same as an earlier one (in every form);
+/// `Allow` decodes as before the guard existed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Repeats {
+    #[default]
+    Guard,
+    Allow,
+}
+
+impl std::str::FromStr for Repeats {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "guard" => Ok(Self::Guard),
+            "allow" => Ok(Self::Allow),
+            other => Err(format!(
+                "unknown repeats `{other}`: expected guard or allow"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Repeats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Guard => "guard",
+            Self::Allow => "allow",
+        })
+    }
+}
+
 /// The verse rules a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -71,6 +104,8 @@ pub struct VerseRules {
     pub rhyme: Option<String>,
     /// 平起, 仄起 or either.
     pub template: TemplateStart,
+    /// No character three times in a row, no line twice.
+    pub repeats: Repeats,
 }
 
 impl VerseRules {

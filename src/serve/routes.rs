@@ -21,7 +21,7 @@ use super::{AppState, MAX_BODY_BYTES};
 use crate::engine::{DeviceChoice, ErrorKind, Event, GenerateJob, Prompt};
 use crate::generate::forms::PoemForm;
 use crate::generate::{Generation, SamplingParams, MAX_VARIATIONS};
-use crate::poetry::{check_poem, RulesMode, TemplateStart, VerseRules};
+use crate::poetry::{check_poem, Repeats, RulesMode, TemplateStart, VerseRules};
 
 /// The longest prompt accepted, in characters.
 const MAX_PROMPT_CHARS: usize = 64;
@@ -119,6 +119,10 @@ struct PoemRequest {
     rhyme: Option<String>,
     #[serde(default)]
     template: Option<String>,
+    /// "guard" (the default: no character three times in a row, no line
+    /// twice) or "allow".
+    #[serde(default)]
+    repeats: Option<String>,
     #[serde(default)]
     variations: Option<usize>,
     #[serde(default)]
@@ -178,10 +182,17 @@ fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
         .unwrap_or("any")
         .parse()
         .map_err(ApiError::bad)?;
+    let repeats: Repeats = r
+        .repeats
+        .as_deref()
+        .unwrap_or("guard")
+        .parse()
+        .map_err(ApiError::bad)?;
     let verse = VerseRules {
         mode,
         rhyme: r.rhyme,
         template,
+        repeats,
     };
     verse
         .rhyme_group()
@@ -504,6 +515,8 @@ async fn completions_inner(
         rules: Some("off".into()),
         rhyme: None,
         template: None,
+        // A plain language model's completion, as OpenAI clients expect.
+        repeats: Some("allow".into()),
         variations: r.n,
         seed: r.seed,
         temperature: r.temperature,

@@ -1656,6 +1656,18 @@ fn verse_rules_row(ui: &mut egui::Ui, verse: &mut crate::poetry::VerseRules) {
                 });
         });
     });
+    let mut guard = verse.repeats == crate::poetry::Repeats::Guard;
+    if ui
+        .checkbox(&mut guard, "no repeats")
+        .on_hover_text("No character three times in a row and no line twice, in any form")
+        .changed()
+    {
+        verse.repeats = if guard {
+            crate::poetry::Repeats::Guard
+        } else {
+            crate::poetry::Repeats::Allow
+        };
+    }
     if let Err(e) = verse.rhyme_group() {
         ui.colored_label(ui.visuals().error_fg_color, e.to_string());
     }
