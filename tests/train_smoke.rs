@@ -159,3 +159,70 @@ fn training_progress_arrives_as_typed_events_in_step_order() {
     let text = events[0].to_string();
     assert!(text.starts_with("step 10/30 loss "), "{text}");
 }
+
+/// Largest absolute difference between two saved models' tensors.
+fn max_weight_diff(a: &std::path::Path, b: &std::path::Path) -> f32 {
+    let a = candle_core::safetensors::load(a.join("model.safetensors"), &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(b.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .map(|(name, ta)| {
+            (ta - &b[name])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn two_accumulated_half_batches_make_the_same_steps_as_one_full_batch() {
+    let corpus = tiny_corpus();
+    let full = tempfile::tempdir().unwrap();
+    train(&options(corpus.path(), full.path(), 15), |_| {}).unwrap();
+    // The same 8 positions per step, drawn as two micro-batches of 4.
+    let halves = tempfile::tempdir().unwrap();
+    let mut o = options(corpus.path(), halves.path(), 15);
+    o.batch_size = 4;
+    o.grad_accum = 2;
+    let summary = train(&o, |_| {}).unwrap();
+    assert_eq!(summary.tokens_seen, 15 * 8 * 32);
+    let diff = max_weight_diff(full.path(), halves.path());
+    assert!(diff < 1e-4, "weights differ by {diff}");
+    // A different batch does train differently (the comparison can fail).
+    let other = tempfile::tempdir().unwrap();
+    let mut o = options(corpus.path(), other.path(), 15);
+    o.batch_size = 4;
+    train(&o, |_| {}).unwrap();
+    assert!(max_weight_diff(full.path(), other.path()) > 1e-3);
+}
+
+#[test]
+fn half_precision_compute_with_f32_master_weights_trains_like_f32() {
+    let corpus = tiny_corpus();
+    let run = |compute: Precision| {
+        let out = tempfile::tempdir().unwrap();
+        let mut o = options(corpus.path(), out.path(), 60);
+        o.compute = compute;
+        let s = train(&o, |_| {}).unwrap();
+        // The saved weights are the f32 master copy, and load like any model.
+        let st = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+        assert!(st.values().all(|t| t.dtype() == DType::F32));
+        assert!(load_model(out.path(), &Device::Cpu, DType::F32).is_ok());
+        (s.eval_loss, out)
+    };
+    let (f32_loss, _a) = run(Precision::F32);
+    for compute in [Precision::Bf16, Precision::F16] {
+        let (loss, _b) = run(compute);
+        assert!(loss.is_finite(), "{compute}: {loss}");
+        assert!(
+            (loss - f32_loss).abs() < 0.25,
+            "{compute}: eval loss {loss:.3} vs f32 {f32_loss:.3}"
+        );
+    }
+}

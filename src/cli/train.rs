@@ -49,6 +49,13 @@ pub struct TrainArgs {
     /// Precision of the saved model.
     #[arg(long, default_value = "f16")]
     save_dtype: Precision,
+    /// Micro-batches of --batch-size per optimizer step (gradients summed).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Precision of the forward and backward passes (f32, bf16 or f16); the
+    /// weights and the optimizer stay f32, f16 adds dynamic loss scaling.
+    #[arg(long, default_value = "f32")]
+    compute: Precision,
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
@@ -71,6 +78,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         min_char_count: a.min_char_count,
         save_dtype: a.save_dtype,
         stop_after: a.stop_after,
+        grad_accum: a.grad_accum,
+        compute: a.compute,
         ..Default::default()
     };
     let bar = indicatif::ProgressBar::new(opts.steps as u64);

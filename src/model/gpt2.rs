@@ -557,6 +557,17 @@ impl Gpt2 {
     /// `GPT2Model` (`wte`, `wpe`, `h.N.*`, `ln_f`); `lm_head.weight` is used when present.
     pub fn load(vb: VarBuilder, cfg: &Gpt2Config) -> candle_core::Result<Self> {
         let plan = WeightPlan::for_load(&vb);
+        Self::load_with(vb, cfg, plan)
+    }
+
+    /// As [`Gpt2::load`], with every tensor and activation in the builder's
+    /// dtype on any device (training's half-precision compute: the CPU's
+    /// half-weight kernel has no backward pass).
+    pub fn load_uniform(vb: VarBuilder, cfg: &Gpt2Config) -> candle_core::Result<Self> {
+        Self::load_with(vb, cfg, WeightPlan::Uniform)
+    }
+
+    fn load_with(vb: VarBuilder, cfg: &Gpt2Config, plan: WeightPlan) -> candle_core::Result<Self> {
         let emb = |name: &str, rows: usize, stdev: f64| -> candle_core::Result<Tensor> {
             vb.pp(name).get_with_hints(
                 (rows, cfg.n_embd),
@@ -771,8 +782,9 @@ impl Gpt2 {
         let mut x = self
             .wte
             .forward(ids)?
-            .broadcast_add(&self.wpe.forward(&pos)?)?; // (B, T, C)
-        let mask = causal.unsqueeze(0)?.unsqueeze(0)?; // (1, 1, T, T)
+            .to_dtype(self.compute_dtype)?
+            .broadcast_add(&self.wpe.forward(&pos)?.to_dtype(self.compute_dtype)?)?; // (B, T, C)
+        let mask = causal.unsqueeze(0)?.unsqueeze(0)?; // (1, 1, T, T), f32: softmax runs in f32
         for block in &self.blocks {
             x = block.forward(&x, Some(&mask), None)?;
         }

@@ -82,6 +82,13 @@ pub struct TrainOptions {
     /// Stop after this many steps in this run (saving a checkpoint), keeping the
     /// schedule of `steps`; `--resume` continues from there.
     pub stop_after: Option<usize>,
+    /// Micro-batches of `batch_size` whose gradients make one step (a larger
+    /// effective batch in the same memory).
+    pub grad_accum: usize,
+    /// Precision of the forward and backward passes. The weights, the
+    /// optimizer and the loss stay f32 (master weights); f16 adds dynamic loss
+    /// scaling, bf16 needs none.
+    pub compute: Precision,
 }
 
 impl Default for TrainOptions {
@@ -110,6 +117,8 @@ impl Default for TrainOptions {
             save_dtype: Precision::F16,
             tf32: true,
             stop_after: None,
+            grad_accum: 1,
+            compute: Precision::F32,
         }
     }
 }
@@ -197,7 +206,7 @@ fn batch(
 }
 
 fn loss_on(model: &Gpt2, x: &Tensor, y: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-    let logits = model.forward_train(x, mask)?; // (B, T, V)
+    let logits = model.forward_train(x, mask)?.to_dtype(DType::F32)?; // (B, T, V), loss in f32
     let (b, t, v) = logits.dims3()?;
     candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &y.reshape(b * t)?)
 }
@@ -254,6 +263,213 @@ fn bigram_loss(train: &[u32], eval: &[u32], vocab: usize, t: usize) -> f64 {
         f64::NAN
     } else {
         total / n as f64
+    }
+}
+
+/// One micro-batch's positions, drawn off the training loop, and the batch
+/// generator's state once they were drawn (what a checkpoint saves).
+struct DrawnBatch {
+    x: Vec<u32>,
+    y: Vec<u32>,
+    rng_after: u64,
+}
+
+/// Draws micro-batches on a named thread, a few ahead of the training loop,
+/// in exactly the order the loop would have drawn them itself.
+struct BatchPrefetch {
+    batches: std::sync::mpsc::Receiver<DrawnBatch>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BatchPrefetch {
+    const AHEAD: usize = 4;
+
+    fn spawn(
+        stream: std::sync::Arc<Vec<u32>>,
+        rng: BatchRng,
+        batch: usize,
+        t: usize,
+    ) -> Result<Self, TrainError> {
+        let (tx, batches) = std::sync::mpsc::sync_channel(Self::AHEAD);
+        let span = stream.len() - t - 1;
+        let mut rng = rng;
+        let thread = std::thread::Builder::new()
+            .name("train-batches".into())
+            .spawn(move || loop {
+                let (mut x, mut y) = (Vec::with_capacity(batch * t), Vec::with_capacity(batch * t));
+                for _ in 0..batch {
+                    let s = rng.below(span);
+                    x.extend_from_slice(&stream[s..s + t]);
+                    y.extend_from_slice(&stream[s + 1..s + t + 1]);
+                }
+                if tx
+                    .send(DrawnBatch {
+                        x,
+                        y,
+                        rng_after: rng.0,
+                    })
+                    .is_err()
+                {
+                    return; // the run ended
+                }
+            })
+            .map_err(|e| TrainError::Invalid {
+                field: "batch thread",
+                problem: format!("could not start it: {e}"),
+            })?;
+        Ok(Self {
+            batches,
+            thread: Some(thread),
+        })
+    }
+
+    fn next(&self) -> Result<DrawnBatch, TrainError> {
+        self.batches.recv().map_err(|_| TrainError::Invalid {
+            field: "batch thread",
+            problem: "it stopped before the run ended".into(),
+        })
+    }
+}
+
+impl Drop for BatchPrefetch {
+    fn drop(&mut self) {
+        // Close the channel first so the thread's next send fails and it ends.
+        let (_, closed) = std::sync::mpsc::sync_channel(1);
+        drop(std::mem::replace(&mut self.batches, closed));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Adds `more` into `acc`, parameter by parameter.
+fn add_grads(
+    acc: &mut candle_core::backprop::GradStore,
+    more: &candle_core::backprop::GradStore,
+    params: &[(String, Var)],
+) -> candle_core::Result<()> {
+    for (_, var) in params {
+        let v = var.as_tensor();
+        if let Some(g) = more.get(v) {
+            let sum = match acc.get(v) {
+                Some(a) => (a + g)?,
+                None => g.clone(),
+            };
+            acc.insert(v, sum);
+        }
+    }
+    Ok(())
+}
+
+/// The model computing in `dtype` from the f32 master weights: each weight is
+/// cast (a tracked op, so gradients reach the f32 variables).
+fn model_in(
+    params: &[(String, Var)],
+    cfg: &Gpt2Config,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Gpt2> {
+    let cast = params
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
+        .collect::<candle_core::Result<HashMap<String, Tensor>>>()?;
+    Gpt2::load_uniform(VarBuilder::from_tensors(cast, dtype, device), cfg)
+}
+
+/// f16's dynamic loss scale: halved when gradients overflow (the step is
+/// skipped), doubled after a run of good steps.
+struct LossScale {
+    scale: f64,
+    good: usize,
+}
+
+impl LossScale {
+    const GROW_AFTER: usize = 500;
+
+    fn for_compute(dtype: DType) -> Self {
+        Self {
+            scale: if dtype == DType::F16 { 65536.0 } else { 1.0 },
+            good: 0,
+        }
+    }
+
+    /// Whether to take the step; adjusts the scale.
+    fn update(&mut self, grads_finite: bool, dynamic: bool) -> bool {
+        if !dynamic {
+            return true;
+        }
+        if grads_finite {
+            self.good += 1;
+            if self.good % Self::GROW_AFTER == 0 {
+                self.scale *= 2.0;
+            }
+            true
+        } else {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.good = 0;
+            false
+        }
+    }
+}
+
+/// Why [`step_gradients`] failed: a tensor error (placed at its step by the
+/// caller) or the batch thread.
+enum StepFailure {
+    Tensor(candle_core::Error),
+    Run(TrainError),
+}
+
+impl From<candle_core::Error> for StepFailure {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Tensor(e)
+    }
+}
+
+impl StepFailure {
+    fn at(self, step: usize) -> TrainError {
+        match self {
+            Self::Tensor(source) => TrainError::Step { step, source },
+            Self::Run(e) => e,
+        }
+    }
+}
+
+/// One step's mean loss (unscaled) and gradients (scaled by `loss_scale`):
+/// `grad_accum` micro-batches from `prefetch`, each backward pass summed in.
+fn step_gradients(
+    model: &Gpt2,
+    prefetch: &BatchPrefetch,
+    rng: &mut BatchRng,
+    params: &[(String, Var)],
+    mask: &Tensor,
+    o: &TrainOptions,
+    loss_scale: f64,
+) -> Result<(Tensor, candle_core::backprop::GradStore), StepFailure> {
+    let mut grads: Option<candle_core::backprop::GradStore> = None;
+    let mut loss: Option<Tensor> = None;
+    let device = mask.device();
+    for _ in 0..o.grad_accum {
+        let drawn = prefetch.next().map_err(StepFailure::Run)?;
+        *rng = BatchRng(drawn.rng_after);
+        let x = Tensor::from_vec(drawn.x, (o.batch_size, o.context), device)?;
+        let y = Tensor::from_vec(drawn.y, (o.batch_size, o.context), device)?;
+        let micro = loss_on(model, &x, &y, mask)?;
+        let g = (&micro * (loss_scale / o.grad_accum as f64))?.backward()?;
+        match grads.as_mut() {
+            Some(acc) => add_grads(acc, &g, params)?,
+            None => grads = Some(g),
+        }
+        loss = Some(match loss {
+            Some(l) => (l + micro.detach())?,
+            None => micro.detach(),
+        });
+    }
+    match (loss, grads) {
+        (Some(loss), Some(grads)) => Ok(((loss / o.grad_accum as f64)?, grads)),
+        _ => Err(StepFailure::Run(TrainError::Invalid {
+            field: "grad_accum",
+            problem: "must be at least 1 (micro-batches per step)".into(),
+        })),
     }
 }
 
@@ -379,6 +595,47 @@ impl std::fmt::Display for TrainProgress {
     }
 }
 
+/// The parameters a run starts from, f32 on `device`: a deterministic
+/// initialisation, or the checkpoint's when resuming.
+fn initial_parameters(
+    o: &TrainOptions,
+    cfg: &Gpt2Config,
+    ckpt_dir: &Path,
+    device: &Device,
+) -> Result<VarMap, TrainError> {
+    let step_err =
+        |step: usize| move |source: candle_core::Error| TrainError::Step { step, source };
+    let varmap = VarMap::new();
+    let init = if o.resume {
+        let p = ckpt_dir.join("model.safetensors");
+        let loaded =
+            candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| TrainError::Resume {
+                path: p.clone(),
+                problem: e.to_string(),
+            })?;
+        loaded
+            .into_iter()
+            .map(|(k, v)| (k.strip_prefix("transformer.").unwrap_or(&k).to_string(), v))
+            .collect()
+    } else {
+        synthetic::gpt2_init_tensors(cfg, o.seed).map_err(step_err(0))?
+    };
+    {
+        let mut data = varmap.data().lock().map_err(|_| TrainError::Invalid {
+            field: "varmap",
+            problem: "poisoned".into(),
+        })?;
+        for (name, t) in init {
+            let t = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.to_device(device))
+                .map_err(step_err(0))?;
+            data.insert(name, Var::from_tensor(&t).map_err(step_err(0))?);
+        }
+    }
+    Ok(varmap)
+}
+
 /// Trains a model as `o` says and writes it to `o.out`.
 pub fn train(
     o: &TrainOptions,
@@ -388,6 +645,12 @@ pub fn train(
         return Err(TrainError::Invalid {
             field: "n_embd",
             problem: format!("{} is not divisible by n_head {}", o.n_embd, o.n_head),
+        });
+    }
+    if o.grad_accum == 0 {
+        return Err(TrainError::Invalid {
+            field: "grad_accum",
+            problem: "must be at least 1 (micro-batches per step)".into(),
         });
     }
     if o.steps == 0 || o.batch_size == 0 || o.context < 8 {
@@ -436,35 +699,7 @@ pub fn train(
     let step_err =
         |step: usize| move |source: candle_core::Error| TrainError::Step { step, source };
 
-    // Parameters: deterministic init, or the checkpoint's.
-    let varmap = VarMap::new();
-    let init = if o.resume {
-        let p = ckpt_dir.join("model.safetensors");
-        let loaded =
-            candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| TrainError::Resume {
-                path: p.clone(),
-                problem: e.to_string(),
-            })?;
-        loaded
-            .into_iter()
-            .map(|(k, v)| (k.strip_prefix("transformer.").unwrap_or(&k).to_string(), v))
-            .collect()
-    } else {
-        synthetic::gpt2_init_tensors(&cfg, o.seed).map_err(step_err(0))?
-    };
-    {
-        let mut data = varmap.data().lock().map_err(|_| TrainError::Invalid {
-            field: "varmap",
-            problem: "poisoned".into(),
-        })?;
-        for (name, t) in init {
-            let t = t
-                .to_dtype(DType::F32)
-                .and_then(|t| t.to_device(&device))
-                .map_err(step_err(0))?;
-            data.insert(name, Var::from_tensor(&t).map_err(step_err(0))?);
-        }
-    }
+    let varmap = initial_parameters(o, &cfg, &ckpt_dir, &device)?;
     let model = Gpt2::load(VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)
         .map_err(step_err(0))?;
     let params = named_vars(&varmap)?;
@@ -530,21 +765,44 @@ pub fn train(
 
     let started = Instant::now();
     let mut last_loss = f64::NAN;
-    let span = train_ids.len() - o.context - 1;
+    let compute = o.compute.dtype();
+    let mut loss_scale = LossScale::for_compute(compute);
+    let dynamic_scale = compute == DType::F16;
+    let params = named_vars(&varmap)?;
+    let train_stream = std::sync::Arc::new(train_ids.clone());
+    let prefetch = BatchPrefetch::spawn(train_stream, BatchRng(rng.0), o.batch_size, o.context)?;
     for step in start_step..o.steps {
-        let starts: Vec<usize> = (0..o.batch_size).map(|_| rng.below(span)).collect();
-        let (x, y) = batch(&train_ids, &starts, o.context, &device).map_err(step_err(step))?;
-        let loss = loss_on(&model, &x, &y, &mask).map_err(step_err(step))?;
-        let grads = loss.backward().map_err(step_err(step))?;
-        let norm = opt.grad_norm(&grads).map_err(step_err(step))?;
+        // f32: the model itself; else a copy computing in `compute`.
+        let cast;
+        let model_now = if compute == DType::F32 {
+            &model
+        } else {
+            cast = model_in(&params, &cfg, compute, &device).map_err(step_err(step))?;
+            &cast
+        };
+        let (loss, grads) = step_gradients(
+            model_now,
+            &prefetch,
+            &mut rng,
+            &params,
+            &mask,
+            o,
+            loss_scale.scale,
+        )
+        .map_err(|e| e.at(step))?;
+        let norm = opt.grad_norm(&grads).map_err(step_err(step))? / loss_scale.scale;
         let scale = if norm > o.grad_clip && norm.is_finite() {
             o.grad_clip / norm
         } else {
             1.0
         };
         let lr = lr_at(o, step);
-        opt.step(&grads, lr, scale).map_err(step_err(step))?;
-        tokens_seen += o.batch_size * o.context;
+        let used_scale = loss_scale.scale;
+        if loss_scale.update(norm.is_finite(), dynamic_scale) {
+            opt.step(&grads, lr, scale / used_scale)
+                .map_err(step_err(step))?;
+        }
+        tokens_seen += o.batch_size * o.context * o.grad_accum;
         let done = step + 1;
         if done % 10 == 0 || done == o.steps {
             last_loss = loss
@@ -611,4 +869,27 @@ pub fn train(
             .as_bytes(),
     )?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_f16_loss_scale_halves_and_skips_on_overflow_and_grows_after_good_steps() {
+        let mut s = LossScale::for_compute(DType::F16);
+        let start = s.scale;
+        assert!(!s.update(false, true), "an overflowing step is skipped");
+        assert_eq!(s.scale, start / 2.0);
+        for _ in 0..LossScale::GROW_AFTER {
+            assert!(s.update(true, true));
+        }
+        assert_eq!(s.scale, start, "doubled after a run of good steps");
+        let mut bf16 = LossScale::for_compute(DType::BF16);
+        assert_eq!(bf16.scale, 1.0);
+        assert!(
+            bf16.update(false, false),
+            "without dynamic scaling nothing is skipped"
+        );
+    }
 }
