@@ -71,8 +71,9 @@ pub struct GenerateArgs {
     /// The tonal template: pingqi (平起), zeqi (仄起) or any.
     #[arg(long, default_value = "any")]
     template: TemplateStart,
-    /// guard: no character three times in a row and no line twice (any
-    /// form); allow: decode as before the guard existed.
+    /// guard: no character three times in a row, no line twice, and no
+    /// character more than twice in a poem (three times in a 詞), in any form;
+    /// allow: decode as before the guard existed.
     #[arg(long, default_value = "guard")]
     repeats: Repeats,
     /// Print one JSON object instead of streaming text.

@@ -63,6 +63,9 @@ pub struct VerseFigure {
     pub both_fraction: f64,
     /// Distinct character bigrams / all bigrams.
     pub distinct_2: f64,
+    /// Characters per poem that repeat one already in it (ideographs: count
+    /// minus distinct), the mean over samples.
+    pub repeated_chars_per_poem: f64,
     /// Mean log-probability per generated token under the model with no mask.
     pub mean_logprob: f64,
 }
@@ -85,8 +88,10 @@ pub struct QualityReport {
     pub settings: String,
     /// Free-form samples: `well_formed` counts regular verse (4 or 8 lines of 5
     /// or 7, `，`/`。` alternating, no repeated line) ended by the stop token;
-    /// rhyme and tones are judged on those.
+    /// rhyme and tones are judged on those. Drawn without the repeat guard.
     pub free: VerseFigure,
+    /// The same prompts and seeds with the repeat guard (the default).
+    pub free_guarded: VerseFigure,
     pub constrained: Vec<FormFigure>,
     /// Over the four regulated forms (acrostics aside), rules strict.
     pub regulated_strict: VerseFigure,
@@ -147,6 +152,20 @@ fn mean_logprob(model: &Gpt2, s: &Sample) -> Result<f64, BenchError> {
     Ok(total / s.ids.len() as f64)
 }
 
+fn repeated_chars_per_poem<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
+    let (mut repeated, mut poems) = (0usize, 0usize);
+    for t in texts {
+        let hanzi: Vec<char> = t
+            .chars()
+            .filter(|c| crate::poetry::forms::is_hanzi(*c))
+            .collect();
+        let distinct: std::collections::HashSet<&char> = hanzi.iter().collect();
+        repeated += hanzi.len() - distinct.len();
+        poems += 1;
+    }
+    repeated as f64 / poems.max(1) as f64
+}
+
 fn distinct_2<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
     let mut bigrams = std::collections::HashSet::new();
     let mut total = 0usize;
@@ -184,6 +203,7 @@ fn figure(
     }
     f.both_fraction = f.both as f64 / f.samples.max(1) as f64;
     f.distinct_2 = distinct_2(samples.iter().map(|s| s.text.as_str()));
+    f.repeated_chars_per_poem = repeated_chars_per_poem(samples.iter().map(|s| s.text.as_str()));
     f.mean_logprob = logprob / samples.len().max(1) as f64;
     Ok(f)
 }
@@ -203,6 +223,7 @@ fn merge(figures: &[&VerseFigure], texts: &[&Sample]) -> VerseFigure {
     f.both_fraction = f.both as f64 / f.samples.max(1) as f64;
     f.mean_logprob = logprob / f.samples.max(1) as f64;
     f.distinct_2 = distinct_2(texts.iter().map(|s| s.text.as_str()));
+    f.repeated_chars_per_poem = repeated_chars_per_poem(texts.iter().map(|s| s.text.as_str()));
     f
 }
 
@@ -285,8 +306,22 @@ fn tokenizer<'m>(
     })
 }
 
-fn free_samples(loaded: &LoadedModel, opts: &QualityOptions) -> Result<Vec<Sample>, BenchError> {
+fn free_samples(
+    loaded: &LoadedModel,
+    opts: &QualityOptions,
+    guarded: bool,
+) -> Result<Vec<Sample>, BenchError> {
     let tok = tokenizer(loaded, opts)?;
+    let guard = || {
+        crate::poetry::forms::FormConstraint::new(
+            PoemForm::Free,
+            tok.vocab_size(),
+            |id| String::from_utf8_lossy(tok.token_bytes(id)).into_owned(),
+            tok.stop_ids().first().copied(),
+            &VerseRules::default(),
+        )
+        .ok()
+    };
     let mut out = Vec::new();
     for (pi, prompt) in QUALITY_PROMPTS.iter().enumerate() {
         let ids = tok.prompt_ids(prompt).map_err(|e| GenerateError::Invalid {
@@ -298,7 +333,12 @@ fn free_samples(loaded: &LoadedModel, opts: &QualityOptions) -> Result<Vec<Sampl
         while left > 0 {
             let n = left.min(crate::generate::MAX_VARIATIONS);
             let seed = opts.seed + 1000 * pi as u64 + 100 * batch_no;
-            let (samples, _) = sample_batch(loaded, tok, (ids.clone(), None), prompt, n, seed)?;
+            let constraint = guarded
+                .then(guard)
+                .flatten()
+                .map(|c| (c, tok.to_vocab_chars(prompt)));
+            let (samples, _) =
+                sample_batch(loaded, tok, (ids.clone(), constraint), prompt, n, seed)?;
             out.extend(samples);
             left -= n;
             batch_no += 1;
@@ -312,8 +352,10 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
     let device = open_device(opts.device)?;
     let loaded = load_model(&opts.model, &device, candle_core::DType::F32)?;
     let model = &loaded.model;
-    let free = free_samples(&loaded, opts)?;
+    let free = free_samples(&loaded, opts, false)?;
     let free_figure = figure(model, &free, |t| regular_form(t).is_some())?;
+    let free_guarded = free_samples(&loaded, opts, true)?;
+    let free_guarded = figure(model, &free_guarded, |t| regular_form(t).is_some())?;
     let mut constrained = Vec::new();
     let mut regulated: Vec<(VerseFigure, VerseFigure)> = Vec::new();
     let mut regulated_texts: (Vec<Sample>, Vec<Sample>) = (Vec::new(), Vec::new());
@@ -370,6 +412,7 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
         regulated_strict: merge(&strict_refs, &regulated_texts.0.iter().collect::<Vec<_>>()),
         regulated_off: merge(&off_refs, &regulated_texts.1.iter().collect::<Vec<_>>()),
         free: free_figure,
+        free_guarded,
         constrained,
         fluency_cost,
         held_out_perplexity: held_out,

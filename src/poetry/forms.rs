@@ -515,7 +515,18 @@ impl FormConstraint {
         })
     }
 
-    /// The repeat guard: bans the character that would be the third of a run,
+    /// How many times one character may stand in a poem under the repeat
+    /// guard: twice in a 詩 (靜夜思 has 明月 twice), three times in a 詞.
+    fn repeat_cap(&self) -> usize {
+        if matches!(self.form, PoemForm::Ci(_)) {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// The repeat guard: bans a character the poem already holds as often as
+    /// [`Self::repeat_cap`] allows, the character that would be the third of a run,
     /// and the character that would finish a line the same as an earlier one
     /// (free verse, whose lines have no set length: the marks that would close
     /// such a line). Never bans every token left: then nothing is banned.
@@ -530,6 +541,18 @@ impl FormConstraint {
                 banned.extend(self.char_ids.get(&a));
             }
         }
+        // No character more often than a poem of this length bears.
+        let cap = self.repeat_cap();
+        let mut counts: std::collections::HashMap<char, usize> = std::collections::HashMap::new();
+        for c in written.chars().filter(|c| is_hanzi(*c)) {
+            *counts.entry(c).or_default() += 1;
+        }
+        banned.extend(
+            counts
+                .iter()
+                .filter(|(_, n)| **n >= cap)
+                .filter_map(|(c, _)| self.char_ids.get(c)),
+        );
         let mut lines: Vec<&str> = written.split([COMMA, PERIOD]).collect();
         let current = lines.pop().unwrap_or_default();
         let col = current.chars().count();
@@ -653,6 +676,19 @@ mod repeat_guard_tests {
             logits[id("月")].is_finite(),
             "not the line's last character yet"
         );
+    }
+
+    #[test]
+    fn the_guard_bans_a_character_a_third_time_in_a_poem() {
+        let wujue = constraint(PoemForm::WuJue, Repeats::Guard);
+        let mut logits = vec![0.0f32; VOCAB.len()];
+        wujue.apply("床前明月光，疑是明", &mut logits);
+        assert_eq!(
+            logits[id("明")],
+            f32::NEG_INFINITY,
+            "明 stands twice already"
+        );
+        assert!(logits[id("月")].is_finite(), "月 once");
     }
 
     #[test]

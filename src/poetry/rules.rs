@@ -63,7 +63,8 @@ impl std::fmt::Display for RulesMode {
 }
 
 /// Whether decoding may repeat itself: `Guard` stops the same character a
-/// third time in a row and a line the same as an earlier one (in every form);
+/// third time in a row, a line the same as an earlier one, and a character a
+/// third time in a 詩 (a fourth in a 詞), in every form;
 /// `Allow` decodes as before the guard existed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

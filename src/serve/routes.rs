@@ -120,7 +120,7 @@ struct PoemRequest {
     #[serde(default)]
     template: Option<String>,
     /// "guard" (the default: no character three times in a row, no line
-    /// twice) or "allow".
+    /// twice, no character more than twice in a poem) or "allow".
     #[serde(default)]
     repeats: Option<String>,
     #[serde(default)]

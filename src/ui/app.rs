@@ -1659,7 +1659,7 @@ fn verse_rules_row(ui: &mut egui::Ui, verse: &mut crate::poetry::VerseRules) {
     let mut guard = verse.repeats == crate::poetry::Repeats::Guard;
     if ui
         .checkbox(&mut guard, "no repeats")
-        .on_hover_text("No character three times in a row and no line twice, in any form")
+        .on_hover_text("No character three times in a row, no line twice, no character more than twice in a poem (three times in a 詞)")
         .changed()
     {
         verse.repeats = if guard {
