@@ -20,6 +20,13 @@ pub struct CorpusArgs {
     holdout_per_10k: u64,
     #[arg(long, default_value_t = 2026)]
     seed: u64,
+    /// Also use the Song 詞 that follow their tune's pattern, tagged `[CI:tune]`.
+    #[arg(long)]
+    ci: bool,
+    /// Simplified -> traditional table for the 詞 (a model's s2t.tsv, e.g.
+    /// models/tang-poems/s2t.tsv).
+    #[arg(long)]
+    s2t: Option<PathBuf>,
 }
 
 pub fn run_corpus(args: CorpusArgs) -> Result<()> {
@@ -29,6 +36,8 @@ pub fn run_corpus(args: CorpusArgs) -> Result<()> {
         include_song: args.song,
         holdout_per_10k: args.holdout_per_10k,
         seed: args.seed,
+        include_ci: args.ci,
+        s2t: args.s2t,
     })?;
     println!("{}", serde_json::to_string_pretty(&stats)?);
     Ok(())

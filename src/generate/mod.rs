@@ -204,7 +204,7 @@ pub fn poem_prompt(
         other => other.clone(),
     };
     let mut ids: Vec<u32> = tok.start_id().into_iter().collect();
-    if let Some(tag) = form.tag().and_then(|t| tok.token_id(t)) {
+    if let Some(tag) = form.tag_token().and_then(|t| tok.token_id(&t)) {
         ids.push(tag);
     }
     ids.extend(

@@ -75,6 +75,15 @@ impl PoemForm {
         }
     }
 
+    /// The conditioning token of this form: the regular forms' tags, and for a
+    /// 詞 `[CI:tune]` (a model trained on `versifier corpus --ci` has them).
+    pub fn tag_token(&self) -> Option<String> {
+        match self {
+            Self::Ci(name) => Some(format!("[CI:{name}]")),
+            other => other.tag().map(String::from),
+        }
+    }
+
     /// The regular form with this shape.
     pub fn from_shape(lines: usize, chars: usize) -> Option<Self> {
         match (lines, chars) {

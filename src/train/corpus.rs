@@ -38,6 +38,12 @@ pub struct CorpusOptions {
     /// Per ten thousand poems held out for evaluation (200 = 2%).
     pub holdout_per_10k: u64,
     pub seed: u64,
+    /// Add the Song 詞 (`songci/ci.song.*`) whose tune has a pattern and that
+    /// follow it, each line tagged `[CI:tune]`.
+    pub include_ci: bool,
+    /// Simplified -> traditional table (TSV, as a model's `s2t.tsv`) for the
+    /// 詞, which the collection has in simplified script.
+    pub s2t: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -54,6 +60,11 @@ pub struct CorpusStats {
     pub holdout_per_10k: u64,
     pub seed: u64,
     pub include_song: bool,
+    pub include_ci: bool,
+    /// 詞 read whose tune has no pattern in the tune table.
+    pub dropped_ci_unknown_tune: usize,
+    /// 詞 whose lines differ from their tune's pattern.
+    pub dropped_ci_off_pattern: usize,
 }
 
 /// Marks editors use for characters missing from the sources.
@@ -112,6 +123,109 @@ fn source_files(dir: &Path, include_song: bool) -> Result<Vec<PathBuf>, CorpusEr
     Ok(files)
 }
 
+/// A simplified -> traditional table: `simplified<TAB>traditional` lines.
+fn read_s2t(path: &Path) -> Result<std::collections::HashMap<char, char>, CorpusError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CorpusError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (s, t) = (f.next()?.chars().next()?, f.next()?.chars().next()?);
+            Some((s, t))
+        })
+        .collect())
+}
+
+/// The 詞 of the collection that follow their tune's pattern, as tagged
+/// training lines (`[CI:浣溪沙]…\n`), marks normalised to `，` and `。`.
+fn ci_lines(
+    opts: &CorpusOptions,
+    stats: &mut CorpusStats,
+    seen: &mut HashSet<String>,
+) -> Result<Vec<String>, CorpusError> {
+    let dir = [opts.source.join("dist/songci"), opts.source.join("songci")]
+        .into_iter()
+        .find(|d| d.is_dir())
+        .ok_or_else(|| CorpusError::Format {
+            path: opts.source.clone(),
+            problem: "no songci folder (dist/songci/ci.song.*.json) for --ci".into(),
+        })?;
+    let s2t = opts
+        .s2t
+        .as_deref()
+        .map(read_s2t)
+        .transpose()?
+        .unwrap_or_default();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|source| CorpusError::Io {
+            path: dir.clone(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ci.song.") && n.ends_with(".json"))
+        })
+        .collect();
+    files.sort();
+    let mut lines = Vec::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).map_err(|source| CorpusError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let poems: Value = serde_json::from_str(&text).map_err(|e| CorpusError::Format {
+            path: path.clone(),
+            problem: format!("not valid JSON: {e}"),
+        })?;
+        for poem in poems.as_array().into_iter().flatten() {
+            stats.poems_read += 1;
+            let tune = poem.get("rhythmic").and_then(Value::as_str).unwrap_or("");
+            let Some(tune) = crate::poetry::tunes::find_tune(tune) else {
+                stats.dropped_ci_unknown_tune += 1;
+                continue;
+            };
+            let raw: String = poem
+                .get("paragraphs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let body: String = clean(&raw)
+                .chars()
+                .map(|c| match c {
+                    '、' | '；' | '：' => '，',
+                    '？' | '！' => '。',
+                    c => *s2t.get(&c).unwrap_or(&c),
+                })
+                .collect();
+            if body.chars().any(|c| MISSING.contains(&c)) {
+                stats.dropped_missing_characters += 1;
+                continue;
+            }
+            let form = crate::generate::forms::PoemForm::Ci(tune.name.clone());
+            if !crate::generate::forms::satisfies(&body, &form) {
+                stats.dropped_ci_off_pattern += 1;
+                continue;
+            }
+            if !seen.insert(body.clone()) {
+                stats.dropped_duplicates += 1;
+                continue;
+            }
+            stats.kept += 1;
+            *stats.by_form.entry(form.to_string()).or_insert(0) += 1;
+            lines.push(format!("[CI:{}]{body}\n", tune.name));
+        }
+    }
+    Ok(lines)
+}
+
 /// Reads the sources and writes `train.txt`, `eval.txt` and `corpus.json` into `opts.out`.
 pub fn prepare_corpus(opts: &CorpusOptions) -> Result<CorpusStats, CorpusError> {
     let files = source_files(&opts.source, opts.include_song)?;
@@ -120,6 +234,7 @@ pub fn prepare_corpus(opts: &CorpusOptions) -> Result<CorpusStats, CorpusError> 
         holdout_per_10k: opts.holdout_per_10k,
         seed: opts.seed,
         include_song: opts.include_song,
+        include_ci: opts.include_ci,
         ..Default::default()
     };
     let mut seen = HashSet::new();
@@ -176,6 +291,18 @@ pub fn prepare_corpus(opts: &CorpusOptions) -> Result<CorpusStats, CorpusError> 
         let p = opts.out.join(name);
         std::fs::write(&p, data).map_err(|source| CorpusError::Io { path: p, source })
     };
+    if opts.include_ci {
+        for line in ci_lines(opts, &mut stats, &mut seen)? {
+            let body = super::vocab::strip_tag(line.trim_end()).1.to_string();
+            if split_hash(opts.seed, &body) % 10_000 < opts.holdout_per_10k {
+                stats.eval_poems += 1;
+                eval.push_str(&line);
+            } else {
+                stats.train_poems += 1;
+                train.push_str(&line);
+            }
+        }
+    }
     write("train.txt", &train)?;
     write("eval.txt", &eval)?;
     let json = serde_json::to_string_pretty(&stats).unwrap_or_default();
@@ -216,6 +343,8 @@ mod tests {
             include_song: false,
             holdout_per_10k: 0,
             seed: 7,
+            include_ci: false,
+            s2t: None,
         };
         let stats = prepare_corpus(&opts).unwrap();
         assert_eq!(stats.poems_read, 5);
@@ -235,5 +364,47 @@ mod tests {
         };
         let stats = prepare_corpus(&opts).unwrap();
         assert_eq!((stats.train_poems, stats.eval_poems), (0, 2));
+    }
+
+    #[test]
+    fn ci_in_their_tunes_pattern_become_tagged_traditional_lines() {
+        let src = tempfile::tempdir().unwrap();
+        let tang = src.path().join("dist/quantangshi");
+        let songci = src.path().join("dist/songci");
+        std::fs::create_dir_all(&tang).unwrap();
+        std::fs::create_dir_all(&songci).unwrap();
+        std::fs::write(tang.join("poet.tang.0.json"), "[]").unwrap();
+        let ci = serde_json::json!([
+            // 浣溪沙: 7。7。7。7，7。7。 (？ counts as a full stop)
+            {"rhythmic": "浣溪沙", "paragraphs": ["一曲新词酒一杯。去年天气旧亭台。夕阳西下几时回？", "无可奈何花落去，似曾相识燕归来。小园香径独徘徊。"]},
+            {"rhythmic": "浣溪沙", "paragraphs": ["一曲新词酒一杯。去年天气旧亭台。"]},
+            {"rhythmic": "没有这个词牌", "paragraphs": ["一曲新词酒一杯。"]}
+        ]);
+        std::fs::write(songci.join("ci.song.0.json"), ci.to_string()).unwrap();
+        let table = src.path().join("s2t.tsv");
+        std::fs::write(&table, "词\t詞\n旧\t舊\n阳\t陽\n几\t幾\n时\t時\n回\t回\n无\t無\n识\t識\n燕\t燕\n归\t歸\n来\t來\n园\t園\n径\t徑\n独\t獨\n气\t氣\n").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let stats = prepare_corpus(&CorpusOptions {
+            source: src.path().into(),
+            out: out.path().into(),
+            include_song: false,
+            holdout_per_10k: 0,
+            seed: 7,
+            include_ci: true,
+            s2t: Some(table),
+        })
+        .unwrap();
+        assert_eq!(stats.kept, 1);
+        assert_eq!(stats.dropped_ci_off_pattern, 1);
+        assert_eq!(stats.dropped_ci_unknown_tune, 1);
+        assert_eq!(stats.by_form.get("ci:浣溪沙"), Some(&1));
+        let train = std::fs::read_to_string(out.path().join("train.txt")).unwrap();
+        assert_eq!(
+            train.trim_end(),
+            "[CI:浣溪沙]一曲新詞酒一杯。去年天氣舊亭台。夕陽西下幾時回。無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。"
+        );
+        // The tune's tag becomes a vocabulary token.
+        let vocab = crate::train::vocab::CharVocab::build(&train, 1);
+        assert!(vocab.id("[CI:浣溪沙]").is_some());
     }
 }

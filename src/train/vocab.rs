@@ -20,8 +20,16 @@ impl CharVocab {
     /// `min_count` times, most frequent first (ties by code point).
     pub fn build(text: &str, min_count: usize) -> Self {
         let mut counts: HashMap<char, usize> = HashMap::new();
+        // 詞 tune tags (`[CI:浣溪沙]`) in the order they first appear.
+        let mut tune_tags: Vec<&str> = Vec::new();
         for line in text.lines() {
-            for c in strip_tag(line).1.chars() {
+            let (tag, body) = strip_tag(line);
+            if let Some(t) = tag.filter(|t| t.starts_with("[CI:")) {
+                if !tune_tags.contains(&t) {
+                    tune_tags.push(t);
+                }
+            }
+            for c in body.chars() {
                 *counts.entry(c).or_insert(0) += 1;
             }
         }
@@ -39,6 +47,7 @@ impl CharVocab {
         ] {
             tokens.extend(f.tag().map(String::from));
         }
+        tokens.extend(tune_tags.iter().map(|t| t.to_string()));
         tokens.push(COMMA.to_string());
         tokens.push(PERIOD.to_string());
         tokens.extend(chars.into_iter().map(|(c, _)| c.to_string()));
