@@ -226,3 +226,41 @@ fn half_precision_compute_with_f32_master_weights_trains_like_f32() {
         );
     }
 }
+
+#[test]
+fn a_model_trained_on_tagged_ci_is_given_the_tunes_tag_when_it_writes_one() {
+    let corpus = tiny_corpus();
+    // Add tagged 詞 (浣溪沙's pattern) to the training text.
+    let ci = "[CI:浣溪沙]一曲新詞酒一杯。去年天氣舊亭台。夕陽西下幾時回。無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。\n";
+    let mut train_text = std::fs::read_to_string(corpus.path().join("train.txt")).unwrap();
+    train_text.push_str(&ci.repeat(10));
+    std::fs::write(corpus.path().join("train.txt"), train_text).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut o = options(corpus.path(), out.path(), 10);
+    o.context = 64;
+    train(&o, |_| {}).unwrap();
+    let model = load_model(out.path(), &Device::Cpu, DType::F32).unwrap();
+    let tok = model.tokenizer.as_ref().unwrap();
+    let tag = tok
+        .token_id("[CI:浣溪沙]")
+        .expect("the tune tag is in the vocabulary");
+    let form: versifier::generate::forms::PoemForm = "ci:浣溪沙".parse().unwrap();
+    let prompt = versifier::generate::Prompt::Text("一".into());
+    let req = versifier::generate::prepare_request(
+        &model,
+        &versifier::generate::RequestSettings {
+            prompt: &prompt,
+            form: &form,
+            variations: 1,
+            max_new_tokens: 60,
+            sampling: &versifier::generate::SamplingParams::default(),
+            verse: &versifier::poetry::VerseRules::default(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        req.prompt_ids[1], tag,
+        "start token, then the tune's tag: {:?}",
+        req.prompt_ids
+    );
+}

@@ -717,3 +717,24 @@ fn a_ci_to_a_chosen_tune_is_written_in_the_tunes_pattern() {
         "history keeps the tune"
     );
 }
+
+#[test]
+fn clicking_the_model_name_opens_its_field_ready_for_typing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    h.get_by_label_contains("tang-poems").click();
+    h.run_steps(3);
+    // The field shows the path and has the keyboard: typing goes into it.
+    let path = h.state().load_spec().model.display().to_string();
+    assert!(
+        h.get_all_by_value(&path).any(|n| n.is_focused()),
+        "the model field has focus"
+    );
+    h.event(egui::Event::Text("x".into()));
+    h.run_steps(2);
+    assert!(
+        h.query_all_by_value(&format!("{path}x")).next().is_some(),
+        "typed text went into the field"
+    );
+}

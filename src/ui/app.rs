@@ -142,6 +142,8 @@ pub struct VersifierApp {
     model_field: String,
     /// The model field is being typed in (else it shows the model's name).
     model_editing: bool,
+    /// The model field was just opened by a click: give it the keyboard.
+    model_focus_pending: bool,
     /// The chosen model's storage precision (for Precision "auto"), per path.
     stored_precision: Option<(PathBuf, Option<Precision>)>,
     pub state: EngineState,
@@ -287,6 +289,7 @@ impl VersifierApp {
             ci_tune,
             model_field,
             model_editing: false,
+            model_focus_pending: false,
             stored_precision: None,
             state: EngineState::Unloaded,
             cards: Vec::new(),
@@ -911,6 +914,9 @@ impl VersifierApp {
             ui.label("Model");
             if self.model_editing {
                 let field = ui.add(egui::TextEdit::singleline(&mut self.model_field).desired_width(220.0).hint_text("model folder"));
+                if std::mem::take(&mut self.model_focus_pending) {
+                    field.request_focus();
+                }
                 if field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
                     self.model_editing = false;
                     self.load_chosen_model();
@@ -925,6 +931,7 @@ impl VersifierApp {
                     .clicked()
                 {
                     self.model_editing = true;
+                    self.model_focus_pending = true;
                 }
             }
             if ui.button("Open…").on_hover_text("Choose a model folder").clicked() {
