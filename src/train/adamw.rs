@@ -41,26 +41,39 @@ impl AdamW {
         })
     }
 
-    /// The global L2 norm of the gradients (one device sync).
-    pub fn grad_norm(&self, grads: &GradStore) -> candle_core::Result<f64> {
+    /// The global L2 norm of the gradients, on the device (no sync): a
+    /// scalar f32 tensor.
+    pub fn grad_norm_tensor(&self, grads: &GradStore) -> candle_core::Result<Option<Tensor>> {
         let mut total: Option<Tensor> = None;
         for (_, var) in &self.params {
             if let Some(g) = grads.get(var.as_tensor()) {
-                let s = g.sqr()?.sum_all()?;
+                let s = g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?;
                 total = Some(match total {
                     Some(t) => (t + s)?,
                     None => s,
                 });
             }
         }
-        Ok(match total {
-            Some(t) => (t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?).sqrt(),
-            None => 0.0,
-        })
+        total.map(|t| t.sqrt()).transpose()
     }
 
-    /// One update with learning rate `lr`, gradients scaled by `grad_scale` (clipping).
-    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> candle_core::Result<()> {
+    /// One update with the gradients scaled by `grad_scale`, a scalar tensor
+    /// on the device (clipping worked out there, so the step needs no sync).
+    pub fn step_scaled_by(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: &Tensor,
+    ) -> candle_core::Result<()> {
+        self.update(grads, lr, |g| g.broadcast_mul(grad_scale))
+    }
+
+    fn update(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        scale: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
@@ -70,7 +83,7 @@ impl AdamW {
                 continue;
             };
             // Detached: the moments outlive the step and must not keep its graph alive.
-            let g = (g.detach() * grad_scale)?;
+            let g = scale(&g.detach())?;
             let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + self.eps)?)?;

@@ -790,21 +790,43 @@ pub fn train(
             loss_scale.scale,
         )
         .map_err(|e| e.at(step))?;
-        let norm = opt.grad_norm(&grads).map_err(step_err(step))? / loss_scale.scale;
-        let scale = if norm > o.grad_clip && norm.is_finite() {
-            o.grad_clip / norm
-        } else {
-            1.0
-        };
         let lr = lr_at(o, step);
+        let done = step + 1;
+        let logging = done % 10 == 0 || done == o.steps;
         let used_scale = loss_scale.scale;
-        if loss_scale.update(norm.is_finite(), dynamic_scale) {
-            opt.step(&grads, lr, scale / used_scale)
+        // The gradient norm stays on the device except where it is needed on
+        // the host: f16's overflow check, and the steps that are logged.
+        let norm_t = opt
+            .grad_norm_tensor(&grads)
+            .and_then(|n| n.map(|n| n / used_scale).transpose())
+            .map_err(step_err(step))?;
+        let host_norm = |n: &Option<Tensor>| -> Result<f64, TrainError> {
+            match n {
+                Some(t) => t.to_scalar::<f32>().map(f64::from).map_err(step_err(step)),
+                None => Ok(0.0),
+            }
+        };
+        let norm = if dynamic_scale || logging {
+            host_norm(&norm_t)?
+        } else {
+            f64::NAN // not read back this step
+        };
+        let finite = !dynamic_scale || norm.is_finite();
+        if loss_scale.update(finite, dynamic_scale) {
+            // Clip on the device: grad_clip / max(norm, grad_clip), unscaled.
+            let factor = match &norm_t {
+                Some(n) => n
+                    .maximum(o.grad_clip)
+                    .and_then(|m| m.recip())
+                    .and_then(|r| r * (o.grad_clip / used_scale)),
+                None => Tensor::new(1.0f32 / used_scale as f32, &device),
+            }
+            .map_err(step_err(step))?;
+            opt.step_scaled_by(&grads, lr, &factor)
                 .map_err(step_err(step))?;
         }
         tokens_seen += o.batch_size * o.context * o.grad_accum;
-        let done = step + 1;
-        if done % 10 == 0 || done == o.steps {
+        if logging {
             last_loss = loss
                 .to_dtype(DType::F64)
                 .and_then(|l| l.to_scalar::<f64>())
