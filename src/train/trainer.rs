@@ -636,6 +636,43 @@ fn initial_parameters(
     Ok(varmap)
 }
 
+/// Clips and applies one step's gradients (scaled by the loss scale) with the
+/// clip factor worked out on the device; returns the unscaled gradient norm
+/// when it was read back (f16's overflow check, logged steps), else NaN.
+#[allow(clippy::too_many_arguments)]
+fn clipped_step(
+    opt: &mut AdamW,
+    grads: &candle_core::backprop::GradStore,
+    lr: f64,
+    o: &TrainOptions,
+    loss_scale: &mut LossScale,
+    dynamic_scale: bool,
+    logging: bool,
+    device: &Device,
+) -> candle_core::Result<f64> {
+    let used_scale = loss_scale.scale;
+    // The gradient norm stays on the device except where the host needs it.
+    let norm_t = opt
+        .grad_norm_tensor(grads)?
+        .map(|n| n / used_scale)
+        .transpose()?;
+    let norm = match (&norm_t, dynamic_scale || logging) {
+        (Some(t), true) => f64::from(t.to_scalar::<f32>()?),
+        (None, true) => 0.0,
+        (_, false) => f64::NAN,
+    };
+    let finite = !dynamic_scale || norm.is_finite();
+    if loss_scale.update(finite, dynamic_scale) {
+        // grad_clip / max(norm, grad_clip), and the loss scale undone.
+        let factor = match &norm_t {
+            Some(n) => ((n.maximum(o.grad_clip)?.recip()?) * (o.grad_clip / used_scale))?,
+            None => Tensor::new(1.0f32 / used_scale as f32, device)?,
+        };
+        opt.step_scaled_by(grads, lr, &factor)?;
+    }
+    Ok(norm)
+}
+
 /// Trains a model as `o` says and writes it to `o.out`.
 pub fn train(
     o: &TrainOptions,
@@ -793,38 +830,17 @@ pub fn train(
         let lr = lr_at(o, step);
         let done = step + 1;
         let logging = done % 10 == 0 || done == o.steps;
-        let used_scale = loss_scale.scale;
-        // The gradient norm stays on the device except where it is needed on
-        // the host: f16's overflow check, and the steps that are logged.
-        let norm_t = opt
-            .grad_norm_tensor(&grads)
-            .and_then(|n| n.map(|n| n / used_scale).transpose())
-            .map_err(step_err(step))?;
-        let host_norm = |n: &Option<Tensor>| -> Result<f64, TrainError> {
-            match n {
-                Some(t) => t.to_scalar::<f32>().map(f64::from).map_err(step_err(step)),
-                None => Ok(0.0),
-            }
-        };
-        let norm = if dynamic_scale || logging {
-            host_norm(&norm_t)?
-        } else {
-            f64::NAN // not read back this step
-        };
-        let finite = !dynamic_scale || norm.is_finite();
-        if loss_scale.update(finite, dynamic_scale) {
-            // Clip on the device: grad_clip / max(norm, grad_clip), unscaled.
-            let factor = match &norm_t {
-                Some(n) => n
-                    .maximum(o.grad_clip)
-                    .and_then(|m| m.recip())
-                    .and_then(|r| r * (o.grad_clip / used_scale)),
-                None => Tensor::new(1.0f32 / used_scale as f32, &device),
-            }
-            .map_err(step_err(step))?;
-            opt.step_scaled_by(&grads, lr, &factor)
-                .map_err(step_err(step))?;
-        }
+        let norm = clipped_step(
+            &mut opt,
+            &grads,
+            lr,
+            o,
+            &mut loss_scale,
+            dynamic_scale,
+            logging,
+            &device,
+        )
+        .map_err(step_err(step))?;
         tokens_seen += o.batch_size * o.context * o.grad_accum;
         if logging {
             last_loss = loss
