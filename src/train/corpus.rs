@@ -123,6 +123,25 @@ fn source_files(dir: &Path, include_song: bool) -> Result<Vec<PathBuf>, CorpusEr
     Ok(files)
 }
 
+/// The poems of one collection file: a JSON list.
+fn read_poems(path: &Path) -> Result<Vec<Value>, CorpusError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CorpusError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let poems: Value = serde_json::from_str(&text).map_err(|e| CorpusError::Format {
+        path: path.to_path_buf(),
+        problem: format!("not valid JSON: {e}"),
+    })?;
+    match poems {
+        Value::Array(poems) => Ok(poems),
+        _ => Err(CorpusError::Format {
+            path: path.to_path_buf(),
+            problem: "expected a list of poems".into(),
+        }),
+    }
+}
+
 /// A simplified -> traditional table: `simplified<TAB>traditional` lines.
 fn read_s2t(path: &Path) -> Result<std::collections::HashMap<char, char>, CorpusError> {
     let text = std::fs::read_to_string(path).map_err(|source| CorpusError::Io {
@@ -175,15 +194,7 @@ fn ci_lines(
     files.sort();
     let mut lines = Vec::new();
     for path in &files {
-        let text = std::fs::read_to_string(path).map_err(|source| CorpusError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let poems: Value = serde_json::from_str(&text).map_err(|e| CorpusError::Format {
-            path: path.clone(),
-            problem: format!("not valid JSON: {e}"),
-        })?;
-        for poem in poems.as_array().into_iter().flatten() {
+        for poem in read_poems(path)? {
             stats.poems_read += 1;
             let tune = poem.get("rhythmic").and_then(Value::as_str).unwrap_or("");
             let Some(tune) = crate::poetry::tunes::find_tune(tune) else {
@@ -240,19 +251,7 @@ pub fn prepare_corpus(opts: &CorpusOptions) -> Result<CorpusStats, CorpusError> 
     let mut seen = HashSet::new();
     let (mut train, mut eval) = (String::new(), String::new());
     for path in &files {
-        let text = std::fs::read_to_string(path).map_err(|source| CorpusError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let poems: Value = serde_json::from_str(&text).map_err(|e| CorpusError::Format {
-            path: path.clone(),
-            problem: format!("not valid JSON: {e}"),
-        })?;
-        let poems = poems.as_array().ok_or_else(|| CorpusError::Format {
-            path: path.clone(),
-            problem: "expected a list of poems".into(),
-        })?;
-        for poem in poems {
+        for poem in read_poems(path)? {
             stats.poems_read += 1;
             let Some(paragraphs) = poem.get("paragraphs").and_then(Value::as_array) else {
                 continue;
