@@ -310,7 +310,13 @@ pub enum NextToken {
 /// What may come next under `form`, after `written` (the generated text so far,
 /// prompt included when the prompt is the poem's start).
 pub fn next_token(form: &PoemForm, written: &str) -> NextToken {
-    let Some(plan) = form.line_plan() else {
+    next_token_in(form, form.line_plan().as_deref(), written)
+}
+
+/// [`next_token`] with the form's line plan worked out already (the decoder
+/// asks every token; the plan is fixed for the request).
+fn next_token_in(form: &PoemForm, plan: Option<&[(usize, char)]>, written: &str) -> NextToken {
+    let Some(plan) = plan else {
         return NextToken::Any;
     };
     let mut line = 0usize;
@@ -461,6 +467,8 @@ pub struct FormConstraint {
     rules: Option<ToneRules>,
     /// No character three times in a row, no line twice.
     repeats: Repeats,
+    /// `form.line_plan()`, worked out once for the request.
+    plan: Option<Vec<(usize, char)>>,
 }
 
 /// Why a form cannot be enforced with this tokenizer.
@@ -515,12 +523,13 @@ impl FormConstraint {
             _ => None,
         };
         Ok(Self {
-            form,
             hanzi,
             char_ids,
             stop,
             rules,
             repeats: verse.repeats,
+            plan: form.line_plan(),
+            form,
         })
     }
 
@@ -565,7 +574,7 @@ impl FormConstraint {
         let mut lines: Vec<&str> = written.split([COMMA, PERIOD]).collect();
         let current = lines.pop().unwrap_or_default();
         let col = current.chars().count();
-        match self.form.line_plan() {
+        match &self.plan {
             Some(plan) => {
                 let length = plan.get(lines.len()).map(|(n, _)| *n);
                 if length == Some(col + 1) {
@@ -609,7 +618,7 @@ impl FormConstraint {
                 }
             }
         };
-        match next_token(&self.form, written) {
+        match next_token_in(&self.form, self.plan.as_deref(), written) {
             NextToken::Any => self.guard_repeats(written, logits),
             NextToken::Stop => keep_only(logits, self.stop),
             NextToken::Char(c) => {
