@@ -156,6 +156,15 @@ struct Checked {
     stream: bool,
 }
 
+/// A setting given by name (`value`, or `default` when absent), parsed; a bad
+/// name is a 400 with the parser's message.
+fn setting<T: std::str::FromStr<Err = String>>(
+    value: Option<&str>,
+    default: &str,
+) -> Result<T, ApiError> {
+    value.unwrap_or(default).parse().map_err(ApiError::bad)
+}
+
 fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
     let prompt = r.prompt.trim().to_string();
     if prompt.chars().count() > MAX_PROMPT_CHARS {
@@ -170,24 +179,9 @@ fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
         .unwrap_or("qijue")
         .parse()
         .map_err(|e: crate::generate::forms::FormParseError| ApiError::bad(e.to_string()))?;
-    let mode: RulesMode = r
-        .rules
-        .as_deref()
-        .unwrap_or("strict")
-        .parse()
-        .map_err(ApiError::bad)?;
-    let template: TemplateStart = r
-        .template
-        .as_deref()
-        .unwrap_or("any")
-        .parse()
-        .map_err(ApiError::bad)?;
-    let repeats: Repeats = r
-        .repeats
-        .as_deref()
-        .unwrap_or("guard")
-        .parse()
-        .map_err(ApiError::bad)?;
+    let mode: RulesMode = setting(r.rules.as_deref(), "strict")?;
+    let template: TemplateStart = setting(r.template.as_deref(), "any")?;
+    let repeats: Repeats = setting(r.repeats.as_deref(), "guard")?;
     let verse = VerseRules {
         mode,
         rhyme: r.rhyme,

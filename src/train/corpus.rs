@@ -106,17 +106,23 @@ fn source_files(dir: &Path, include_song: bool) -> Result<Vec<PathBuf>, CorpusEr
     .ok_or_else(|| CorpusError::NoSource {
         path: dir.to_path_buf(),
     })?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dist)
+    json_files(&dist, |name| {
+        name.starts_with("poet.tang.") || (include_song && name.starts_with("poet.song."))
+    })
+}
+
+/// The `.json` files in `dir` whose names `wanted` accepts, sorted.
+fn json_files(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, CorpusError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| CorpusError::Io {
-            path: dist.clone(),
+            path: dir.to_path_buf(),
             source,
         })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.ends_with(".json")
-                && (name.starts_with("poet.tang.")
-                    || (include_song && name.starts_with("poet.song.")))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".json") && wanted(n))
         })
         .collect();
     files.sort();
@@ -179,19 +185,7 @@ fn ci_lines(
         .map(read_s2t)
         .transpose()?
         .unwrap_or_default();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|source| CorpusError::Io {
-            path: dir.clone(),
-            source,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("ci.song.") && n.ends_with(".json"))
-        })
-        .collect();
-    files.sort();
+    let files = json_files(&dir, |name| name.starts_with("ci.song."))?;
     let mut lines = Vec::new();
     for path in &files {
         for poem in read_poems(path)? {
@@ -250,6 +244,16 @@ pub fn prepare_corpus(opts: &CorpusOptions) -> Result<CorpusStats, CorpusError> 
     };
     let mut seen = HashSet::new();
     let (mut train, mut eval) = (String::new(), String::new());
+    // Held out by a seeded hash of the poem's text, so a poem keeps its side.
+    let mut place = |stats: &mut CorpusStats, line: &str, body: &str| {
+        if split_hash(opts.seed, body) % 10_000 < opts.holdout_per_10k {
+            stats.eval_poems += 1;
+            eval.push_str(line);
+        } else {
+            stats.train_poems += 1;
+            train.push_str(line);
+        }
+    };
     for path in &files {
         for poem in read_poems(path)? {
             stats.poems_read += 1;
@@ -273,13 +277,7 @@ pub fn prepare_corpus(opts: &CorpusOptions) -> Result<CorpusStats, CorpusError> 
             stats.kept += 1;
             *stats.by_form.entry(form.to_string()).or_insert(0) += 1;
             let line = format!("{}{}\n", form.tag().unwrap_or(""), body);
-            if split_hash(opts.seed, &body) % 10_000 < opts.holdout_per_10k {
-                stats.eval_poems += 1;
-                eval.push_str(&line);
-            } else {
-                stats.train_poems += 1;
-                train.push_str(&line);
-            }
+            place(&mut stats, &line, &body);
         }
     }
     std::fs::create_dir_all(&opts.out).map_err(|source| CorpusError::Io {
@@ -293,13 +291,7 @@ pub fn prepare_corpus(opts: &CorpusOptions) -> Result<CorpusStats, CorpusError> 
     if opts.include_ci {
         for line in ci_lines(opts, &mut stats, &mut seen)? {
             let body = super::vocab::strip_tag(line.trim_end()).1.to_string();
-            if split_hash(opts.seed, &body) % 10_000 < opts.holdout_per_10k {
-                stats.eval_poems += 1;
-                eval.push_str(&line);
-            } else {
-                stats.train_poems += 1;
-                train.push_str(&line);
-            }
+            place(&mut stats, &line, &body);
         }
     }
     write("train.txt", &train)?;
