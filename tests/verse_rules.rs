@@ -131,6 +131,8 @@ fn rules_and_the_repeat_guard_off_give_the_same_poems_as_before_they_existed() {
             "generate",
             "--device",
             "cpu",
+            "--dtype",
+            "f16",
             "--form",
             form,
             "--seed",

@@ -5,6 +5,8 @@
 #   packaging/bench/cpu-side-by-side.sh [ROUNDS] [PYTHON]
 #
 # PYTHON must have torch and transformers (e.g. a venv: pip install torch transformers).
+# VERSIFIER_BEFORE_BIN=path/to/an/older/versifier adds its runs, interleaved, as
+# "before-<dtype>" (a change measured against the build it replaces, same run).
 # PyTorch runs fp32 only: its bf16 CPU path took over two minutes per run on
 # the 2-core VM in the README (no AVX-512 BF16 there).
 set -euo pipefail
@@ -18,6 +20,10 @@ for r in $(seq "$rounds"); do
   for dt in f32 f16 bf16; do
     "$bin" bench --synthetic gpt2-124m --device cpu --dtype "$dt" --batches 1,8 --new-tokens 64 --json \
       > "$out/ours-$dt-$r.json"
+    if [ -n "${VERSIFIER_BEFORE_BIN:-}" ]; then
+      "$VERSIFIER_BEFORE_BIN" bench --synthetic gpt2-124m --device cpu --dtype "$dt" --batches 1,8 --new-tokens 64 --json \
+        > "$out/before-$dt-$r.json"
+    fi
   done
   for dt in float32; do
     "$py" "$here/pytorch_baseline.py" --threads "$threads" --dtype "$dt" --new-tokens 64 > "$out/torch-$dt-$r.json"

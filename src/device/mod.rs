@@ -96,7 +96,7 @@ impl Precision {
 
     /// Bytes per activation and KV-cache value on `device`: the weights' width
     /// on a GPU; always f32 on the CPU, where half precision is for the weight
-    /// matrices only (`model::half_weights`).
+    /// matrices only (`model::packed_matrix`).
     pub fn activation_bytes(self, device: DeviceChoice) -> usize {
         match device {
             DeviceChoice::Cpu => 4,

@@ -2,9 +2,10 @@
 //! a tied LM head, and a KV cache that lives outside the weights so one loaded
 //! model can serve many batched generations.
 //!
-//! On the CPU in f16 or bf16 the weight matrices stay half precision (half the
-//! bytes to stream per token) while activations, norms, attention and the KV
-//! cache are f32: see [`super::half_weights`].
+//! On the CPU the weight matrices are repacked at load into panels that stream
+//! through one kernel (in f32, or in f16/bf16: half the bytes to read per
+//! token), while activations, norms, attention and the KV cache are f32: see
+//! [`super::packed_matrix`]. GPUs and training keep candle's tensors.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
 use super::config::{Activation, Gpt2Config};
-use super::half_weights::{matmul_half_weights, transpose_half};
+use super::packed_matrix::{PackedMatrix, SourceLayout};
 use super::StaticDecoder;
 
 /// Value added to attention scores that must not be attended to. Finite, so that a
@@ -229,50 +230,87 @@ impl Norm {
     }
 }
 
-/// How the weights are held: all in one dtype, or half-precision matrices with
-/// f32 for everything else (the CPU in f16/bf16).
+/// How the weights are held: all in one dtype (GPUs, and training, which needs
+/// candle's differentiable ops), or packed matrices with f32 for everything
+/// else (inference on the CPU, in any precision).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WeightPlan {
     /// Every tensor and activation in the checkpoint's load dtype.
     Uniform,
-    /// Weight matrices f16/bf16, laid out `(out, in)` for the half-weight
-    /// kernel; biases, norms, positions, activations and the KV cache f32.
-    HalfMatricesOnCpu,
+    /// Weight matrices in the load dtype (f32, f16 or bf16), repacked into
+    /// [`PackedMatrix`] panels for the CPU kernel; biases, norms, positions,
+    /// activations and the KV cache f32.
+    PackedOnCpu,
 }
 
 impl WeightPlan {
     fn for_load(vb: &VarBuilder) -> Self {
-        if vb.device().is_cpu() && matches!(vb.dtype(), DType::F16 | DType::BF16) {
-            Self::HalfMatricesOnCpu
+        if vb.device().is_cpu() {
+            Self::PackedOnCpu
         } else {
             Self::Uniform
         }
     }
 
-    /// A bias, norm or position table: f32 under the half-matrix plan.
+    /// A bias, norm or position table: f32 under the packed plan.
     fn small(self, t: Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Uniform => Ok(t),
-            Self::HalfMatricesOnCpu => t.to_dtype(DType::F32),
+            Self::PackedOnCpu => t.to_dtype(DType::F32),
         }
+    }
+
+    /// A weight matrix stored as `layout`, held as this plan holds matrices.
+    fn matrix(self, w: Tensor, layout: SourceLayout) -> candle_core::Result<Matrix> {
+        Ok(match self {
+            Self::Uniform => Matrix::Tensor(w, layout),
+            Self::PackedOnCpu => Matrix::Packed(PackedMatrix::from_tensor(&w, layout)?),
+        })
     }
 }
 
 /// A weight matrix and how to multiply by it.
 #[derive(Debug, Clone)]
 enum Matrix {
-    /// `(in, out)`: `x.matmul(w)` in the weights' dtype.
-    InOut(Tensor),
-    /// `(out, in)` in f16/bf16 on the CPU, multiplied with f32 activations.
-    HalfOutIn(Tensor),
+    /// A candle tensor laid out as it says, multiplied in the weights' dtype.
+    Tensor(Tensor, SourceLayout),
+    /// Packed panels on the CPU, multiplied with f32 activations.
+    Packed(PackedMatrix),
 }
 
 impl Matrix {
     /// `x (M, in)` to `(M, out)`.
     fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::InOut(w) => x.matmul(w),
-            Self::HalfOutIn(w) => matmul_half_weights(x, w),
+            Self::Tensor(w, SourceLayout::InOut) => x.matmul(w),
+            Self::Tensor(w, SourceLayout::OutIn) => x.matmul(&w.t()?),
+            Self::Packed(w) => w.matmul(x),
+        }
+    }
+
+    /// The dtype the weights are stored in.
+    fn dtype(&self) -> DType {
+        match self {
+            Self::Tensor(w, _) => w.dtype(),
+            Self::Packed(w) => w.dtype(),
+        }
+    }
+}
+
+/// The token embedding table: its own tensor, or the rows of a packed LM head
+/// it is tied to (so the CPU keeps one copy of the matrix, not two).
+#[derive(Debug, Clone)]
+enum TokenTable {
+    Tensor(Embedding),
+    TiedToHead(PackedMatrix),
+}
+
+impl TokenTable {
+    /// `ids (B, T)` to `(B, T, C)` in `dtype`.
+    fn forward(&self, ids: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Tensor(e) => e.forward(ids)?.to_dtype(dtype),
+            Self::TiedToHead(head) => head.embed(ids)?.to_dtype(dtype),
         }
     }
 }
@@ -299,12 +337,8 @@ impl Conv1D {
                 stdev: 0.02,
             },
         )?; // (in, out)
-        let weight = match plan {
-            WeightPlan::Uniform => Matrix::InOut(w),
-            WeightPlan::HalfMatricesOnCpu => Matrix::HalfOutIn(transpose_half(&w)?), // (out, in)
-        };
         Ok(Self {
-            weight,
+            weight: plan.matrix(w, SourceLayout::InOut)?,
             bias: plan.small(vb.get_with_hints(n_out, "bias", Init::Const(0.0))?)?,
         })
     }
@@ -536,12 +570,13 @@ impl Block {
 /// A loaded GPT-2 language model.
 #[derive(Debug, Clone)]
 pub struct Gpt2 {
-    wte: Embedding,
+    wte: TokenTable,
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: Norm,
     /// `(V, C)`: `lm_head.weight` when the checkpoint has one, else `wte` (tied).
-    lm_head: Tensor,
+    lm_head: Matrix,
+    device: Device,
     /// The dtype of activations and the KV cache (f32 under the half-matrix plan).
     compute_dtype: DType,
     cfg: Gpt2Config,
@@ -561,8 +596,8 @@ impl Gpt2 {
     }
 
     /// As [`Gpt2::load`], with every tensor and activation in the builder's
-    /// dtype on any device (training's half-precision compute: the CPU's
-    /// half-weight kernel has no backward pass).
+    /// dtype on any device and candle's differentiable ops throughout (training:
+    /// the CPU's packed matrices have no backward pass).
     pub fn load_uniform(vb: VarBuilder, cfg: &Gpt2Config) -> candle_core::Result<Self> {
         Self::load_with(vb, cfg, WeightPlan::Uniform)
     }
@@ -576,22 +611,30 @@ impl Gpt2 {
             )
         };
         // wte stays in the load dtype: it is also the (tied) LM head matrix.
-        let wte = Embedding::new(emb("wte", cfg.vocab_size, 0.02)?, cfg.n_embd);
+        let wte = emb("wte", cfg.vocab_size, 0.02)?; // (V, C)
         let wpe = Embedding::new(plan.small(emb("wpe", cfg.n_positions, 0.01)?)?, cfg.n_embd);
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::load(vb.pp("h").pp(i), cfg, i, plan))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let ln_f = Norm::load(vb.pp("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon, plan)?;
-        let lm_head = if vb.contains_tensor("lm_head.weight") {
-            vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?
+        let (wte, lm_head) = if vb.contains_tensor("lm_head.weight") {
+            let head = vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?;
+            let table = TokenTable::Tensor(Embedding::new(wte, cfg.n_embd));
+            (table, plan.matrix(head, SourceLayout::OutIn)?)
         } else {
-            wte.embeddings().clone()
+            let head = plan.matrix(wte.clone(), SourceLayout::OutIn)?;
+            let table = match &head {
+                Matrix::Packed(p) => TokenTable::TiedToHead(p.clone()),
+                Matrix::Tensor(..) => TokenTable::Tensor(Embedding::new(wte, cfg.n_embd)),
+            };
+            (table, head)
         };
         let compute_dtype = match plan {
             WeightPlan::Uniform => vb.dtype(),
-            WeightPlan::HalfMatricesOnCpu => DType::F32,
+            WeightPlan::PackedOnCpu => DType::F32,
         };
         Ok(Self {
+            device: vb.device().clone(),
             wte,
             wpe,
             blocks,
@@ -608,7 +651,7 @@ impl Gpt2 {
     }
 
     pub fn device(&self) -> &Device {
-        self.lm_head.device()
+        &self.device
     }
 
     /// The dtype the weight matrices are held in.
@@ -617,7 +660,7 @@ impl Gpt2 {
     }
 
     /// The dtype of activations and the KV cache: the weights' dtype, except f32
-    /// when half-precision matrices run on the CPU.
+    /// on the CPU, where the matrices are packed.
     pub fn compute_dtype(&self) -> DType {
         self.compute_dtype
     }
@@ -717,7 +760,7 @@ impl Gpt2 {
         let dev = self.device();
         let ids = Tensor::from_vec(input.ids.clone(), (b, t), dev)?;
         let pos = Tensor::from_vec(positions, (b, t), dev)?;
-        let tok = self.wte.forward(&ids)?.to_dtype(self.compute_dtype)?; // (B, T, C)
+        let tok = self.wte.forward(&ids, self.compute_dtype)?; // (B, T, C)
         let mut x = (tok + self.wpe.forward(&pos)?)?; // (B, T, C)
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = block.forward(&x, mask.as_ref(), Some(layer_cache))?;
@@ -763,7 +806,7 @@ impl Gpt2 {
         cache: &StaticKvCache,
     ) -> candle_core::Result<Tensor> {
         let (_b, t) = ids.dims2()?;
-        let tok = self.wte.forward(ids)?.to_dtype(self.compute_dtype)?; // (B, T, C)
+        let tok = self.wte.forward(ids, self.compute_dtype)?; // (B, T, C)
         let mut x = (tok + self.wpe.forward(positions)?)?; // (B, T, C)
         for (block, (k, v)) in self.blocks.iter().zip(cache.k.iter().zip(&cache.v)) {
             x = block.forward_static(&x, mask, slot, k, v)?;
@@ -781,8 +824,7 @@ impl Gpt2 {
         let pos = Tensor::arange(0u32, t as u32, ids.device())?;
         let mut x = self
             .wte
-            .forward(ids)?
-            .to_dtype(self.compute_dtype)?
+            .forward(ids, self.compute_dtype)?
             .broadcast_add(&self.wpe.forward(&pos)?.to_dtype(self.compute_dtype)?)?; // (B, T, C)
         let mask = causal.unsqueeze(0)?.unsqueeze(0)?; // (1, 1, T, T), f32: softmax runs in f32
         for block in &self.blocks {
@@ -804,11 +846,7 @@ impl Gpt2 {
     fn project(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, c) = h.dims3()?;
         let h = h.reshape((b * t, c))?; // (B*T, C)
-        let logits = if self.compute_dtype == self.lm_head.dtype() {
-            h.matmul(&self.lm_head.t()?)?
-        } else {
-            matmul_half_weights(&h, &self.lm_head)? // lm_head is (V, C) already
-        }; // (B*T, V)
+        let logits = self.lm_head.apply(&h)?; // (B*T, V)
         logits.reshape((b, t, ()))
     }
 }

@@ -10,6 +10,7 @@ mod checkpoint;
 mod config;
 mod gpt2;
 pub mod half_weights;
+pub mod packed_matrix;
 mod static_decode;
 #[cfg(feature = "cuda")]
 mod step_graph;

@@ -737,7 +737,7 @@ pub fn train(
         |step: usize| move |source: candle_core::Error| TrainError::Step { step, source };
 
     let varmap = initial_parameters(o, &cfg, &ckpt_dir, &device)?;
-    let model = Gpt2::load(VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)
+    let model = Gpt2::load_uniform(VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)
         .map_err(step_err(0))?;
     let params = named_vars(&varmap)?;
     let mut opt = AdamW::new(params, o.weight_decay).map_err(step_err(0))?;
