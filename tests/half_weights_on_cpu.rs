@@ -80,8 +80,11 @@ fn half_on_cpu_keeps_an_f32_kv_cache_and_half_size_weights() {
             .unwrap();
         caches.push(cache.bytes());
     }
-    // (layers, K and V, positions, n_embd, f32)
-    assert_eq!(caches[0], cfg.n_layer * 2 * 3 * cfg.n_embd * 4);
+    // (layers, K and V, columns, n_embd, f32): the buffers hold at least the
+    // 3 positions written (spare columns are allocated ahead), f32 in both.
+    let per_column = cfg.n_layer * 2 * cfg.n_embd * 4;
+    assert_eq!(caches[0] % per_column, 0, "{} bytes", caches[0]);
+    assert!(caches[0] >= 3 * per_column, "{} bytes", caches[0]);
     assert_eq!(caches[1], caches[0], "the KV cache is f32 in both");
     assert_eq!(full.model.dtype(), DType::F32);
     assert_eq!(half.model.dtype(), DType::F16);

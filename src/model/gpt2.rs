@@ -106,7 +106,7 @@ impl TokenBatch {
 /// positions are real tokens. Owned by the caller, not by the weights.
 #[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<LayerKv>,
     /// `valid[row][pos]`: whether cached position `pos` of `row` holds a real token.
     valid: Vec<Vec<bool>>,
     /// Real tokens seen so far per row (the next token's position id).
@@ -116,7 +116,7 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(n_layer: usize, batch: usize) -> Self {
         Self {
-            layers: vec![None; n_layer],
+            layers: (0..n_layer).map(|_| LayerKv::default()).collect(),
             valid: vec![Vec::new(); batch],
             real_tokens: vec![0; batch],
         }
@@ -135,13 +135,62 @@ impl KvCache {
         self.valid.len()
     }
 
-    /// Bytes held by the cached keys and values.
+    /// Bytes held by the cached keys and values (their buffers, spare
+    /// columns included).
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum()
+        self.layers.iter().map(LayerKv::bytes).sum()
+    }
+}
+
+/// One layer's keys and values, `(B, H, capacity, hd)` each, of which the
+/// first `len` columns are written. A step writes its columns in place; when
+/// the buffers are full they are reallocated at twice the size, so a
+/// generation copies its cache a logarithmic number of times, not once per
+/// token.
+#[derive(Debug, Default)]
+struct LayerKv {
+    buffers: Option<(Tensor, Tensor)>,
+    len: usize,
+}
+
+/// Columns a layer's first buffers hold (more if the first input is longer).
+const KV_FIRST_COLUMNS: usize = 64;
+
+impl LayerKv {
+    /// Writes `k` and `v` `(B, H, T, hd)` after the cached columns and returns
+    /// all of them, `(B, H, len + T, hd)` views of the buffers.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (b, h, t, hd) = k.dims4()?;
+        let needed = self.len + t;
+        let capacity = match &self.buffers {
+            Some((k, _)) => k.dim(2)?,
+            None => 0,
+        };
+        if needed > capacity {
+            let columns = needed.max(2 * capacity).max(KV_FIRST_COLUMNS);
+            let grown_k = Tensor::zeros((b, h, columns, hd), k.dtype(), k.device())?;
+            let grown_v = Tensor::zeros((b, h, columns, hd), v.dtype(), v.device())?;
+            if let Some((old_k, old_v)) = &self.buffers {
+                grown_k.slice_set(&old_k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                grown_v.slice_set(&old_v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            }
+            self.buffers = Some((grown_k, grown_v));
+        }
+        let Some((bk, bv)) = &self.buffers else {
+            return Err(candle_core::Error::Msg(
+                "kv cache: no buffers after growing".into(),
+            ));
+        };
+        bk.slice_set(&k.contiguous()?, 2, self.len)?;
+        bv.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = needed;
+        Ok((bk.narrow(2, 0, needed)?, bv.narrow(2, 0, needed)?))
+    }
+
+    fn bytes(&self) -> usize {
+        self.buffers.as_ref().map_or(0, |(k, v)| {
+            (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes()
+        })
     }
 }
 
@@ -383,7 +432,7 @@ impl Attention {
         &self,
         x: &Tensor,            // (B, T, C)
         mask: Option<&Tensor>, // (B or 1, 1, T, S) f32
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut LayerKv>,
     ) -> candle_core::Result<Tensor> {
         let train = cache.is_none();
         let (b, t, c) = x.dims3()?;
@@ -397,14 +446,7 @@ impl Attention {
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let (k, v) = match cache {
-            Some(cache) => {
-                let (k, v) = match cache.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?), // (B, H, S, hd)
-                    None => (k, v),
-                };
-                *cache = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some(cache) => cache.append(&k, &v)?, // (B, H, S, hd)
             None => (k, v),
         };
 
@@ -536,7 +578,7 @@ impl Block {
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut LayerKv>,
     ) -> candle_core::Result<Tensor> {
         let train = cache.is_none();
         let x = (x + self
