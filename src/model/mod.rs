@@ -29,6 +29,23 @@ pub use tokenizer::{EncodeError, TextTokenizer, TokenizerKind};
 
 use std::path::PathBuf;
 
+/// Deterministic values in [-1, 1) for the kernels' tests, without a
+/// random-number crate.
+#[cfg(test)]
+fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// Everything that can go wrong turning files into a model; each variant names
 /// the file and, where there is one, the field or tensor.
 #[derive(Debug, thiserror::Error)]
