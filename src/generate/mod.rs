@@ -403,13 +403,22 @@ impl<'m> Decoding<'m> {
         input: &TokenBatch,
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
         match self {
-            // On a rayon worker (rayon::scope moves it there): the pass's
-            // parallel ops then start and join inside the pool instead of
-            // waking this thread after each one (~10% of a CPU step).
-            Self::Growing(cache) => Ok(rayon::scope(|_| model.forward_last(input, cache))?
-                .to_dtype(DType::F32)?
-                .to_device(&Device::Cpu)?
-                .to_vec2::<f32>()?),
+            Self::Growing(cache) => {
+                // On the CPU, on a rayon worker (rayon::scope moves it there):
+                // the pass's parallel ops then start and join inside the pool
+                // instead of waking this thread after each one (~10% of a
+                // step). A GPU's pass stays on this thread, where its context
+                // is current.
+                let logits = if model.device().is_cpu() {
+                    rayon::scope(|_| model.forward_last(input, cache))
+                } else {
+                    model.forward_last(input, cache)
+                }?;
+                Ok(logits
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?
+                    .to_vec2::<f32>()?)
+            }
             Self::Static { slot, started } => {
                 let Some(decoder) = slot.as_mut() else {
                     return Err(ForwardError::Shape("static decoder missing".into()));
