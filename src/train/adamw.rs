@@ -1,15 +1,18 @@
 //! AdamW with decoupled weight decay (on matrices only) and a state that can be
-//! saved and restored, so training resumes exactly.
+//! saved and restored, so training resumes exactly. Each parameter's update
+//! is two fused in-place passes (`super::adamw_fused`), not a dozen tensor ops.
 
 use std::collections::HashMap;
 
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
+
+use super::adamw_fused::{MomentsStep, ParamStep};
 
 pub struct AdamW {
     /// Sorted by name, for determinism.
     params: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    /// Per parameter, `(2, numel)` f32: the first moment, then the second.
+    moments: Vec<Tensor>,
     pub step: usize,
     beta1: f64,
     beta2: f64,
@@ -20,19 +23,16 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(mut params: Vec<(String, Var)>, weight_decay: f64) -> candle_core::Result<Self> {
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        let zeros = |v: &Var| v.as_tensor().zeros_like();
-        let m = params
+        let moments = params
             .iter()
-            .map(|(_, v)| zeros(v))
-            .collect::<candle_core::Result<_>>()?;
-        let v = params
-            .iter()
-            .map(|(_, v)| zeros(v))
+            .map(|(_, v)| {
+                let t = v.as_tensor();
+                Tensor::zeros((2, t.elem_count()), DType::F32, t.device())
+            })
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             params,
-            m,
-            v,
+            moments,
             step: 0,
             beta1: 0.9,
             beta2: 0.95,
@@ -65,51 +65,52 @@ impl AdamW {
         lr: f64,
         grad_scale: &Tensor,
     ) -> candle_core::Result<()> {
-        self.update(grads, lr, |g| g.broadcast_mul(grad_scale))
-    }
-
-    fn update(
-        &mut self,
-        grads: &GradStore,
-        lr: f64,
-        scale: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
-    ) -> candle_core::Result<()> {
         self.step += 1;
         let t = self.step as i32;
-        let bc1 = 1.0 - self.beta1.powi(t);
-        let bc2 = 1.0 - self.beta2.powi(t);
-        for (i, (name, var)) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else {
+        let moments_step = MomentsStep {
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+        };
+        let scale = grad_scale.to_dtype(DType::F32)?.flatten_all()?;
+        for ((_, var), moments) in self.params.iter().zip(&self.moments) {
+            let theta = var.as_tensor();
+            let Some(g) = grads.get(theta) else {
                 continue;
             };
-            // Detached: the moments outlive the step and must not keep its graph alive.
-            let g = scale(&g.detach())?;
-            let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
-            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + self.eps)?)?;
-            let theta = var.as_tensor();
+            let g = g
+                .detach()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .contiguous()?;
+            moments.inplace_op3(&g, &scale, &moments_step)?;
             // Decay matrices only (not biases, layer norms).
-            let decayed = if theta.rank() >= 2 && self.weight_decay > 0.0 {
-                (theta * (1.0 - lr * self.weight_decay))?
-            } else {
-                theta.clone()
+            let decayed = theta.rank() >= 2 && self.weight_decay > 0.0;
+            let param_step = ParamStep {
+                lr: lr as f32,
+                bc1: (1.0 - self.beta1.powi(t)) as f32,
+                bc2: (1.0 - self.beta2.powi(t)) as f32,
+                eps: self.eps as f32,
+                decay: if decayed {
+                    (lr * self.weight_decay) as f32
+                } else {
+                    0.0
+                },
             };
-            var.set(&(decayed - (update * lr)?)?.detach())?;
-            self.m[i] = m.detach();
-            self.v[i] = v.detach();
-            let _ = name;
+            theta.inplace_op2(moments, &param_step)?;
         }
         Ok(())
     }
 
     /// Moments as named tensors, for saving.
-    pub fn state(&self) -> HashMap<String, Tensor> {
+    pub fn state(&self) -> candle_core::Result<HashMap<String, Tensor>> {
         let mut s = HashMap::new();
-        for (i, (name, _)) in self.params.iter().enumerate() {
-            s.insert(format!("m.{name}"), self.m[i].clone());
-            s.insert(format!("v.{name}"), self.v[i].clone());
+        for ((name, var), moments) in self.params.iter().zip(&self.moments) {
+            let shape = var.as_tensor().shape();
+            for (i, which) in ["m", "v"].iter().enumerate() {
+                s.insert(format!("{which}.{name}"), moments.get(i)?.reshape(shape)?);
+            }
         }
-        s
+        Ok(s)
     }
 
     /// Restores moments saved by [`AdamW::state`].
@@ -118,14 +119,22 @@ impl AdamW {
         state: &HashMap<String, Tensor>,
         step: usize,
     ) -> candle_core::Result<()> {
-        for (i, (name, var)) in self.params.iter().enumerate() {
+        for ((name, var), moments) in self.params.iter().zip(self.moments.iter_mut()) {
             let dev = var.as_tensor().device();
             if let (Some(m), Some(v)) = (
                 state.get(&format!("m.{name}")),
                 state.get(&format!("v.{name}")),
             ) {
-                self.m[i] = m.to_device(dev)?;
-                self.v[i] = v.to_device(dev)?;
+                let n = var.as_tensor().elem_count();
+                if m.elem_count() != n || v.elem_count() != n {
+                    candle_core::bail!(
+                        "optimizer state for {name}: {} and {} values, the parameter has {n}",
+                        m.elem_count(),
+                        v.elem_count()
+                    );
+                }
+                let flat = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.unsqueeze(0);
+                *moments = Tensor::cat(&[flat(m)?, flat(v)?], 0)?.to_device(dev)?;
             }
         }
         self.step = step;

@@ -6,6 +6,7 @@
 //! an ordinary Hugging Face-layout folder that the loader reads like any other.
 
 mod adamw;
+mod adamw_fused;
 pub mod corpus;
 pub mod trainer;
 pub mod vocab;

@@ -785,7 +785,8 @@ pub fn train(
         write(&dir.join("vocab.txt"), vocab.to_vocab_txt().as_bytes())?;
         if let Some((opt, rng, tokens_seen)) = opt {
             let p = dir.join("optimizer.safetensors");
-            candle_core::safetensors::save(&opt.state(), &p)
+            opt.state()
+                .and_then(|state| candle_core::safetensors::save(&state, &p))
                 .map_err(|source| LoadError::Candle { path: p, source })?;
             let state = CheckpointState {
                 step: opt.step,

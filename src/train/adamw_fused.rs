@@ -1,0 +1,425 @@
+//! AdamW's update as two in-place passes per parameter instead of a dozen
+//! tensor ops: [`MomentsStep`] updates both moments from the gradient (scaled
+//! on the device), [`ParamStep`] updates the parameter from the moments. On a
+//! GPU that is two kernel launches per parameter (NVRTC-compiled once per
+//! process) and no allocation; on the CPU two passes over memory, on all cores.
+//!
+//! Owns only the arithmetic and where it runs. The moments of a parameter are
+//! one `(2, numel)` f32 tensor, `m` then `v`; parameters and gradients are
+//! contiguous f32. The optimizer (`super::adamw`) owns the state and the
+//! schedule.
+
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout};
+use rayon::prelude::*;
+
+/// Values per rayon task on the CPU.
+const CPU_CHUNK: usize = 1 << 14;
+
+/// `m = β1·m + (1-β1)·g·s`, `v = β2·v + (1-β2)·(g·s)²`, in place on the
+/// `(2, n)` moments, with `g` the gradient `(n)` and `s` a one-value scale.
+#[derive(Debug, Clone, Copy)]
+pub struct MomentsStep {
+    pub beta1: f32,
+    pub beta2: f32,
+}
+
+/// `θ = θ·(1 - decay) - lr·(m/bc1) / (sqrt(v/bc2) + eps)`, in place on the
+/// parameter, from the `(2, n)` moments.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamStep {
+    pub lr: f32,
+    /// `1 - β1^t`.
+    pub bc1: f32,
+    /// `1 - β2^t`.
+    pub bc2: f32,
+    pub eps: f32,
+    /// `lr · weight_decay` for a decayed parameter, else 0.
+    pub decay: f32,
+}
+
+fn contiguous<'a>(
+    name: &str,
+    what: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: {what} is not contiguous")))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&v[a..b]),
+        other => Err(candle_core::Error::Msg(format!(
+            "{name}: {what} must be f32, found {:?}",
+            candle_core::backend::BackendStorage::dtype(other)
+        ))),
+    }
+}
+
+fn contiguous_mut<'a>(
+    name: &str,
+    what: &str,
+    s: &'a mut CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a mut [f32]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: {what} is not contiguous")))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        other => Err(candle_core::Error::Msg(format!(
+            "{name}: {what} must be f32, found {:?}",
+            candle_core::backend::BackendStorage::dtype(other)
+        ))),
+    }
+}
+
+fn lengths_differ(name: &str, moments: usize, n: usize) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "{name}: the moments hold {moments} values, not 2 x {n}"
+    ))
+}
+
+impl InplaceOp3 for MomentsStep {
+    fn name(&self) -> &'static str {
+        "adamw-moments"
+    }
+
+    fn cpu_fwd(
+        &self,
+        mv: &mut CpuStorage,
+        l_mv: &Layout,
+        g: &CpuStorage,
+        l_g: &Layout,
+        scale: &CpuStorage,
+        l_s: &Layout,
+    ) -> candle_core::Result<()> {
+        let name = self.name();
+        let g = contiguous(name, "the gradient", g, l_g)?;
+        let s = *contiguous(name, "the scale", scale, l_s)?
+            .first()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{name}: the scale is empty")))?;
+        let mv = contiguous_mut(name, "the moments", mv, l_mv)?;
+        if mv.len() != 2 * g.len() {
+            return Err(lengths_differ(name, mv.len(), g.len()));
+        }
+        let (m, v) = mv.split_at_mut(g.len());
+        let (b1, b2) = (self.beta1, self.beta2);
+        m.par_chunks_mut(CPU_CHUNK)
+            .zip(v.par_chunks_mut(CPU_CHUNK))
+            .zip(g.par_chunks(CPU_CHUNK))
+            .for_each(|((m, v), g)| {
+                for ((m, v), g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
+                    let g = g * s;
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                }
+            });
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        mv: &mut candle_core::CudaStorage,
+        l_mv: &Layout,
+        g: &candle_core::CudaStorage,
+        l_g: &Layout,
+        scale: &candle_core::CudaStorage,
+        l_s: &Layout,
+    ) -> candle_core::Result<()> {
+        cuda::moments(self, mv, l_mv, g, l_g, scale, l_s)
+    }
+}
+
+impl InplaceOp2 for ParamStep {
+    fn name(&self) -> &'static str {
+        "adamw-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        theta: &mut CpuStorage,
+        l_theta: &Layout,
+        mv: &CpuStorage,
+        l_mv: &Layout,
+    ) -> candle_core::Result<()> {
+        let name = self.name();
+        let mv = contiguous(name, "the moments", mv, l_mv)?;
+        let theta = contiguous_mut(name, "the parameter", theta, l_theta)?;
+        if mv.len() != 2 * theta.len() {
+            return Err(lengths_differ(name, mv.len(), theta.len()));
+        }
+        let (m, v) = mv.split_at(theta.len());
+        let p = *self;
+        theta
+            .par_chunks_mut(CPU_CHUNK)
+            .zip(m.par_chunks(CPU_CHUNK))
+            .zip(v.par_chunks(CPU_CHUNK))
+            .for_each(|((t, m), v)| {
+                for ((t, m), v) in t.iter_mut().zip(m).zip(v) {
+                    let update = (m / p.bc1) / ((v / p.bc2).sqrt() + p.eps);
+                    *t = *t * (1.0 - p.decay) - p.lr * update;
+                }
+            });
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        theta: &mut candle_core::CudaStorage,
+        l_theta: &Layout,
+        mv: &candle_core::CudaStorage,
+        l_mv: &Layout,
+    ) -> candle_core::Result<()> {
+        cuda::param(self, theta, l_theta, mv, l_mv)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! The two kernels, compiled with NVRTC on first use and loaded into
+    //! candle's device (its module cache keeps them per device).
+
+    use std::sync::OnceLock;
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::{CudaStorage, Layout};
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+    use super::{MomentsStep, ParamStep};
+
+    const MODULE: &str = "versifier_adamw";
+
+    const SOURCE: &str = r#"
+extern "C" __global__ void versifier_adamw_moments(
+    float* mv, const float* g, const float* scale, unsigned int n, float b1, float b2) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float gi = g[i] * scale[0];
+    mv[i] = b1 * mv[i] + (1.0f - b1) * gi;
+    mv[n + i] = b2 * mv[n + i] + (1.0f - b2) * gi * gi;
+}
+
+extern "C" __global__ void versifier_adamw_param(
+    float* theta, const float* mv, unsigned int n,
+    float lr, float bc1, float bc2, float eps, float decay) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float update = (mv[i] / bc1) / (sqrtf(mv[n + i] / bc2) + eps);
+    theta[i] = theta[i] * (1.0f - decay) - lr * update;
+}
+"#;
+
+    fn ptx() -> candle_core::Result<&'static str> {
+        static PTX: OnceLock<Result<String, String>> = OnceLock::new();
+        PTX.get_or_init(|| {
+            cudarc::nvrtc::compile_ptx(SOURCE)
+                .map(|p| p.to_src())
+                .map_err(|e| format!("compiling the fused AdamW kernels with NVRTC: {e}"))
+        })
+        .as_deref()
+        .map_err(|e| candle_core::Error::Msg(e.clone()))
+    }
+
+    fn range(l: &Layout, what: &str) -> candle_core::Result<(usize, usize)> {
+        l.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg(format!("fused AdamW: {what} is not contiguous"))
+        })
+    }
+
+    fn launch_error(e: cudarc::driver::DriverError) -> candle_core::Error {
+        candle_core::Error::Msg(format!("fused AdamW kernel: {e:?}"))
+    }
+
+    pub fn moments(
+        op: &MomentsStep,
+        mv: &mut CudaStorage,
+        l_mv: &Layout,
+        g: &CudaStorage,
+        l_g: &Layout,
+        scale: &CudaStorage,
+        l_s: &Layout,
+    ) -> candle_core::Result<()> {
+        let ((ma, mb), (ga, gb), (sa, sb)) = (
+            range(l_mv, "the moments")?,
+            range(l_g, "the gradient")?,
+            range(l_s, "the scale")?,
+        );
+        let n = gb - ga;
+        if mb - ma != 2 * n || sb - sa < 1 {
+            return Err(super::lengths_differ(op.name_str(), mb - ma, n));
+        }
+        let n32 = u32::try_from(n)
+            .map_err(|_| candle_core::Error::Msg(format!("fused AdamW: {n} values is too many")))?;
+        let func =
+            mv.device()
+                .get_or_load_custom_func("versifier_adamw_moments", MODULE, ptx()?)?;
+        let g = g.as_cuda_slice::<f32>()?.slice(ga..gb);
+        let s = scale.as_cuda_slice::<f32>()?.slice(sa..sb);
+        let mut mv = mv.as_cuda_slice_mut::<f32>()?.slice_mut(ma..mb);
+        let (b1, b2) = (op.beta1, op.beta2);
+        let mut b = func.builder();
+        b.arg(&mut mv).arg(&g).arg(&s).arg(&n32).arg(&b1).arg(&b2);
+        // SAFETY: the arguments match the kernel's signature; it reads `n`
+        // gradients and one scale and writes `2n` moments, the lengths checked above.
+        unsafe { b.launch(LaunchConfig::for_num_elems(n32)) }.map_err(launch_error)?;
+        Ok(())
+    }
+
+    pub fn param(
+        op: &ParamStep,
+        theta: &mut CudaStorage,
+        l_theta: &Layout,
+        mv: &CudaStorage,
+        l_mv: &Layout,
+    ) -> candle_core::Result<()> {
+        let ((ta, tb), (ma, mb)) = (
+            range(l_theta, "the parameter")?,
+            range(l_mv, "the moments")?,
+        );
+        let n = tb - ta;
+        if mb - ma != 2 * n {
+            return Err(super::lengths_differ("adamw-param", mb - ma, n));
+        }
+        let n32 = u32::try_from(n)
+            .map_err(|_| candle_core::Error::Msg(format!("fused AdamW: {n} values is too many")))?;
+        let func =
+            theta
+                .device()
+                .get_or_load_custom_func("versifier_adamw_param", MODULE, ptx()?)?;
+        let mv = mv.as_cuda_slice::<f32>()?.slice(ma..mb);
+        let mut theta = theta.as_cuda_slice_mut::<f32>()?.slice_mut(ta..tb);
+        let mut b = func.builder();
+        b.arg(&mut theta)
+            .arg(&mv)
+            .arg(&n32)
+            .arg(&op.lr)
+            .arg(&op.bc1)
+            .arg(&op.bc2)
+            .arg(&op.eps)
+            .arg(&op.decay);
+        // SAFETY: the arguments match the kernel's signature; it reads `2n`
+        // moments and updates `n` parameters, the lengths checked above.
+        unsafe { b.launch(LaunchConfig::for_num_elems(n32)) }.map_err(launch_error)?;
+        Ok(())
+    }
+
+    impl MomentsStep {
+        fn name_str(&self) -> &'static str {
+            "adamw-moments"
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// AdamW written as separate tensor ops (the optimizer before fusing).
+    fn reference_step(
+        theta: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        g: &Tensor,
+        (b1, b2, lr, eps, wd, t, scale): (f64, f64, f64, f64, f64, i32, f64),
+    ) -> (Tensor, Tensor, Tensor) {
+        let g = (g * scale).unwrap();
+        let m = ((m * b1).unwrap() + (&g * (1.0 - b1)).unwrap()).unwrap();
+        let v = ((v * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
+        let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let update =
+            ((&m / bc1).unwrap() / ((&v / bc2).unwrap().sqrt().unwrap() + eps).unwrap()).unwrap();
+        let theta = ((theta * (1.0 - lr * wd)).unwrap() - (update * lr).unwrap()).unwrap();
+        (theta, m, v)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_fused_passes_match_adamw_written_as_tensor_ops_over_several_steps() {
+        let dev = Device::Cpu;
+        let n = 3 * CPU_CHUNK + 17; // several rayon tasks and a ragged end
+        let theta = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+        let (mut rt, mut rm, mut rv) = (
+            theta.copy().unwrap(),
+            Tensor::zeros(n, candle_core::DType::F32, &dev).unwrap(),
+            Tensor::zeros(n, candle_core::DType::F32, &dev).unwrap(),
+        );
+        let moments = Tensor::zeros((2, n), candle_core::DType::F32, &dev).unwrap();
+        let (b1, b2, lr, eps, wd, scale): (f64, f64, f64, f64, f64, f64) =
+            (0.9, 0.95, 3e-3, 1e-8, 0.1, 0.5);
+        let scale_t = Tensor::new(&[scale as f32], &dev).unwrap();
+        for t in 1..=5 {
+            let g = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            moments
+                .inplace_op3(
+                    &g,
+                    &scale_t,
+                    &MomentsStep {
+                        beta1: b1 as f32,
+                        beta2: b2 as f32,
+                    },
+                )
+                .unwrap();
+            theta
+                .inplace_op2(
+                    &moments,
+                    &ParamStep {
+                        lr: lr as f32,
+                        bc1: (1.0 - b1.powi(t)) as f32,
+                        bc2: (1.0 - b2.powi(t)) as f32,
+                        eps: eps as f32,
+                        decay: (lr * wd) as f32,
+                    },
+                )
+                .unwrap();
+            (rt, rm, rv) = reference_step(&rt, &rm, &rv, &g, (b1, b2, lr, eps, wd, t, scale));
+            assert!(
+                max_diff(&moments.get(0).unwrap(), &rm) < 1e-6,
+                "m, step {t}"
+            );
+            assert!(
+                max_diff(&moments.get(1).unwrap(), &rv) < 1e-6,
+                "v, step {t}"
+            );
+            assert!(max_diff(&theta, &rt) < 1e-6, "theta, step {t}");
+        }
+        // The parameter really moved (the comparison is not between two no-ops).
+        assert!(max_diff(&theta, &rt.zeros_like().unwrap()) > 0.1);
+    }
+
+    #[test]
+    fn mismatched_moments_and_wrong_dtypes_are_errors_that_name_the_op() {
+        let dev = Device::Cpu;
+        let g = Tensor::zeros(8, candle_core::DType::F32, &dev).unwrap();
+        let scale = Tensor::new(&[1f32], &dev).unwrap();
+        let short = Tensor::zeros((2, 7), candle_core::DType::F32, &dev).unwrap();
+        let op = MomentsStep {
+            beta1: 0.9,
+            beta2: 0.95,
+        };
+        let err = short.inplace_op3(&g, &scale, &op).unwrap_err().to_string();
+        assert!(
+            err.contains("adamw-moments") && err.contains("2 x 8"),
+            "{err}"
+        );
+        let g16 = g.to_dtype(candle_core::DType::F16).unwrap();
+        let ok = Tensor::zeros((2, 8), candle_core::DType::F32, &dev).unwrap();
+        let err = ok.inplace_op3(&g16, &scale, &op).unwrap_err().to_string();
+        assert!(err.contains("gradient must be f32"), "{err}");
+    }
+}
