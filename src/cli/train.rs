@@ -32,6 +32,7 @@ pub struct TrainArgs {
     lr: f64,
     #[arg(long, default_value_t = 200)]
     warmup: usize,
+    /// Evaluate on the held-out text every N steps and after the last (0: only after the last)
     #[arg(long, default_value_t = 250)]
     eval_every: usize,
     #[arg(long, default_value_t = 1000)]

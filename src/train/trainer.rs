@@ -673,29 +673,46 @@ fn clipped_step(
     Ok(norm)
 }
 
+/// Longest training context: the causal mask is `(T, T)` and attention
+/// `(B, H, T, T)`, so memory grows with its square.
+pub const MAX_TRAIN_CONTEXT: usize = 4096;
+
+/// Refuses settings the trainer cannot run with, naming the setting.
+fn check_options(o: &TrainOptions) -> Result<(), TrainError> {
+    let checks: [(&'static str, bool, String); 8] = [
+        ("steps", o.steps == 0, "must be at least 1".into()),
+        ("batch_size", o.batch_size == 0, "must be at least 1".into()),
+        (
+            "context",
+            o.context < 8 || o.context > MAX_TRAIN_CONTEXT,
+            format!("{} is outside 8..={MAX_TRAIN_CONTEXT} tokens", o.context),
+        ),
+        ("n_layer", o.n_layer == 0, "must be at least 1".into()),
+        ("n_head", o.n_head == 0, "must be at least 1".into()),
+        ("n_embd", o.n_embd == 0, "must be at least 1".into()),
+        (
+            "n_embd",
+            o.n_head > 0 && o.n_embd % o.n_head != 0,
+            format!("{} is not divisible by n_head {}", o.n_embd, o.n_head),
+        ),
+        (
+            "grad_accum",
+            o.grad_accum == 0,
+            "must be at least 1 (micro-batches per step)".into(),
+        ),
+    ];
+    match checks.into_iter().find(|(_, bad, _)| *bad) {
+        Some((field, _, problem)) => Err(TrainError::Invalid { field, problem }),
+        None => Ok(()),
+    }
+}
+
 /// Trains a model as `o` says and writes it to `o.out`.
 pub fn train(
     o: &TrainOptions,
     mut on_progress: impl FnMut(TrainProgress),
 ) -> Result<TrainSummary, TrainError> {
-    if o.n_embd % o.n_head != 0 {
-        return Err(TrainError::Invalid {
-            field: "n_embd",
-            problem: format!("{} is not divisible by n_head {}", o.n_embd, o.n_head),
-        });
-    }
-    if o.grad_accum == 0 {
-        return Err(TrainError::Invalid {
-            field: "grad_accum",
-            problem: "must be at least 1 (micro-batches per step)".into(),
-        });
-    }
-    if o.steps == 0 || o.batch_size == 0 || o.context < 8 {
-        return Err(TrainError::Invalid {
-            field: "steps",
-            problem: "steps and batch size must be positive, context at least 8".into(),
-        });
-    }
+    check_options(o)?;
     let train_path = o.corpus.join("train.txt");
     let eval_path = o.corpus.join("eval.txt");
     let train_text = read(&train_path)?;
@@ -862,7 +879,7 @@ pub fn train(
                 eta_s: eta,
             });
         }
-        if done % o.eval_every == 0 || done == o.steps {
+        if (o.eval_every > 0 && done % o.eval_every == 0) || done == o.steps {
             let eval =
                 evaluate(&model, &eval_ids, o, &mask, o.eval_batches).map_err(step_err(step))?;
             let line = serde_json::json!({"step": done, "train_loss": last_loss, "eval_loss": eval, "lr": lr, "seconds": started.elapsed().as_secs_f64()});
@@ -930,5 +947,32 @@ mod tests {
             bf16.update(false, false),
             "without dynamic scaling nothing is skipped"
         );
+    }
+
+    #[test]
+    fn impossible_training_settings_are_refused_naming_the_setting() {
+        let base = TrainOptions::default();
+        let cases: [(&str, fn(&mut TrainOptions)); 9] = [
+            ("steps", |o| o.steps = 0),
+            ("batch_size", |o| o.batch_size = 0),
+            ("context", |o| o.context = 4),
+            ("context", |o| o.context = MAX_TRAIN_CONTEXT + 1),
+            ("n_layer", |o| o.n_layer = 0),
+            ("n_head", |o| o.n_head = 0),
+            ("n_embd", |o| o.n_embd = 0),
+            ("n_embd", |o| o.n_head = 7),
+            ("grad_accum", |o| o.grad_accum = 0),
+        ];
+        assert!(check_options(&base).is_ok(), "the defaults are valid");
+        for (field, change) in cases {
+            let mut o = base.clone();
+            change(&mut o);
+            match check_options(&o) {
+                Err(TrainError::Invalid { field: f, problem }) => {
+                    assert_eq!(f, field, "{problem}");
+                }
+                other => panic!("{field}: expected a refusal, got {other:?}"),
+            }
+        }
     }
 }
