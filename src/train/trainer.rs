@@ -952,7 +952,8 @@ mod tests {
     #[test]
     fn impossible_training_settings_are_refused_naming_the_setting() {
         let base = TrainOptions::default();
-        let cases: [(&str, fn(&mut TrainOptions)); 9] = [
+        type Change = fn(&mut TrainOptions);
+        let cases: [(&str, Change); 9] = [
             ("steps", |o| o.steps = 0),
             ("batch_size", |o| o.batch_size = 0),
             ("context", |o| o.context = 4),
