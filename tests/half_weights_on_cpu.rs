@@ -10,7 +10,7 @@ mod common;
 use candle_core::{DType, Device};
 use common::*;
 use versifier::generate::{generate, GenerateRequest, SamplingParams};
-use versifier::model::{load_model, synthetic, Gpt2Config, TokenBatch};
+use versifier::model::{load_model, Gpt2Config, TokenBatch};
 
 /// Writes a random checkpoint stored in `dtype`, with a tokenizer from the fixtures.
 fn half_checkpoint(dtype: DType) -> (tempfile::TempDir, Gpt2Config) {
@@ -18,15 +18,7 @@ fn half_checkpoint(dtype: DType) -> (tempfile::TempDir, Gpt2Config) {
     // n_inner not multiples of the per-task row count.
     let mut cfg = Gpt2Config::small(1000, 64, 44, 2, 4);
     cfg.n_inner = 4 * 44 + 3;
-    let dir = tempfile::tempdir().unwrap();
-    let tensors = synthetic::synthetic_tensors(&cfg, 7).unwrap();
-    synthetic::write_checkpoint(dir.path(), &cfg, &tensors, dtype).unwrap();
-    std::fs::copy(
-        fixture("hf-safetensors").join("tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .unwrap();
-    (dir, cfg)
+    (synthetic_model_dir(&cfg, 7, dtype), cfg)
 }
 
 /// Last-position logits of a left-padded batch, then three cached single steps.

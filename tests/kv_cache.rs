@@ -7,20 +7,13 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::*;
-use versifier::model::{load_model, synthetic, Gpt2Config, TokenBatch};
+use versifier::model::{load_model, Gpt2Config, TokenBatch};
 
 #[test]
 fn a_kv_cache_that_outgrows_its_buffers_gives_the_logits_of_one_full_pass() {
     // 150 positions: the buffers start at 64 columns and grow twice (128, 256).
     let cfg = Gpt2Config::small(300, 160, 32, 2, 4);
-    let dir = tempfile::tempdir().unwrap();
-    let tensors = synthetic::synthetic_tensors(&cfg, 11).unwrap();
-    synthetic::write_checkpoint(dir.path(), &cfg, &tensors, DType::F32).unwrap();
-    std::fs::copy(
-        fixture("hf-safetensors").join("tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .unwrap();
+    let dir = synthetic_model_dir(&cfg, 11, DType::F32);
     for dtype in [DType::F32, DType::F16] {
         let m = load_model(dir.path(), &Device::Cpu, dtype).unwrap();
         let ids: Vec<u32> = (0..150u32).map(|i| (i * 37 + 5) % 300).collect();

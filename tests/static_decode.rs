@@ -12,21 +12,13 @@ use candle_core::{DType, Device};
 use common::*;
 use versifier::generate::{generate_on, DecodePath, GenerateRequest, SamplingParams, StopReason};
 use versifier::model::{
-    load_model, static_columns, synthetic, Gpt2, Gpt2Config, GraphMode, StaticDecoder, StepRunner,
-    TokenBatch,
+    load_model, static_columns, Gpt2, Gpt2Config, GraphMode, StaticDecoder, StepRunner, TokenBatch,
 };
 
 fn tiny_model(dtype: DType, n_positions: usize) -> (tempfile::TempDir, Gpt2) {
     let mut cfg = Gpt2Config::small(300, n_positions, 48, 2, 4);
     cfg.n_inner = 4 * 48 + 5;
-    let dir = tempfile::tempdir().unwrap();
-    let tensors = synthetic::synthetic_tensors(&cfg, 11).unwrap();
-    synthetic::write_checkpoint(dir.path(), &cfg, &tensors, DType::F32).unwrap();
-    std::fs::copy(
-        fixture("hf-safetensors").join("tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .unwrap();
+    let dir = synthetic_model_dir(&cfg, 11, DType::F32);
     let m = load_model(dir.path(), &Device::Cpu, dtype).unwrap();
     (dir, m.model)
 }

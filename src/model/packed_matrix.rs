@@ -610,20 +610,7 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// Deterministic values in [-1, 1) without a random-number crate.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::model::test_values as values;
 
     /// f64 sums of `x (M, K) · wᵀ` for `w (N, K)`.
     fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {

@@ -13,6 +13,25 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A folder with a random checkpoint of `cfg` (seed `seed`) stored in `dtype`,
+/// and the fixtures' tokenizer.
+pub fn synthetic_model_dir(
+    cfg: &versifier::model::Gpt2Config,
+    seed: u64,
+    dtype: candle_core::DType,
+) -> tempfile::TempDir {
+    use versifier::model::synthetic;
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = synthetic::synthetic_tensors(cfg, seed).unwrap();
+    synthetic::write_checkpoint(dir.path(), cfg, &tensors, dtype).unwrap();
+    std::fs::copy(
+        fixture("hf-safetensors").join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    dir
+}
+
 /// The reference outputs the Python script recorded for a fixture.
 pub struct Reference {
     pub prompt_ids: Vec<u32>,
