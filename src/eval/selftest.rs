@@ -1,7 +1,8 @@
 //! `versifier selftest`: checks this build's numerics on a chosen device against
 //! reference outputs of Hugging Face transformers (the conformance fixtures in
 //! `tests/fixtures/`): full logits, greedy continuation, left-padded batch.
-//! This is how the CUDA path is verified on a GPU machine that has no Rust.
+//! Also the trainer's fused AdamW kernels against AdamW as tensor ops. This
+//! is how the CUDA path is verified on a GPU machine that has no Rust.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use crate::generate::{generate_on, DecodePath, GenerateRequest, SamplingParams};
 use crate::model::{
     load_model, static_columns, GraphMode, LoadError, StaticDecoder, StepRunner, TokenBatch,
 };
+use crate::train::{check_fused_adamw, FusedAdamwCheck};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelftestError {
@@ -21,6 +23,8 @@ pub enum SelftestError {
     Load(#[from] LoadError),
     #[error("{path}: {problem}")]
     Reference { path: PathBuf, problem: String },
+    #[error("fused AdamW check: {0}")]
+    FusedAdamw(candle_core::Error),
     #[error("{fixture}: {source}")]
     Run {
         fixture: String,
@@ -54,6 +58,9 @@ pub struct SelftestReport {
     /// reference logit for f16/bf16.
     pub tolerance: f32,
     pub fixtures: Vec<FixtureResult>,
+    /// The trainer's fused AdamW kernels against AdamW as tensor ops, on
+    /// this device (f32 whatever the dtype asked for).
+    pub fused_adamw: FusedAdamwCheck,
     pub passed: bool,
 }
 
@@ -241,12 +248,14 @@ pub fn run_selftest(
             passed,
         });
     }
-    let passed = results.iter().all(|r| r.passed);
+    let fused_adamw = check_fused_adamw(&dev).map_err(SelftestError::FusedAdamw)?;
+    let passed = results.iter().all(|r| r.passed) && fused_adamw.passed;
     Ok(SelftestReport {
         device: device.to_string(),
         dtype: precision.to_string(),
         tolerance: tol,
         fixtures: results,
+        fused_adamw,
         passed,
     })
 }
