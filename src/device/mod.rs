@@ -2,11 +2,13 @@
 //! This is the only place in the crate that creates a candle `Device`.
 //!
 //! Owns: naming devices and precisions, opening a device, the CUDA library
-//! probe and primary-context reset, and what a load needs (`fit`). Only the
+//! probe and primary-context reset (only when no holder is left:
+//! `shared_context`), and what a load needs (`fit`). Only the
 //! engine (and the benchmarks and trainer, which run on one device for their
 //! whole life) call `open_device`. Must not: hold a model or know about the UI.
 
 pub mod fit;
+pub mod shared_context;
 use std::fmt;
 use std::str::FromStr;
 

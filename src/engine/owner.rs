@@ -20,6 +20,7 @@ use super::protocol::{
 use crate::device::fit::{
     available_ram, check_fit, is_out_of_memory, out_of_memory_report, FitRefusal, MemoryStage,
 };
+use crate::device::shared_context::{self, ContextReset, ContextUser};
 use crate::device::Precision;
 use crate::device::PrecisionSpeeds;
 use crate::device::{open_device, DeviceChoice};
@@ -277,6 +278,15 @@ impl Drop for Engine {
     }
 }
 
+/// A device opened for a load, with its count as a context holder.
+struct OpenedDevice {
+    device: Device,
+    /// Where it runs (the CPU when CUDA was asked for but is unavailable).
+    actual: DeviceChoice,
+    precision: Precision,
+    context: ContextUser,
+}
+
 /// What is in memory.
 struct Resident {
     /// What was asked for.
@@ -287,6 +297,10 @@ struct Resident {
     /// Held so the device outlives the model's tensors and is dropped last.
     device: Device,
     report: LoadReport,
+    /// Counts this model as a holder of its GPU's context (dropped after the
+    /// device: fields drop in order), so another engine's release on the same
+    /// GPU does not reset it.
+    context: ContextUser,
 }
 
 impl Resident {
@@ -665,13 +679,17 @@ impl OwnerThread {
 
     /// Opens the device for `spec`, falling back to the CPU (said once) when CUDA
     /// is not available at all.
-    fn open_for(
-        &mut self,
-        spec: &LoadSpec,
-        batch: usize,
-    ) -> Result<(Device, DeviceChoice, Precision), JobFailure> {
+    fn open_for(&mut self, spec: &LoadSpec, batch: usize) -> Result<OpenedDevice, JobFailure> {
+        // Counted before it opens, so no other engine's release resets the
+        // context under it.
+        let context = ContextUser::acquire(spec.device);
         match open_device(spec.device) {
-            Ok(d) => Ok((d, spec.device, spec.precision)),
+            Ok(device) => Ok(OpenedDevice {
+                device,
+                actual: spec.device,
+                precision: spec.precision,
+                context,
+            }),
             Err(e) if spec.device != DeviceChoice::Cpu && !is_out_of_memory(&e.to_string()) => {
                 if !self.cuda_fallback_reported {
                     self.cuda_fallback_reported = true;
@@ -680,7 +698,12 @@ impl OwnerThread {
                         spec.device
                     )));
                 }
-                Ok((Device::Cpu, DeviceChoice::Cpu, spec.precision))
+                Ok(OpenedDevice {
+                    device: Device::Cpu,
+                    actual: DeviceChoice::Cpu,
+                    precision: spec.precision,
+                    context: ContextUser::acquire(DeviceChoice::Cpu),
+                })
             }
             Err(e) if is_out_of_memory(&e.to_string()) => Err(self.out_of_memory_failure(
                 MemoryStage::OpenDevice,
@@ -695,11 +718,15 @@ impl OwnerThread {
     /// Loads `spec` onto an opened device (used by both direct loads and swaps).
     fn load_resident(
         spec: &LoadSpec,
-        device: Device,
-        actual: DeviceChoice,
-        precision: Precision,
+        opened: OpenedDevice,
         progress: Option<(mpsc::Sender<Event>, Option<Waker>)>,
     ) -> Result<Resident, JobFailure> {
+        let OpenedDevice {
+            device,
+            actual,
+            precision,
+            context,
+        } = opened;
         let started = Instant::now();
         let rss_before = process_memory().map(|m| m.rss_bytes);
         let progress = progress.map(|(events, waker)| -> LoadProgress {
@@ -737,6 +764,7 @@ impl OwnerThread {
                     model,
                     device,
                     report,
+                    context,
                 })
             }
             Err(e) => {
@@ -779,12 +807,11 @@ impl OwnerThread {
             return Err(f);
         }
         let gpu_before = self.gpu_process_bytes(spec.device);
-        let (device, actual, precision) = self.open_for(spec, batch)?;
+        let opened = self.open_for(spec, batch)?;
+        let actual = opened.actual;
         let mut resident = match Self::load_resident(
             spec,
-            device,
-            actual,
-            precision,
+            opened,
             Some((self.events.clone(), self.waker.clone())),
         ) {
             Ok(r) => r,
@@ -847,12 +874,17 @@ impl OwnerThread {
             }
             return;
         }
-        let device = if same_gpu {
-            Ok((current_device, current_actual, spec.precision))
+        let opened = if same_gpu {
+            Ok(OpenedDevice {
+                device: current_device,
+                actual: current_actual,
+                precision: spec.precision,
+                context: ContextUser::acquire(current_actual),
+            })
         } else {
             self.open_for(&spec, 1)
         };
-        let (device, actual, precision) = match device {
+        let opened = match opened {
             Ok(d) => d,
             Err(f) => return self.fail(None, f),
         };
@@ -862,7 +894,7 @@ impl OwnerThread {
             .name("versifier-loader".into())
             .spawn(move || {
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    Self::load_resident(&load_spec, device, actual, precision, None)
+                    Self::load_resident(&load_spec, opened, None)
                 }))
                 .unwrap_or_else(|_| {
                     Err(JobFailure::new(
@@ -1270,18 +1302,29 @@ impl OwnerThread {
         let rss_before = process_memory().map(|m| m.rss_bytes);
         let started = Instant::now();
         let Resident {
-            model, device: dev, ..
+            model,
+            device: dev,
+            context,
+            ..
         } = resident;
-        // The model's tensors first, then the device they live on.
+        // The model's tensors first, then the device they live on, then the
+        // count that kept other engines from resetting its context.
         drop(model);
         #[allow(clippy::drop_non_drop)]
         drop(dev);
-        let context_reset = self.reset_cuda_context(device);
+        drop(context);
+        let reset = self.reset_cuda_context(device);
+        let context_reset = reset == ContextReset::Reset;
         return_freed_heap_to_os();
         let took_ms = started.elapsed().as_secs_f64() * 1000.0;
         let gpu_after = self.gpu_process_bytes(device);
-        let still_held = match gpu_after {
-            Some(b) if b > 0 => Some(format!(
+        let still_held = match (gpu_after, reset) {
+            (Some(b), ContextReset::Shared { other_holders }) if b > 0 => Some(format!(
+                "{} MiB still held on {device} by {other_holders} other engine(s) of this \
+                 process on the same GPU; its context is reset when the last of them releases",
+                crate::mib(b),
+            )),
+            (Some(b), _) if b > 0 => Some(format!(
                 "{} MiB still held by this process on {device}{}",
                 crate::mib(b),
                 if context_reset {
@@ -1310,11 +1353,9 @@ impl OwnerThread {
     }
 
     /// Resets the CUDA primary context of `device` once every candle object on it
-    /// is gone, so the driver frees the context itself. Returns whether it ran.
-    fn reset_cuda_context(&self, device: DeviceChoice) -> bool {
-        match device {
-            DeviceChoice::Cpu => false,
-            DeviceChoice::Cuda(ordinal) => crate::device::reset_primary_context(ordinal),
-        }
+    /// is gone, so the driver frees the context itself, unless another engine
+    /// of this process still holds that GPU.
+    fn reset_cuda_context(&self, device: DeviceChoice) -> ContextReset {
+        shared_context::reset_if_unused(device)
     }
 }

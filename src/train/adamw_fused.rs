@@ -418,7 +418,10 @@ mod tests {
         assert!(check.passed, "{check:?}");
         assert_eq!(check.steps, 5);
         // The parameter really moved (the comparison is not between two no-ops).
-        assert!(check.parameter_moved > 100.0 * FUSED_ADAMW_TOLERANCE, "{check:?}");
+        assert!(
+            check.parameter_moved > 100.0 * FUSED_ADAMW_TOLERANCE,
+            "{check:?}"
+        );
     }
 
     #[test]
