@@ -871,3 +871,73 @@ fn with_a_batch_window_a_request_arriving_moments_later_joins_the_first() {
     assert_eq!(rows[&a_id], 3, "{rows:?}");
     assert_eq!(rows[&b_id], 3, "{rows:?}");
 }
+
+#[test]
+fn a_request_sent_while_a_compatible_one_decodes_joins_it_and_each_is_answered_when_its_rows_end() {
+    let mut h = Harness::new(16);
+    let job = |h: &Harness, prompt: &str, seed: u64| GenerateJob {
+        prompt: Prompt::Text(prompt.into()),
+        variations: 1,
+        sampling: SamplingParams {
+            seed,
+            ..SamplingParams::default()
+        },
+        ..h.job(30)
+    };
+    // Alone first, for what it would write.
+    let late = job(&h, "春", 5);
+    let late_id = late.id;
+    h.engine.send(Command::Generate(late.clone())).unwrap();
+    h.until(
+        "the late request alone",
+        |e| matches!(e, Event::Done { request, .. } if *request == late_id),
+    );
+    let (alone, rows) = poems_of(&h.seen, late_id).unwrap();
+    assert_eq!(rows, 1);
+    // The same request again, sent after the first request's fifth token:
+    // that decode is running, and it joins it.
+    let first = job(&h, "月", 9);
+    let first_id = first.id;
+    let again = GenerateJob {
+        id: h.engine.next_request_id(),
+        ..late
+    };
+    let again_id = again.id;
+    let pending = Mutex::new(Some(again));
+    let tokens = std::sync::atomic::AtomicUsize::new(0);
+    h.set_hook(move |remote, _| {
+        if tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 5 {
+            if let Some(j) = pending.lock().unwrap().take() {
+                remote.send(Command::Generate(j)).unwrap();
+            }
+        }
+    });
+    h.engine.send(Command::Generate(first)).unwrap();
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        if let Event::Done { request, .. } = h.until("both answered", |e| {
+            matches!(e, Event::Done { request, .. } if *request == first_id || *request == again_id)
+        }) {
+            answered.push(request);
+        }
+    }
+    let (joined, joined_rows) = poems_of(&h.seen, again_id).unwrap();
+    let (_, first_rows) = poems_of(&h.seen, first_id).unwrap();
+    assert_eq!(joined_rows, 2, "it decoded beside the running request");
+    assert_eq!(first_rows, 2);
+    assert_eq!(joined, alone, "same seed, same poem, joined late or alone");
+    // It joined later, so the first request (same length limit) was
+    // answered first, without waiting for the joiner's rows.
+    assert_eq!(answered, vec![first_id, again_id]);
+    let first_done = h
+        .seen
+        .iter()
+        .position(|e| matches!(e, Event::Done { request, .. } if *request == first_id))
+        .unwrap();
+    assert!(
+        h.seen[first_done..]
+            .iter()
+            .any(|e| matches!(e, Event::Token { request, .. } if *request == again_id)),
+        "the joiner was still writing when the first was answered"
+    );
+}

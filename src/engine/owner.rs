@@ -25,8 +25,9 @@ use crate::device::Precision;
 use crate::device::PrecisionSpeeds;
 use crate::device::{open_device, DeviceChoice};
 use crate::generate::{
-    generate_rows, prepare_request, prompt_tokens_kept_for, GenerateError, GenerateRequest,
-    Generation, PrepareError, RequestSettings, RowStart, SamplingParams, MAX_VARIATIONS,
+    generate_feeding, prepare_request, prompt_tokens_kept_for, validate_request, FinishedRow,
+    GenerateError, GenerateRequest, Generation, GenerationTimings, PrepareError, RequestSettings,
+    RowFeed, RowStart, SamplingParams, TokenEvent, Variation, MAX_VARIATIONS,
 };
 use crate::meter::{process_memory, GpuMeter};
 use crate::model::{load_model_with_progress, Gpt2Config, LoadProgress, LoadedModel, ModelFiles};
@@ -363,6 +364,252 @@ fn joinable(first: &GenerateJob, next: &GenerateJob) -> bool {
             seed: first.sampling.seed,
             ..next.sampling.clone()
         } == first.sampling
+}
+
+/// The rows of a prepared request, as rows of a joined batch.
+fn row_starts(r: &GenerateRequest) -> impl Iterator<Item = RowStart> + '_ {
+    (0..r.variations).map(move |variation| RowStart {
+        prompt_ids: r.prompt_ids.clone(),
+        seed: r.sampling.seed,
+        variation,
+        start: r
+            .constraint
+            .as_ref()
+            .map(|c| c.1.clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// One request of a decode: its prompt, and its rows as they end.
+struct JobInDecode {
+    id: RequestId,
+    prompt_ids: Vec<u32>,
+    keep: usize,
+    rows: Vec<Option<EndedRow>>,
+    answered: bool,
+    ids_past_vocab: Option<usize>,
+}
+
+/// What a row left when it ended.
+struct EndedRow {
+    variation: Variation,
+    timings: GenerationTimings,
+    batch_rows: usize,
+    kv_cache_bytes: usize,
+    step_runner: Option<crate::model::StepRunner>,
+}
+
+impl JobInDecode {
+    /// The job's answer without its variations.
+    fn generation_base(&self, timings: GenerationTimings) -> Generation {
+        let cut = self.prompt_ids.len().saturating_sub(self.keep);
+        Generation {
+            prompt_ids: self.prompt_ids[cut..].to_vec(),
+            truncated_prompt_tokens: cut,
+            variations: Vec::new(),
+            timings,
+            kv_cache_bytes: 0,
+            ids_without_text: 0,
+            batch_rows: 0,
+            step_runner: None,
+        }
+    }
+
+    /// The job's answer once every row has ended: its variations in order,
+    /// the slowest row's timings, the largest batch and cache it was part of.
+    fn generation(&mut self) -> Option<Generation> {
+        let rows: Vec<EndedRow> = self
+            .rows
+            .iter_mut()
+            .map(Option::take)
+            .collect::<Option<_>>()?;
+        let slowest = rows
+            .iter()
+            .max_by(|a, b| {
+                let end = |r: &EndedRow| r.timings.first_token_ms + r.timings.decode_ms;
+                end(a).total_cmp(&end(b))
+            })
+            .map(|r| r.timings.clone())
+            .unwrap_or_default();
+        let mut g = self.generation_base(slowest);
+        g.batch_rows = rows.iter().map(|r| r.batch_rows).max().unwrap_or(0);
+        g.kv_cache_bytes = rows.iter().map(|r| r.kv_cache_bytes).max().unwrap_or(0);
+        g.step_runner = rows.iter().find_map(|r| r.step_runner.clone());
+        g.variations = rows.into_iter().map(|r| r.variation).collect();
+        if let Some(vocab) = self.ids_past_vocab {
+            g.ids_without_text = g
+                .variations
+                .iter()
+                .flat_map(|v| &v.ids)
+                .filter(|&&id| id as usize >= vocab)
+                .count();
+        }
+        Some(g)
+    }
+}
+
+/// The engine's side of a decode (a [`RowFeed`]): whose each row is, the
+/// jobs that join while it runs (taken from the head of the queue, so none
+/// overtakes another command), and each job's `Done` as its rows end.
+struct JoinedRequests<'e> {
+    engine: &'e OwnerThread,
+    model: &'e LoadedModel,
+    /// The first job: others join when [`joinable`] with it.
+    template: GenerateJob,
+    /// Prompt tokens kept (the same for every joinable job).
+    keep: usize,
+    /// Per row (admission order): its job and variation number.
+    owners: Vec<(RequestId, usize)>,
+    jobs: Vec<JobInDecode>,
+    /// Jobs that could not join (their request was refused when prepared).
+    refused: Vec<(RequestId, JobFailure)>,
+    /// Rows of `MAX_VARIATIONS` the fit check did not allow.
+    spare_rows: usize,
+    deferred: &'e mut VecDeque<Command>,
+    /// Swaps that finished loading meanwhile, applied after the decode.
+    late_swaps: &'e mut Vec<Result<Resident, JobFailure>>,
+}
+
+impl JoinedRequests<'_> {
+    fn register(&mut self, job: GenerateJob, req: GenerateRequest) {
+        self.owners.extend((0..req.variations).map(|v| (job.id, v)));
+        self.jobs.push(JobInDecode {
+            id: job.id,
+            prompt_ids: req.prompt_ids,
+            keep: self.keep,
+            rows: (0..req.variations).map(|_| None).collect(),
+            answered: false,
+            ids_past_vocab: self.model.tokenizer.as_ref().map(|t| t.vocab_size()),
+        });
+    }
+
+    fn is_cancelled(&self, id: RequestId) -> bool {
+        self.engine.cancel_up_to.load(Ordering::Relaxed) >= id
+            || self
+                .engine
+                .cancelled
+                .lock()
+                .is_ok_and(|set| set.contains(&id))
+    }
+}
+
+impl RowFeed for JoinedRequests<'_> {
+    fn admit(&mut self, free: usize, max_prompt_tokens: usize) -> Vec<RowStart> {
+        // A swap in flight may be about to change the model: nobody joins.
+        if self.engine.swap.is_some() {
+            return Vec::new();
+        }
+        while let Ok(msg) = self.engine.inbox.try_recv() {
+            match msg {
+                Inbox::Command(cmd) => self.deferred.push_back(cmd),
+                Inbox::SwapLoaded(result) => self.late_swaps.push(*result),
+            }
+        }
+        let mut free = free.saturating_sub(self.spare_rows);
+        let mut rows = Vec::new();
+        while let Some(Command::Generate(next)) = self.deferred.front() {
+            if !joinable(&self.template, next) || next.variations > free {
+                break;
+            }
+            let Some(Command::Generate(job)) = self.deferred.pop_front() else {
+                break;
+            };
+            let settings = RequestSettings {
+                prompt: &job.prompt,
+                form: &job.form,
+                variations: job.variations,
+                max_new_tokens: job.max_new_tokens,
+                sampling: &job.sampling,
+                verse: &job.verse,
+            };
+            let req = match prepare_request(self.model, &settings)
+                .map_err(|e| {
+                    let kind = match e {
+                        PrepareError::BadRequest(_) => ErrorKind::BadRequest,
+                        PrepareError::NoTokenizer { .. } => ErrorKind::BadModel,
+                    };
+                    JobFailure::new(kind, e.to_string())
+                })
+                .and_then(|req| {
+                    validate_request(&self.model.model, &req)
+                        .map(|()| req)
+                        .map_err(|e| JobFailure::new(ErrorKind::BadRequest, e.to_string()))
+                }) {
+                Ok(req) => req,
+                Err(f) => {
+                    self.refused.push((job.id, f));
+                    continue;
+                }
+            };
+            if req.prompt_ids.len().min(self.keep) > max_prompt_tokens {
+                // Longer than the decode's columns so far: it joins a few
+                // steps later (or starts the next decode), still first in line.
+                self.deferred.push_front(Command::Generate(job));
+                break;
+            }
+            tracing::debug!(
+                request = job.id,
+                rows = req.variations,
+                "joining a running decode"
+            );
+            free -= req.variations;
+            rows.extend(row_starts(&req));
+            self.register(job, req);
+        }
+        rows
+    }
+
+    fn cancelled(&self, row: usize) -> bool {
+        self.owners
+            .get(row)
+            .is_some_and(|(id, _)| self.is_cancelled(*id))
+    }
+
+    fn token(&mut self, ev: &TokenEvent) {
+        if ev.text.is_empty() {
+            return;
+        }
+        if let Some(&(request, variation)) = self.owners.get(ev.variation) {
+            if let Some(w) = &self.engine.waker {
+                w();
+            }
+            let _ = self.engine.events.send(Event::Token {
+                request,
+                variation,
+                text: ev.text.clone(),
+            });
+        }
+    }
+
+    fn finished(&mut self, row: FinishedRow<'_>) {
+        let Some(&(id, v)) = self.owners.get(row.row) else {
+            return;
+        };
+        let Some(job) = self.jobs.iter_mut().find(|j| j.id == id) else {
+            return;
+        };
+        if let Some(slot) = job.rows.get_mut(v) {
+            *slot = Some(EndedRow {
+                variation: row.variation.clone(),
+                timings: row.timings,
+                batch_rows: row.batch_rows,
+                kv_cache_bytes: row.kv_cache_bytes,
+                step_runner: row.step_runner,
+            });
+        }
+        if job.rows.iter().all(Option::is_some) {
+            if let Some(generation) = job.generation() {
+                job.answered = true;
+                if let Ok(mut set) = self.engine.cancelled.lock() {
+                    set.remove(&id);
+                }
+                self.engine.emit(Event::Done {
+                    request: id,
+                    generation,
+                });
+            }
+        }
+    }
 }
 
 impl JobFailure {
@@ -1058,6 +1305,7 @@ impl OwnerThread {
             return;
         };
         let m = &resident.model;
+        let resident_actual = resident.actual;
         let spec = jobs[0].spec.clone();
         let mut prepared = Vec::with_capacity(jobs.len());
         let mut refused = Vec::new();
@@ -1081,175 +1329,133 @@ impl OwnerThread {
                 }
             }
         }
-        let outcome = (!prepared.is_empty()).then(|| self.decode_joined(&prepared));
+        // Jobs that arrive while it decodes may join it, as many rows as the
+        // fit check allows (checked once here, not per step).
+        let cap = if rows >= MAX_VARIATIONS
+            || self
+                .check_fit(&spec, resident_actual, MAX_VARIATIONS)
+                .is_err()
+        {
+            rows
+        } else {
+            MAX_VARIATIONS
+        };
+        let mut deferred = std::mem::take(&mut self.deferred);
+        let mut late_swaps = Vec::new();
+        let failures = if prepared.is_empty() {
+            Vec::new()
+        } else {
+            self.decode_joined(prepared, cap, &mut deferred, &mut late_swaps)
+        };
+        self.deferred = deferred;
+        for result in late_swaps {
+            self.finish_swap(result);
+        }
         for (id, f) in refused {
             self.fail(Some(id), f);
         }
-        let Some(outcome) = outcome else { return };
-        if let Ok(mut set) = self.cancelled.lock() {
-            for (job, _) in &prepared {
-                set.remove(&job.id);
+        for (request, mut f) in failures {
+            if let Ok(mut set) = self.cancelled.lock() {
+                set.remove(&request);
             }
-        }
-        match outcome {
-            Ok(generations) => {
-                for (request, generation) in generations {
-                    self.emit(Event::Done {
-                        request,
-                        generation,
-                    });
-                }
+            if is_out_of_memory(&f.message) {
+                let partial = f.partial.take();
+                f = self.out_of_memory_failure(MemoryStage::Generate, &spec, rows, &f.message);
+                f.partial = partial;
             }
-            Err(failures) => {
-                for (request, mut f) in failures {
-                    if is_out_of_memory(&f.message) {
-                        let partial = f.partial.take();
-                        f = self.out_of_memory_failure(
-                            MemoryStage::Generate,
-                            &spec,
-                            rows,
-                            &f.message,
-                        );
-                        f.partial = partial;
-                    }
-                    self.fail(Some(request), f);
-                }
-            }
+            self.fail(Some(request), f);
         }
     }
 
     /// The decode of [`Self::run_jobs`]: one request of all the jobs' rows,
-    /// its tokens sent as each job's events, its result split per job.
-    #[allow(clippy::type_complexity)]
+    /// its tokens sent as each job's events. Each job is answered (`Done`) as
+    /// soon as its own rows end, and on the growing path compatible jobs that
+    /// arrive meanwhile join the decode between steps (up to `cap` rows).
+    /// Returns the failures of the jobs not answered when the decode failed.
     fn decode_joined(
         &self,
-        prepared: &[(GenerateJob, GenerateRequest)],
-    ) -> Result<Vec<(RequestId, Generation)>, Vec<(RequestId, JobFailure)>> {
+        prepared: Vec<(GenerateJob, GenerateRequest)>,
+        cap: usize,
+        deferred: &mut VecDeque<Command>,
+        late_swaps: &mut Vec<Result<Resident, JobFailure>>,
+    ) -> Vec<(RequestId, JobFailure)> {
         let Some(resident) = self.loaded.as_ref() else {
-            return Err(Vec::new());
+            return Vec::new();
         };
         let m = &resident.model;
-        let tok = m.tokenizer.as_ref();
-        // Which job and variation each row is.
-        let owners: Vec<(RequestId, usize)> = prepared
-            .iter()
-            .flat_map(|(job, req)| (0..req.variations).map(move |v| (job.id, v)))
-            .collect();
-        let req = match prepared {
+        let Some(template) = prepared.first().map(|(job, _)| job.clone()) else {
+            return Vec::new();
+        };
+        let req = match prepared.as_slice() {
             [(_, only)] => only.clone(),
             [(_, first), ..] => GenerateRequest {
-                variations: owners.len(),
-                rows: prepared
-                    .iter()
-                    .flat_map(|(_, r)| {
-                        (0..r.variations).map(move |variation| RowStart {
-                            prompt_ids: r.prompt_ids.clone(),
-                            seed: r.sampling.seed,
-                            variation,
-                            start: r
-                                .constraint
-                                .as_ref()
-                                .map(|c| c.1.clone())
-                                .unwrap_or_default(),
-                        })
-                    })
-                    .collect(),
+                variations: prepared.iter().map(|(_, r)| r.variations).sum(),
+                rows: prepared.iter().flat_map(|(_, r)| row_starts(r)).collect(),
                 ..first.clone()
             },
-            [] => return Ok(Vec::new()),
+            [] => return Vec::new(),
         };
         self.set_state(EngineState::Generating);
-        let cancel_up_to = Arc::clone(&self.cancel_up_to);
-        let cancelled = Arc::clone(&self.cancelled);
-        let is_cancelled = |id: RequestId| {
-            cancel_up_to.load(Ordering::Relaxed) >= id
-                || cancelled.lock().is_ok_and(|set| set.contains(&id))
+        let mut feed = JoinedRequests {
+            engine: self,
+            model: m,
+            template,
+            keep: prompt_tokens_kept_for(&req, m.config.n_positions),
+            owners: Vec::new(),
+            jobs: Vec::new(),
+            refused: Vec::new(),
+            spare_rows: MAX_VARIATIONS.saturating_sub(cap),
+            deferred,
+            late_swaps,
         };
-        let row_cancelled = |r: usize| owners.get(r).is_some_and(|(id, _)| is_cancelled(*id));
-        let bytes = |id: u32| -> &[u8] { tok.map_or(&[], |t| t.token_bytes(id)) };
-        let (events, waker) = (&self.events, &self.waker);
-        let path = crate::generate::DecodePath::for_device(m.model.device());
-        let result = generate_rows(path, &m.model, &req, bytes, &row_cancelled, |ev| {
-            if ev.text.is_empty() {
-                return;
-            }
-            if let Some(w) = waker {
-                w();
-            }
-            if let Some(&(request, variation)) = owners.get(ev.variation) {
-                let _ = events.send(Event::Token {
-                    request,
-                    variation,
-                    text: ev.text.clone(),
-                });
-            }
-        });
-        let keep = prompt_tokens_kept_for(&req, m.config.n_positions);
-        let split = |whole: &Generation| -> Vec<(RequestId, Generation)> {
-            if prepared.len() == 1 {
-                return vec![(prepared[0].0.id, whole.clone())];
-            }
-            let mut rows = whole.variations.iter();
-            prepared
-                .iter()
-                .map(|(job, r)| {
-                    let variations: Vec<_> = rows.by_ref().take(r.variations).cloned().collect();
-                    let cut = r.prompt_ids.len().saturating_sub(keep);
-                    let generation = Generation {
-                        prompt_ids: r.prompt_ids[cut..].to_vec(),
-                        truncated_prompt_tokens: cut,
-                        variations,
-                        ..whole.clone()
-                    };
-                    (job.id, generation)
-                })
-                .collect()
-        };
-        let count_textless = |mut g: Generation| {
-            if let Some(t) = tok {
-                g.ids_without_text = g
-                    .variations
-                    .iter()
-                    .flat_map(|v| &v.ids)
-                    .filter(|&&id| id as usize >= t.vocab_size())
-                    .count();
-            }
-            g
-        };
-        match result {
-            Ok(whole) => Ok(split(&whole)
-                .into_iter()
-                .map(|(id, g)| (id, count_textless(g)))
-                .collect()),
-            Err(e) => {
-                let message = e.to_string();
-                let (kind, partial) = match e {
-                    GenerateError::Invalid { .. } => (ErrorKind::BadRequest, None),
-                    GenerateError::Failed { partial, .. } => (ErrorKind::Generation, Some(partial)),
-                    _ => (ErrorKind::Generation, None),
-                };
-                let partials: Vec<Option<Generation>> = match &partial {
-                    Some(p) => split(p).into_iter().map(|(_, g)| Some(g)).collect(),
-                    None => vec![None; prepared.len()],
-                };
-                let failures = prepared
-                    .iter()
-                    .zip(partials)
-                    .map(|((job, _), partial)| {
-                        // An out-of-memory is turned into the engine's report by the caller.
-                        let mut f = JobFailure {
-                            kind,
-                            message: crate::without_backtrace(&message),
-                            partial: None,
-                            fit: None,
-                        };
-                        f.partial = partial.map(Box::new);
-                        (job.id, f)
-                    })
-                    .collect();
-                Err(failures)
-            }
+        for (job, r) in prepared {
+            feed.register(job, r);
         }
+        let bytes = |id: u32| -> &[u8] { m.tokenizer.as_ref().map_or(&[], |t| t.token_bytes(id)) };
+        let path = crate::generate::DecodePath::for_device(m.model.device());
+        let result = generate_feeding(path, &m.model, &req, bytes, &mut feed);
+        let JoinedRequests {
+            jobs,
+            owners,
+            mut refused,
+            ..
+        } = feed;
+        let e = match result {
+            Ok(_) => return refused,
+            Err(e) => e,
+        };
+        let message = e.to_string();
+        let (kind, partial) = match e {
+            GenerateError::Invalid { .. } => (ErrorKind::BadRequest, None),
+            GenerateError::Failed { partial, .. } => (ErrorKind::Generation, Some(partial)),
+            _ => (ErrorKind::Generation, None),
+        };
+        for job in jobs.into_iter().filter(|j| !j.answered) {
+            // Each unanswered job's rows of the partial output, in its order.
+            let partial = partial.as_ref().map(|p| {
+                let variations = owners
+                    .iter()
+                    .zip(&p.variations)
+                    .filter(|((id, _), _)| *id == job.id)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                Box::new(Generation {
+                    variations,
+                    ..job.generation_base(p.timings.clone())
+                })
+            });
+            // An out-of-memory is turned into the engine's report by the caller.
+            refused.push((
+                job.id,
+                JobFailure {
+                    kind,
+                    message: crate::without_backtrace(&message),
+                    partial,
+                    fit: None,
+                },
+            ));
+        }
+        refused
     }
 
     /// Loads `spec`'s model in f32, then in f16, and times decoding `batch`

@@ -1,6 +1,7 @@
 //! Text generation on a loaded [`Gpt2`]: batched decoding of N variations in one
-//! pass, sampling, stop tokens, cancellation between tokens, and UTF-8-safe
-//! streaming.
+//! pass, rows that join a running decode and leave it when they end (the
+//! CPU's path, through a [`RowFeed`]), sampling, stop tokens, cancellation
+//! between tokens, and UTF-8-safe streaming.
 //!
 //! Owns: the decode loop and what a request means. Must not: load files, open
 //! or drop devices (`engine/`), or know about the UI; results go out through a
@@ -159,8 +160,8 @@ pub struct Generation {
     /// counted, so empty text is never silent.
     #[serde(default)]
     pub ids_without_text: usize,
-    /// Rows decoded together: this request's variations plus those of any
-    /// requests joined to it.
+    /// The most rows decoded together: this request's variations plus those
+    /// of any requests joined to it (at its start or while it ran).
     #[serde(default)]
     pub batch_rows: usize,
     /// How decode steps ran on the static path (absent on the growing-cache path).
@@ -476,7 +477,261 @@ pub fn generate_rows<'t>(
     req: &GenerateRequest,
     token_bytes: impl Fn(u32) -> &'t [u8],
     row_cancelled: &dyn Fn(usize) -> bool,
-    mut on_token: impl FnMut(&TokenEvent),
+    on_token: impl FnMut(&TokenEvent),
+) -> Result<Generation, GenerateError> {
+    /// A fixed batch: nothing joins, endings are read from the result.
+    struct Fixed<'a, T> {
+        cancelled: &'a dyn Fn(usize) -> bool,
+        on_token: T,
+    }
+    impl<T: FnMut(&TokenEvent)> RowFeed for Fixed<'_, T> {
+        fn admit(&mut self, _free: usize, _max_prompt_tokens: usize) -> Vec<RowStart> {
+            Vec::new()
+        }
+        fn cancelled(&self, row: usize) -> bool {
+            (self.cancelled)(row)
+        }
+        fn token(&mut self, ev: &TokenEvent) {
+            (self.on_token)(ev);
+        }
+        fn finished(&mut self, _row: FinishedRow<'_>) {}
+    }
+    let mut feed = Fixed {
+        cancelled: row_cancelled,
+        on_token,
+    };
+    generate_feeding(path, model, req, token_bytes, &mut feed)
+}
+
+/// The caller's side of a decode that rows can join while it runs (the
+/// engine's requests arriving mid-decode) and that reports each row as it
+/// ends, so a request is answered when its own rows are done.
+pub trait RowFeed {
+    /// Rows that join now, between two steps: at most `free`, each with a
+    /// prompt of at most `max_prompt_tokens` after the usual cut (a longer
+    /// one is cut to it). They take the request's settings with their own
+    /// seed and start. Asked on the growing-cache path only.
+    fn admit(&mut self, free: usize, max_prompt_tokens: usize) -> Vec<RowStart>;
+    /// Whether row `row` (numbered in admission order) was cancelled.
+    fn cancelled(&self, row: usize) -> bool;
+    /// A sampled token of row `ev.variation`.
+    fn token(&mut self, ev: &TokenEvent);
+    /// A row has ended (stop token, length, full context or cancelled).
+    fn finished(&mut self, row: FinishedRow<'_>);
+}
+
+/// A row of a decode as it ends.
+#[derive(Debug)]
+pub struct FinishedRow<'a> {
+    /// The row's number, in admission order (the first rows are the request's).
+    pub row: usize,
+    pub variation: &'a Variation,
+    /// This row's own: prompt to first token from when it joined, decode
+    /// steps and time after it; forward and sample time its share of the
+    /// decode's.
+    pub timings: GenerationTimings,
+    /// The most rows decoded together while this row was live.
+    pub batch_rows: usize,
+    /// Bytes the KV cache held when it ended.
+    pub kv_cache_bytes: usize,
+    /// How the decode's steps ran (the static path only).
+    pub step_runner: Option<StepRunner>,
+}
+
+/// When a row joined, wrote its first token, and how many steps it decoded.
+#[derive(Debug, Clone, Copy)]
+struct RowClock {
+    joined: Instant,
+    first_token: Option<Instant>,
+    steps: usize,
+    batch_rows: usize,
+}
+
+impl RowClock {
+    fn new(joined: Instant, batch_rows: usize) -> Self {
+        Self {
+            joined,
+            first_token: None,
+            steps: 0,
+            batch_rows,
+        }
+    }
+}
+
+/// Every row's state: what it wrote, how it samples, what it has seen.
+struct Rows<'r> {
+    req: &'r GenerateRequest,
+    out: Generation,
+    samplers: Vec<TokenSampler>,
+    streams: Vec<Utf8Stream>,
+    contexts: Vec<Vec<u32>>,
+    starts: Vec<String>,
+    clocks: Vec<RowClock>,
+    /// Rows that ended since the feed last heard of endings.
+    ended: Vec<usize>,
+}
+
+impl Rows<'_> {
+    fn push(&mut self, prompt: Vec<u32>, sampler: TokenSampler, start: String, clock: RowClock) {
+        self.out.variations.push(Variation {
+            ids: Vec::new(),
+            text: String::new(),
+            stop: None,
+            relaxed: Vec::new(),
+        });
+        self.samplers.push(sampler);
+        self.streams.push(Utf8Stream::new());
+        self.contexts.push(prompt);
+        self.starts.push(start);
+        self.clocks.push(clock);
+    }
+
+    fn live(&self, r: usize) -> bool {
+        self.out.variations[r].stop.is_none()
+    }
+
+    /// Ends row `r` (if still live): the text's tail, the verse rules a
+    /// finished poem relaxed.
+    fn end(&mut self, r: usize, reason: StopReason) {
+        let v = &mut self.out.variations[r];
+        if v.stop.is_some() {
+            return;
+        }
+        v.stop = Some(reason);
+        let tail = self.streams[r].finish();
+        v.text.push_str(&tail);
+        if reason == StopReason::Stop
+            && self
+                .req
+                .constraint
+                .as_ref()
+                .is_some_and(|(c, _)| c.enforces_verse_rules())
+        {
+            v.relaxed = relaxed_rules(&format!("{}{}", self.starts[r], v.text));
+        }
+        self.ended.push(r);
+    }
+
+    /// Samples the next token of each row that has logits (in parallel: each
+    /// row has its own sampler and RNG stream, so the result is the same).
+    fn sample(
+        &mut self,
+        logits: Vec<(usize, Vec<f32>)>,
+    ) -> Vec<(usize, Result<u32, GenerateError>)> {
+        let mut by_row: Vec<Option<Vec<f32>>> = vec![None; self.samplers.len()];
+        for (r, l) in logits {
+            by_row[r] = Some(l);
+        }
+        let (variations, starts, contexts) = (&self.out.variations, &self.starts, &self.contexts);
+        let constraint = &self.req.constraint;
+        let pick = |(r, (sampler, logits)): (usize, (&mut TokenSampler, Option<Vec<f32>>))| {
+            let mut row_logits = logits?;
+            if variations[r].stop.is_some() {
+                return None;
+            }
+            if let Some((c, _)) = constraint {
+                let written = format!("{}{}", starts[r], variations[r].text);
+                c.apply(&written, &mut row_logits);
+            }
+            Some((r, sampler.sample(row_logits, &contexts[r])))
+        };
+        let live = by_row.iter().filter(|l| l.is_some()).count();
+        if live > 1 {
+            self.samplers
+                .par_iter_mut()
+                .zip(by_row)
+                .enumerate()
+                .filter_map(pick)
+                .collect()
+        } else {
+            self.samplers
+                .iter_mut()
+                .zip(by_row)
+                .enumerate()
+                .filter_map(pick)
+                .collect()
+        }
+    }
+
+    /// Takes row `r`'s sampled `id`: ends the row on a stop token or at its
+    /// length, else streams it. Returns whether the row goes on.
+    fn accept<'t>(
+        &mut self,
+        r: usize,
+        id: u32,
+        token_bytes: &impl Fn(u32) -> &'t [u8],
+        feed: &mut dyn RowFeed,
+        now: Instant,
+    ) -> bool {
+        let clock = &mut self.clocks[r];
+        match clock.first_token {
+            None => clock.first_token = Some(now),
+            Some(_) => clock.steps += 1,
+        }
+        if self.req.stop_ids.contains(&id) {
+            self.end(r, StopReason::Stop);
+            return false;
+        }
+        let text = self.streams[r].push(token_bytes(id));
+        let v = &mut self.out.variations[r];
+        v.text.push_str(&text);
+        v.ids.push(id);
+        self.contexts[r].push(id);
+        feed.token(&TokenEvent {
+            variation: r,
+            id,
+            text,
+        });
+        if self.out.variations[r].ids.len() >= self.req.max_new_tokens {
+            self.end(r, StopReason::MaxTokens);
+            return false;
+        }
+        true
+    }
+
+    /// Tells the feed of the rows that ended since it last heard.
+    fn report_ended(&mut self, feed: &mut dyn RowFeed, decoding: Option<&Decoding<'_>>) {
+        let kv_cache_bytes = decoding.map_or(0, Decoding::cache_bytes);
+        let step_runner = decoding.and_then(Decoding::runner);
+        let now = Instant::now();
+        let whole = &self.out.timings;
+        for r in std::mem::take(&mut self.ended) {
+            let c = self.clocks[r];
+            let share = if whole.decode_steps > 0 {
+                c.steps as f64 / whole.decode_steps as f64
+            } else {
+                0.0
+            };
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
+            let timings = GenerationTimings {
+                first_token_ms: c.first_token.map_or(0.0, |t| ms(c.joined, t)),
+                decode_steps: c.steps,
+                decode_ms: c.first_token.map_or(0.0, |t| ms(t, now)),
+                forward_ms: whole.forward_ms * share,
+                sample_ms: whole.sample_ms * share,
+            };
+            feed.finished(FinishedRow {
+                row: r,
+                variation: &self.out.variations[r],
+                timings,
+                batch_rows: c.batch_rows,
+                kv_cache_bytes,
+                step_runner: step_runner.clone(),
+            });
+        }
+    }
+}
+
+/// [`generate_rows`] with a [`RowFeed`]: on the growing-cache path (the
+/// CPU's) rows that end leave the batch, and rows the feed admits between
+/// steps join it, up to [`MAX_VARIATIONS`]; each row ends as it would have
+/// alone. The result holds every row, in admission order.
+pub fn generate_feeding<'t>(
+    path: DecodePath,
+    model: &Gpt2,
+    req: &GenerateRequest,
+    token_bytes: impl Fn(u32) -> &'t [u8],
+    feed: &mut dyn RowFeed,
 ) -> Result<Generation, GenerateError> {
     validate_request(model, req)?;
     let n_positions = model.config().n_positions;
@@ -484,10 +739,11 @@ pub fn generate_rows<'t>(
     // (`truncated_prompt_tokens`); it is not logged here as well.
     let keep = prompt_tokens_kept_for(req, n_positions);
     let slides = slides_context(req);
+    let rolling = path == DecodePath::Growing;
     let cut = |ids: &[u32]| ids[ids.len().saturating_sub(keep)..].to_vec();
-    let rows = req.variations;
+    let first_rows = req.variations;
     let prompts: Vec<Vec<u32>> = if req.rows.is_empty() {
-        vec![cut(&req.prompt_ids); rows]
+        vec![cut(&req.prompt_ids); first_rows]
     } else {
         req.rows.iter().map(|r| cut(&r.prompt_ids)).collect()
     };
@@ -495,66 +751,59 @@ pub fn generate_rows<'t>(
         Some(r) => (prompts[0].clone(), r.prompt_ids.len() - prompts[0].len()),
         None => (prompts[0].clone(), req.prompt_ids.len() - prompts[0].len()),
     };
-    // The text each row's poem starts with, for the form constraint.
-    let starts: Vec<&str> = match (&req.constraint, req.rows.is_empty()) {
-        (Some((_, start)), true) => vec![start.as_str(); rows],
-        (_, false) => req.rows.iter().map(|r| r.start.as_str()).collect(),
-        (None, true) => vec![""; rows],
+    let started = Instant::now();
+    let mut rows = Rows {
+        req,
+        out: Generation {
+            prompt_ids: prompt,
+            truncated_prompt_tokens: truncated,
+            variations: Vec::new(),
+            timings: GenerationTimings::default(),
+            kv_cache_bytes: 0,
+            ids_without_text: 0,
+            batch_rows: first_rows,
+            step_runner: None,
+        },
+        samplers: Vec::new(),
+        streams: Vec::new(),
+        contexts: Vec::new(),
+        starts: Vec::new(),
+        clocks: Vec::new(),
+        ended: Vec::new(),
     };
-
-    let mut out = Generation {
-        prompt_ids: prompt,
-        truncated_prompt_tokens: truncated,
-        variations: vec![
-            Variation {
-                ids: Vec::new(),
-                text: String::new(),
-                stop: None,
-                relaxed: Vec::new(),
-            };
-            rows
-        ],
-        timings: GenerationTimings::default(),
-        kv_cache_bytes: 0,
-        ids_without_text: 0,
-        batch_rows: rows,
-        step_runner: None,
-    };
-    let mut samplers: Vec<TokenSampler> = if req.rows.is_empty() {
-        (0..rows)
-            .map(|r| TokenSampler::new(&req.sampling, r))
-            .collect()
-    } else {
-        req.rows
-            .iter()
-            .map(|r| {
-                let sampling = SamplingParams {
-                    seed: r.seed,
-                    ..req.sampling.clone()
-                };
-                TokenSampler::new(&sampling, r.variation)
-            })
-            .collect()
-    };
-    let mut streams = vec![Utf8Stream::new(); rows];
-    let mut contexts: Vec<Vec<u32>> = prompts.clone();
+    let start_text = req
+        .constraint
+        .as_ref()
+        .map(|c| c.1.clone())
+        .unwrap_or_default();
+    for (r, p) in prompts.iter().enumerate() {
+        let (sampler, start) = match req.rows.get(r) {
+            Some(row) => (row_sampler(req, row), row.start.clone()),
+            None => (TokenSampler::new(&req.sampling, r), start_text.clone()),
+        };
+        rows.push(
+            p.clone(),
+            sampler,
+            start,
+            RowClock::new(started, first_rows),
+        );
+    }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
     let columns = static_columns(longest, req.max_new_tokens, n_positions);
-    let mut decoding = Some(Decoding::open(path, model, rows, columns)?);
+    let mut decoding = Some(Decoding::open(path, model, first_rows, columns)?);
+    // Which row each batch row is (rows leave and join on the growing path).
+    let mut slots: Vec<usize> = (0..first_rows).collect();
 
-    let started = Instant::now();
     let mut input = TokenBatch::left_padded(&prompts, 0);
     let mut step = 0usize;
     let mut decode_started = None;
     loop {
-        for (r, (v, stream)) in out.variations.iter_mut().zip(&mut streams).enumerate() {
-            if v.stop.is_none() && row_cancelled(r) {
-                v.stop = Some(StopReason::Cancelled);
-                let tail = stream.finish();
-                v.text.push_str(&tail);
+        for &r in &slots {
+            if rows.live(r) && feed.cancelled(r) {
+                rows.end(r, StopReason::Cancelled);
             }
         }
-        if out.variations.iter().all(|v| v.stop.is_some()) {
+        if slots.iter().all(|&r| !rows.live(r)) {
             break;
         }
         let forward_started = Instant::now();
@@ -568,9 +817,10 @@ pub fn generate_rows<'t>(
                 // row's first token (the start) and the latest half of its
                 // context, and go on from there (positions restart).
                 let half = n_positions / 2;
-                let tails: Vec<Vec<u32>> = contexts
+                let tails: Vec<Vec<u32>> = slots
                     .iter()
-                    .map(|c| {
+                    .map(|&r| {
+                        let c = &rows.contexts[r];
                         let from = c.len().saturating_sub(half).max(1);
                         c[..1.min(c.len())]
                             .iter()
@@ -583,111 +833,172 @@ pub fn generate_rows<'t>(
                 let columns = static_columns(longest, req.max_new_tokens, n_positions);
                 // The old decoder (and its lock on the static buffers) goes first.
                 drop(decoding.take());
-                decoding = Some(Decoding::open(path, model, rows, columns)?);
+                decoding = Some(Decoding::open(path, model, slots.len(), columns)?);
                 input = TokenBatch::left_padded(&tails, 0);
                 continue;
             }
             Err(ForwardError::ContextFull { .. }) => {
-                finish_rows(&mut out, &mut streams, StopReason::ContextFull);
+                for &r in &slots {
+                    rows.end(r, StopReason::ContextFull);
+                }
                 break;
             }
-            Err(e) => return Err(fail(e.into(), out)),
+            Err(e) => return Err(fail(e.into(), rows.out)),
         };
         let sample_started = Instant::now();
         if step > 0 {
-            out.timings.forward_ms += (sample_started - forward_started).as_secs_f64() * 1000.0;
+            rows.out.timings.forward_ms +=
+                (sample_started - forward_started).as_secs_f64() * 1000.0;
         }
-        let mut next = vec![0u32; rows];
-        let mut live = vec![false; rows];
-        // Each row has its own sampler and RNG stream, so rows can be sampled in
-        // parallel with the same result as one after another.
-        let pick = |((r, mut row_logits), sampler): ((usize, Vec<f32>), &mut TokenSampler)| {
-            if out.variations[r].stop.is_some() {
-                return None;
-            }
-            if let Some((c, _)) = &req.constraint {
-                let written = format!("{}{}", starts[r], out.variations[r].text);
-                c.apply(&written, &mut row_logits);
-            }
-            Some(sampler.sample(row_logits, &contexts[r]))
-        };
-        let picks: Vec<Option<Result<u32, GenerateError>>> = if rows > 1 {
-            logits
-                .into_par_iter()
-                .enumerate()
-                .zip(samplers.par_iter_mut())
-                .map(pick)
-                .collect()
-        } else {
-            logits
-                .into_iter()
-                .enumerate()
-                .zip(samplers.iter_mut())
-                .map(pick)
-                .collect()
-        };
+        let picks = rows.sample(slots.iter().copied().zip(logits).collect());
         if step > 0 {
-            out.timings.sample_ms += sample_started.elapsed().as_secs_f64() * 1000.0;
+            rows.out.timings.sample_ms += sample_started.elapsed().as_secs_f64() * 1000.0;
         }
-        for (r, picked) in picks.into_iter().enumerate() {
-            let id = match picked {
-                None => continue,
-                Some(Ok(id)) => id,
-                Some(Err(e)) => return Err(fail(e, out)),
-            };
-            if req.stop_ids.contains(&id) {
-                out.variations[r].stop = Some(StopReason::Stop);
-                let tail = streams[r].finish();
-                out.variations[r].text.push_str(&tail);
-                continue;
-            }
-            let text = streams[r].push(token_bytes(id));
-            out.variations[r].text.push_str(&text);
-            out.variations[r].ids.push(id);
-            contexts[r].push(id);
-            on_token(&TokenEvent {
-                variation: r,
-                id,
-                text,
-            });
-            if out.variations[r].ids.len() >= req.max_new_tokens {
-                out.variations[r].stop = Some(StopReason::MaxTokens);
-                let tail = streams[r].finish();
-                out.variations[r].text.push_str(&tail);
-            } else {
-                next[r] = id;
-                live[r] = true;
+        let now = Instant::now();
+        let mut next: Vec<(usize, u32)> = Vec::with_capacity(slots.len());
+        for (r, picked) in picks {
+            match picked {
+                Ok(id) => {
+                    if rows.accept(r, id, &token_bytes, feed, now) {
+                        next.push((r, id));
+                    }
+                }
+                Err(e) => return Err(fail(e, rows.out)),
             }
         }
         if step == 0 {
-            out.timings.first_token_ms = started.elapsed().as_secs_f64() * 1000.0;
+            rows.out.timings.first_token_ms = started.elapsed().as_secs_f64() * 1000.0;
             decode_started = Some(Instant::now());
         } else {
-            out.timings.decode_steps += 1;
+            rows.out.timings.decode_steps += 1;
         }
         step += 1;
-        if !live.iter().any(|l| *l) {
-            break;
-        }
-        input = TokenBatch::step(next, live);
-    }
-    if let Some(t) = decode_started {
-        out.timings.decode_ms = t.elapsed().as_secs_f64() * 1000.0;
-    }
-    if let Some(d) = &decoding {
-        out.kv_cache_bytes = d.cache_bytes();
-        out.step_runner = d.runner();
-    }
-    if req
-        .constraint
-        .as_ref()
-        .is_some_and(|(c, _)| c.enforces_verse_rules())
-    {
-        for (v, start) in out.variations.iter_mut().zip(&starts) {
-            if v.stop == Some(StopReason::Stop) {
-                v.relaxed = relaxed_rules(&format!("{start}{}", v.text));
+        rows.report_ended(feed, decoding.as_ref());
+        if rolling {
+            let mut newcomers_ended = false;
+            // Rows that ended leave the batch; others may join it.
+            if let Some(Decoding::Growing(cache)) = decoding.as_mut() {
+                let stay: Vec<bool> = slots.iter().map(|&r| rows.live(r)).collect();
+                if stay.iter().any(|k| *k) {
+                    cache
+                        .retain_rows(&stay)
+                        .map_err(|e| fail(e.into(), rows.out.clone()))?;
+                    slots.retain(|&r| rows.live(r));
+                }
+                let free = MAX_VARIATIONS.saturating_sub(slots.len());
+                if !slots.is_empty() && free > 0 {
+                    let max_prompt = cache.len().min(keep);
+                    let joining = feed.admit(free, max_prompt);
+                    if !joining.is_empty() {
+                        let joined = admit_rows(
+                            model,
+                            cache,
+                            &mut rows,
+                            &joining,
+                            max_prompt,
+                            feed,
+                            &token_bytes,
+                        )
+                        .map_err(|e| fail(e, rows.out.clone()))?;
+                        slots.extend(joined.iter().map(|(r, _)| *r));
+                        next.extend(
+                            joined
+                                .into_iter()
+                                .filter_map(|(r, id)| id.map(|id| (r, id))),
+                        );
+                        newcomers_ended = true;
+                    }
+                }
+            }
+            if newcomers_ended {
+                rows.report_ended(feed, decoding.as_ref());
+            }
+            {
+                let batch = slots.len();
+                for &r in &slots {
+                    let c = &mut rows.clocks[r];
+                    c.batch_rows = c.batch_rows.max(batch);
+                }
+                rows.out.batch_rows = rows.out.batch_rows.max(batch);
             }
         }
+        if next.is_empty() {
+            break;
+        }
+        // One input per batch row; a row that ended this step (on the static
+        // path, where nobody leaves) is fed a masked placeholder.
+        let mut ids = vec![0u32; slots.len()];
+        let mut live = vec![false; slots.len()];
+        for (r, id) in next {
+            if let Some(s) = slots.iter().position(|&x| x == r) {
+                ids[s] = id;
+                live[s] = true;
+            }
+        }
+        input = TokenBatch::step(ids, live);
+    }
+    if let Some(t) = decode_started {
+        rows.out.timings.decode_ms = t.elapsed().as_secs_f64() * 1000.0;
+    }
+    if let Some(d) = &decoding {
+        rows.out.kv_cache_bytes = d.cache_bytes();
+        rows.out.step_runner = d.runner();
+    }
+    rows.report_ended(feed, decoding.as_ref());
+    Ok(rows.out)
+}
+
+/// The sampler of a joined row: the request's settings with the row's seed,
+/// as variation `variation` of it.
+fn row_sampler(req: &GenerateRequest, row: &RowStart) -> TokenSampler {
+    let sampling = SamplingParams {
+        seed: row.seed,
+        ..req.sampling.clone()
+    };
+    TokenSampler::new(&sampling, row.variation)
+}
+
+/// Prefills `joining` together in a cache of their own (their prompts cut to
+/// `max_prompt` tokens), appends it to `cache`, and samples each one's first
+/// token. Returns each new row with that token when the row goes on.
+fn admit_rows<'t>(
+    model: &Gpt2,
+    cache: &mut KvCache,
+    rows: &mut Rows<'_>,
+    joining: &[RowStart],
+    max_prompt: usize,
+    feed: &mut dyn RowFeed,
+    token_bytes: &impl Fn(u32) -> &'t [u8],
+) -> Result<Vec<(usize, Option<u32>)>, GenerateError> {
+    let joined = Instant::now();
+    let prompts: Vec<Vec<u32>> = joining
+        .iter()
+        .map(|j| j.prompt_ids[j.prompt_ids.len().saturating_sub(max_prompt)..].to_vec())
+        .collect();
+    let mut fresh = model.new_cache(joining.len());
+    let batch = TokenBatch::left_padded(&prompts, 0);
+    let logits = if model.device().is_cpu() {
+        rayon::scope(|_| model.forward_last(&batch, &mut fresh))
+    } else {
+        model.forward_last(&batch, &mut fresh)
+    }?;
+    let logits = logits
+        .to_dtype(DType::F32)
+        .and_then(|l| l.to_device(&Device::Cpu))
+        .and_then(|l| l.to_vec2::<f32>())
+        .map_err(ForwardError::from)?;
+    cache.admit(fresh)?;
+    let first = rows.samplers.len();
+    for (j, p) in joining.iter().zip(prompts) {
+        let clock = RowClock::new(joined, cache.batch());
+        rows.push(p, row_sampler(rows.req, j), j.start.clone(), clock);
+    }
+    let picks = rows.sample((first..).zip(logits).collect());
+    let mut out = Vec::with_capacity(picks.len());
+    for (r, picked) in picks {
+        let id = picked?;
+        let goes_on = rows.accept(r, id, token_bytes, feed, Instant::now());
+        out.push((r, goes_on.then_some(id)));
     }
     Ok(out)
 }
@@ -703,16 +1014,6 @@ fn relaxed_rules(poem: &str) -> Vec<crate::poetry::Relaxed> {
             rule: p.rule.label().to_string(),
         })
         .collect()
-}
-
-fn finish_rows(out: &mut Generation, streams: &mut [Utf8Stream], reason: StopReason) {
-    for (v, s) in out.variations.iter_mut().zip(streams.iter_mut()) {
-        if v.stop.is_none() {
-            v.stop = Some(reason);
-            let tail = s.finish();
-            v.text.push_str(&tail);
-        }
-    }
 }
 
 fn fail(source: GenerateError, partial: Generation) -> GenerateError {

@@ -140,6 +140,64 @@ impl KvCache {
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(LayerKv::bytes).sum()
     }
+
+    /// Appends the rows of `newcomers` (prefilled on their own, at most as many
+    /// columns as this cache) after this cache's rows, right-aligned: their
+    /// columns end where this cache's do and the columns before them are
+    /// padding, so the next step's token is each row's next position. What a
+    /// decode already running does to let requests join it.
+    pub fn admit(&mut self, newcomers: KvCache) -> Result<(), ForwardError> {
+        let (t, p) = (self.len(), newcomers.len());
+        if p > t || newcomers.layers.len() != self.layers.len() || self.is_empty() {
+            return Err(ForwardError::Shape(format!(
+                "cannot admit {} rows of {p} columns ({} layers) into a cache of {t} columns ({} layers)",
+                newcomers.batch(),
+                newcomers.layers.len(),
+                self.layers.len()
+            )));
+        }
+        for (mine, theirs) in self.layers.iter_mut().zip(&newcomers.layers) {
+            mine.admit(theirs, t - p)?;
+        }
+        for (valid, real) in newcomers.valid.into_iter().zip(newcomers.real_tokens) {
+            self.valid
+                .push(std::iter::repeat_n(false, t - p).chain(valid).collect());
+            self.real_tokens.push(real);
+        }
+        Ok(())
+    }
+
+    /// Keeps only the rows whose `keep` is true, in order (rows that finished
+    /// leave the batch instead of being computed and masked to the end).
+    pub fn retain_rows(&mut self, keep: &[bool]) -> Result<(), ForwardError> {
+        if keep.len() != self.batch() {
+            return Err(ForwardError::Shape(format!(
+                "{} flags for a cache of {} rows",
+                keep.len(),
+                self.batch()
+            )));
+        }
+        if keep.iter().all(|k| *k) {
+            return Ok(());
+        }
+        let rows: Vec<u32> = (0..keep.len() as u32)
+            .filter(|r| keep[*r as usize])
+            .collect();
+        for layer in &mut self.layers {
+            layer.select_rows(&rows)?;
+        }
+        let mut r = 0;
+        self.valid.retain(|_| {
+            r += 1;
+            keep[r - 1]
+        });
+        let mut r = 0;
+        self.real_tokens.retain(|_| {
+            r += 1;
+            keep[r - 1]
+        });
+        Ok(())
+    }
 }
 
 /// One layer's keys and values, `(B, H, capacity, hd)` each, of which the
@@ -185,6 +243,35 @@ impl LayerKv {
         bv.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = needed;
         Ok((bk.narrow(2, 0, needed)?, bv.narrow(2, 0, needed)?))
+    }
+
+    /// Appends `other`'s rows (its first `other.len` columns written at column
+    /// `offset`, zeros before them) after this layer's rows.
+    fn admit(&mut self, other: &LayerKv, offset: usize) -> candle_core::Result<()> {
+        let (Some((k, v)), Some((ok, ov))) = (&self.buffers, &other.buffers) else {
+            return Err(candle_core::Error::Msg(
+                "kv cache: admitting into or from a layer without buffers".into(),
+            ));
+        };
+        let place = |mine: &Tensor, theirs: &Tensor| -> candle_core::Result<Tensor> {
+            let (_, h, columns, hd) = mine.dims4()?;
+            let n = theirs.dim(0)?;
+            let rows = Tensor::zeros((n, h, columns, hd), mine.dtype(), mine.device())?;
+            rows.slice_set(&theirs.narrow(2, 0, other.len)?.contiguous()?, 2, offset)?;
+            Tensor::cat(&[mine, &rows], 0) // (B + n, H, columns, hd)
+        };
+        self.buffers = Some((place(k, ok)?, place(v, ov)?));
+        Ok(())
+    }
+
+    /// Keeps the rows listed in `rows` (ascending), in that order.
+    fn select_rows(&mut self, rows: &[u32]) -> candle_core::Result<()> {
+        let Some((k, v)) = &self.buffers else {
+            return Ok(());
+        };
+        let index = Tensor::new(rows, k.device())?;
+        self.buffers = Some((k.index_select(&index, 0)?, v.index_select(&index, 0)?));
+        Ok(())
     }
 
     fn bytes(&self) -> usize {
