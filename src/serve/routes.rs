@@ -270,6 +270,7 @@ fn answer(c: &Checked, device: DeviceChoice, g: &Generation) -> serde_json::Valu
             "first_token_ms": g.timings.first_token_ms,
             "decode_ms": g.timings.decode_ms,
             "tokens": g.generated_tokens(),
+            "batch_rows": g.batch_rows,
         },
     })
 }
