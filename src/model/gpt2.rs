@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
 use super::config::{Activation, Gpt2Config};
-use super::packed_matrix::{PackedMatrix, SourceLayout};
+use super::packed_matrix::{Epilogue, PackedMatrix, SourceLayout};
 use super::StaticDecoder;
 
 /// Value added to attention scores that must not be attended to. Finite, so that a
@@ -456,6 +456,8 @@ impl TokenTable {
 struct Conv1D {
     weight: Matrix,
     bias: Tensor, // (out)
+    /// The bias on the host for a packed weight's fused epilogue.
+    bias_host: Option<Arc<Vec<f32>>>,
 }
 
 impl Conv1D {
@@ -473,16 +475,45 @@ impl Conv1D {
                 stdev: 0.02,
             },
         )?; // (in, out)
+        let weight = plan.matrix(w, SourceLayout::InOut)?;
+        let bias = plan.small(vb.get_with_hints(n_out, "bias", Init::Const(0.0))?)?;
+        let bias_host = match weight {
+            Matrix::Packed(_) => Some(Arc::new(bias.to_vec1::<f32>()?)),
+            Matrix::Tensor(..) => None,
+        };
         Ok(Self {
-            weight: plan.matrix(w, SourceLayout::InOut)?,
-            bias: plan.small(vb.get_with_hints(n_out, "bias", Init::Const(0.0))?)?,
+            weight,
+            bias,
+            bias_host,
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_then(x, false)
+    }
+
+    /// `x @ W + b`, then GPT-2's tanh GELU when `gelu_tanh`: fused into the
+    /// packed kernel's tasks on the CPU, candle's ops elsewhere.
+    fn forward_then(&self, x: &Tensor, gelu_tanh: bool) -> candle_core::Result<Tensor> {
         let (b, t, c) = x.dims3()?; // (B, T, in)
-        let y = self.weight.apply(&x.reshape((b * t, c))?)?; // (B*T, out)
-        let y = y.broadcast_add(&self.bias)?;
+        let x = x.reshape((b * t, c))?;
+        let y = match (&self.weight, &self.bias_host) {
+            (Matrix::Packed(w), Some(bias)) => w.matmul_fused(
+                &x,
+                Epilogue {
+                    bias: Some(bias),
+                    gelu_tanh,
+                },
+            )?, // (B*T, out)
+            _ => {
+                let y = self.weight.apply(&x)?.broadcast_add(&self.bias)?;
+                if gelu_tanh {
+                    y.gelu()?
+                } else {
+                    y
+                }
+            }
+        };
         y.reshape((b, t, ()))
     }
 }
@@ -626,11 +657,10 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.c_fc.forward(x)?; // (B, T, n_inner)
         let h = match self.activation {
-            Activation::GeluTanh => h.gelu()?,
-            Activation::GeluErf => h.gelu_erf()?,
-            Activation::Relu => h.relu()?,
+            Activation::GeluTanh => self.c_fc.forward_then(x, true)?, // (B, T, n_inner)
+            Activation::GeluErf => self.c_fc.forward(x)?.gelu_erf()?,
+            Activation::Relu => self.c_fc.forward(x)?.relu()?,
         };
         self.c_proj.forward(&h) // (B, T, C)
     }

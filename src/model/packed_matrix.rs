@@ -43,6 +43,26 @@ pub const GEMV_MAX_ROWS: usize = 16;
 /// few enough that scheduling is not measurable.
 const TASKS_PER_THREAD: usize = 4;
 
+/// What is applied to each output while it is still in cache, in the task
+/// that computed it: a bias per output column, then an activation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'b> {
+    /// One value per output (`N`), added to every row.
+    pub bias: Option<&'b [f32]>,
+    /// GPT-2's GELU (the tanh approximation) after the bias.
+    pub gelu_tanh: bool,
+}
+
+/// `sqrt(2 / pi)` and the cubic coefficient of GPT-2's tanh GELU.
+const GELU_K0: f32 = 0.797_884_6;
+const GELU_K1: f32 = 0.044_715;
+
+/// GPT-2's tanh GELU of one value (the portable kernel's, and the reference
+/// of the vector one).
+pub fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (GELU_K0 * (x + GELU_K1 * x * x * x)).tanh())
+}
+
 /// Where [`PackedMatrix::from_tensor`] finds output row `r`, input column `c`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceLayout {
@@ -77,6 +97,8 @@ pub struct PackedMatrix {
 pub enum PackedError {
     #[error("packed matrix: {what} must be on the CPU")]
     NotCpu { what: &'static str },
+    #[error("packed matrix: a bias of {found} values for {n} outputs")]
+    Bias { found: usize, n: usize },
     #[error("packed matrix: {what} must be f32, f16 or bf16, found {dtype:?}")]
     Dtype { what: &'static str, dtype: DType },
     #[error("packed matrix: x is (M={m}, K={k}) but the weight is (N={n}, K={wk})")]
@@ -232,7 +254,23 @@ impl PackedMatrix {
 
     /// `x (M, K)` f32 on the CPU to `y (M, N)` f32 = `x · Wᵀ`.
     pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.matmul_fused(x, Epilogue::default())
+    }
+
+    /// [`PackedMatrix::matmul`] with `then` applied to each output by the task
+    /// that computed it (no pass of its own over memory, no op of its own to
+    /// schedule). Above [`GEMV_MAX_ROWS`] rows, candle's ops do the same.
+    pub fn matmul_fused(&self, x: &Tensor, then: Epilogue<'_>) -> candle_core::Result<Tensor> {
         let (m, k) = x.dims2()?;
+        if let Some(b) = then.bias {
+            if b.len() != self.n {
+                return Err(PackedError::Bias {
+                    found: b.len(),
+                    n: self.n,
+                }
+                .into());
+            }
+        }
         if k != self.k {
             return Err(PackedError::Shape {
                 m,
@@ -252,7 +290,12 @@ impl PackedMatrix {
         if m > GEMV_MAX_ROWS {
             // Many rows (a prompt pass): compute-bound, where candle's blocked
             // GEMM on the widened weights is faster than the streaming kernel.
-            return x.matmul(&self.unpack_f32()?.t()?);
+            let y = x.matmul(&self.unpack_f32()?.t()?)?;
+            let y = match then.bias {
+                Some(b) => y.broadcast_add(&Tensor::new(b, &Device::Cpu)?)?,
+                None => y,
+            };
+            return if then.gelu_tanh { y.gelu() } else { Ok(y) };
         }
         let x = x.contiguous()?;
         let y = {
@@ -263,7 +306,7 @@ impl PackedMatrix {
             let (a, b) = l
                 .contiguous_offsets()
                 .ok_or(PackedError::NotCpu { what: "x" })?;
-            self.multiply(&v[a..b], m)
+            self.multiply_fused(Kernel::detect(), &v[a..b], m, then)
         };
         Tensor::from_vec(y, (m, self.n), &Device::Cpu)
     }
@@ -306,6 +349,24 @@ impl PackedMatrix {
     /// If `x` does not hold `m * K` values (the [`PackedMatrix::matmul`] op
     /// checks shapes before it gets here).
     pub fn multiply_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
+        self.multiply_fused(kernel, x, m, Epilogue::default())
+    }
+
+    /// As [`PackedMatrix::multiply_with`], with `then` applied to each output.
+    ///
+    /// # Panics
+    /// As [`PackedMatrix::multiply_with`], and if the bias does not hold `N`
+    /// values.
+    pub fn multiply_fused(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        then: Epilogue<'_>,
+    ) -> Vec<f32> {
+        if let Some(b) = then.bias {
+            assert_eq!(b.len(), self.n, "the bias must hold N = {} values", self.n);
+        }
         assert_eq!(
             x.len(),
             m * self.k,
@@ -313,13 +374,20 @@ impl PackedMatrix {
             self.k
         );
         match &*self.panels {
-            Panels::F32(w) => self.multiply_typed(kernel, x, m, w),
-            Panels::F16(w) => self.multiply_typed(kernel, x, m, w),
-            Panels::Bf16(w) => self.multiply_typed(kernel, x, m, w),
+            Panels::F32(w) => self.multiply_typed(kernel, x, m, w, then),
+            Panels::F16(w) => self.multiply_typed(kernel, x, m, w, then),
+            Panels::Bf16(w) => self.multiply_typed(kernel, x, m, w, then),
         }
     }
 
-    fn multiply_typed<T: Element>(&self, kernel: Kernel, x: &[f32], m: usize, w: &[T]) -> Vec<f32> {
+    fn multiply_typed<T: Element>(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        w: &[T],
+        then: Epilogue<'_>,
+    ) -> Vec<f32> {
         let (n, k, k_pad) = (self.n, self.k, self.k_pad);
         if m == 0 || n == 0 {
             return vec![0f32; m * n];
@@ -346,12 +414,16 @@ impl PackedMatrix {
         out_t
             .par_chunks_mut(per_task * PANEL_ROWS * m)
             .zip(w.par_chunks(per_task * panel_len))
-            .for_each(|(out, w)| {
-                for (out, panel) in out
+            .enumerate()
+            .for_each(|(task, (out, w))| {
+                for (p, (out, panel)) in out
                     .chunks_exact_mut(PANEL_ROWS * m)
                     .zip(w.chunks_exact(panel_len))
+                    .enumerate()
                 {
                     kernel.panel(x, m, k_pad, panel, out);
+                    let first_row = (task * per_task + p) * PANEL_ROWS;
+                    kernel.epilogue(out, m, first_row, n, then);
                 }
             });
         if m == 1 {
@@ -440,6 +512,36 @@ impl Kernel {
         portable.collect()
     }
 
+    /// `then` on one panel's outputs `out (8, M)`, the outputs of rows
+    /// `first_row..first_row + 8` (those past `n` are padding, left alone).
+    fn epilogue(self, out: &mut [f32], m: usize, first_row: usize, n: usize, then: Epilogue<'_>) {
+        let real = n.saturating_sub(first_row).min(PANEL_ROWS);
+        let out = &mut out[..real * m];
+        if let Some(bias) = then.bias {
+            for (row, b) in out
+                .chunks_exact_mut(m)
+                .zip(&bias[first_row..first_row + real])
+            {
+                for v in row {
+                    *v += b;
+                }
+            }
+        }
+        if then.gelu_tanh {
+            self.gelu_tanh_in_place(out);
+        }
+    }
+
+    /// GPT-2's tanh GELU on every value.
+    pub fn gelu_tanh_in_place(self, v: &mut [f32]) {
+        match self {
+            Self::Portable => v.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `detect` found avx2 and fma on this CPU.
+            Self::Avx2 => unsafe { avx2::gelu_tanh_in_place(v) },
+        }
+    }
+
     /// `out (8, M)` = one panel `(8, K_pad)` · `xᵀ`, with `x (M, K_pad)`.
     fn panel<T: Element>(self, x: &[f32], m: usize, k_pad: usize, w: &[T], out: &mut [f32]) {
         assert!(
@@ -483,6 +585,81 @@ mod avx2 {
 
     use super::{Element, CHUNK, PANEL_CHUNK, PANEL_ROWS};
     use candle_core::DType;
+
+    /// `e^z` for `z <= 0` (Cephes' single-precision polynomial, about 1 ulp;
+    /// below -87 the result is flushed towards 0).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp_nonpositive(z: __m256) -> __m256 {
+        let z = _mm256_max_ps(z, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(z, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        // r = z - n ln 2, with ln 2 split in two for precision.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), z);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_fmadd_ps(
+            p,
+            _mm256_mul_ps(r, r),
+            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+        );
+        // 2^n, built in the exponent bits.
+        let pow2n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        )));
+        _mm256_mul_ps(y, pow2n)
+    }
+
+    /// GPT-2's tanh GELU of eight values: `tanh(u) = (1 - e^-2|u|) / (1 +
+    /// e^-2|u|)` with `u`'s sign, so no exponential overflows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn gelu_tanh8(x: __m256) -> __m256 {
+        let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+        let u = _mm256_mul_ps(
+            _mm256_set1_ps(super::GELU_K0),
+            _mm256_fmadd_ps(_mm256_set1_ps(super::GELU_K1), x3, x),
+        );
+        let sign = _mm256_set1_ps(-0.0);
+        let a = _mm256_andnot_ps(sign, u);
+        let t = exp_nonpositive(_mm256_mul_ps(a, _mm256_set1_ps(-2.0)));
+        let one = _mm256_set1_ps(1.0);
+        let th = _mm256_div_ps(_mm256_sub_ps(one, t), _mm256_add_ps(one, t));
+        let th = _mm256_or_ps(th, _mm256_and_ps(u, sign));
+        let half_x = _mm256_mul_ps(x, _mm256_set1_ps(0.5));
+        _mm256_fmadd_ps(half_x, th, half_x)
+    }
+
+    /// [`gelu_tanh8`] over a slice (a ragged end through a padded copy).
+    ///
+    /// # Safety
+    /// avx2 and fma present.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu_tanh_in_place(v: &mut [f32]) {
+        let mut chunks = v.chunks_exact_mut(8);
+        for c in &mut chunks {
+            let y = gelu_tanh8(_mm256_loadu_ps(c.as_ptr()));
+            _mm256_storeu_ps(c.as_mut_ptr(), y);
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let mut buf = [0f32; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            _mm256_storeu_ps(buf.as_mut_ptr(), gelu_tanh8(_mm256_loadu_ps(buf.as_ptr())));
+            rest.copy_from_slice(&buf[..rest.len()]);
+        }
+    }
 
     /// How far ahead of the reads the prefetches run, in bytes.
     const PREFETCH_AHEAD: usize = 2048;
@@ -722,6 +899,72 @@ mod tests {
                 "{dtype:?} unpacked"
             );
         }
+    }
+
+    /// GPT-2's tanh GELU in f64.
+    fn gelu_f64(x: f64) -> f64 {
+        0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+    }
+
+    #[test]
+    fn every_kernels_gelu_matches_an_f64_reference_from_minus_20_to_20() {
+        // 40,001 points, a ragged length, and the far tails where tanh is ±1.
+        let xs: Vec<f32> = (0..=40_000)
+            .map(|i| -20.0 + i as f32 * 1e-3)
+            .chain([-1e4, -88.0, -9.5, -1e-30, 0.0, 1e-30, 9.5, 88.0, 1e4])
+            .collect();
+        for kernel in Kernel::available() {
+            let mut got = xs.clone();
+            kernel.gelu_tanh_in_place(&mut got);
+            for (x, g) in xs.iter().zip(&got) {
+                let want = gelu_f64(f64::from(*x));
+                let err = (f64::from(*g) - want).abs();
+                assert!(
+                    err <= 2e-7 * want.abs().max(1.0),
+                    "{kernel:?}: gelu({x}) = {g}, want {want} (error {err:e})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_fused_bias_and_gelu_equal_the_separate_ops_on_both_sides_of_the_gemm_threshold() {
+        let (k, n) = (40, 21); // a ragged last panel: rows 21..24 are padding
+        let (w, rounded) = weight(n, k, DType::F16, SourceLayout::InOut);
+        let packed = PackedMatrix::from_tensor(&w, SourceLayout::InOut).expect("packs");
+        let bias: Vec<f32> = values(n, 9).iter().map(|v| v * 3.0).collect();
+        for m in [1, 2, 3, 8, GEMV_MAX_ROWS + 3] {
+            let x = values(m * k, 4);
+            let plain = reference(&x, m, k, &rounded, n);
+            let xt = Tensor::from_vec(x, (m, k), &Device::Cpu).expect("x");
+            for gelu_tanh in [false, true] {
+                let then = Epilogue {
+                    bias: Some(&bias),
+                    gelu_tanh,
+                };
+                let got = packed
+                    .matmul_fused(&xt, then)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("fused");
+                let want: Vec<f32> = plain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, y)| {
+                        let v = f64::from(*y) + f64::from(bias[i % n]);
+                        (if gelu_tanh { gelu_f64(v) } else { v }) as f32
+                    })
+                    .collect();
+                assert_close(&got, &want, &format!("m={m} gelu={gelu_tanh}"));
+            }
+        }
+        let short = Epilogue {
+            bias: Some(&bias[..n - 1]),
+            gelu_tanh: false,
+        };
+        let x = Tensor::zeros((1, k), DType::F32, &Device::Cpu).expect("x");
+        let err = packed.matmul_fused(&x, short).unwrap_err().to_string();
+        assert!(err.contains("20 values for 21 outputs"), "{err}");
     }
 
     #[test]

@@ -202,9 +202,12 @@ pub fn run(opts: &ServeBenchOptions) -> Result<ServeBenchReport, ServeError> {
     let eight_clients = eight_tokens as f64 / eight_s.max(1e-9);
     // Arrivals spread over time: about five of them within one poem's decode.
     let gap = Duration::from_secs_f64((batch_s / 5.0).clamp(0.005, 1.0));
-    let arrivals = drive_staggered(addr, 8, gap, move |i| {
-        json!({"prompt": "月", "form": "qijue", "seed": 100 + i})
-    });
+    let arrivals = drive_staggered(
+        addr,
+        8,
+        gap,
+        move |i| json!({"prompt": "月", "form": "qijue", "seed": 100 + i}),
+    );
     let staggered = Staggered {
         clients: arrivals.len(),
         gap_ms: gap.as_millis() as u64,
