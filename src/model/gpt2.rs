@@ -568,6 +568,11 @@ impl Attention {
             None => (k, v),
         };
 
+        if !train && t == 1 && q.dtype() == DType::F32 && q.device().is_cpu() {
+            // Decoding on the CPU: one fused pass per (row, head).
+            let y = super::cpu_attention::attend_one_query(&q, &k, &v, mask, self.scale as f32)?; // (B, 1, C)
+            return self.c_proj.forward(&y);
+        }
         let dtype = q.dtype();
         let att = (q.matmul(&k.t()?)? * self.scale)?; // (B, H, T, S)
                                                       // Softmax in f32 whatever the weights' dtype: cheap at these sizes and exact enough.

@@ -8,6 +8,7 @@
 
 mod checkpoint;
 mod config;
+mod cpu_attention;
 mod gpt2;
 pub mod half_weights;
 pub mod packed_matrix;
