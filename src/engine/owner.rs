@@ -366,6 +366,28 @@ fn joinable(first: &GenerateJob, next: &GenerateJob) -> bool {
         } == first.sampling
 }
 
+/// A job's request as token ids and settings, checked against the model.
+fn prepare_job(model: &LoadedModel, job: &GenerateJob) -> Result<GenerateRequest, JobFailure> {
+    let settings = RequestSettings {
+        prompt: &job.prompt,
+        form: &job.form,
+        variations: job.variations,
+        max_new_tokens: job.max_new_tokens,
+        sampling: &job.sampling,
+        verse: &job.verse,
+    };
+    let req = prepare_request(model, &settings).map_err(|e| {
+        let kind = match e {
+            PrepareError::BadRequest(_) => ErrorKind::BadRequest,
+            PrepareError::NoTokenizer { .. } => ErrorKind::BadModel,
+        };
+        JobFailure::new(kind, e.to_string())
+    })?;
+    validate_request(&model.model, &req)
+        .map_err(|e| JobFailure::new(ErrorKind::BadRequest, e.to_string()))?;
+    Ok(req)
+}
+
 /// The rows of a prepared request, as rows of a joined batch.
 fn row_starts(r: &GenerateRequest) -> impl Iterator<Item = RowStart> + '_ {
     (0..r.variations).map(move |variation| RowStart {
@@ -468,6 +490,8 @@ struct JoinedRequests<'e> {
     deferred: &'e mut VecDeque<Command>,
     /// Swaps that finished loading meanwhile, applied after the decode.
     late_swaps: &'e mut Vec<Result<Resident, JobFailure>>,
+    /// The next job in line, prepared, waiting for room or columns.
+    held: Option<(GenerateJob, GenerateRequest)>,
 }
 
 impl JoinedRequests<'_> {
@@ -507,44 +531,31 @@ impl RowFeed for JoinedRequests<'_> {
         }
         let mut free = free.saturating_sub(self.spare_rows);
         let mut rows = Vec::new();
-        while let Some(Command::Generate(next)) = self.deferred.front() {
-            if !joinable(&self.template, next) || next.variations > free {
-                break;
-            }
-            let Some(Command::Generate(job)) = self.deferred.pop_front() else {
-                break;
-            };
-            let settings = RequestSettings {
-                prompt: &job.prompt,
-                form: &job.form,
-                variations: job.variations,
-                max_new_tokens: job.max_new_tokens,
-                sampling: &job.sampling,
-                verse: &job.verse,
-            };
-            let req = match prepare_request(self.model, &settings)
-                .map_err(|e| {
-                    let kind = match e {
-                        PrepareError::BadRequest(_) => ErrorKind::BadRequest,
-                        PrepareError::NoTokenizer { .. } => ErrorKind::BadModel,
+        loop {
+            let (job, req) = match self.held.take() {
+                Some(held) => held,
+                None => {
+                    let next_joins = matches!(self.deferred.front(),
+                        Some(Command::Generate(next)) if joinable(&self.template, next));
+                    let Some(Command::Generate(job)) =
+                        next_joins.then(|| self.deferred.pop_front()).flatten()
+                    else {
+                        break;
                     };
-                    JobFailure::new(kind, e.to_string())
-                })
-                .and_then(|req| {
-                    validate_request(&self.model.model, &req)
-                        .map(|()| req)
-                        .map_err(|e| JobFailure::new(ErrorKind::BadRequest, e.to_string()))
-                }) {
-                Ok(req) => req,
-                Err(f) => {
-                    self.refused.push((job.id, f));
-                    continue;
+                    match prepare_job(self.model, &job) {
+                        Ok(req) => (job, req),
+                        Err(f) => {
+                            self.refused.push((job.id, f));
+                            continue;
+                        }
+                    }
                 }
             };
-            if req.prompt_ids.len().min(self.keep) > max_prompt_tokens {
-                // Longer than the decode's columns so far: it joins a few
-                // steps later (or starts the next decode), still first in line.
-                self.deferred.push_front(Command::Generate(job));
+            if req.variations > free || req.prompt_ids.len().min(self.keep) > max_prompt_tokens {
+                // No room yet, or longer than the decode's columns so far:
+                // held (prepared once), it joins a few steps later or starts
+                // the next decode, still first in line.
+                self.held = Some((job, req));
                 break;
             }
             tracing::debug!(
@@ -1310,23 +1321,9 @@ impl OwnerThread {
         let mut prepared = Vec::with_capacity(jobs.len());
         let mut refused = Vec::new();
         for job in jobs {
-            let settings = RequestSettings {
-                prompt: &job.prompt,
-                form: &job.form,
-                variations: job.variations,
-                max_new_tokens: job.max_new_tokens,
-                sampling: &job.sampling,
-                verse: &job.verse,
-            };
-            match prepare_request(m, &settings) {
+            match prepare_job(m, &job) {
                 Ok(req) => prepared.push((job, req)),
-                Err(e) => {
-                    let kind = match e {
-                        PrepareError::BadRequest(_) => ErrorKind::BadRequest,
-                        PrepareError::NoTokenizer { .. } => ErrorKind::BadModel,
-                    };
-                    refused.push((job.id, JobFailure::new(kind, e.to_string())));
-                }
+                Err(f) => refused.push((job.id, f)),
             }
         }
         // Jobs that arrive while it decodes may join it, as many rows as the
@@ -1407,6 +1404,7 @@ impl OwnerThread {
             spare_rows: MAX_VARIATIONS.saturating_sub(cap),
             deferred,
             late_swaps,
+            held: None,
         };
         for (job, r) in prepared {
             feed.register(job, r);
@@ -1414,6 +1412,9 @@ impl OwnerThread {
         let bytes = |id: u32| -> &[u8] { m.tokenizer.as_ref().map_or(&[], |t| t.token_bytes(id)) };
         let path = crate::generate::DecodePath::for_device(m.model.device());
         let result = generate_feeding(path, &m.model, &req, bytes, &mut feed);
+        if let Some((job, _)) = feed.held.take() {
+            feed.deferred.push_front(Command::Generate(job));
+        }
         let JoinedRequests {
             jobs,
             owners,
