@@ -250,3 +250,38 @@ fn check_reports_marks_rhyme_problems_and_a_verdict_for_any_poem() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no Chinese characters"));
 }
+
+#[test]
+fn the_vocabulary_is_scanned_once_per_tokenizer_and_shared_constraints_mask_as_fresh_ones() {
+    use versifier::generate::forms::FormConstraint;
+    use versifier::generate::vocab_chars;
+    let m = load_model(&bundled(), &Device::Cpu, DType::F32).unwrap();
+    let tok = m.tokenizer.as_ref().unwrap();
+    // Every request after the first reuses the tables of the first.
+    let (a, b) = (vocab_chars(tok), vocab_chars(tok));
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    let text = |id: u32| String::from_utf8_lossy(tok.token_bytes(id)).into_owned();
+    let stop = tok.stop_ids().first().copied();
+    for form in ["wujue", "qilv", "acrostic:春夏秋冬", "ci:浣溪沙", "free"] {
+        let form: PoemForm = form.parse().unwrap();
+        let rules = VerseRules::default();
+        let fresh =
+            FormConstraint::new(form.clone(), tok.vocab_size(), text, stop, &rules).unwrap();
+        let shared = FormConstraint::with_chars(form.clone(), a.clone(), stop, &rules).unwrap();
+        for written in [
+            "",
+            "春",
+            "春風吹",
+            "春風吹綠水，",
+            "白日依山盡，黃河入海流。欲窮",
+        ] {
+            let logits: Vec<f32> = (0..tok.vocab_size())
+                .map(|i| (i % 97) as f32 * 0.01)
+                .collect();
+            let (mut x, mut y) = (logits.clone(), logits);
+            fresh.apply(written, &mut x);
+            shared.apply(written, &mut y);
+            assert_eq!(x, y, "{form:?} after {written:?}");
+        }
+    }
+}

@@ -313,10 +313,9 @@ fn free_samples(
 ) -> Result<Vec<Sample>, BenchError> {
     let tok = tokenizer(loaded, opts)?;
     let guard = || {
-        crate::poetry::forms::FormConstraint::new(
+        crate::poetry::forms::FormConstraint::with_chars(
             PoemForm::Free,
-            tok.vocab_size(),
-            |id| String::from_utf8_lossy(tok.token_bytes(id)).into_owned(),
+            crate::generate::vocab_chars(tok),
             tok.stop_ids().first().copied(),
             &VerseRules::default(),
         )

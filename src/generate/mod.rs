@@ -226,15 +226,24 @@ pub fn poem_prompt(
             ));
         }
     }
-    let constraint = forms::FormConstraint::new(
+    let constraint = forms::FormConstraint::with_chars(
         form.clone(),
-        tok.vocab_size(),
-        |id| String::from_utf8_lossy(tok.token_bytes(id)).into_owned(),
+        vocab_chars(tok),
         tok.stop_ids().first().copied(),
         verse,
     )
     .map_err(|e| invalid("form", e.to_string()))?;
     Ok((ids, Some((constraint, text))))
+}
+
+/// The form constraint's tables of `tok`'s vocabulary: worked out on its
+/// first request, shared by every request after.
+pub fn vocab_chars(tok: &crate::model::TextTokenizer) -> std::sync::Arc<forms::VocabChars> {
+    tok.derived(|t| {
+        forms::VocabChars::new(t.vocab_size(), |id| {
+            String::from_utf8_lossy(t.token_bytes(id)).into_owned()
+        })
+    })
 }
 
 /// Checks a request against the model before anything runs on the device.

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use super::forms::{FormConstraint, PoemForm};
-use super::{poem_prompt, GenerateRequest, SamplingParams};
+use super::{poem_prompt, vocab_chars, GenerateRequest, SamplingParams};
 use crate::model::LoadedModel;
 use crate::poetry::{Repeats, VerseRules};
 
@@ -63,10 +63,9 @@ pub fn prepare_request(
                 // Free verse gets the repeat guard alone (where the vocabulary
                 // has the marks and a stop; elsewhere it decodes unguarded).
                 if settings.verse.repeats == Repeats::Guard {
-                    constraint = FormConstraint::new(
+                    constraint = FormConstraint::with_chars(
                         PoemForm::Free,
-                        t.vocab_size(),
-                        |id| String::from_utf8_lossy(t.token_bytes(id)).into_owned(),
+                        vocab_chars(t),
                         t.stop_ids().first().copied(),
                         settings.verse,
                     )

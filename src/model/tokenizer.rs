@@ -55,7 +55,13 @@ pub struct TextTokenizer {
     /// Simplified -> traditional characters (`s2t.tsv` beside the tokenizer), applied
     /// to prompt characters the vocabulary lacks, so 春风 finds 春風.
     variants: HashMap<char, char>,
+    /// Tables layers above derive from this vocabulary (see [`TextTokenizer::derived`]).
+    derived: DerivedTables,
 }
+
+/// Tables derived from a vocabulary, one per type, built on first use.
+#[derive(Default)]
+struct DerivedTables(std::sync::Mutex<Vec<std::sync::Arc<dyn std::any::Any + Send + Sync>>>);
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,6 +115,31 @@ fn is_byte_level(json: &Value) -> bool {
 }
 
 impl TextTokenizer {
+    /// A table a layer above derives from this vocabulary (the poem forms'
+    /// per-token characters and tones: a scan of every token), built by
+    /// `build` on the first call for its type and shared by every call after,
+    /// so a request does not scan the vocabulary again.
+    pub fn derived<T: std::any::Any + Send + Sync>(
+        &self,
+        build: impl FnOnce(&Self) -> T,
+    ) -> std::sync::Arc<T> {
+        // A panic in another `build` leaves the list as it was: still usable.
+        let mut tables = self
+            .derived
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(t) = tables
+            .iter()
+            .find_map(|t| std::sync::Arc::clone(t).downcast::<T>().ok())
+        {
+            return t;
+        }
+        let t = std::sync::Arc::new(build(self));
+        tables.push(t.clone());
+        t
+    }
+
     /// Loads `tokenizer.json` or `vocab.txt` (by file name) and checks it fits `config`.
     pub fn from_file(path: &Path, config: &Gpt2Config) -> Result<Self, LoadError> {
         let is_vocab_txt = path.extension().and_then(|e| e.to_str()) == Some("txt");
@@ -257,6 +288,7 @@ impl TextTokenizer {
             stop_ids,
             unk_id,
             variants: HashMap::new(),
+            derived: DerivedTables::default(),
         })
     }
 
@@ -316,6 +348,7 @@ impl TextTokenizer {
             stop_ids,
             unk_id: vocab.get(unk).copied(),
             variants: HashMap::new(),
+            derived: DerivedTables::default(),
         })
     }
 

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::rules::{Repeats, RulesError, RulesMode, ToneRules, VerseRules};
+use super::rules::{Repeats, RulesError, RulesMode, TokenTones, ToneRules, VerseRules};
 
 /// Comma ending the first line of a couplet.
 pub const COMMA: char = '，';
@@ -460,8 +460,7 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct FormConstraint {
     pub form: PoemForm,
-    hanzi: Vec<bool>,
-    char_ids: std::collections::HashMap<char, u32>,
+    chars: std::sync::Arc<VocabChars>,
     stop: u32,
     /// Rhyme and tones, when the rules are strict and the form is regulated.
     rules: Option<ToneRules>,
@@ -482,15 +481,21 @@ pub enum ConstraintError {
     Rules(#[from] RulesError),
 }
 
-impl FormConstraint {
-    /// `token_text(id)` is the text id adds (empty for special tokens); `vocab` its size.
-    pub fn new(
-        form: PoemForm,
-        vocab: usize,
-        token_text: impl Fn(u32) -> String,
-        stop: Option<u32>,
-        verse: &VerseRules,
-    ) -> Result<Self, ConstraintError> {
+/// What a form constraint needs of a vocabulary: which tokens are one
+/// ideograph, a token for each character, and the tokens' tones. A pass over
+/// every token (a few milliseconds for the bundled model's 6,000), so it is
+/// worked out once per tokenizer and shared.
+#[derive(Debug)]
+pub struct VocabChars {
+    hanzi: Vec<bool>,
+    char_ids: std::collections::HashMap<char, u32>,
+    tones: std::sync::Arc<TokenTones>,
+}
+
+impl VocabChars {
+    /// `token_text(id)` is the text `id` adds (empty for special tokens);
+    /// `vocab` its size.
+    pub fn new(vocab: usize, token_text: impl Fn(u32) -> String) -> Self {
         let mut hanzi = vec![false; vocab];
         let mut char_ids = std::collections::HashMap::new();
         let mut char_of = vec![None; vocab];
@@ -505,26 +510,54 @@ impl FormConstraint {
                 }
             }
         }
+        Self {
+            hanzi,
+            char_ids,
+            tones: std::sync::Arc::new(TokenTones::new(char_of)),
+        }
+    }
+}
+
+impl FormConstraint {
+    /// `token_text(id)` is the text id adds (empty for special tokens); `vocab` its size.
+    pub fn new(
+        form: PoemForm,
+        vocab: usize,
+        token_text: impl Fn(u32) -> String,
+        stop: Option<u32>,
+        verse: &VerseRules,
+    ) -> Result<Self, ConstraintError> {
+        let chars = std::sync::Arc::new(VocabChars::new(vocab, token_text));
+        Self::with_chars(form, chars, stop, verse)
+    }
+
+    /// [`FormConstraint::new`] over a vocabulary's tables worked out before
+    /// (once per tokenizer, shared by every request).
+    pub fn with_chars(
+        form: PoemForm,
+        chars: std::sync::Arc<VocabChars>,
+        stop: Option<u32>,
+        verse: &VerseRules,
+    ) -> Result<Self, ConstraintError> {
         for c in [COMMA, PERIOD] {
-            if !char_ids.contains_key(&c) {
+            if !chars.char_ids.contains_key(&c) {
                 return Err(ConstraintError::MissingChar(c));
             }
         }
         if let PoemForm::Acrostic(heads) = &form {
-            if let Some(c) = heads.iter().find(|c| !char_ids.contains_key(c)) {
+            if let Some(c) = heads.iter().find(|c| !chars.char_ids.contains_key(c)) {
                 return Err(ConstraintError::MissingChar(*c));
             }
         }
         let stop = stop.ok_or(ConstraintError::NoStop)?;
         let rules = match (verse.mode, form.shape()) {
-            (RulesMode::Strict, Some((lines @ (4 | 8), chars @ (5 | 7)))) => {
-                Some(ToneRules::new(lines, chars, verse, char_of)?)
-            }
+            (RulesMode::Strict, Some((lines @ (4 | 8), per_line @ (5 | 7)))) => Some(
+                ToneRules::new(lines, per_line, verse, std::sync::Arc::clone(&chars.tones))?,
+            ),
             _ => None,
         };
         Ok(Self {
-            hanzi,
-            char_ids,
+            chars,
             stop,
             rules,
             repeats: verse.repeats,
@@ -556,7 +589,7 @@ impl FormConstraint {
         let mut tail = written.chars().rev();
         if let (Some(a), Some(b)) = (tail.next(), tail.next()) {
             if a == b && is_hanzi(a) {
-                banned.extend(self.char_ids.get(&a));
+                banned.extend(self.chars.char_ids.get(&a));
             }
         }
         // No character more often than a poem of this length bears.
@@ -569,7 +602,7 @@ impl FormConstraint {
             counts
                 .iter()
                 .filter(|(_, n)| **n >= cap)
-                .filter_map(|(c, _)| self.char_ids.get(c)),
+                .filter_map(|(c, _)| self.chars.char_ids.get(c)),
         );
         let mut lines: Vec<&str> = written.split([COMMA, PERIOD]).collect();
         let current = lines.pop().unwrap_or_default();
@@ -580,13 +613,21 @@ impl FormConstraint {
                 if length == Some(col + 1) {
                     for line in &lines {
                         if line.chars().count() == col + 1 && line.starts_with(current) {
-                            banned.extend(line.chars().last().and_then(|c| self.char_ids.get(&c)));
+                            banned.extend(
+                                line.chars()
+                                    .last()
+                                    .and_then(|c| self.chars.char_ids.get(&c)),
+                            );
                         }
                     }
                 }
             }
             None if col > 0 && lines.contains(&current) => {
-                banned.extend([COMMA, PERIOD].iter().filter_map(|c| self.char_ids.get(c)));
+                banned.extend(
+                    [COMMA, PERIOD]
+                        .iter()
+                        .filter_map(|c| self.chars.char_ids.get(c)),
+                );
             }
             None => {}
         }
@@ -622,13 +663,13 @@ impl FormConstraint {
             NextToken::Any => self.guard_repeats(written, logits),
             NextToken::Stop => keep_only(logits, self.stop),
             NextToken::Char(c) => {
-                if let Some(&id) = self.char_ids.get(&c) {
+                if let Some(&id) = self.chars.char_ids.get(&c) {
                     keep_only(logits, id);
                 }
             }
             NextToken::Hanzi => {
                 for (i, l) in logits.iter_mut().enumerate() {
-                    if !self.hanzi.get(i).copied().unwrap_or(false) {
+                    if !self.chars.hanzi.get(i).copied().unwrap_or(false) {
                         *l = f32::NEG_INFINITY;
                     }
                 }

@@ -153,18 +153,67 @@ pub enum RulesError {
 const PING: u8 = 1;
 const ZE: u8 = 2;
 
-/// The rules turned into token ids for one vocabulary.
-#[derive(Debug, Clone)]
-pub struct ToneRules {
-    templates: Vec<Template>,
+/// Each token of one vocabulary in the rhyme table: its character, tones
+/// and groups. Worked out once per vocabulary (a pass over every token) and
+/// shared by every request's [`ToneRules`].
+#[derive(Debug)]
+pub struct TokenTones {
     /// PING | ZE bits per token id (0: not a known ideograph).
     class_bits: Vec<u8>,
     /// 平聲 groups per token id.
     ping_groups: Vec<GroupSet>,
     /// All groups per token id (both tones), for 撞韻.
     all_groups: Vec<GroupSet>,
-    /// Token ids by character, to exclude used rhyme characters.
+    /// The character of each token id, to exclude used rhyme characters.
     char_of: Vec<Option<char>>,
+    /// Tokens per 平聲 group.
+    members: [usize; 128],
+}
+
+impl TokenTones {
+    /// The tones of a vocabulary whose token `id` is the single character
+    /// `char_of[id]` (or none).
+    pub fn new(char_of: Vec<Option<char>>) -> Self {
+        let t = table();
+        let class_bits: Vec<u8> = char_of
+            .iter()
+            .map(|c| c.map_or(0, |c| class_bits(t.listed_class(c))))
+            .collect();
+        let ping_groups: Vec<GroupSet> = char_of
+            .iter()
+            .map(|c| {
+                c.filter(|c| t.listed_class(*c) != ToneClass::Unknown)
+                    .map_or(0, |c| t.ping_only(t.groups_of(c)))
+            })
+            .collect();
+        let all_groups: Vec<GroupSet> = char_of
+            .iter()
+            .map(|c| {
+                c.filter(|c| t.listed_class(*c) != ToneClass::Unknown)
+                    .map_or(0, |c| t.groups_of(c))
+            })
+            .collect();
+        let mut members = [0usize; 128];
+        for set in &ping_groups {
+            for g in t.iter_set(*set) {
+                members[g.id as usize] += 1;
+            }
+        }
+        Self {
+            class_bits,
+            ping_groups,
+            all_groups,
+            char_of,
+            members,
+        }
+    }
+}
+
+/// The rules turned into token ids for one vocabulary.
+#[derive(Debug, Clone)]
+pub struct ToneRules {
+    templates: Vec<Template>,
+    tones: std::sync::Arc<TokenTones>,
     /// Groups the first rhyme may take.
     eligible: GroupSet,
 }
@@ -212,45 +261,21 @@ struct Requirement {
 }
 
 impl ToneRules {
-    /// Rules for a form of `lines` x `chars` over a vocabulary whose token `id`
-    /// is the single character `chars_of[id]` (or none).
+    /// Rules for a form of `lines` x `chars` over a vocabulary's `tones`.
     pub fn new(
         lines: usize,
         chars: usize,
         rules: &VerseRules,
-        char_of: Vec<Option<char>>,
+        tones: std::sync::Arc<TokenTones>,
     ) -> Result<Self, RulesError> {
         let t = table();
         let templates: Vec<Template> = Template::all(lines, chars)
             .into_iter()
             .filter(|tpl| rules.template == TemplateStart::Any || tpl.start() == rules.template)
             .collect();
-        let class_bits: Vec<u8> = char_of
-            .iter()
-            .map(|c| c.map_or(0, |c| class_bits(t.listed_class(c))))
-            .collect();
-        let ping_groups: Vec<GroupSet> = char_of
-            .iter()
-            .map(|c| {
-                c.filter(|c| t.listed_class(*c) != ToneClass::Unknown)
-                    .map_or(0, |c| t.ping_only(t.groups_of(c)))
-            })
-            .collect();
-        let all_groups: Vec<GroupSet> = char_of
-            .iter()
-            .map(|c| {
-                c.filter(|c| t.listed_class(*c) != ToneClass::Unknown)
-                    .map_or(0, |c| t.groups_of(c))
-            })
-            .collect();
         let rhyme_positions = lines / 2 + 1;
         let needed = 4 * rhyme_positions;
-        let mut members = [0usize; 128];
-        for set in &ping_groups {
-            for g in t.iter_set(*set) {
-                members[g.id as usize] += 1;
-            }
-        }
+        let members = &tones.members;
         let eligible = match rules.rhyme_group()? {
             Some(g) => {
                 if members[g as usize] < rhyme_positions + 1 {
@@ -272,10 +297,7 @@ impl ToneRules {
         };
         Ok(Self {
             templates,
-            class_bits,
-            ping_groups,
-            all_groups,
-            char_of,
+            tones,
             eligible,
         })
     }
@@ -350,20 +372,21 @@ impl ToneRules {
             .map(|(_, r)| r)
             .collect();
         let allowed = |id: usize| -> bool {
-            let bits = self.class_bits.get(id).copied().unwrap_or(0);
+            let bits = self.tones.class_bits.get(id).copied().unwrap_or(0);
             reqs.iter().any(|r| {
                 let tone_ok = match r.slot {
                     _ if r.plain_end.is_some() => {
                         let rhymed = r.plain_end.unwrap_or(0);
-                        bits == ZE && self.all_groups.get(id).copied().unwrap_or(0) & rhymed == 0
+                        bits == ZE
+                            && self.tones.all_groups.get(id).copied().unwrap_or(0) & rhymed == 0
                     }
                     Slot::Free(_) => true,
                     Slot::Tone(tone) => bits_class(bits).fits(tone),
                 };
                 let rhyme_ok = r.rhyme.as_ref().is_none_or(|(groups, used)| {
-                    let own = self.ping_groups.get(id).copied().unwrap_or(0);
+                    let own = self.tones.ping_groups.get(id).copied().unwrap_or(0);
                     own & groups != 0
-                        && self.char_of[id]
+                        && self.tones.char_of[id]
                             .is_none_or(|c| !used.contains(&table().to_traditional(c)))
                 });
                 tone_ok && rhyme_ok
@@ -401,7 +424,7 @@ mod tests {
     use super::*;
 
     /// A vocabulary of every character in a few groups plus some 仄 ones.
-    fn vocab() -> Vec<Option<char>> {
+    fn vocab() -> std::sync::Arc<TokenTones> {
         let t = table();
         let mut chars: Vec<char> = Vec::new();
         for key in ["東", "先", "陽"] {
@@ -411,15 +434,15 @@ mod tests {
         chars.extend("月日里北白雪落去上下".chars());
         let mut seen = std::collections::HashSet::new();
         chars.retain(|c| seen.insert(*c));
-        chars.into_iter().map(Some).collect()
+        std::sync::Arc::new(TokenTones::new(chars.into_iter().map(Some).collect()))
     }
 
     fn allowed_after(rules: &ToneRules, written: &str) -> Vec<char> {
-        let mut logits = vec![0f32; rules.char_of.len()];
+        let mut logits = vec![0f32; rules.tones.char_of.len()];
         rules.apply(written, &mut logits);
         logits
             .iter()
-            .zip(&rules.char_of)
+            .zip(&rules.tones.char_of)
             .filter(|(l, _)| l.is_finite())
             .filter_map(|(_, c)| *c)
             .collect()
@@ -481,9 +504,14 @@ mod tests {
     #[test]
     fn a_position_nothing_likely_fits_is_relaxed_not_emptied() {
         let rules = ToneRules::new(4, 5, &VerseRules::default(), vocab()).unwrap();
-        let v = rules.char_of.len();
+        let v = rules.tones.char_of.len();
         // The model puts all its weight on one 平 character where 仄 is required.
-        let ping = rules.char_of.iter().position(|c| *c == Some('東')).unwrap();
+        let ping = rules
+            .tones
+            .char_of
+            .iter()
+            .position(|c| *c == Some('東'))
+            .unwrap();
         let mut logits = vec![-1e4f32; v];
         logits[ping] = 0.0;
         rules.apply("白日依山", &mut logits);
