@@ -225,3 +225,113 @@ fn admitted_rows_are_right_aligned_padding_and_retained_rows_keep_their_keys() {
         "{err}"
     );
 }
+
+#[test]
+fn variations_of_one_prompt_share_its_pass_and_write_what_each_writes_alone() {
+    // The bundled model: its distributions are peaked, so a row given
+    // another row's logits would write another poem (a random model's are
+    // nearly flat, and the seed alone would pick the tokens).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems");
+    for dtype in [DType::F32, DType::F16] {
+        let m = load_model(&dir, &Device::Cpu, dtype).unwrap();
+        // Eight variations of a 3-token prompt: 24 prompt rows, past the
+        // packed kernel's 16 when each row computed its own prompt.
+        let shared = request(&[1, 86, 637], 21, 8);
+        let together = ids_alone(&m.model, &shared);
+        for (r, ids) in together.iter().enumerate() {
+            let alone = GenerateRequest {
+                variations: 1,
+                rows: vec![RowStart {
+                    prompt_ids: shared.prompt_ids.clone(),
+                    seed: 21,
+                    variation: r,
+                    start: String::new(),
+                }],
+                ..shared.clone()
+            };
+            assert_eq!(
+                ids,
+                &ids_alone(&m.model, &alone)[0],
+                "{dtype:?} variation {r}"
+            );
+        }
+        assert!(
+            together.windows(2).any(|w| w[0] != w[1]),
+            "the variations differ"
+        );
+        // Two prompts, interleaved: each distinct prompt once, copied to its
+        // rows. Greedy, so each row's first token is its own prompt's argmax.
+        let row = |p: &[u32], variation| RowStart {
+            prompt_ids: p.to_vec(),
+            seed: 1,
+            variation,
+            start: String::new(),
+        };
+        let (a, b) = ([1u32, 86, 637], [1u32, 241]);
+        let mixed = vec![row(&a, 0), row(&b, 0), row(&a, 1), row(&b, 1)];
+        let greedy = GenerateRequest {
+            sampling: SamplingParams::greedy(),
+            ..shared.clone()
+        };
+        let joined = GenerateRequest {
+            variations: 4,
+            rows: mixed.clone(),
+            ..greedy.clone()
+        };
+        let got = ids_alone(&m.model, &joined);
+        assert_ne!(got[0][0], got[1][0], "the two prompts start differently");
+        for (r, start) in mixed.into_iter().enumerate() {
+            let alone = GenerateRequest {
+                variations: 1,
+                rows: vec![start],
+                ..greedy.clone()
+            };
+            assert_eq!(
+                got[r],
+                ids_alone(&m.model, &alone)[0],
+                "{dtype:?} mixed row {r}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_prompt_computed_once_and_copied_to_several_rows_gives_each_the_logits_of_its_own_pass() {
+    let cfg = Gpt2Config::small(300, 64, 32, 2, 4);
+    let dir = synthetic_model_dir(&cfg, 10, DType::F32);
+    let m = load_model(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let prompt = vec![4u32, 8, 15, 16, 23, 42];
+    let mut once = m.model.new_cache(1);
+    m.model
+        .forward_last(
+            &TokenBatch::left_padded(std::slice::from_ref(&prompt), 0),
+            &mut once,
+        )
+        .unwrap();
+    once.select_rows(&[0, 0, 0]).unwrap();
+    let mut each = m.model.new_cache(3);
+    m.model
+        .forward_last(&TokenBatch::left_padded(&vec![prompt; 3], 0), &mut each)
+        .unwrap();
+    let next = TokenBatch::step(vec![1, 2, 3], vec![true; 3]);
+    let a: Vec<Vec<f32>> = m
+        .model
+        .forward_last(&next, &mut once)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let b: Vec<Vec<f32>> = m
+        .model
+        .forward_last(&next, &mut each)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert!(max_abs_diff(x, y) < 1e-5);
+    }
+    assert!(once
+        .select_rows(&[3])
+        .unwrap_err()
+        .to_string()
+        .contains("row 3 of a cache of 3 rows"));
+}

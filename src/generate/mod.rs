@@ -802,6 +802,34 @@ pub fn generate_feeding<'t>(
     let mut decoding = Some(Decoding::open(path, model, first_rows, columns)?);
     // Which row each batch row is (rows leave and join on the growing path).
     let mut slots: Vec<usize> = (0..first_rows).collect();
+    // Rows that start from the same prompt (the variations of one request,
+    // or requests that asked the same) share one prompt pass on the growing
+    // path: each distinct prompt is computed once and its keys and values
+    // copied to its rows. (Eight variations of a 3-token prompt were 24 rows,
+    // past the packed kernel's limit: the weights widened for a GEMM.)
+    let mut first_logits = None;
+    if rolling {
+        let mut distinct: Vec<Vec<u32>> = Vec::new();
+        let of_row: Vec<usize> = prompts
+            .iter()
+            .map(|p| match distinct.iter().position(|d| d == p) {
+                Some(i) => i,
+                None => {
+                    distinct.push(p.clone());
+                    distinct.len() - 1
+                }
+            })
+            .collect();
+        if distinct.len() < prompts.len() {
+            let (mut cache, logits) =
+                prefill(model, &distinct).map_err(|e| fail(e.into(), rows.out.clone()))?;
+            cache
+                .select_rows(&of_row)
+                .map_err(|e| fail(e.into(), rows.out.clone()))?;
+            decoding = Some(Decoding::Growing(cache));
+            first_logits = Some(of_row.iter().map(|&i| logits[i].clone()).collect());
+        }
+    }
 
     let mut input = TokenBatch::left_padded(&prompts, 0);
     let mut step = 0usize;
@@ -819,7 +847,11 @@ pub fn generate_feeding<'t>(
         let Some(open) = decoding.as_mut() else {
             break;
         };
-        let logits = match open.next_logits(model, &input) {
+        let next_logits = match first_logits.take() {
+            Some(l) => Ok(l),
+            None => open.next_logits(model, &input),
+        };
+        let logits = match next_logits {
             Ok(l) => l,
             Err(ForwardError::ContextFull { .. }) if slides => {
                 // The form needs more tokens than the context holds: keep each
@@ -957,6 +989,24 @@ pub fn generate_feeding<'t>(
     Ok(rows.out)
 }
 
+/// `prompts` (left-padded) through the model in a cache of their own: the
+/// cache and each row's logits after its last token.
+fn prefill(model: &Gpt2, prompts: &[Vec<u32>]) -> Result<(KvCache, Vec<Vec<f32>>), ForwardError> {
+    let mut cache = model.new_cache(prompts.len());
+    let batch = TokenBatch::left_padded(prompts, 0);
+    // On a rayon worker on the CPU, as the decode's steps (see `next_logits`).
+    let logits = if model.device().is_cpu() {
+        rayon::scope(|_| model.forward_last(&batch, &mut cache))
+    } else {
+        model.forward_last(&batch, &mut cache)
+    }?;
+    let logits = logits
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .to_vec2::<f32>()?;
+    Ok((cache, logits))
+}
+
 /// The sampler of a joined row: the request's settings with the row's seed,
 /// as variation `variation` of it.
 fn row_sampler(req: &GenerateRequest, row: &RowStart) -> TokenSampler {
@@ -984,18 +1034,7 @@ fn admit_rows<'t>(
         .iter()
         .map(|j| j.prompt_ids[j.prompt_ids.len().saturating_sub(max_prompt)..].to_vec())
         .collect();
-    let mut fresh = model.new_cache(joining.len());
-    let batch = TokenBatch::left_padded(&prompts, 0);
-    let logits = if model.device().is_cpu() {
-        rayon::scope(|_| model.forward_last(&batch, &mut fresh))
-    } else {
-        model.forward_last(&batch, &mut fresh)
-    }?;
-    let logits = logits
-        .to_dtype(DType::F32)
-        .and_then(|l| l.to_device(&Device::Cpu))
-        .and_then(|l| l.to_vec2::<f32>())
-        .map_err(ForwardError::from)?;
+    let (fresh, logits) = prefill(model, &prompts)?;
     cache.admit(fresh)?;
     let first = rows.samplers.len();
     for (j, p) in joining.iter().zip(prompts) {

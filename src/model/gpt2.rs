@@ -180,22 +180,25 @@ impl KvCache {
         if keep.iter().all(|k| *k) {
             return Ok(());
         }
-        let rows: Vec<u32> = (0..keep.len() as u32)
-            .filter(|r| keep[*r as usize])
-            .collect();
-        for layer in &mut self.layers {
-            layer.select_rows(&rows)?;
+        let rows: Vec<usize> = (0..keep.len()).filter(|r| keep[*r]).collect();
+        self.select_rows(&rows)
+    }
+
+    /// Makes row `i` a copy of row `rows[i]` (rows may repeat: a prompt
+    /// computed once becomes the start of several variations).
+    pub fn select_rows(&mut self, rows: &[usize]) -> Result<(), ForwardError> {
+        if let Some(&r) = rows.iter().find(|&&r| r >= self.batch()) {
+            return Err(ForwardError::Shape(format!(
+                "row {r} of a cache of {} rows",
+                self.batch()
+            )));
         }
-        let mut r = 0;
-        self.valid.retain(|_| {
-            r += 1;
-            keep[r - 1]
-        });
-        let mut r = 0;
-        self.real_tokens.retain(|_| {
-            r += 1;
-            keep[r - 1]
-        });
+        let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        for layer in &mut self.layers {
+            layer.select_rows(&index)?;
+        }
+        self.valid = rows.iter().map(|&r| self.valid[r].clone()).collect();
+        self.real_tokens = rows.iter().map(|&r| self.real_tokens[r]).collect();
         Ok(())
     }
 }
@@ -264,7 +267,7 @@ impl LayerKv {
         Ok(())
     }
 
-    /// Keeps the rows listed in `rows` (ascending), in that order.
+    /// Row `i` becomes row `rows[i]` (in any order, repeats allowed).
     fn select_rows(&mut self, rows: &[u32]) -> candle_core::Result<()> {
         let Some((k, v)) = &self.buffers else {
             return Ok(());
