@@ -36,8 +36,12 @@ pub const CHUNK: usize = 16;
 const PANEL_CHUNK: usize = PANEL_ROWS * CHUNK;
 
 /// Rows of `x` above which [`PackedMatrix::matmul`] widens the weights to f32
-/// and uses candle's blocked GEMM instead of the streaming kernel.
-pub const GEMV_MAX_ROWS: usize = 16;
+/// and uses candle's blocked GEMM instead of the streaming kernel. Widening
+/// writes every weight again (500 MB for GPT-2 124M), so the streaming kernel
+/// wins far past one token: on the 2-core VM of the README a 124M prompt
+/// pass took 68 ms against 277 at 32 tokens, 250 against 296 at 128, and
+/// 1,072 against 1,334 at 512 (f16; f32 alike).
+pub const GEMV_MAX_ROWS: usize = 256;
 
 /// Panels per core for the rayon split: enough tasks to balance uneven cores,
 /// few enough that scheduling is not measurable.
