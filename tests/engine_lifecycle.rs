@@ -941,3 +941,58 @@ fn a_request_sent_while_a_compatible_one_decodes_joins_it_and_each_is_answered_w
         "the joiner was still writing when the first was answered"
     );
 }
+
+#[test]
+fn a_bad_request_that_would_join_a_running_decode_gets_its_own_error_and_the_others_go_on() {
+    let mut h = Harness::new(16);
+    let job = |h: &Harness, prompt: Prompt, seed: u64| GenerateJob {
+        prompt,
+        variations: 1,
+        sampling: SamplingParams {
+            seed,
+            ..SamplingParams::default()
+        },
+        ..h.job(30)
+    };
+    let first = job(&h, Prompt::Text("月".into()), 3);
+    // Same settings (so it would join), but a token id the model does not have.
+    let bad = job(&h, Prompt::Ids(vec![1, 99_999]), 4);
+    let good = job(&h, Prompt::Text("春".into()), 5);
+    let (first_id, bad_id, good_id) = (first.id, bad.id, good.id);
+    let pending = Mutex::new(Some((bad, good)));
+    let tokens = AtomicUsize::new(0);
+    h.set_hook(move |remote, _| {
+        if tokens.fetch_add(1, Ordering::Relaxed) >= 5 {
+            if let Some((bad, good)) = pending.lock().unwrap().take() {
+                remote.send(Command::Generate(bad)).unwrap();
+                remote.send(Command::Generate(good)).unwrap();
+            }
+        }
+    });
+    h.engine.send(Command::Generate(first)).unwrap();
+    let Event::Error { kind, message, .. } = h.until(
+        "the bad request's error",
+        |e| matches!(e, Event::Error { request: Some(r), .. } if *r == bad_id),
+    ) else {
+        unreachable!()
+    };
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(
+        message.contains("99999") && message.contains("out of range"),
+        "{message}"
+    );
+    // Told at once, while the decode it would have joined still runs.
+    assert!(
+        !h.seen.iter().any(|e| matches!(e, Event::Done { .. })),
+        "the error waited for the decode"
+    );
+    for id in [first_id, good_id] {
+        h.until(
+            "the others answered",
+            |e| matches!(e, Event::Done { request, .. } if *request == id),
+        );
+    }
+    let (good_poem, good_rows) = poems_of(&h.seen, good_id).unwrap();
+    assert_eq!(good_rows, 2, "the good one behind it still joined");
+    assert!(!good_poem[0].is_empty());
+}

@@ -483,8 +483,6 @@ struct JoinedRequests<'e> {
     /// Per row (admission order): its job and variation number.
     owners: Vec<(RequestId, usize)>,
     jobs: Vec<JobInDecode>,
-    /// Jobs that could not join (their request was refused when prepared).
-    refused: Vec<(RequestId, JobFailure)>,
     /// Rows of `MAX_VARIATIONS` the fit check did not allow.
     spare_rows: usize,
     deferred: &'e mut VecDeque<Command>,
@@ -545,7 +543,18 @@ impl RowFeed for JoinedRequests<'_> {
                     match prepare_job(self.model, &job) {
                         Ok(req) => (job, req),
                         Err(f) => {
-                            self.refused.push((job.id, f));
+                            // Answered now, not when the decode ends: a
+                            // bad request is the client's to fix.
+                            if let Ok(mut set) = self.engine.cancelled.lock() {
+                                set.remove(&job.id);
+                            }
+                            self.engine.emit(Event::Error {
+                                request: Some(job.id),
+                                kind: f.kind,
+                                message: f.message,
+                                partial: None,
+                                fit: None,
+                            });
                             continue;
                         }
                     }
@@ -1400,7 +1409,6 @@ impl OwnerThread {
             keep: prompt_tokens_kept_for(&req, m.config.n_positions),
             owners: Vec::new(),
             jobs: Vec::new(),
-            refused: Vec::new(),
             spare_rows: MAX_VARIATIONS.saturating_sub(cap),
             deferred,
             late_swaps,
@@ -1415,14 +1423,9 @@ impl OwnerThread {
         if let Some((job, _)) = feed.held.take() {
             feed.deferred.push_front(Command::Generate(job));
         }
-        let JoinedRequests {
-            jobs,
-            owners,
-            mut refused,
-            ..
-        } = feed;
+        let JoinedRequests { jobs, owners, .. } = feed;
         let e = match result {
-            Ok(_) => return refused,
+            Ok(_) => return Vec::new(),
             Err(e) => e,
         };
         let message = e.to_string();
@@ -1431,6 +1434,7 @@ impl OwnerThread {
             GenerateError::Failed { partial, .. } => (ErrorKind::Generation, Some(partial)),
             _ => (ErrorKind::Generation, None),
         };
+        let mut failures = Vec::new();
         for job in jobs.into_iter().filter(|j| !j.answered) {
             // Each unanswered job's rows of the partial output, in its order.
             let partial = partial.as_ref().map(|p| {
@@ -1446,7 +1450,7 @@ impl OwnerThread {
                 })
             });
             // An out-of-memory is turned into the engine's report by the caller.
-            refused.push((
+            failures.push((
                 job.id,
                 JobFailure {
                     kind,
@@ -1456,7 +1460,7 @@ impl OwnerThread {
                 },
             ));
         }
-        refused
+        failures
     }
 
     /// Loads `spec`'s model in f32, then in f16, and times decoding `batch`
