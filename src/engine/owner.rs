@@ -406,10 +406,8 @@ fn row_starts(r: &GenerateRequest) -> impl Iterator<Item = RowStart> + '_ {
 struct JobInDecode {
     id: RequestId,
     prompt_ids: Vec<u32>,
-    keep: usize,
     rows: Vec<Option<EndedRow>>,
     answered: bool,
-    ids_past_vocab: Option<usize>,
 }
 
 /// What a row left when it ended.
@@ -422,9 +420,10 @@ struct EndedRow {
 }
 
 impl JobInDecode {
-    /// The job's answer without its variations.
-    fn generation_base(&self, timings: GenerationTimings) -> Generation {
-        let cut = self.prompt_ids.len().saturating_sub(self.keep);
+    /// The job's answer without its variations, its prompt cut to the
+    /// `keep` tokens the decode kept.
+    fn generation_base(&self, keep: usize, timings: GenerationTimings) -> Generation {
+        let cut = self.prompt_ids.len().saturating_sub(keep);
         Generation {
             prompt_ids: self.prompt_ids[cut..].to_vec(),
             truncated_prompt_tokens: cut,
@@ -437,14 +436,14 @@ impl JobInDecode {
         }
     }
 
-    /// The job's answer once every row has ended: its variations in order,
-    /// the slowest row's timings, the largest batch and cache it was part of.
-    fn generation(&mut self) -> Option<Generation> {
-        let rows: Vec<EndedRow> = self
-            .rows
-            .iter_mut()
-            .map(Option::take)
-            .collect::<Option<_>>()?;
+    /// The job's answer once every row has ended (`None` before): its
+    /// variations in order, the slowest row's timings, the largest batch and
+    /// cache it was part of, and its ids past the tokenizer's `vocab`.
+    fn generation(&mut self, keep: usize, vocab: Option<usize>) -> Option<Generation> {
+        if self.rows.iter().any(Option::is_none) {
+            return None;
+        }
+        let rows: Vec<EndedRow> = self.rows.iter_mut().filter_map(Option::take).collect();
         let slowest = rows
             .iter()
             .max_by(|a, b| {
@@ -453,12 +452,12 @@ impl JobInDecode {
             })
             .map(|r| r.timings.clone())
             .unwrap_or_default();
-        let mut g = self.generation_base(slowest);
+        let mut g = self.generation_base(keep, slowest);
         g.batch_rows = rows.iter().map(|r| r.batch_rows).max().unwrap_or(0);
         g.kv_cache_bytes = rows.iter().map(|r| r.kv_cache_bytes).max().unwrap_or(0);
         g.step_runner = rows.iter().find_map(|r| r.step_runner.clone());
         g.variations = rows.into_iter().map(|r| r.variation).collect();
-        if let Some(vocab) = self.ids_past_vocab {
+        if let Some(vocab) = vocab {
             g.ids_without_text = g
                 .variations
                 .iter()
@@ -498,10 +497,8 @@ impl JoinedRequests<'_> {
         self.jobs.push(JobInDecode {
             id: job.id,
             prompt_ids: req.prompt_ids,
-            keep: self.keep,
             rows: (0..req.variations).map(|_| None).collect(),
             answered: false,
-            ids_past_vocab: self.model.tokenizer.as_ref().map(|t| t.vocab_size()),
         });
     }
 
@@ -617,17 +614,16 @@ impl RowFeed for JoinedRequests<'_> {
                 step_runner: row.step_runner,
             });
         }
-        if job.rows.iter().all(Option::is_some) {
-            if let Some(generation) = job.generation() {
-                job.answered = true;
-                if let Ok(mut set) = self.engine.cancelled.lock() {
-                    set.remove(&id);
-                }
-                self.engine.emit(Event::Done {
-                    request: id,
-                    generation,
-                });
+        let vocab = self.model.tokenizer.as_ref().map(|t| t.vocab_size());
+        if let Some(generation) = job.generation(self.keep, vocab) {
+            job.answered = true;
+            if let Ok(mut set) = self.engine.cancelled.lock() {
+                set.remove(&id);
             }
+            self.engine.emit(Event::Done {
+                request: id,
+                generation,
+            });
         }
     }
 }
@@ -1423,7 +1419,9 @@ impl OwnerThread {
         if let Some((job, _)) = feed.held.take() {
             feed.deferred.push_front(Command::Generate(job));
         }
-        let JoinedRequests { jobs, owners, .. } = feed;
+        let JoinedRequests {
+            jobs, owners, keep, ..
+        } = feed;
         let e = match result {
             Ok(_) => return Vec::new(),
             Err(e) => e,
@@ -1446,7 +1444,7 @@ impl OwnerThread {
                     .collect();
                 Box::new(Generation {
                     variations,
-                    ..job.generation_base(p.timings.clone())
+                    ..job.generation_base(keep, p.timings.clone())
                 })
             });
             // An out-of-memory is turned into the engine's report by the caller.

@@ -700,6 +700,10 @@ impl Rows<'_> {
 
     /// Tells the feed of the rows that ended since it last heard.
     fn report_ended(&mut self, feed: &mut dyn RowFeed, decoding: Option<&Decoding<'_>>) {
+        // Called every step; most steps end no row.
+        if self.ended.is_empty() {
+            return;
+        }
         let kv_cache_bytes = decoding.map_or(0, Decoding::cache_bytes);
         let step_runner = decoding.and_then(Decoding::runner);
         let now = Instant::now();
