@@ -147,3 +147,72 @@ fn static_decoder_refuses_out_of_range_ids_and_wrong_batches() {
         .unwrap_err();
     assert!(err.to_string().contains("2 rows"), "{err}");
 }
+
+/// A model with weights 8x GPT-2's scale, so attention is sharp and a wrong
+/// column, row or head moves the logits far beyond rounding; held as the GPU
+/// holds it (every tensor in `dtype`) or as the CPU does (packed matrices).
+fn sharp_model(dtype: DType, uniform: bool) -> Gpt2 {
+    use candle_nn::VarBuilder;
+    use versifier::model::synthetic::synthetic_tensors;
+    let mut cfg = Gpt2Config::small(300, 64, 48, 2, 4);
+    cfg.n_inner = 4 * 48 + 5;
+    let tensors = synthetic_tensors(&cfg, 5)
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let sharp = name.contains(".attn.") || name.contains(".mlp.") || name.contains("wte");
+            (name, if sharp { (t * 8.0).unwrap() } else { t })
+        })
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, dtype, &Device::Cpu);
+    if uniform {
+        Gpt2::load_uniform(vb, &cfg).unwrap()
+    } else {
+        Gpt2::load(vb, &cfg).unwrap()
+    }
+}
+
+#[test]
+fn fused_step_kernels_give_the_composed_steps_logits_in_every_dtype_simulated_on_the_cpu() {
+    use versifier::model::StepKernels;
+    let cases = [
+        (DType::F32, false, 1e-4),
+        (DType::F32, true, 1e-4),
+        (DType::F16, true, 2e-2),
+        (DType::BF16, true, 1e-1),
+    ];
+    for (dtype, uniform, tol) in cases {
+        let model = sharp_model(dtype, uniform);
+        let (prompts, steps) = steps();
+        let prompt = TokenBatch::left_padded(&prompts, 0);
+        let mut decoders = [StepKernels::Composed, StepKernels::Fused].map(|k| {
+            let mut d = StaticDecoder::new(&model, prompts.len(), 64, GraphMode::Eager).unwrap();
+            d.set_kernels(k).unwrap();
+            d.prefill(&model, &prompt).unwrap();
+            d
+        });
+        assert_eq!(decoders[1].kernels(), StepKernels::Fused);
+        let mut spread = 0.0f32;
+        for (i, (ids, valid)) in steps.into_iter().enumerate() {
+            let input = TokenBatch::step(ids, valid.clone());
+            let composed = decoders[0].step(&model, &input).unwrap();
+            let fused = decoders[1].step(&model, &input).unwrap();
+            for (row, (a, b)) in composed.iter().zip(&fused).enumerate() {
+                let (lo, hi) = a
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+                spread = spread.max(hi - lo);
+                let d = max_abs_diff(a, b);
+                assert!(
+                    d < tol * (hi - lo).max(1.0),
+                    "{dtype:?} uniform={uniform} step {i} row {row}: logits differ by {d} (spread {})",
+                    hi - lo
+                );
+            }
+        }
+        assert!(
+            spread > 1.0,
+            "{dtype:?}: logits too flat ({spread}) to tell kernels apart"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
 use super::config::{Activation, Gpt2Config};
+use super::fused_decode::StepKernels;
 use super::packed_matrix::{Epilogue, PackedMatrix, SourceLayout};
 use super::StaticDecoder;
 
@@ -288,8 +289,9 @@ impl LayerKv {
 /// allocated once and written in place (see [`Gpt2::forward_static`]).
 #[derive(Debug)]
 pub struct StaticKvCache {
-    k: Vec<Tensor>, // per layer (B, H, S, hd)
-    v: Vec<Tensor>, // per layer (B, H, S, hd)
+    /// Per layer `(2, B, H, S, hd)`: the keys, then the values, in one buffer
+    /// so one fused kernel writes both and one reads both.
+    kv: Vec<Tensor>,
     batch: usize,
     columns: usize,
 }
@@ -298,20 +300,11 @@ impl StaticKvCache {
     /// Zeroed buffers for `batch` rows of `columns` positions in the model's compute dtype.
     pub fn new(model: &Gpt2, batch: usize, columns: usize) -> candle_core::Result<Self> {
         let cfg = model.config();
-        let shape = (batch, cfg.n_head, columns, cfg.head_dim());
-        let zeros = || Tensor::zeros(shape, model.compute_dtype(), model.device());
-        let k = (0..cfg.n_layer)
-            .map(|_| zeros())
+        let shape = (2, batch, cfg.n_head, columns, cfg.head_dim());
+        let kv = (0..cfg.n_layer)
+            .map(|_| Tensor::zeros(shape, model.compute_dtype(), model.device()))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let v = (0..cfg.n_layer)
-            .map(|_| zeros())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self {
-            k,
-            v,
-            batch,
-            columns,
-        })
+        Ok(Self { kv, batch, columns })
     }
 
     pub fn batch(&self) -> usize {
@@ -325,9 +318,8 @@ impl StaticKvCache {
 
     /// Bytes held by the buffers.
     pub fn bytes(&self) -> usize {
-        self.k
+        self.kv
             .iter()
-            .chain(&self.v)
             .map(|t| t.elem_count() * t.dtype().size_in_bytes())
             .sum()
     }
@@ -719,18 +711,65 @@ impl Block {
         x: &Tensor, // (B, T, C)
         mask: &Tensor,
         slot: KvSlot,
-        k_cache: &Tensor,
-        v_cache: &Tensor,
+        kv: &Tensor, // (2, B, H, S, hd)
+        kernels: StepKernels,
     ) -> candle_core::Result<Tensor> {
+        if let (StepKernels::Fused, KvSlot::Indexed(index), 1) = (kernels, slot, x.dim(1)?) {
+            return self.forward_fused_step(x, mask, index, kv);
+        }
         let a = self.attn.forward_static(
             &self.ln_1.forward(x, false)?,
             mask,
             slot,
-            k_cache,
-            v_cache,
+            &kv.get(0)?,
+            &kv.get(1)?,
         )?;
         let x = (x + a)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x, false)?)?
+    }
+
+    /// One decode step through the fused kernels of [`super::fused_decode`]:
+    /// the same arithmetic as the composed path, in about half the kernels.
+    fn forward_fused_step(
+        &self,
+        x: &Tensor,     // (B, 1, C)
+        mask: &Tensor,  // (B, 1, 1, S)
+        index: &Tensor, // (B, H, 1, hd) u32
+        kv: &Tensor,    // (2, B, H, S, hd)
+    ) -> candle_core::Result<Tensor> {
+        use super::fused_decode::{BiasGelu, BiasResidual, CacheWrite, OneTokenAttention};
+        let (b, _, c) = x.dims3()?;
+        let qkv = self.attn.c_attn.forward(&self.ln_1.forward(x, false)?)?; // (B, 1, 3C)
+        kv.inplace_op3(&qkv, index, &CacheWrite)?;
+        let attention = OneTokenAttention {
+            n_head: self.attn.n_head,
+            scale: self.attn.scale as f32,
+        };
+        let y = qkv.apply_op3_no_bwd(kv, mask, &attention)?; // (B, 1, C)
+        let x = x.reshape((b, c))?; // (B, C)
+        let proj = &self.attn.c_proj;
+        let x = proj.weight.apply(&y.reshape((b, c))?)?.apply_op3_no_bwd(
+            &proj.bias,
+            &x,
+            &BiasResidual,
+        )?; // (B, C)
+        let h = self.ln_2.forward(&x, false)?;
+        let mlp = &self.mlp;
+        let f = match mlp.activation {
+            Activation::GeluTanh => mlp
+                .c_fc
+                .weight
+                .apply(&h)?
+                .apply_op2_no_bwd(&mlp.c_fc.bias, &BiasGelu)?,
+            Activation::GeluErf => mlp.c_fc.forward(&h.unsqueeze(1)?)?.gelu_erf()?.squeeze(1)?,
+            Activation::Relu => mlp.c_fc.forward(&h.unsqueeze(1)?)?.relu()?.squeeze(1)?,
+        }; // (B, n_inner)
+        let x =
+            mlp.c_proj
+                .weight
+                .apply(&f)?
+                .apply_op3_no_bwd(&mlp.c_proj.bias, &x, &BiasResidual)?; // (B, C)
+        x.reshape((b, 1, c))
     }
 }
 
@@ -971,12 +1010,13 @@ impl Gpt2 {
         mask: &Tensor,
         slot: KvSlot,
         cache: &StaticKvCache,
+        kernels: StepKernels,
     ) -> candle_core::Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let tok = self.wte.forward(ids, self.compute_dtype)?; // (B, T, C)
         let mut x = (tok + self.wpe.forward(positions)?)?; // (B, T, C)
-        for (block, (k, v)) in self.blocks.iter().zip(cache.k.iter().zip(&cache.v)) {
-            x = block.forward_static(&x, mask, slot, k, v)?;
+        for (block, kv) in self.blocks.iter().zip(&cache.kv) {
+            x = block.forward_static(&x, mask, slot, kv, kernels)?;
         }
         let last = x.narrow(1, t - 1, 1)?.contiguous()?; // (B, 1, C)
         let h = self.ln_f.forward(&last, false)?;

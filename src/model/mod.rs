@@ -9,6 +9,7 @@
 mod checkpoint;
 mod config;
 mod cpu_attention;
+mod fused_decode;
 mod gpt2;
 pub mod half_weights;
 pub mod packed_matrix;
@@ -24,6 +25,9 @@ pub use checkpoint::{
     TensorEntry, WeightFormat,
 };
 pub use config::{Activation, Gpt2Config};
+#[cfg(feature = "cuda")]
+pub use fused_decode::cuda_source as fused_decode_cuda_source;
+pub use fused_decode::StepKernels;
 pub use gpt2::{masked_value, ForwardError, Gpt2, KvCache, KvSlot, StaticKvCache, TokenBatch};
 pub use static_decode::{static_columns, GraphMode, StaticDecoder, StepRunner, COLUMN_BUCKET};
 pub use tokenizer::{EncodeError, TextTokenizer, TokenizerKind};

@@ -10,6 +10,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::fused_decode::StepKernels;
 use super::gpt2::{masked_value, KvSlot, StaticKvCache};
 use super::{ForwardError, Gpt2, TokenBatch};
 
@@ -86,6 +87,8 @@ pub struct StaticDecoder {
     /// Real tokens seen so far per row (the next token's position id).
     real_tokens: Vec<usize>,
     mode: GraphMode,
+    /// The kernels a decode step runs (fused on CUDA by default).
+    kernels: StepKernels,
     graph: GraphState,
     /// Whether `bufs.mask` holds this request's mask (false until the first step).
     mask_synced: bool,
@@ -148,6 +151,7 @@ impl StaticDecoder {
             valid: vec![Vec::with_capacity(columns); batch],
             real_tokens: vec![0; batch],
             mode,
+            kernels: StepKernels::for_device(dev),
             graph,
             mask_synced: false,
             host_logits: HostLogits::new(dev, batch * vocab)?,
@@ -164,6 +168,25 @@ impl StaticDecoder {
 
     pub fn graph_mode(&self) -> GraphMode {
         self.mode
+    }
+
+    /// The kernels decode steps run.
+    pub fn kernels(&self) -> StepKernels {
+        self.kernels
+    }
+
+    /// Chooses the kernels of the decode steps; before the first step only
+    /// (a captured graph keeps the kernels it was captured with).
+    pub fn set_kernels(&mut self, kernels: StepKernels) -> Result<(), ForwardError> {
+        if !matches!(self.graph, GraphState::Cold | GraphState::Off(None))
+            && kernels != self.kernels
+        {
+            return Err(ForwardError::Shape(
+                "the step kernels cannot change once a step has run".into(),
+            ));
+        }
+        self.kernels = kernels;
+        Ok(())
     }
 
     /// Bytes of the KV cache buffers.
@@ -290,8 +313,14 @@ impl StaticDecoder {
             Tensor::from_vec(self.mask(t), (b, 1, t, self.columns()), dev)?.to_dtype(self.dtype)?;
         let ids = Tensor::from_vec(input.ids.clone(), (b, t), dev)?;
         let pos = Tensor::from_vec(positions, (b, t), dev)?;
-        let logits =
-            model.forward_static(&ids, &pos, &mask, KvSlot::Columns(self.used), &self.cache)?;
+        let logits = model.forward_static(
+            &ids,
+            &pos,
+            &mask,
+            KvSlot::Columns(self.used),
+            &self.cache,
+            self.kernels,
+        )?;
         self.used += t;
         Ok(logits.to_vec2()?)
     }
@@ -338,6 +367,7 @@ impl StaticDecoder {
         cache: &StaticKvCache,
         bufs: &StepBuffers,
         dtype: DType,
+        kernels: StepKernels,
     ) -> candle_core::Result<()> {
         let cfg = model.config();
         let (b, h, hd) = (cache.batch(), cfg.n_head, cfg.head_dim());
@@ -357,6 +387,7 @@ impl StaticDecoder {
             &bufs.mask,
             KvSlot::Indexed(&kv_columns),
             cache,
+            kernels,
         )?; // (B, V)
         bufs.logits.slice_set(&logits, 0, 0)
     }
@@ -365,25 +396,26 @@ impl StaticDecoder {
         match std::mem::replace(&mut self.graph, GraphState::Off(None)) {
             GraphState::Off(why) => {
                 self.graph = GraphState::Off(why);
-                Self::step_kernels(model, &self.cache, &self.bufs, self.dtype)?;
+                Self::step_kernels(model, &self.cache, &self.bufs, self.dtype, self.kernels)?;
             }
             GraphState::Cold => {
                 #[cfg(feature = "cuda")]
                 {
                     super::step_graph::warm_up(model.device(), || {
-                        Self::step_kernels(model, &self.cache, &self.bufs, self.dtype)
+                        Self::step_kernels(model, &self.cache, &self.bufs, self.dtype, self.kernels)
                     })?;
                     self.graph = GraphState::Warm;
                 }
                 #[cfg(not(feature = "cuda"))]
-                Self::step_kernels(model, &self.cache, &self.bufs, self.dtype)?;
+                Self::step_kernels(model, &self.cache, &self.bufs, self.dtype, self.kernels)?;
             }
             GraphState::Warm => {
                 #[cfg(feature = "cuda")]
                 {
-                    let (cache, bufs, dtype) = (&self.cache, &self.bufs, self.dtype);
+                    let (cache, bufs, dtype, kernels) =
+                        (&self.cache, &self.bufs, self.dtype, self.kernels);
                     match super::step_graph::StepGraph::capture(model.device(), || {
-                        Self::step_kernels(model, cache, bufs, dtype)
+                        Self::step_kernels(model, cache, bufs, dtype, kernels)
                     }) {
                         Ok(graph) => {
                             graph.launch()?;
@@ -393,12 +425,18 @@ impl StaticDecoder {
                             let why = e.to_string();
                             tracing::warn!("CUDA graph capture failed, decoding eagerly: {why}");
                             self.graph = GraphState::Off(Some(why));
-                            Self::step_kernels(model, &self.cache, &self.bufs, self.dtype)?;
+                            Self::step_kernels(
+                                model,
+                                &self.cache,
+                                &self.bufs,
+                                self.dtype,
+                                self.kernels,
+                            )?;
                         }
                     }
                 }
                 #[cfg(not(feature = "cuda"))]
-                Self::step_kernels(model, &self.cache, &self.bufs, self.dtype)?;
+                Self::step_kernels(model, &self.cache, &self.bufs, self.dtype, self.kernels)?;
             }
             #[cfg(feature = "cuda")]
             GraphState::Ready(graph) => {

@@ -1,0 +1,853 @@
+//! Fused kernels for one decode step (`T = 1`): about 12 kernels a layer instead
+//! of candle's 22, which is most of a captured step's time on a GPU (each small
+//! kernel costs a few microseconds whatever it does).
+//!
+//! Owns: four candle custom ops and their kernels: the cache write (keys and
+//! values of the new token scattered into the `(2, B, H, S, hd)` buffer),
+//! attention of the one new query over the cache (scores, mask, softmax and the
+//! weighted values in one kernel), bias + residual and bias + tanh GELU. On CUDA
+//! they are NVRTC-compiled on first use (no headers: half precision through
+//! PTX conversions); on the CPU each has the same arithmetic in plain Rust, so
+//! tests there check the index arithmetic and the wiring the CUDA kernels share.
+//! Must not: decide when they run (that is [`super::StaticDecoder`] through
+//! [`StepKernels`]) or change the composed path.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp3, Layout, Shape};
+
+/// Which kernels a decode step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKernels {
+    /// candle's ops, one kernel per operation (the CPU's default).
+    Composed,
+    /// The fused ops of this module (CUDA's default).
+    Fused,
+}
+
+impl StepKernels {
+    /// `Fused` on CUDA unless `VERSIFIER_FUSED_KERNELS=0` (for side-by-side
+    /// benchmarks and as an escape hatch); `Composed` elsewhere.
+    pub fn for_device(device: &candle_core::Device) -> Self {
+        let off = matches!(
+            std::env::var("VERSIFIER_FUSED_KERNELS").as_deref(),
+            Ok("0") | Ok("off") | Ok("false")
+        );
+        if device.is_cuda() && !off {
+            Self::Fused
+        } else {
+            Self::Composed
+        }
+    }
+}
+
+/// `x + (y + bias)` for `y`, `x` `(M, N)` and `bias` `(N)`; the sum `y + bias`
+/// is rounded to the dtype first, as the composed ops round it.
+pub struct BiasResidual;
+
+/// GPT-2's tanh GELU of `y + bias` (`y` `(M, N)`, `bias` `(N)`), the sum
+/// rounded to the dtype first.
+pub struct BiasGelu;
+
+/// Writes the new token's keys and values from `qkv` `(B, 1, 3C)` (bias added)
+/// into the cache `(2, B, H, S, hd)` (keys, then values) at the columns of an
+/// index `(B, H, 1, hd)` u32, as two `scatter_set`s along `S` would.
+pub struct CacheWrite;
+
+/// Attention of each row's one new query (in `qkv` `(B, 1, 3C)`) over the cache
+/// `(2, B, H, S, hd)` with `mask` `(B, 1, 1, S)` added to the scaled scores;
+/// gives `(B, 1, C)` with the heads side by side. Accumulates in f32.
+pub struct OneTokenAttention {
+    pub n_head: usize,
+    pub scale: f32,
+}
+
+fn fail(op: &str, problem: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("fused decode kernel {op}: {problem}"))
+}
+
+fn offsets(l: &Layout, op: &str, what: &str) -> candle_core::Result<(usize, usize)> {
+    l.contiguous_offsets()
+        .ok_or_else(|| fail(op, format!("{what} is not contiguous")))
+}
+
+/// The shapes every op checks before touching memory.
+struct Dims {
+    rows: usize,
+    width: usize,
+}
+
+fn matrix_and_bias(op: &str, y: &Layout, bias: &Layout) -> candle_core::Result<Dims> {
+    let n = *y
+        .dims()
+        .last()
+        .ok_or_else(|| fail(op, "the input has no dimensions"))?;
+    if bias.dims() != [n] {
+        return Err(fail(
+            op,
+            format!("bias of shape {:?} for rows of {n}", bias.dims()),
+        ));
+    }
+    let rows = y.shape().elem_count().checked_div(n).unwrap_or(0);
+    Ok(Dims { rows, width: n })
+}
+
+/// `(B, C, H, S, hd)` of an attention or cache write, checked.
+fn attention_dims(
+    op: &str,
+    qkv: &Layout,
+    kv: &Layout,
+    n_head: Option<usize>,
+) -> candle_core::Result<[usize; 5]> {
+    let &[b, t, c3] = qkv.dims() else {
+        return Err(fail(
+            op,
+            format!("qkv of shape {:?}, want (B, 1, 3C)", qkv.dims()),
+        ));
+    };
+    let &[two, kb, h, s, hd] = kv.dims() else {
+        return Err(fail(
+            op,
+            format!("cache of shape {:?}, want (2, B, H, S, hd)", kv.dims()),
+        ));
+    };
+    if t != 1 || two != 2 || kb != b || c3 != 3 * h * hd || n_head.is_some_and(|n| n != h) {
+        return Err(fail(
+            op,
+            format!(
+                "qkv {:?} does not fit the cache {:?}",
+                qkv.dims(),
+                kv.dims()
+            ),
+        ));
+    }
+    Ok([b, h * hd, h, s, hd])
+}
+
+/// Values of a contiguous CPU tensor as f32.
+fn read(s: &CpuStorage, l: &Layout, op: &str, what: &str) -> candle_core::Result<Vec<f32>> {
+    let (a, b) = offsets(l, op, what)?;
+    Ok(match s {
+        CpuStorage::F32(v) => v[a..b].to_vec(),
+        CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+        other => return Err(fail(op, format!("{what} is {:?}", other.dtype()))),
+    })
+}
+
+/// `values` as a CPU storage of `dtype`.
+fn storage(dtype: DType, values: Vec<f32>, op: &str) -> candle_core::Result<CpuStorage> {
+    Ok(match dtype {
+        DType::F32 => CpuStorage::F32(values),
+        DType::F16 => CpuStorage::F16(values.into_iter().map(half::f16::from_f32).collect()),
+        DType::BF16 => CpuStorage::BF16(values.into_iter().map(half::bf16::from_f32).collect()),
+        other => return Err(fail(op, format!("dtype {other:?}"))),
+    })
+}
+
+/// `v` rounded to `dtype`'s precision.
+fn rounded(dtype: DType, v: f32) -> f32 {
+    match dtype {
+        DType::F16 => half::f16::from_f32(v).to_f32(),
+        DType::BF16 => half::bf16::from_f32(v).to_f32(),
+        _ => v,
+    }
+}
+
+/// candle's tanh GELU, operation for operation (its CUDA kernel's order).
+fn gelu_tanh(x: f32) -> f32 {
+    let c = (std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2) as f32;
+    let x_cube = x * x * x;
+    let alpha = x + 0.044715 * x_cube;
+    0.5 * x * (1.0 + (c * alpha).tanh())
+}
+
+fn same_dtype(op: &str, dtypes: &[DType]) -> candle_core::Result<DType> {
+    let first = dtypes[0];
+    if dtypes.iter().any(|d| *d != first) {
+        return Err(fail(op, format!("mixed dtypes {dtypes:?}")));
+    }
+    Ok(first)
+}
+
+impl CustomOp3 for BiasResidual {
+    fn name(&self) -> &'static str {
+        "bias-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        y: &CpuStorage,
+        l_y: &Layout,
+        bias: &CpuStorage,
+        l_b: &Layout,
+        x: &CpuStorage,
+        l_x: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let dtype = same_dtype(op, &[y.dtype(), bias.dtype(), x.dtype()])?;
+        let d = matrix_and_bias(op, l_y, l_b)?;
+        if l_x.shape().elem_count() != d.rows * d.width {
+            return Err(fail(
+                op,
+                format!("residual {:?} for {:?}", l_x.dims(), l_y.dims()),
+            ));
+        }
+        let (y, b, x) = (
+            read(y, l_y, op, "y")?,
+            read(bias, l_b, op, "bias")?,
+            read(x, l_x, op, "x")?,
+        );
+        let out = (0..y.len())
+            .map(|i| x[i] + rounded(dtype, y[i] + b[i % d.width]))
+            .collect();
+        Ok((storage(dtype, out, op)?, l_y.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        y: &candle_core::CudaStorage,
+        l_y: &Layout,
+        bias: &candle_core::CudaStorage,
+        l_b: &Layout,
+        x: &candle_core::CudaStorage,
+        l_x: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::bias_residual(self.name(), y, l_y, bias, l_b, x, l_x)
+    }
+}
+
+impl CustomOp2 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "bias-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        y: &CpuStorage,
+        l_y: &Layout,
+        bias: &CpuStorage,
+        l_b: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let dtype = same_dtype(op, &[y.dtype(), bias.dtype()])?;
+        let d = matrix_and_bias(op, l_y, l_b)?;
+        let (y, b) = (read(y, l_y, op, "y")?, read(bias, l_b, op, "bias")?);
+        let out = (0..y.len())
+            .map(|i| gelu_tanh(rounded(dtype, y[i] + b[i % d.width])))
+            .collect();
+        Ok((storage(dtype, out, op)?, l_y.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        y: &candle_core::CudaStorage,
+        l_y: &Layout,
+        bias: &candle_core::CudaStorage,
+        l_b: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::bias_gelu(self.name(), y, l_y, bias, l_b)
+    }
+}
+
+/// Checks the index of a cache write: `(B, H, 1, hd)` u32, contiguous.
+fn index_dims(op: &str, index: &Layout, [b, _, h, _, hd]: [usize; 5]) -> candle_core::Result<()> {
+    if index.dims() != [b, h, 1, hd] {
+        return Err(fail(
+            op,
+            format!(
+                "index of shape {:?}, want {:?}",
+                index.dims(),
+                [b, h, 1, hd]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl InplaceOp3 for CacheWrite {
+    fn name(&self) -> &'static str {
+        "cache-write"
+    }
+
+    fn cpu_fwd(
+        &self,
+        kv: &mut CpuStorage,
+        l_kv: &Layout,
+        qkv: &CpuStorage,
+        l_qkv: &Layout,
+        index: &CpuStorage,
+        l_i: &Layout,
+    ) -> candle_core::Result<()> {
+        let op = self.name();
+        same_dtype(op, &[kv.dtype(), qkv.dtype()])?;
+        let dims = attention_dims(op, l_qkv, l_kv, None)?;
+        index_dims(op, l_i, dims)?;
+        let [b, c, h, s, hd] = dims;
+        let qkv = read(qkv, l_qkv, op, "qkv")?;
+        let (ia, ib) = offsets(l_i, op, "the index")?;
+        let CpuStorage::U32(index) = index else {
+            return Err(fail(op, format!("index is {:?}, want u32", index.dtype())));
+        };
+        let index = &index[ia..ib];
+        let (ka, _) = offsets(l_kv, op, "the cache")?;
+        let half = b * h * s * hd;
+        let mut put = |at: usize, v: f32| match kv {
+            CpuStorage::F32(d) => d[ka + at] = v,
+            CpuStorage::F16(d) => d[ka + at] = half::f16::from_f32(v),
+            CpuStorage::BF16(d) => d[ka + at] = half::bf16::from_f32(v),
+            _ => {}
+        };
+        // The same loop as the CUDA kernel, one iteration per thread.
+        for (i, &col) in index.iter().enumerate().take(b * h * hd) {
+            let (row, head, d) = (i / (h * hd), (i / hd) % h, i % hd);
+            let col = col as usize;
+            if col >= s {
+                continue;
+            }
+            let dst = ((row * h + head) * s + col) * hd + d;
+            let src = row * 3 * c + head * hd + d;
+            put(dst, qkv[src + c]);
+            put(half + dst, qkv[src + 2 * c]);
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        kv: &mut candle_core::CudaStorage,
+        l_kv: &Layout,
+        qkv: &candle_core::CudaStorage,
+        l_qkv: &Layout,
+        index: &candle_core::CudaStorage,
+        l_i: &Layout,
+    ) -> candle_core::Result<()> {
+        cuda::cache_write(self.name(), kv, l_kv, qkv, l_qkv, index, l_i)
+    }
+}
+
+impl CustomOp3 for OneTokenAttention {
+    fn name(&self) -> &'static str {
+        "one-token-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qkv: &CpuStorage,
+        l_qkv: &Layout,
+        kv: &CpuStorage,
+        l_kv: &Layout,
+        mask: &CpuStorage,
+        l_m: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let dtype = same_dtype(op, &[qkv.dtype(), kv.dtype(), mask.dtype()])?;
+        let [b, c, h, s, hd] = attention_dims(op, l_qkv, l_kv, Some(self.n_head))?;
+        if l_m.dims() != [b, 1, 1, s] {
+            return Err(fail(
+                op,
+                format!("mask of shape {:?}, want {:?}", l_m.dims(), [b, 1, 1, s]),
+            ));
+        }
+        let (qkv, kv, mask) = (
+            read(qkv, l_qkv, op, "qkv")?,
+            read(kv, l_kv, op, "the cache")?,
+            read(mask, l_m, op, "the mask")?,
+        );
+        let half = b * h * s * hd;
+        let mut out = vec![0.0f32; b * c];
+        let mut p = vec![0.0f32; s];
+        // One (row, head) per CUDA block, in the kernel's order of phases.
+        for row in 0..b {
+            for head in 0..h {
+                let q = &qkv[row * 3 * c + head * hd..][..hd];
+                let base = (row * h + head) * s * hd;
+                let mut max = f32::NEG_INFINITY;
+                for (j, pj) in p.iter_mut().enumerate() {
+                    let k = &kv[base + j * hd..][..hd];
+                    let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+                    *pj = dot * self.scale + mask[row * s + j];
+                    max = max.max(*pj);
+                }
+                let mut sum = 0.0f32;
+                for pj in p.iter_mut() {
+                    *pj = (*pj - max).exp();
+                    sum += *pj;
+                }
+                for d in 0..hd {
+                    let y: f32 = (0..s).map(|j| p[j] * kv[half + base + j * hd + d]).sum();
+                    out[row * c + head * hd + d] = y / sum;
+                }
+            }
+        }
+        Ok((storage(dtype, out, op)?, Shape::from((b, 1, c))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        qkv: &candle_core::CudaStorage,
+        l_qkv: &Layout,
+        kv: &candle_core::CudaStorage,
+        l_kv: &Layout,
+        mask: &candle_core::CudaStorage,
+        l_m: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::attention(self, qkv, l_qkv, kv, l_kv, mask, l_m)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! The kernels, compiled with NVRTC on first use and loaded into candle's
+    //! device (its module cache keeps them per device). Half precision is held
+    //! as 16-bit words and converted with PTX instructions, so NVRTC needs no
+    //! headers; every kernel computes in f32.
+
+    use std::sync::OnceLock;
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::CudaDType;
+    use candle_core::{CudaStorage, DType, Layout, Shape};
+    use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+    use super::{attention_dims, fail, index_dims, matrix_and_bias, offsets, same_dtype};
+
+    const MODULE: &str = "versifier_fused_decode";
+
+    /// Threads of an attention block (four warps).
+    const ATTENTION_THREADS: u32 = 128;
+
+    pub(super) const SOURCE: &str = r#"
+struct f16_t { unsigned short bits; };
+struct bf16_t { unsigned short bits; };
+
+__device__ __forceinline__ float load(float v) { return v; }
+__device__ __forceinline__ float load(f16_t v) {
+    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits)); return f;
+}
+__device__ __forceinline__ float load(bf16_t v) {
+    return __uint_as_float(((unsigned int)v.bits) << 16);
+}
+__device__ __forceinline__ void store(float* p, float f) { *p = f; }
+__device__ __forceinline__ void store(f16_t* p, float f) {
+    unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); p->bits = h;
+}
+__device__ __forceinline__ void store(bf16_t* p, float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { p->bits = (unsigned short)((u >> 16) | 0x40u); return; }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    p->bits = (unsigned short)(u >> 16);
+}
+// `f` rounded to T's precision (what storing and loading again gives).
+template <typename T> __device__ __forceinline__ float rounded(float f) {
+    T t; store(&t, f); return load(t);
+}
+
+template <typename T>
+__device__ void bias_residual(const T* y, const T* bias, const T* x, T* out,
+                              unsigned int n, unsigned int width) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = rounded<T>(load(y[i]) + load(bias[i % width]));
+    store(&out[i], load(x[i]) + v);
+}
+
+template <typename T>
+__device__ void bias_gelu(const T* y, const T* bias, T* out, unsigned int n, unsigned int width) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = rounded<T>(load(y[i]) + load(bias[i % width]));
+    const float c = 0.7978845608028654f;
+    float x_cube = x * x * x;
+    float alpha = x + 0.044715f * x_cube;
+    store(&out[i], 0.5f * x * (1.0f + tanhf(c * alpha)));
+}
+
+// One thread per (row, head, d): the key and the value of the new token.
+template <typename T>
+__device__ void cache_write(T* kv, const T* qkv, const unsigned int* index,
+                            unsigned int b, unsigned int h, unsigned int s, unsigned int hd) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= b * h * hd) return;
+    unsigned int row = i / (h * hd), head = (i / hd) % h, d = i % hd;
+    unsigned int col = index[i];
+    if (col >= s) return;
+    unsigned int c = h * hd;
+    size_t dst = ((size_t)(row * h + head) * s + col) * hd + d;
+    size_t src = (size_t)row * 3 * c + head * hd + d;
+    kv[dst] = qkv[src + c];
+    kv[(size_t)b * h * s * hd + dst] = qkv[src + 2 * c];
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+// The block's max (is_max) or sum of `v`; every thread gets it. `red` holds 32 floats.
+__device__ float block_reduce(float v, float* red, bool is_max) {
+    const float none = is_max ? __int_as_float(0xff800000) : 0.0f;
+    unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = is_max ? warp_max(v) : warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < warps ? red[lane] : none;
+        w = is_max ? warp_max(w) : warp_sum(w);
+        if (lane == 0) red[0] = w;
+    }
+    __syncthreads();
+    return red[0];
+}
+
+// One block per (head, row); blockDim.x a multiple of 32. Shared memory:
+// q (hd) | scores (s) | reduction (32) | partial outputs (max(blockDim.x, hd)).
+template <typename T>
+__device__ void attention(const T* qkv, const T* kv, const T* mask, T* out,
+                          unsigned int b, unsigned int h, unsigned int s, unsigned int hd,
+                          float scale) {
+    extern __shared__ float sh[];
+    float* q = sh;
+    float* p = q + hd;
+    float* red = p + s;
+    float* part = red + 32;
+    const unsigned int head = blockIdx.x, row = blockIdx.y;
+    const unsigned int c = h * hd, tid = threadIdx.x, nt = blockDim.x;
+    const unsigned int lane = tid & 31u, warp = tid >> 5, warps = nt >> 5;
+    for (unsigned int d = tid; d < hd; d += nt) q[d] = load(qkv[(size_t)row * 3 * c + head * hd + d]);
+    __syncthreads();
+    const size_t base = (size_t)(row * h + head) * s * hd;
+    const T* k = kv + base;
+    const T* v = kv + (size_t)b * h * s * hd + base;
+    const T* m = mask + (size_t)row * s;
+    // Scores: one warp per column, lanes over the head's dimensions.
+    float local_max = __int_as_float(0xff800000);
+    for (unsigned int j = warp; j < s; j += warps) {
+        float dot = 0.0f;
+        for (unsigned int d = lane; d < hd; d += 32) dot += q[d] * load(k[(size_t)j * hd + d]);
+        dot = warp_sum(dot);
+        float score = dot * scale + load(m[j]);
+        if (lane == 0) p[j] = score;
+        local_max = fmaxf(local_max, score);
+    }
+    const float mx = block_reduce(local_max, red, true);
+    float local_sum = 0.0f;
+    for (unsigned int j = tid; j < s; j += nt) {
+        float e = expf(p[j] - mx);
+        p[j] = e;
+        local_sum += e;
+    }
+    const float sum = block_reduce(local_sum, red, false);
+    // Weighted values: `groups` sets of threads split the columns, one thread per d.
+    const unsigned int groups = hd <= nt ? nt / hd : 1;
+    for (unsigned int t = tid; t < groups * hd; t += nt) {
+        unsigned int d = t % hd, g = t / hd;
+        float acc = 0.0f;
+        for (unsigned int j = g; j < s; j += groups) acc += p[j] * load(v[(size_t)j * hd + d]);
+        part[t] = acc;
+    }
+    __syncthreads();
+    for (unsigned int d = tid; d < hd; d += nt) {
+        float y = 0.0f;
+        for (unsigned int g = 0; g < groups; ++g) y += part[g * hd + d];
+        store(&out[(size_t)row * c + head * hd + d], y / sum);
+    }
+}
+
+#define FUSED_DECODE(T, SUFFIX)                                                              \
+extern "C" __global__ void versifier_bias_residual_##SUFFIX(                                 \
+    const T* y, const T* bias, const T* x, T* out, unsigned int n, unsigned int width) {     \
+    bias_residual<T>(y, bias, x, out, n, width); }                                           \
+extern "C" __global__ void versifier_bias_gelu_##SUFFIX(                                     \
+    const T* y, const T* bias, T* out, unsigned int n, unsigned int width) {                 \
+    bias_gelu<T>(y, bias, out, n, width); }                                                  \
+extern "C" __global__ void versifier_cache_write_##SUFFIX(                                   \
+    T* kv, const T* qkv, const unsigned int* index,                                          \
+    unsigned int b, unsigned int h, unsigned int s, unsigned int hd) {                       \
+    cache_write<T>(kv, qkv, index, b, h, s, hd); }                                           \
+extern "C" __global__ void versifier_attention_##SUFFIX(                                     \
+    const T* qkv, const T* kv, const T* mask, T* out,                                        \
+    unsigned int b, unsigned int h, unsigned int s, unsigned int hd, float scale) {          \
+    attention<T>(qkv, kv, mask, out, b, h, s, hd, scale); }
+
+FUSED_DECODE(float, f32)
+FUSED_DECODE(f16_t, f16)
+FUSED_DECODE(bf16_t, bf16)
+"#;
+
+    fn ptx() -> candle_core::Result<&'static str> {
+        static PTX: OnceLock<Result<String, String>> = OnceLock::new();
+        PTX.get_or_init(|| {
+            cudarc::nvrtc::compile_ptx(SOURCE)
+                .map(|p| p.to_src())
+                .map_err(|e| format!("compiling the fused decode kernels with NVRTC: {e}"))
+        })
+        .as_deref()
+        .map_err(|e| candle_core::Error::Msg(e.clone()))
+    }
+
+    fn suffix(op: &str, dtype: DType) -> candle_core::Result<&'static str> {
+        match dtype {
+            DType::F32 => Ok("f32"),
+            DType::F16 => Ok("f16"),
+            DType::BF16 => Ok("bf16"),
+            other => Err(fail(op, format!("dtype {other:?}"))),
+        }
+    }
+
+    fn u32_of(op: &str, n: usize) -> candle_core::Result<u32> {
+        u32::try_from(n).map_err(|_| fail(op, format!("{n} values is too many")))
+    }
+
+    fn launch_error(op: &str, e: impl std::fmt::Debug) -> candle_core::Error {
+        fail(op, format!("{e:?}"))
+    }
+
+    /// Runs `$body` with `$t` bound to the Rust type of `$dtype`.
+    macro_rules! typed {
+        ($op:expr, $dtype:expr, $t:ident => $body:expr) => {
+            match $dtype {
+                DType::F32 => {
+                    type $t = f32;
+                    $body
+                }
+                DType::F16 => {
+                    type $t = half::f16;
+                    $body
+                }
+                DType::BF16 => {
+                    type $t = half::bf16;
+                    $body
+                }
+                other => Err(fail($op, format!("dtype {other:?}"))),
+            }
+        };
+    }
+
+    fn elementwise<T: CudaDType + DeviceRepr>(
+        op: &str,
+        kernel: &str,
+        inputs: &[(&CudaStorage, &Layout, &str)],
+        width: usize,
+    ) -> candle_core::Result<CudaStorage> {
+        let dev = inputs[0].0.device().clone();
+        let (a0, b0) = offsets(inputs[0].1, op, inputs[0].2)?;
+        let n = b0 - a0;
+        let n32 = u32_of(op, n)?;
+        let w32 = u32_of(op, width)?;
+        let func = dev.get_or_load_custom_func(kernel, MODULE, ptx()?)?;
+        let mut views = Vec::with_capacity(inputs.len());
+        for (s, l, what) in inputs {
+            let (a, b) = offsets(l, op, what)?;
+            views.push(s.as_cuda_slice::<T>()?.slice(a..b));
+        }
+        // SAFETY: every element is written by the kernel before it is read.
+        let mut out = unsafe { dev.alloc::<T>(n) }?;
+        let mut builder = func.builder();
+        for v in &views {
+            builder.arg(v);
+        }
+        builder.arg(&mut out).arg(&n32).arg(&w32);
+        // SAFETY: the arguments match the kernel's signature; it reads `n`
+        // values of the first input (and of `x`), `width` of the bias, and
+        // writes `n` outputs, the lengths checked by the caller.
+        unsafe { builder.launch(LaunchConfig::for_num_elems(n32.max(1))) }
+            .map_err(|e| launch_error(op, e))?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    pub fn bias_residual(
+        op: &str,
+        y: &CudaStorage,
+        l_y: &Layout,
+        bias: &CudaStorage,
+        l_b: &Layout,
+        x: &CudaStorage,
+        l_x: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dtype = same_dtype(op, &[y.dtype(), bias.dtype(), x.dtype()])?;
+        let d = matrix_and_bias(op, l_y, l_b)?;
+        if l_x.shape().elem_count() != d.rows * d.width {
+            return Err(fail(
+                op,
+                format!("residual {:?} for {:?}", l_x.dims(), l_y.dims()),
+            ));
+        }
+        let kernel = format!("versifier_bias_residual_{}", suffix(op, dtype)?);
+        let inputs = [(y, l_y, "y"), (bias, l_b, "bias"), (x, l_x, "x")];
+        let out = typed!(op, dtype, T => elementwise::<T>(op, &kernel, &inputs, d.width))?;
+        Ok((out, l_y.shape().clone()))
+    }
+
+    pub fn bias_gelu(
+        op: &str,
+        y: &CudaStorage,
+        l_y: &Layout,
+        bias: &CudaStorage,
+        l_b: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dtype = same_dtype(op, &[y.dtype(), bias.dtype()])?;
+        let d = matrix_and_bias(op, l_y, l_b)?;
+        let kernel = format!("versifier_bias_gelu_{}", suffix(op, dtype)?);
+        let inputs = [(y, l_y, "y"), (bias, l_b, "bias")];
+        let out = typed!(op, dtype, T => elementwise::<T>(op, &kernel, &inputs, d.width))?;
+        Ok((out, l_y.shape().clone()))
+    }
+
+    fn cache_write_typed<T: CudaDType + DeviceRepr>(
+        op: &str,
+        kv: &mut CudaStorage,
+        l_kv: &Layout,
+        qkv: &CudaStorage,
+        l_qkv: &Layout,
+        index: &CudaStorage,
+        l_i: &Layout,
+        [b, _, h, s, hd]: [usize; 5],
+    ) -> candle_core::Result<()> {
+        let kernel = format!("versifier_cache_write_{}", suffix(op, kv.dtype())?);
+        let func = kv
+            .device()
+            .get_or_load_custom_func(&kernel, MODULE, ptx()?)?;
+        let (ka, kb) = offsets(l_kv, op, "the cache")?;
+        let (qa, qb) = offsets(l_qkv, op, "qkv")?;
+        let (ia, ib) = offsets(l_i, op, "the index")?;
+        let qkv = qkv.as_cuda_slice::<T>()?.slice(qa..qb);
+        let index = index.as_cuda_slice::<u32>()?.slice(ia..ib);
+        let mut kv = kv.as_cuda_slice_mut::<T>()?.slice_mut(ka..kb);
+        let (b32, h32, s32, hd32) = (
+            u32_of(op, b)?,
+            u32_of(op, h)?,
+            u32_of(op, s)?,
+            u32_of(op, hd)?,
+        );
+        let threads = u32_of(op, b * h * hd)?;
+        let mut builder = func.builder();
+        builder
+            .arg(&mut kv)
+            .arg(&qkv)
+            .arg(&index)
+            .arg(&b32)
+            .arg(&h32)
+            .arg(&s32)
+            .arg(&hd32);
+        // SAFETY: the arguments match the kernel's signature; shapes checked by
+        // the caller; columns outside the cache are skipped by the kernel.
+        unsafe { builder.launch(LaunchConfig::for_num_elems(threads.max(1))) }
+            .map_err(|e| launch_error(op, e))
+    }
+
+    pub fn cache_write(
+        op: &str,
+        kv: &mut CudaStorage,
+        l_kv: &Layout,
+        qkv: &CudaStorage,
+        l_qkv: &Layout,
+        index: &CudaStorage,
+        l_i: &Layout,
+    ) -> candle_core::Result<()> {
+        let dtype = same_dtype(op, &[kv.dtype(), qkv.dtype()])?;
+        if index.dtype() != DType::U32 {
+            return Err(fail(op, format!("index is {:?}, want u32", index.dtype())));
+        }
+        let dims = attention_dims(op, l_qkv, l_kv, None)?;
+        index_dims(op, l_i, dims)?;
+        typed!(op, dtype, T => cache_write_typed::<T>(op, kv, l_kv, qkv, l_qkv, index, l_i, dims))
+    }
+
+    fn attention_typed<T: CudaDType + DeviceRepr>(
+        a: &super::OneTokenAttention,
+        qkv: &CudaStorage,
+        l_qkv: &Layout,
+        kv: &CudaStorage,
+        l_kv: &Layout,
+        mask: &CudaStorage,
+        l_m: &Layout,
+        [b, c, h, s, hd]: [usize; 5],
+    ) -> candle_core::Result<CudaStorage> {
+        let op = "one-token-attention";
+        let dev = qkv.device().clone();
+        let kernel = format!("versifier_attention_{}", suffix(op, qkv.dtype())?);
+        let func = dev.get_or_load_custom_func(&kernel, MODULE, ptx()?)?;
+        let (qa, qb) = offsets(l_qkv, op, "qkv")?;
+        let (ka, kb) = offsets(l_kv, op, "the cache")?;
+        let (ma, mb) = offsets(l_m, op, "the mask")?;
+        let qkv = qkv.as_cuda_slice::<T>()?.slice(qa..qb);
+        let kv = kv.as_cuda_slice::<T>()?.slice(ka..kb);
+        let mask = mask.as_cuda_slice::<T>()?.slice(ma..mb);
+        // SAFETY: the kernel writes every one of the `b * c` outputs.
+        let mut out = unsafe { dev.alloc::<T>(b * c) }?;
+        let (b32, h32, s32, hd32) = (
+            u32_of(op, b)?,
+            u32_of(op, h)?,
+            u32_of(op, s)?,
+            u32_of(op, hd)?,
+        );
+        let floats = hd + s + 32 + hd.max(ATTENTION_THREADS as usize);
+        let shared = u32_of(op, floats * 4)?;
+        if shared > 48 * 1024 {
+            return Err(fail(
+                op,
+                format!("{s} columns need {shared} bytes of shared memory"),
+            ));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (h32, b32, 1),
+            block_dim: (ATTENTION_THREADS, 1, 1),
+            shared_mem_bytes: shared,
+        };
+        let mut builder = func.builder();
+        builder
+            .arg(&qkv)
+            .arg(&kv)
+            .arg(&mask)
+            .arg(&mut out)
+            .arg(&b32)
+            .arg(&h32)
+            .arg(&s32)
+            .arg(&hd32)
+            .arg(&a.scale);
+        // SAFETY: the arguments match the kernel's signature, the shapes were
+        // checked by the caller and the shared memory covers q, the scores, the
+        // reduction and the partial outputs.
+        unsafe { builder.launch(cfg) }.map_err(|e| launch_error(op, e))?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    pub fn attention(
+        a: &super::OneTokenAttention,
+        qkv: &CudaStorage,
+        l_qkv: &Layout,
+        kv: &CudaStorage,
+        l_kv: &Layout,
+        mask: &CudaStorage,
+        l_m: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let op = "one-token-attention";
+        let dtype = same_dtype(op, &[qkv.dtype(), kv.dtype(), mask.dtype()])?;
+        let dims = attention_dims(op, l_qkv, l_kv, Some(a.n_head))?;
+        let [b, c, _, s, _] = dims;
+        if l_m.dims() != [b, 1, 1, s] {
+            return Err(fail(
+                op,
+                format!("mask of shape {:?}, want {:?}", l_m.dims(), [b, 1, 1, s]),
+            ));
+        }
+        let out =
+            typed!(op, dtype, T => attention_typed::<T>(a, qkv, l_qkv, kv, l_kv, mask, l_m, dims))?;
+        Ok((out, Shape::from((b, 1, c))))
+    }
+}
+
+/// The kernels' CUDA source, for checking it compiles where nvcc is at hand.
+#[cfg(feature = "cuda")]
+pub fn cuda_source() -> &'static str {
+    cuda::SOURCE
+}
