@@ -3,11 +3,13 @@
 # important first, each step capped and the whole within BUDGET_S seconds
 # (a step that would start with under 20 s left is skipped and says so):
 #
-#   selftest f32, f16   conformance with transformers, and the trainer's fused
+#   selftest f32, f16   conformance with transformers, the fused decode kernels
+#                       against candle's composed ones, and the trainer's fused
 #                       AdamW kernels against AdamW as tensor ops (#15, #17)
 #   serve-two-engines   two engines on one GPU, each released at idle, the
 #                       other serving through it, 0 MiB by NVML and nvidia-smi (#16)
-#   side-by-side        ours vs transformers eager and compiled (#15)
+#   side-by-side        ours (graphs and fused kernels on and off) vs
+#                       transformers eager and compiled (#15)
 #   lifecycle           load -> generate -> release cycles, 0 MiB after each,
 #                       with nvidia-smi polled from outside (#15, #14)
 #   train-speed         f32 vs bf16 and larger batches at equal tokens (#17)
@@ -91,7 +93,7 @@ step selftest-f32 60 selftest f32
 step selftest-f16 60 selftest f16
 serve_devices=$dev,$dev
 step serve-two-engines 90 python3 packaging/cuda/serve-two-engines.py "$bin" "$res/serve-two-engines.json" --devices "$serve_devices"
-step side-by-side 220 side_by_side
+step side-by-side 250 side_by_side
 [ -f "$work/gpt2-124m-random/config.json" ] && export model="$work/gpt2-124m-random"
 step lifecycle 60 lifecycle
 step train-speed 150 train_speed

@@ -61,6 +61,9 @@ pub struct DecodeFigure {
     /// GPU's static path `eager`, `cuda_graph`, or `capture_failed` with the reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runner: Option<crate::model::StepRunner>,
+    /// The static path's step kernels (`fused` or `composed`); absent with `runner`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_kernels: Option<crate::model::StepKernels>,
 }
 
 #[derive(Debug, Serialize)]
@@ -186,6 +189,10 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             first_token_ms: g.timings.first_token_ms,
             forward_ms_per_step: g.timings.forward_ms / g.timings.decode_steps.max(1) as f64,
             sample_ms_per_step: g.timings.sample_ms / g.timings.decode_steps.max(1) as f64,
+            step_kernels: g
+                .step_runner
+                .as_ref()
+                .map(|_| crate::model::StepKernels::for_device(model.device())),
             runner: g.step_runner.clone(),
         });
     }

@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::device::{open_device, DeviceChoice, DeviceError, Precision};
 use crate::generate::{generate_on, DecodePath, GenerateRequest, SamplingParams};
 use crate::model::{
-    load_model, static_columns, GraphMode, LoadError, StaticDecoder, StepRunner, TokenBatch,
+    load_model, static_columns, ForwardError, Gpt2, GraphMode, LoadError, StaticDecoder,
+    StepKernels, StepRunner, TokenBatch,
 };
 use crate::train::{check_fused_adamw, FusedAdamwCheck};
 
@@ -47,6 +48,10 @@ pub struct FixtureResult {
     pub step_runner: Option<StepRunner>,
     /// The growing-cache path gives the same greedy ids as the static path.
     pub paths_agree: bool,
+    /// Largest logit difference between decode steps through the fused kernels
+    /// and through candle's composed ones (same prompts, same tokens fed, no
+    /// graphs): checks the fused kernels on this device.
+    pub max_fused_step_logit_diff: f32,
     pub passed: bool,
 }
 
@@ -139,6 +144,39 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Decodes `prompts` for up to `steps` greedy steps twice on the static path,
+/// through candle's composed kernels and through the fused ones, feeding both
+/// the composed path's tokens; returns the largest logit difference.
+fn fused_step_diff(model: &Gpt2, prompts: &[Vec<u32>], steps: usize) -> Result<f32, ForwardError> {
+    let padded = TokenBatch::left_padded(prompts, 0);
+    let n_positions = model.config().n_positions;
+    let steps = steps.min(n_positions.saturating_sub(padded.len));
+    let columns = static_columns(padded.len, steps, n_positions);
+    let open = |kernels| -> Result<StaticDecoder, ForwardError> {
+        let mut d = StaticDecoder::new(model, prompts.len(), columns, GraphMode::Eager)?;
+        d.set_kernels(kernels)?;
+        Ok(d)
+    };
+    let (mut composed, mut fused) = (open(StepKernels::Composed)?, open(StepKernels::Fused)?);
+    let mut logits = composed.prefill(model, &padded)?;
+    fused.prefill(model, &padded)?;
+    let mut worst = 0.0f32;
+    for _ in 0..steps {
+        let ids = logits
+            .iter()
+            .map(|row| {
+                (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as u32
+            })
+            .collect();
+        let input = TokenBatch::step(ids, vec![true; prompts.len()]);
+        let a = composed.step(model, &input)?;
+        let b = fused.step(model, &input)?;
+        worst = worst.max(max_diff(&a, &b));
+        logits = a;
+    }
+    Ok(worst)
+}
+
 /// Runs every fixture folder under `fixtures` (those with a `reference.json`).
 pub fn run_selftest(
     fixtures: &Path,
@@ -218,6 +256,8 @@ pub fn run_selftest(
         let g = greedy(DecodePath::Static(GraphMode::Capture))?;
         let growing = greedy(DecodePath::Growing)?;
         let paths_agree = g.variations[0].ids == growing.variations[0].ids;
+        let max_fused_step_logit_diff =
+            fused_step_diff(&m.model, &r.batch_prompts, 8).map_err(|e| run(e.into()))?;
         let max_logit_diff = max_diff(&logits, &r.logits);
         let max_batch_logit_diff = max_diff(&batch, &r.batch_last_logits);
         let max_static_batch_logit_diff = max_diff(&static_batch, &r.batch_last_logits);
@@ -235,6 +275,7 @@ pub fn run_selftest(
         let passed = max_logit_diff < tol * scale
             && max_batch_logit_diff < tol * scale
             && max_static_batch_logit_diff < tol * scale
+            && max_fused_step_logit_diff < tol * scale
             && (greedy_matches || precision != Precision::F32)
             && (paths_agree || precision != Precision::F32);
         results.push(FixtureResult {
@@ -245,6 +286,7 @@ pub fn run_selftest(
             greedy_matches,
             step_runner: g.step_runner,
             paths_agree,
+            max_fused_step_logit_diff,
             passed,
         });
     }

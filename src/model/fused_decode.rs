@@ -741,7 +741,8 @@ FUSED_DECODE(bf16_t, bf16)
         // SAFETY: the arguments match the kernel's signature; shapes checked by
         // the caller; columns outside the cache are skipped by the kernel.
         unsafe { builder.launch(LaunchConfig::for_num_elems(threads.max(1))) }
-            .map_err(|e| launch_error(op, e))
+            .map_err(|e| launch_error(op, e))?;
+        Ok(())
     }
 
     pub fn cache_write(
