@@ -417,6 +417,7 @@ struct EndedRow {
     batch_rows: usize,
     kv_cache_bytes: usize,
     step_runner: Option<crate::model::StepRunner>,
+    step_kernels: Option<crate::model::StepKernels>,
 }
 
 impl JobInDecode {
@@ -433,6 +434,7 @@ impl JobInDecode {
             ids_without_text: 0,
             batch_rows: 0,
             step_runner: None,
+            step_kernels: None,
         }
     }
 
@@ -456,6 +458,7 @@ impl JobInDecode {
         g.batch_rows = rows.iter().map(|r| r.batch_rows).max().unwrap_or(0);
         g.kv_cache_bytes = rows.iter().map(|r| r.kv_cache_bytes).max().unwrap_or(0);
         g.step_runner = rows.iter().find_map(|r| r.step_runner.clone());
+        g.step_kernels = rows.iter().find_map(|r| r.step_kernels);
         g.variations = rows.into_iter().map(|r| r.variation).collect();
         if let Some(vocab) = vocab {
             g.ids_without_text = g
@@ -612,6 +615,7 @@ impl RowFeed for JoinedRequests<'_> {
                 batch_rows: row.batch_rows,
                 kv_cache_bytes: row.kv_cache_bytes,
                 step_runner: row.step_runner,
+                step_kernels: row.step_kernels,
             });
         }
         let vocab = self.model.tokenizer.as_ref().map(|t| t.vocab_size());

@@ -189,10 +189,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             first_token_ms: g.timings.first_token_ms,
             forward_ms_per_step: g.timings.forward_ms / g.timings.decode_steps.max(1) as f64,
             sample_ms_per_step: g.timings.sample_ms / g.timings.decode_steps.max(1) as f64,
-            step_kernels: g
-                .step_runner
-                .as_ref()
-                .map(|_| crate::model::StepKernels::for_device(model.device())),
+            step_kernels: g.step_kernels,
             runner: g.step_runner.clone(),
         });
     }

@@ -52,6 +52,10 @@ pub struct FixtureResult {
     /// and through candle's composed ones (same prompts, same tokens fed, no
     /// graphs): checks the fused kernels on this device.
     pub max_fused_step_logit_diff: f32,
+    /// Why the fused kernels failed to run here (the decoder then fell back
+    /// to the composed ones); a failure of the check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fused_failure: Option<String>,
     pub passed: bool,
 }
 
@@ -146,8 +150,13 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 /// Decodes `prompts` for up to `steps` greedy steps twice on the static path,
 /// through candle's composed kernels and through the fused ones, feeding both
-/// the composed path's tokens; returns the largest logit difference.
-fn fused_step_diff(model: &Gpt2, prompts: &[Vec<u32>], steps: usize) -> Result<f32, ForwardError> {
+/// the composed path's tokens; returns the largest logit difference, and why
+/// the fused kernels could not run if they could not.
+fn fused_step_diff(
+    model: &Gpt2,
+    prompts: &[Vec<u32>],
+    steps: usize,
+) -> Result<(f32, Option<String>), ForwardError> {
     let padded = TokenBatch::left_padded(prompts, 0);
     let n_positions = model.config().n_positions;
     let steps = steps.min(n_positions.saturating_sub(padded.len));
@@ -174,7 +183,7 @@ fn fused_step_diff(model: &Gpt2, prompts: &[Vec<u32>], steps: usize) -> Result<f
         worst = worst.max(max_diff(&a, &b));
         logits = a;
     }
-    Ok(worst)
+    Ok((worst, fused.fused_failure().map(str::to_owned)))
 }
 
 /// Runs every fixture folder under `fixtures` (those with a `reference.json`).
@@ -256,7 +265,7 @@ pub fn run_selftest(
         let g = greedy(DecodePath::Static(GraphMode::Capture))?;
         let growing = greedy(DecodePath::Growing)?;
         let paths_agree = g.variations[0].ids == growing.variations[0].ids;
-        let max_fused_step_logit_diff =
+        let (max_fused_step_logit_diff, fused_failure) =
             fused_step_diff(&m.model, &r.batch_prompts, 8).map_err(|e| run(e.into()))?;
         let max_logit_diff = max_diff(&logits, &r.logits);
         let max_batch_logit_diff = max_diff(&batch, &r.batch_last_logits);
@@ -276,6 +285,7 @@ pub fn run_selftest(
             && max_batch_logit_diff < tol * scale
             && max_static_batch_logit_diff < tol * scale
             && max_fused_step_logit_diff < tol * scale
+            && fused_failure.is_none()
             && (greedy_matches || precision != Precision::F32)
             && (paths_agree || precision != Precision::F32);
         results.push(FixtureResult {
@@ -287,6 +297,7 @@ pub fn run_selftest(
             step_runner: g.step_runner,
             paths_agree,
             max_fused_step_logit_diff,
+            fused_failure,
             passed,
         });
     }

@@ -24,7 +24,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::model::{
-    static_columns, ForwardError, Gpt2, GraphMode, KvCache, StaticDecoder, StepRunner, TokenBatch,
+    static_columns, ForwardError, Gpt2, GraphMode, KvCache, StaticDecoder, StepKernels, StepRunner,
+    TokenBatch,
 };
 
 /// Largest number of variations decoded in one batch.
@@ -167,6 +168,9 @@ pub struct Generation {
     /// How decode steps ran on the static path (absent on the growing-cache path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_runner: Option<StepRunner>,
+    /// The kernels of the static path's decode steps (absent on the growing path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_kernels: Option<StepKernels>,
 }
 
 impl Generation {
@@ -463,6 +467,13 @@ impl<'m> Decoding<'m> {
             Self::Static { slot, .. } => slot.as_ref().map(StaticDecoder::runner),
         }
     }
+
+    fn kernels(&self) -> Option<StepKernels> {
+        match self {
+            Self::Growing(_) => None,
+            Self::Static { slot, .. } => slot.as_ref().map(StaticDecoder::kernels),
+        }
+    }
 }
 
 /// [`generate`] on a chosen [`DecodePath`] (tests run the GPU's static path on the CPU).
@@ -543,8 +554,9 @@ pub struct FinishedRow<'a> {
     pub batch_rows: usize,
     /// Bytes the KV cache held when it ended.
     pub kv_cache_bytes: usize,
-    /// How the decode's steps ran (the static path only).
+    /// How the decode's steps ran, and their kernels (the static path only).
     pub step_runner: Option<StepRunner>,
+    pub step_kernels: Option<StepKernels>,
 }
 
 /// When a row joined, wrote its first token, and how many steps it decoded.
@@ -698,6 +710,15 @@ impl Rows<'_> {
         true
     }
 
+    /// Records in the answer what the decoding held and how its steps ran.
+    fn note_decoding(&mut self, decoding: Option<&Decoding<'_>>) {
+        if let Some(d) = decoding {
+            self.out.kv_cache_bytes = d.cache_bytes();
+            self.out.step_runner = d.runner();
+            self.out.step_kernels = d.kernels();
+        }
+    }
+
     /// Tells the feed of the rows that ended since it last heard.
     fn report_ended(&mut self, feed: &mut dyn RowFeed, decoding: Option<&Decoding<'_>>) {
         // Called every step; most steps end no row.
@@ -706,6 +727,7 @@ impl Rows<'_> {
         }
         let kv_cache_bytes = decoding.map_or(0, Decoding::cache_bytes);
         let step_runner = decoding.and_then(Decoding::runner);
+        let step_kernels = decoding.and_then(Decoding::kernels);
         let now = Instant::now();
         let whole = &self.out.timings;
         for r in std::mem::take(&mut self.ended) {
@@ -730,6 +752,7 @@ impl Rows<'_> {
                 batch_rows: c.batch_rows,
                 kv_cache_bytes,
                 step_runner: step_runner.clone(),
+                step_kernels,
             });
         }
     }
@@ -776,6 +799,7 @@ pub fn generate_feeding<'t>(
             ids_without_text: 0,
             batch_rows: first_rows,
             step_runner: None,
+            step_kernels: None,
         },
         samplers: Vec::new(),
         streams: Vec::new(),
@@ -985,10 +1009,7 @@ pub fn generate_feeding<'t>(
     if let Some(t) = decode_started {
         rows.out.timings.decode_ms = t.elapsed().as_secs_f64() * 1000.0;
     }
-    if let Some(d) = &decoding {
-        rows.out.kv_cache_bytes = d.cache_bytes();
-        rows.out.step_runner = d.runner();
-    }
+    rows.note_decoding(decoding.as_ref());
     rows.report_ended(feed, decoding.as_ref());
     Ok(rows.out)
 }

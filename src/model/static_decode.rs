@@ -89,6 +89,8 @@ pub struct StaticDecoder {
     mode: GraphMode,
     /// The kernels a decode step runs (fused on CUDA by default).
     kernels: StepKernels,
+    /// Why the fused kernels failed here, when they did (steps then run composed).
+    fused_failure: Option<String>,
     graph: GraphState,
     /// Whether `bufs.mask` holds this request's mask (false until the first step).
     mask_synced: bool,
@@ -152,6 +154,7 @@ impl StaticDecoder {
             real_tokens: vec![0; batch],
             mode,
             kernels: StepKernels::for_device(dev),
+            fused_failure: None,
             graph,
             mask_synced: false,
             host_logits: HostLogits::new(dev, batch * vocab)?,
@@ -369,6 +372,10 @@ impl StaticDecoder {
         dtype: DType,
         kernels: StepKernels,
     ) -> candle_core::Result<()> {
+        #[cfg(test)]
+        if kernels == StepKernels::Fused && tests::FAIL_FUSED.with(std::cell::Cell::get) {
+            candle_core::bail!("simulated failure of a fused kernel");
+        }
         let cfg = model.config();
         let (b, h, hd) = (cache.batch(), cfg.n_head, cfg.head_dim());
         let ids = bufs.inputs.narrow(0, 0, b)?.reshape((b, 1))?;
@@ -392,7 +399,35 @@ impl StaticDecoder {
         bufs.logits.slice_set(&logits, 0, 0)
     }
 
+    /// Runs the step; if the fused kernels fail (a kernel that does not
+    /// compile or launch on this device), says so once in the log and runs it
+    /// again, and every later step, with candle's composed kernels (a step
+    /// writes only this step's column, so running it again is safe).
     fn run_step(&mut self, model: &Gpt2) -> Result<(), ForwardError> {
+        match self.run_step_once(model) {
+            Err(e) if self.kernels == StepKernels::Fused => {
+                let why = e.to_string();
+                tracing::warn!("fused decode kernels failed, using candle's composed ones: {why}");
+                self.kernels = StepKernels::Composed;
+                self.fused_failure = Some(why);
+                // Whatever was captured or warmed up used the fused kernels.
+                self.graph = if self.mode == GraphMode::Capture && model.device().is_cuda() {
+                    GraphState::Cold
+                } else {
+                    GraphState::Off(None)
+                };
+                self.run_step_once(model)
+            }
+            done => done,
+        }
+    }
+
+    /// Why the fused kernels were given up for this decoder, if they were.
+    pub fn fused_failure(&self) -> Option<&str> {
+        self.fused_failure.as_deref()
+    }
+
+    fn run_step_once(&mut self, model: &Gpt2) -> Result<(), ForwardError> {
         match std::mem::replace(&mut self.graph, GraphState::Off(None)) {
             GraphState::Off(why) => {
                 self.graph = GraphState::Off(why);
@@ -480,6 +515,43 @@ impl HostLogits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Makes every fused step on this thread fail (a kernel that does not compile).
+        pub(super) static FAIL_FUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_failing_fused_step_falls_back_to_the_composed_kernels_simulated() {
+        use crate::model::{synthetic::synthetic_tensors, Gpt2Config};
+        let cfg = Gpt2Config::small(50, 32, 16, 2, 2);
+        let tensors = synthetic_tensors(&cfg, 3).unwrap();
+        let vb =
+            candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &candle_core::Device::Cpu);
+        let model = Gpt2::load_uniform(vb, &cfg).unwrap();
+        let prompt = TokenBatch::left_padded(&[vec![1, 2, 3], vec![4]], 0);
+        let open = |kernels| {
+            let mut d = StaticDecoder::new(&model, 2, 32, GraphMode::Eager).unwrap();
+            d.set_kernels(kernels).unwrap();
+            d.prefill(&model, &prompt).unwrap();
+            d
+        };
+        let (mut composed, mut fused) = (open(StepKernels::Composed), open(StepKernels::Fused));
+        FAIL_FUSED.with(|f| f.set(true));
+        for ids in [vec![5, 6], vec![7, 8], vec![9, 10]] {
+            let input = TokenBatch::step(ids, vec![true, true]);
+            assert_eq!(
+                fused.step(&model, &input).unwrap(),
+                composed.step(&model, &input).unwrap()
+            );
+        }
+        FAIL_FUSED.with(|f| f.set(false));
+        assert_eq!(fused.kernels(), StepKernels::Composed);
+        assert!(fused
+            .fused_failure()
+            .is_some_and(|w| w.contains("simulated")));
+        assert_eq!(composed.fused_failure(), None);
+    }
 
     #[test]
     fn columns_round_up_to_the_bucket_and_stop_at_the_context() {
