@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::device::{open_device, DeviceChoice, DeviceError, Precision};
 use crate::generate::{generate_on, DecodePath, GenerateRequest, SamplingParams};
 use crate::model::{
-    load_model, static_columns, ForwardError, Gpt2, GraphMode, LoadError, StaticDecoder,
-    StepKernels, StepRunner, TokenBatch,
+    check_fused_ops, load_model, static_columns, ForwardError, FusedOpCheck, Gpt2, GraphMode,
+    LoadError, StaticDecoder, StepKernels, StepRunner, TokenBatch,
 };
 use crate::train::{check_fused_adamw, FusedAdamwCheck};
 
@@ -67,6 +67,9 @@ pub struct SelftestReport {
     /// reference logit for f16/bf16.
     pub tolerance: f32,
     pub fixtures: Vec<FixtureResult>,
+    /// Each fused decode kernel against the composed ops it replaces, on this
+    /// device in this dtype (which kernel is wrong, if one is).
+    pub fused_ops: Vec<FusedOpCheck>,
     /// The trainer's fused AdamW kernels against AdamW as tensor ops, on
     /// this device (f32 whatever the dtype asked for).
     pub fused_adamw: FusedAdamwCheck,
@@ -79,6 +82,17 @@ pub fn tolerance(precision: Precision) -> f32 {
     match precision {
         Precision::F32 => 1e-4,
         Precision::F16 => 5e-3,
+        Precision::Bf16 => 3e-2,
+    }
+}
+
+/// Allowed difference between a fused decode kernel and the composed ops,
+/// relative to the largest composed value: both accumulate in f32 where it
+/// matters, the composed ops round to the dtype between ops.
+pub fn fused_op_tolerance(precision: Precision) -> f32 {
+    match precision {
+        Precision::F32 => 1e-5,
+        Precision::F16 => 4e-3,
         Precision::Bf16 => 3e-2,
     }
 }
@@ -301,13 +315,18 @@ pub fn run_selftest(
             passed,
         });
     }
+    let fused_ops = check_fused_ops(&dev, precision.dtype());
+    let ops_tolerance = fused_op_tolerance(precision);
     let fused_adamw = check_fused_adamw(&dev).map_err(SelftestError::FusedAdamw)?;
-    let passed = results.iter().all(|r| r.passed) && fused_adamw.passed;
+    let passed = results.iter().all(|r| r.passed)
+        && fused_ops.iter().all(|c| c.passed(ops_tolerance))
+        && fused_adamw.passed;
     Ok(SelftestReport {
         device: device.to_string(),
         dtype: precision.to_string(),
         tolerance: tol,
         fixtures: results,
+        fused_ops,
         fused_adamw,
         passed,
     })

@@ -400,6 +400,150 @@ impl CustomOp3 for OneTokenAttention {
     }
 }
 
+/// How one fused op compared with the composed ops it replaces on one device.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FusedOpCheck {
+    pub op: &'static str,
+    /// Shape of the case: rows, heads, columns, head size.
+    pub case: [usize; 4],
+    pub max_abs_diff: f32,
+    /// Largest absolute value of the composed result (the scale of the diff).
+    pub reference_max: f32,
+    /// The op failed to run (NVRTC, launch) rather than differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl FusedOpCheck {
+    /// Within `tolerance` of the composed result, relative to its largest value.
+    pub fn passed(&self, tolerance: f32) -> bool {
+        self.error.is_none() && self.max_abs_diff <= tolerance * self.reference_max.max(1.0)
+    }
+}
+
+fn max_abs(t: &candle_core::Tensor) -> candle_core::Result<f32> {
+    t.to_dtype(DType::F32)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()
+}
+
+fn compare(
+    op: &'static str,
+    case: [usize; 4],
+    run: impl FnOnce() -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)>,
+) -> FusedOpCheck {
+    let outcome = run().and_then(|(fused, composed)| {
+        let diff = max_abs(&(fused.to_dtype(DType::F32)? - composed.to_dtype(DType::F32)?)?)?;
+        Ok((diff, max_abs(&composed)?))
+    });
+    match outcome {
+        Ok((max_abs_diff, reference_max)) => FusedOpCheck {
+            op,
+            case,
+            max_abs_diff,
+            reference_max,
+            error: None,
+        },
+        Err(e) => FusedOpCheck {
+            op,
+            case,
+            max_abs_diff: f32::INFINITY,
+            reference_max: 0.0,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Each fused op against candle's composed ops on `device` in `dtype`, on
+/// random inputs of two shapes (GPT-2's head size 64 over 70 columns, and an
+/// odd head size 12 over 9), with masked columns: what `versifier selftest`
+/// reports, so a GPU machine without Rust tells which kernel is wrong, if one is.
+pub fn check_fused_ops(device: &candle_core::Device, dtype: DType) -> Vec<FusedOpCheck> {
+    use candle_core::Tensor;
+    let mut checks = Vec::new();
+    for (case_no, [b, h, s, hd]) in [[3usize, 4, 70, 64], [2, 3, 9, 12]].into_iter().enumerate() {
+        let c = h * hd;
+        let case = [b, h, s, hd];
+        let seed = case_no as u64;
+        let random = |shape: &[usize], scale: f64| -> candle_core::Result<Tensor> {
+            let n: usize = shape.iter().product();
+            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (seed << 17) ^ n as u64;
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale as f32
+                })
+                .collect();
+            Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
+        };
+        checks.push(compare("bias-residual", case, || {
+            let (y, bias, x) = (
+                random(&[b, c], 1.0)?,
+                random(&[c], 1.0)?,
+                random(&[b, c], 1.0)?,
+            );
+            let fused = y.apply_op3_no_bwd(&bias, &x, &BiasResidual)?;
+            Ok((fused, (&x + y.broadcast_add(&bias)?)?))
+        }));
+        checks.push(compare("bias-gelu", case, || {
+            let (y, bias) = (random(&[b, 4 * c], 2.0)?, random(&[4 * c], 1.0)?);
+            let fused = y.apply_op2_no_bwd(&bias, &BiasGelu)?;
+            Ok((fused, y.broadcast_add(&bias)?.gelu()?))
+        }));
+        // The new token goes into column s - 2; column 1 of row 0 and the last
+        // column of every row are masked.
+        let col = (s - 2) as u32;
+        let qkv = || random(&[b, 1, 3 * c], 3.0);
+        let index = || Tensor::full(col, (b, h, 1, hd), device);
+        let heads = |qkv: &Tensor, i: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(2, i * c, c)?
+                .reshape((b, 1, h, hd))?
+                .transpose(1, 2)?
+                .contiguous() // (B, H, 1, hd)
+        };
+        checks.push(compare("cache-write", case, || {
+            let (qkv, index) = (qkv()?, index()?);
+            let fused = random(&[2, b, h, s, hd], 1.0)?;
+            let composed = fused.copy()?;
+            fused.inplace_op3(&qkv, &index, &CacheWrite)?;
+            composed.get(0)?.scatter_set(&index, &heads(&qkv, 1)?, 2)?;
+            composed.get(1)?.scatter_set(&index, &heads(&qkv, 2)?, 2)?;
+            Ok((fused, composed))
+        }));
+        checks.push(compare("one-token-attention", case, || {
+            let (qkv, kv) = (qkv()?, random(&[2, b, h, s, hd], 1.0)?);
+            let masked = super::masked_value(dtype);
+            let mask: Vec<f32> = (0..b * s)
+                .map(|i| {
+                    let (row, j) = (i / s, i % s);
+                    if j == s - 1 || (row == 0 && j == 1) {
+                        masked
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (b, 1, 1, s), device)?.to_dtype(dtype)?;
+            let scale = 1.0 / (hd as f64).sqrt();
+            let attention = OneTokenAttention {
+                n_head: h,
+                scale: scale as f32,
+            };
+            let fused = qkv.apply_op3_no_bwd(&kv, &mask, &attention)?;
+            let (k, v) = (kv.get(0)?, kv.get(1)?);
+            let att = (heads(&qkv, 0)?.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let composed = att.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, c))?;
+            Ok((fused, composed))
+        }));
+    }
+    checks
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     //! The kernels, compiled with NVRTC on first use and loaded into candle's
@@ -851,4 +995,22 @@ FUSED_DECODE(bf16_t, bf16)
 #[cfg(feature = "cuda")]
 pub fn cuda_source() -> &'static str {
     cuda::SOURCE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fused_op_matches_the_composed_ops_in_every_dtype_on_the_cpu() {
+        for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::F16, 4e-3), (DType::BF16, 3e-2)] {
+            // The tolerances of `versifier selftest` (eval::fused_op_tolerance).
+            let checks = check_fused_ops(&candle_core::Device::Cpu, dtype);
+            assert_eq!(checks.len(), 8);
+            for c in &checks {
+                assert!(c.passed(tolerance), "{dtype:?}: {c:?}");
+                assert!(c.reference_max > 0.1, "{dtype:?}: {c:?} compares zeros");
+            }
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub use checkpoint::{
 pub use config::{Activation, Gpt2Config};
 #[cfg(feature = "cuda")]
 pub use fused_decode::cuda_source as fused_decode_cuda_source;
-pub use fused_decode::StepKernels;
+pub use fused_decode::{check_fused_ops, FusedOpCheck, StepKernels};
 pub use gpt2::{masked_value, ForwardError, Gpt2, KvCache, KvSlot, StaticKvCache, TokenBatch};
 pub use static_decode::{static_columns, GraphMode, StaticDecoder, StepRunner, COLUMN_BUCKET};
 pub use tokenizer::{EncodeError, TextTokenizer, TokenizerKind};
