@@ -1,11 +1,12 @@
-//! Fused kernels for one decode step (`T = 1`): about 12 kernels a layer instead
-//! of candle's 22, which is most of a captured step's time on a GPU (each small
+//! Fused kernels for one decode step (`T = 1`): 10 kernels a layer instead of
+//! candle's 22, which is most of a captured step's time on a GPU (each small
 //! kernel costs a few microseconds whatever it does).
 //!
 //! Owns: four candle custom ops and their kernels: the cache write (keys and
 //! values of the new token scattered into the `(2, B, H, S, hd)` buffer),
 //! attention of the one new query over the cache (scores, mask, softmax and the
-//! weighted values in one kernel), bias + residual and bias + tanh GELU. On CUDA
+//! weighted values in one kernel), bias + residual + the next layer norm, and
+//! bias + tanh GELU. On CUDA
 //! they are NVRTC-compiled on first use (no headers: half precision through
 //! PTX conversions); on the CPU each has the same arithmetic in plain Rust, so
 //! tests there check the index arithmetic and the wiring the CUDA kernels share.
@@ -41,9 +42,14 @@ impl StepKernels {
     }
 }
 
-/// `x + (y + bias)` for `y`, `x` `(M, N)` and `bias` `(N)`; the sum `y + bias`
-/// is rounded to the dtype first, as the composed ops round it.
-pub struct BiasResidual;
+/// The residual stream after a projection and the layer norm that follows it,
+/// in one pass: for `y`, `x` `(M, N)` and `params` `(3, N)` = (the
+/// projection's bias, the norm's weight, the norm's bias), gives `(2, M, N)`:
+/// `x + (y + bias)`, then its layer norm. Each sum is rounded to the dtype, as
+/// the composed ops round it, and the norm reads the rounded stream.
+pub struct BiasResidualNorm {
+    pub eps: f32,
+}
 
 /// GPT-2's tanh GELU of `y + bias` (`y` `(M, N)`, `bias` `(N)`), the sum
 /// rounded to the dtype first.
@@ -170,38 +176,69 @@ fn same_dtype(op: &str, dtypes: &[DType]) -> candle_core::Result<DType> {
     Ok(first)
 }
 
-impl CustomOp3 for BiasResidual {
+/// Rows and width of a bias-residual-norm, checked: `params` `(3, N)`, `x` as many values as `y`.
+fn norm_dims(op: &str, y: &Layout, params: &Layout, x: &Layout) -> candle_core::Result<Dims> {
+    let n = *y
+        .dims()
+        .last()
+        .ok_or_else(|| fail(op, "the input has no dimensions"))?;
+    if params.dims() != [3, n] {
+        return Err(fail(
+            op,
+            format!("parameters of shape {:?}, want (3, {n})", params.dims()),
+        ));
+    }
+    let rows = y.shape().elem_count().checked_div(n).unwrap_or(0);
+    if x.shape().elem_count() != rows * n {
+        return Err(fail(
+            op,
+            format!("residual {:?} for {:?}", x.dims(), y.dims()),
+        ));
+    }
+    Ok(Dims { rows, width: n })
+}
+
+impl CustomOp3 for BiasResidualNorm {
     fn name(&self) -> &'static str {
-        "bias-residual"
+        "bias-residual-norm"
     }
 
     fn cpu_fwd(
         &self,
         y: &CpuStorage,
         l_y: &Layout,
-        bias: &CpuStorage,
-        l_b: &Layout,
+        params: &CpuStorage,
+        l_p: &Layout,
         x: &CpuStorage,
         l_x: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let dtype = same_dtype(op, &[y.dtype(), bias.dtype(), x.dtype()])?;
-        let d = matrix_and_bias(op, l_y, l_b)?;
-        if l_x.shape().elem_count() != d.rows * d.width {
-            return Err(fail(
-                op,
-                format!("residual {:?} for {:?}", l_x.dims(), l_y.dims()),
-            ));
-        }
-        let (y, b, x) = (
+        let dtype = same_dtype(op, &[y.dtype(), params.dtype(), x.dtype()])?;
+        let Dims { rows, width: n } = norm_dims(op, l_y, l_p, l_x)?;
+        let (y, p, x) = (
             read(y, l_y, op, "y")?,
-            read(bias, l_b, op, "bias")?,
+            read(params, l_p, op, "params")?,
             read(x, l_x, op, "x")?,
         );
-        let out = (0..y.len())
-            .map(|i| x[i] + rounded(dtype, y[i] + b[i % d.width]))
-            .collect();
-        Ok((storage(dtype, out, op)?, l_y.shape().clone()))
+        let mut out = vec![0.0f32; 2 * rows * n];
+        let (stream, normed) = out.split_at_mut(rows * n);
+        // One CUDA block per row, in the kernel's order of phases.
+        for row in 0..rows {
+            let at = row * n;
+            let (mut sum, mut sq) = (0.0f32, 0.0f32);
+            for i in 0..n {
+                let v = rounded(dtype, x[at + i] + rounded(dtype, y[at + i] + p[i]));
+                stream[at + i] = v;
+                sum += v;
+                sq += v * v;
+            }
+            let mean = sum / n as f32;
+            let inv_std = 1.0 / (sq / n as f32 - mean * mean + self.eps).sqrt();
+            for i in 0..n {
+                normed[at + i] = (stream[at + i] - mean) * inv_std * p[n + i] + p[2 * n + i];
+            }
+        }
+        Ok((storage(dtype, out, op)?, Shape::from((2, rows, n))))
     }
 
     #[cfg(feature = "cuda")]
@@ -209,12 +246,12 @@ impl CustomOp3 for BiasResidual {
         &self,
         y: &candle_core::CudaStorage,
         l_y: &Layout,
-        bias: &candle_core::CudaStorage,
-        l_b: &Layout,
+        params: &candle_core::CudaStorage,
+        l_p: &Layout,
         x: &candle_core::CudaStorage,
         l_x: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        cuda::bias_residual(self.name(), y, l_y, bias, l_b, x, l_x)
+        cuda::bias_residual_norm(self, y, l_y, params, l_p, x, l_x)
     }
 }
 
@@ -480,14 +517,15 @@ pub fn check_fused_ops(device: &candle_core::Device, dtype: DType) -> Vec<FusedO
                 .collect();
             Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
         };
-        checks.push(compare("bias-residual", case, || {
-            let (y, bias, x) = (
-                random(&[b, c], 1.0)?,
-                random(&[c], 1.0)?,
-                random(&[b, c], 1.0)?,
-            );
-            let fused = y.apply_op3_no_bwd(&bias, &x, &BiasResidual)?;
-            Ok((fused, (&x + y.broadcast_add(&bias)?)?))
+        checks.push(compare("bias-residual-norm", case, || {
+            let (y, x) = (random(&[b, c], 1.0)?, random(&[b, c], 1.0)?);
+            let (bias, weight, shift) =
+                (random(&[c], 1.0)?, random(&[c], 1.0)?, random(&[c], 0.5)?);
+            let params = Tensor::stack(&[&bias, &weight, &shift], 0)?;
+            let fused = y.apply_op3_no_bwd(&params, &x, &BiasResidualNorm { eps: 1e-5 })?;
+            let stream = (&x + y.broadcast_add(&bias)?)?;
+            let normed = candle_nn::ops::layer_norm(&stream, &weight, &shift, 1e-5)?;
+            Ok((fused, Tensor::stack(&[&stream, &normed], 0)?))
         }));
         checks.push(compare("bias-gelu", case, || {
             let (y, bias) = (random(&[b, 4 * c], 2.0)?, random(&[4 * c], 1.0)?);
@@ -558,12 +596,17 @@ mod cuda {
     use candle_core::{CudaStorage, DType, Layout, Shape};
     use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
-    use super::{attention_dims, fail, index_dims, matrix_and_bias, offsets, same_dtype};
+    use super::{
+        attention_dims, fail, index_dims, matrix_and_bias, norm_dims, offsets, same_dtype,
+    };
 
     const MODULE: &str = "versifier_fused_decode";
 
     /// Threads of an attention block (four warps).
     const ATTENTION_THREADS: u32 = 128;
+
+    /// Threads of a layer-norm block (eight warps: 3 values each for GPT-2's 768).
+    const NORM_THREADS: u32 = 256;
 
     pub(super) const SOURCE: &str = r#"
 struct f16_t { unsigned short bits; };
@@ -589,15 +632,6 @@ __device__ __forceinline__ void store(bf16_t* p, float f) {
 // `f` rounded to T's precision (what storing and loading again gives).
 template <typename T> __device__ __forceinline__ float rounded(float f) {
     T t; store(&t, f); return load(t);
-}
-
-template <typename T>
-__device__ void bias_residual(const T* y, const T* bias, const T* x, T* out,
-                              unsigned int n, unsigned int width) {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float v = rounded<T>(load(y[i]) + load(bias[i % width]));
-    store(&out[i], load(x[i]) + v);
 }
 
 template <typename T>
@@ -650,6 +684,34 @@ __device__ float block_reduce(float v, float* red, bool is_max) {
     }
     __syncthreads();
     return red[0];
+}
+
+// One block per row; blockDim.x a multiple of 32. `out` is (2, m, n): the
+// stream x + (y + bias), then its layer norm; params (3, n): bias, weight, norm bias.
+template <typename T>
+__device__ void bias_residual_norm(const T* y, const T* params, const T* x, T* out,
+                                   unsigned int m, unsigned int n, float eps) {
+    __shared__ float red[32];
+    const unsigned int row = blockIdx.x;
+    const size_t at = (size_t)row * n;
+    T* stream = out + at;
+    T* normed = out + (size_t)m * n + at;
+    float sum = 0.0f, sq = 0.0f;
+    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = rounded<T>(load(x[at + i]) + rounded<T>(load(y[at + i]) + load(params[i])));
+        store(&stream[i], v);
+        sum += v;
+        sq += v * v;
+    }
+    sum = block_reduce(sum, red, false);
+    sq = block_reduce(sq, red, false);
+    const float mean = sum / n;
+    const float inv_std = rsqrtf(sq / n - mean * mean + eps);
+    // Each thread reads back only the values it wrote.
+    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = load(stream[i]);
+        store(&normed[i], (v - mean) * inv_std * load(params[n + i]) + load(params[2 * n + i]));
+    }
 }
 
 // One block per (head, row); blockDim.x a multiple of 32. Shared memory:
@@ -707,9 +769,10 @@ __device__ void attention(const T* qkv, const T* kv, const T* mask, T* out,
 }
 
 #define FUSED_DECODE(T, SUFFIX)                                                              \
-extern "C" __global__ void versifier_bias_residual_##SUFFIX(                                 \
-    const T* y, const T* bias, const T* x, T* out, unsigned int n, unsigned int width) {     \
-    bias_residual<T>(y, bias, x, out, n, width); }                                           \
+extern "C" __global__ void versifier_bias_residual_norm_##SUFFIX(                            \
+    const T* y, const T* params, const T* x, T* out, unsigned int m, unsigned int n,         \
+    float eps) {                                                                             \
+    bias_residual_norm<T>(y, params, x, out, m, n, eps); }                                   \
 extern "C" __global__ void versifier_bias_gelu_##SUFFIX(                                     \
     const T* y, const T* bias, T* out, unsigned int n, unsigned int width) {                 \
     bias_gelu<T>(y, bias, out, n, width); }                                                  \
@@ -801,34 +864,71 @@ FUSED_DECODE(bf16_t, bf16)
         }
         builder.arg(&mut out).arg(&n32).arg(&w32);
         // SAFETY: the arguments match the kernel's signature; it reads `n`
-        // values of the first input (and of `x`), `width` of the bias, and
-        // writes `n` outputs, the lengths checked by the caller.
+        // values of the first input and `width` of the bias, and writes `n`
+        // outputs, the lengths checked by the caller.
         unsafe { builder.launch(LaunchConfig::for_num_elems(n32.max(1))) }
             .map_err(|e| launch_error(op, e))?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
-    pub fn bias_residual(
-        op: &str,
+    fn bias_residual_norm_typed<T: CudaDType + DeviceRepr>(
+        op: &super::BiasResidualNorm,
         y: &CudaStorage,
         l_y: &Layout,
-        bias: &CudaStorage,
-        l_b: &Layout,
+        params: &CudaStorage,
+        l_p: &Layout,
+        x: &CudaStorage,
+        l_x: &Layout,
+        rows: usize,
+        n: usize,
+    ) -> candle_core::Result<CudaStorage> {
+        let name = "bias-residual-norm";
+        let dev = y.device().clone();
+        let kernel = format!("versifier_bias_residual_norm_{}", suffix(name, y.dtype())?);
+        let func = dev.get_or_load_custom_func(&kernel, MODULE, ptx()?)?;
+        let (ya, yb) = offsets(l_y, name, "y")?;
+        let (pa, pb) = offsets(l_p, name, "params")?;
+        let (xa, xb) = offsets(l_x, name, "x")?;
+        let y = y.as_cuda_slice::<T>()?.slice(ya..yb);
+        let params = params.as_cuda_slice::<T>()?.slice(pa..pb);
+        let x = x.as_cuda_slice::<T>()?.slice(xa..xb);
+        // SAFETY: the kernel writes all `2 * rows * n` outputs.
+        let mut out = unsafe { dev.alloc::<T>(2 * rows * n) }?;
+        let (m32, n32) = (u32_of(name, rows)?, u32_of(name, n)?);
+        let cfg = LaunchConfig {
+            grid_dim: (m32.max(1), 1, 1),
+            block_dim: (NORM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut builder = func.builder();
+        builder
+            .arg(&y)
+            .arg(&params)
+            .arg(&x)
+            .arg(&mut out)
+            .arg(&m32)
+            .arg(&n32)
+            .arg(&op.eps);
+        // SAFETY: the arguments match the kernel's signature; it reads `rows * n`
+        // values of `y` and `x` and `3n` parameters, the shapes checked by the caller.
+        unsafe { builder.launch(cfg) }.map_err(|e| launch_error(name, e))?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    pub fn bias_residual_norm(
+        op: &super::BiasResidualNorm,
+        y: &CudaStorage,
+        l_y: &Layout,
+        params: &CudaStorage,
+        l_p: &Layout,
         x: &CudaStorage,
         l_x: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let dtype = same_dtype(op, &[y.dtype(), bias.dtype(), x.dtype()])?;
-        let d = matrix_and_bias(op, l_y, l_b)?;
-        if l_x.shape().elem_count() != d.rows * d.width {
-            return Err(fail(
-                op,
-                format!("residual {:?} for {:?}", l_x.dims(), l_y.dims()),
-            ));
-        }
-        let kernel = format!("versifier_bias_residual_{}", suffix(op, dtype)?);
-        let inputs = [(y, l_y, "y"), (bias, l_b, "bias"), (x, l_x, "x")];
-        let out = typed!(op, dtype, T => elementwise::<T>(op, &kernel, &inputs, d.width))?;
-        Ok((out, l_y.shape().clone()))
+        let name = "bias-residual-norm";
+        let dtype = same_dtype(name, &[y.dtype(), params.dtype(), x.dtype()])?;
+        let super::Dims { rows, width: n } = norm_dims(name, l_y, l_p, l_x)?;
+        let out = typed!(name, dtype, T => bias_residual_norm_typed::<T>(op, y, l_y, params, l_p, x, l_x, rows, n))?;
+        Ok((out, Shape::from((2, rows, n))))
     }
 
     pub fn bias_gelu(

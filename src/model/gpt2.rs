@@ -712,11 +712,7 @@ impl Block {
         mask: &Tensor,
         slot: KvSlot,
         kv: &Tensor, // (2, B, H, S, hd)
-        kernels: StepKernels,
     ) -> candle_core::Result<Tensor> {
-        if let (StepKernels::Fused, KvSlot::Indexed(index), 1) = (kernels, slot, x.dim(1)?) {
-            return self.forward_fused_step(x, mask, index, kv);
-        }
         let a = self.attn.forward_static(
             &self.ln_1.forward(x, false)?,
             mask,
@@ -729,31 +725,37 @@ impl Block {
     }
 
     /// One decode step through the fused kernels of [`super::fused_decode`]:
-    /// the same arithmetic as the composed path, in about half the kernels.
+    /// takes the stream `x` and its `ln_1` norm `h`, returns the stream after
+    /// the block and the next norm of it (`norms[1]`: the next block's `ln_1`
+    /// or `ln_f`), in 10 kernels.
     fn forward_fused_step(
         &self,
-        x: &Tensor,     // (B, 1, C)
-        mask: &Tensor,  // (B, 1, 1, S)
-        index: &Tensor, // (B, H, 1, hd) u32
-        kv: &Tensor,    // (2, B, H, S, hd)
-    ) -> candle_core::Result<Tensor> {
-        use super::fused_decode::{BiasGelu, BiasResidual, CacheWrite, OneTokenAttention};
-        let (b, _, c) = x.dims3()?;
-        let qkv = self.attn.c_attn.forward(&self.ln_1.forward(x, false)?)?; // (B, 1, 3C)
+        x: &Tensor,          // (B, C)
+        h: &Tensor,          // (B, C)
+        norms: &[Tensor; 2], // (3, C) each
+        mask: &Tensor,       // (B, 1, 1, S)
+        index: &Tensor,      // (B, H, 1, hd) u32
+        kv: &Tensor,         // (2, B, H, S, hd)
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        use super::fused_decode::{BiasGelu, BiasResidualNorm, CacheWrite, OneTokenAttention};
+        let (b, c) = x.dims2()?;
+        let norm = BiasResidualNorm { eps: self.ln_2.eps };
+        let qkv = self.attn.c_attn.forward(&h.unsqueeze(1)?)?; // (B, 1, 3C)
         kv.inplace_op3(&qkv, index, &CacheWrite)?;
         let attention = OneTokenAttention {
             n_head: self.attn.n_head,
             scale: self.attn.scale as f32,
         };
-        let y = qkv.apply_op3_no_bwd(kv, mask, &attention)?; // (B, 1, C)
-        let x = x.reshape((b, c))?; // (B, C)
-        let proj = &self.attn.c_proj;
-        let x = proj.weight.apply(&y.reshape((b, c))?)?.apply_op3_no_bwd(
-            &proj.bias,
-            &x,
-            &BiasResidual,
-        )?; // (B, C)
-        let h = self.ln_2.forward(&x, false)?;
+        let y = qkv
+            .apply_op3_no_bwd(kv, mask, &attention)?
+            .reshape((b, c))?; // (B, C)
+        let both = self
+            .attn
+            .c_proj
+            .weight
+            .apply(&y)?
+            .apply_op3_no_bwd(&norms[0], x, &norm)?; // (2, B, C)
+        let (x, h) = (both.get(0)?, both.get(1)?);
         let mlp = &self.mlp;
         let f = match mlp.activation {
             Activation::GeluTanh => mlp
@@ -764,12 +766,12 @@ impl Block {
             Activation::GeluErf => mlp.c_fc.forward(&h.unsqueeze(1)?)?.gelu_erf()?.squeeze(1)?,
             Activation::Relu => mlp.c_fc.forward(&h.unsqueeze(1)?)?.relu()?.squeeze(1)?,
         }; // (B, n_inner)
-        let x =
-            mlp.c_proj
-                .weight
-                .apply(&f)?
-                .apply_op3_no_bwd(&mlp.c_proj.bias, &x, &BiasResidual)?; // (B, C)
-        x.reshape((b, 1, c))
+        let both = mlp
+            .c_proj
+            .weight
+            .apply(&f)?
+            .apply_op3_no_bwd(&norms[1], &x, &norm)?; // (2, B, C)
+        Ok((both.get(0)?, both.get(1)?))
     }
 }
 
@@ -791,6 +793,11 @@ pub struct Gpt2 {
     /// held here so they are dropped with the model, before Release resets the
     /// CUDA context.
     static_decoder: Arc<Mutex<Option<StaticDecoder>>>,
+    /// Per block, for the fused decode step: `(3, C)` stacks of (the attention
+    /// projection's bias, `ln_2`'s weight and bias) and of (the MLP
+    /// projection's bias, the next norm's weight and bias), the next norm
+    /// being the next block's `ln_1` or `ln_f`.
+    fused_norms: Vec<[Tensor; 2]>,
 }
 
 impl Gpt2 {
@@ -839,7 +846,19 @@ impl Gpt2 {
             WeightPlan::Uniform => vb.dtype(),
             WeightPlan::PackedOnCpu => DType::F32,
         };
+        let stack =
+            |bias: &Tensor, norm: &Norm| Tensor::stack(&[bias, &norm.weight, &norm.bias], 0);
+        let fused_norms = (0..blocks.len())
+            .map(|i| {
+                let next = blocks.get(i + 1).map_or(&ln_f, |b| &b.ln_1);
+                Ok([
+                    stack(&blocks[i].attn.c_proj.bias, &blocks[i].ln_2)?,
+                    stack(&blocks[i].mlp.c_proj.bias, next)?,
+                ])
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
+            fused_norms,
             device: vb.device().clone(),
             wte,
             wpe,
@@ -1012,11 +1031,24 @@ impl Gpt2 {
         cache: &StaticKvCache,
         kernels: StepKernels,
     ) -> candle_core::Result<Tensor> {
-        let (_b, t) = ids.dims2()?;
+        let (b, t) = ids.dims2()?;
         let tok = self.wte.forward(ids, self.compute_dtype)?; // (B, T, C)
         let mut x = (tok + self.wpe.forward(positions)?)?; // (B, T, C)
+        if let (StepKernels::Fused, KvSlot::Indexed(index), 1) = (kernels, slot, t) {
+            let mut x = x.reshape((b, self.cfg.n_embd))?; // (B, C)
+            let first_norm = self.blocks.first().map_or(&self.ln_f, |b| &b.ln_1);
+            let mut h = first_norm.forward(&x, false)?; // (B, C)
+            for ((block, kv), norms) in self.blocks.iter().zip(&cache.kv).zip(&self.fused_norms) {
+                (x, h) = block.forward_fused_step(&x, &h, norms, mask, index, kv)?;
+            }
+            // `h` is `ln_f` of the last block's stream.
+            return self
+                .project(&h.unsqueeze(1)?)?
+                .squeeze(1)?
+                .to_dtype(DType::F32); // (B, V)
+        }
         for (block, kv) in self.blocks.iter().zip(&cache.kv) {
-            x = block.forward_static(&x, mask, slot, kv, kernels)?;
+            x = block.forward_static(&x, mask, slot, kv)?;
         }
         let last = x.narrow(1, t - 1, 1)?.contiguous()?; // (B, 1, C)
         let h = self.ln_f.forward(&last, false)?;
