@@ -79,7 +79,10 @@ if [ "${VERSIFIER_CUDA_LINKING:-dynamic-loading}" = dynamic-loading ]; then
   trap 'cp "$CARGO_TARGET_DIR/Cargo.lock.orig" Cargo.lock' EXIT
   patch_args=(--config "patch.crates-io.candle-core.path=\"$(cd "$patched" && pwd)\"")
 fi
-cargo build --release --features cuda "${patch_args[@]}" "$@"
+# CARGO_SUBCOMMAND=clippy lints the CUDA-only code the same way (after TOOLKIT_DIR:
+# `--all-targets -- -D warnings`).
+cargo "${CARGO_SUBCOMMAND:-build}" --release --features cuda "${patch_args[@]}" "$@"
+[ "${CARGO_SUBCOMMAND:-build}" = build ] || exit 0
 echo "built $CARGO_TARGET_DIR/release/versifier"
 echo "run it with LD_LIBRARY_PATH=$lib (cuBLAS, cuRAND, NVRTC 13) and the NVIDIA driver's libcuda.so.1;"
 echo "without them it runs on CPU and says so in one line"

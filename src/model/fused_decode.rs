@@ -602,6 +602,9 @@ mod cuda {
 
     const MODULE: &str = "versifier_fused_decode";
 
+    /// A kernel's input: a storage and its layout.
+    type Operand<'a> = (&'a CudaStorage, &'a Layout);
+
     /// Threads of an attention block (four warps).
     const ATTENTION_THREADS: u32 = 128;
 
@@ -873,12 +876,7 @@ FUSED_DECODE(bf16_t, bf16)
 
     fn bias_residual_norm_typed<T: CudaDType + DeviceRepr>(
         op: &super::BiasResidualNorm,
-        y: &CudaStorage,
-        l_y: &Layout,
-        params: &CudaStorage,
-        l_p: &Layout,
-        x: &CudaStorage,
-        l_x: &Layout,
+        [(y, l_y), (params, l_p), (x, l_x)]: [Operand<'_>; 3],
         rows: usize,
         n: usize,
     ) -> candle_core::Result<CudaStorage> {
@@ -927,7 +925,7 @@ FUSED_DECODE(bf16_t, bf16)
         let name = "bias-residual-norm";
         let dtype = same_dtype(name, &[y.dtype(), params.dtype(), x.dtype()])?;
         let super::Dims { rows, width: n } = norm_dims(name, l_y, l_p, l_x)?;
-        let out = typed!(name, dtype, T => bias_residual_norm_typed::<T>(op, y, l_y, params, l_p, x, l_x, rows, n))?;
+        let out = typed!(name, dtype, T => bias_residual_norm_typed::<T>(op, [(y, l_y), (params, l_p), (x, l_x)], rows, n))?;
         Ok((out, Shape::from((2, rows, n))))
     }
 
@@ -948,12 +946,8 @@ FUSED_DECODE(bf16_t, bf16)
 
     fn cache_write_typed<T: CudaDType + DeviceRepr>(
         op: &str,
-        kv: &mut CudaStorage,
-        l_kv: &Layout,
-        qkv: &CudaStorage,
-        l_qkv: &Layout,
-        index: &CudaStorage,
-        l_i: &Layout,
+        (kv, l_kv): (&mut CudaStorage, &Layout),
+        [(qkv, l_qkv), (index, l_i)]: [Operand<'_>; 2],
         [b, _, h, s, hd]: [usize; 5],
     ) -> candle_core::Result<()> {
         let kernel = format!("versifier_cache_write_{}", suffix(op, kv.dtype())?);
@@ -1004,17 +998,12 @@ FUSED_DECODE(bf16_t, bf16)
         }
         let dims = attention_dims(op, l_qkv, l_kv, None)?;
         index_dims(op, l_i, dims)?;
-        typed!(op, dtype, T => cache_write_typed::<T>(op, kv, l_kv, qkv, l_qkv, index, l_i, dims))
+        typed!(op, dtype, T => cache_write_typed::<T>(op, (kv, l_kv), [(qkv, l_qkv), (index, l_i)], dims))
     }
 
     fn attention_typed<T: CudaDType + DeviceRepr>(
         a: &super::OneTokenAttention,
-        qkv: &CudaStorage,
-        l_qkv: &Layout,
-        kv: &CudaStorage,
-        l_kv: &Layout,
-        mask: &CudaStorage,
-        l_m: &Layout,
+        [(qkv, l_qkv), (kv, l_kv), (mask, l_m)]: [Operand<'_>; 3],
         [b, c, h, s, hd]: [usize; 5],
     ) -> candle_core::Result<CudaStorage> {
         let op = "one-token-attention";
@@ -1085,8 +1074,7 @@ FUSED_DECODE(bf16_t, bf16)
                 format!("mask of shape {:?}, want {:?}", l_m.dims(), [b, 1, 1, s]),
             ));
         }
-        let out =
-            typed!(op, dtype, T => attention_typed::<T>(a, qkv, l_qkv, kv, l_kv, mask, l_m, dims))?;
+        let out = typed!(op, dtype, T => attention_typed::<T>(a, [(qkv, l_qkv), (kv, l_kv), (mask, l_m)], dims))?;
         Ok((out, Shape::from((b, 1, c))))
     }
 }
