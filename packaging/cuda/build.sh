@@ -84,5 +84,5 @@ fi
 cargo "${CARGO_SUBCOMMAND:-build}" --release --features cuda "${patch_args[@]}" "$@"
 [ "${CARGO_SUBCOMMAND:-build}" = build ] || exit 0
 echo "built $CARGO_TARGET_DIR/release/versifier"
-echo "run it with LD_LIBRARY_PATH=$lib (cuBLAS, cuRAND, NVRTC 13) and the NVIDIA driver's libcuda.so.1;"
+echo "run it with LD_LIBRARY_PATH=$lib (cuBLAS, cuRAND 13) and the NVIDIA driver's libcuda.so.1;"
 echo "without them it runs on CPU and says so in one line"

@@ -186,7 +186,6 @@ const CUDA_LIBRARIES: &[(&str, &[&str])] = if cfg!(windows) {
         ("cuBLAS 13", &["cublas64_13.dll"]),
         ("cuBLASLt 13", &["cublasLt64_13.dll"]),
         ("cuRAND 10", &["curand64_10.dll"]),
-        ("NVRTC 13", &["nvrtc64_130_0.dll", "nvrtc64_13.dll"]),
     ]
 } else {
     &[
@@ -194,7 +193,6 @@ const CUDA_LIBRARIES: &[(&str, &[&str])] = if cfg!(windows) {
         ("cuBLAS 13", &["libcublas.so.13", "libcublas.so"]),
         ("cuBLASLt 13", &["libcublasLt.so.13", "libcublasLt.so"]),
         ("cuRAND 10", &["libcurand.so.10", "libcurand.so"]),
-        ("NVRTC 13", &["libnvrtc.so.13", "libnvrtc.so"]),
     ]
 };
 

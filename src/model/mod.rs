@@ -9,6 +9,8 @@
 mod checkpoint;
 mod config;
 mod cpu_attention;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_kernels;
 mod fused_decode;
 mod gpt2;
 pub mod half_weights;
@@ -25,8 +27,6 @@ pub use checkpoint::{
     TensorEntry, WeightFormat,
 };
 pub use config::{Activation, Gpt2Config};
-#[cfg(feature = "cuda")]
-pub use fused_decode::cuda_source as fused_decode_cuda_source;
 pub use fused_decode::{check_fused_ops, FusedOpCheck, StepKernels};
 pub use gpt2::{masked_value, ForwardError, Gpt2, KvCache, KvSlot, StaticKvCache, TokenBatch};
 pub use static_decode::{static_columns, GraphMode, StaticDecoder, StepRunner, COLUMN_BUCKET};

@@ -1,8 +1,8 @@
 //! AdamW's update as two in-place passes per parameter instead of a dozen
 //! tensor ops: [`MomentsStep`] updates both moments from the gradient (scaled
 //! on the device), [`ParamStep`] updates the parameter from the moments. On a
-//! GPU that is two kernel launches per parameter (NVRTC-compiled once per
-//! process) and no allocation; on the CPU two passes over memory, on all cores.
+//! GPU that is two kernel launches per parameter (`adamw_fused.cu`, compiled
+//! to PTX at build time) and no allocation; on the CPU two passes over memory, on all cores.
 //!
 //! Owns only the arithmetic and where it runs. The moments of a parameter are
 //! one `(2, numel)` f32 tensor, `m` then `v`; parameters and gradients are
@@ -184,10 +184,9 @@ impl InplaceOp2 for ParamStep {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! The two kernels, compiled with NVRTC on first use and loaded into
-    //! candle's device (its module cache keeps them per device).
-
-    use std::sync::OnceLock;
+    //! Launching the two kernels of `adamw_fused.cu` (PTX embedded at build
+    //! time, loaded into candle's device on first use: its module cache keeps
+    //! them per device).
 
     use candle_core::backend::BackendStorage;
     use candle_core::{CudaStorage, InplaceOp2, InplaceOp3, Layout};
@@ -197,36 +196,8 @@ mod cuda {
 
     const MODULE: &str = "versifier_adamw";
 
-    const SOURCE: &str = r#"
-extern "C" __global__ void versifier_adamw_moments(
-    float* mv, const float* g, const float* scale, unsigned int n, float b1, float b2) {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float gi = g[i] * scale[0];
-    mv[i] = b1 * mv[i] + (1.0f - b1) * gi;
-    mv[n + i] = b2 * mv[n + i] + (1.0f - b2) * gi * gi;
-}
-
-extern "C" __global__ void versifier_adamw_param(
-    float* theta, const float* mv, unsigned int n,
-    float lr, float bc1, float bc2, float eps, float decay) {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float update = (mv[i] / bc1) / (sqrtf(mv[n + i] / bc2) + eps);
-    theta[i] = theta[i] * (1.0f - decay) - lr * update;
-}
-"#;
-
-    fn ptx() -> candle_core::Result<&'static str> {
-        static PTX: OnceLock<Result<String, String>> = OnceLock::new();
-        PTX.get_or_init(|| {
-            cudarc::nvrtc::compile_ptx(SOURCE)
-                .map(|p| p.to_src())
-                .map_err(|e| format!("compiling the fused AdamW kernels with NVRTC: {e}"))
-        })
-        .as_deref()
-        .map_err(|e| candle_core::Error::Msg(e.clone()))
-    }
+    /// The kernels' PTX, compiled from `adamw_fused.cu` by build.rs.
+    const PTX: &str = crate::model::cuda_kernels::ADAMW_FUSED;
 
     fn range(l: &Layout, what: &str) -> candle_core::Result<(usize, usize)> {
         l.contiguous_offsets().ok_or_else(|| {
@@ -258,9 +229,9 @@ extern "C" __global__ void versifier_adamw_param(
         }
         let n32 = u32::try_from(n)
             .map_err(|_| candle_core::Error::Msg(format!("fused AdamW: {n} values is too many")))?;
-        let func =
-            mv.device()
-                .get_or_load_custom_func("versifier_adamw_moments", MODULE, ptx()?)?;
+        let func = mv
+            .device()
+            .get_or_load_custom_func("versifier_adamw_moments", MODULE, PTX)?;
         let g = g.as_cuda_slice::<f32>()?.slice(ga..gb);
         let s = scale.as_cuda_slice::<f32>()?.slice(sa..sb);
         let mut mv = mv.as_cuda_slice_mut::<f32>()?.slice_mut(ma..mb);
@@ -290,10 +261,9 @@ extern "C" __global__ void versifier_adamw_param(
         }
         let n32 = u32::try_from(n)
             .map_err(|_| candle_core::Error::Msg(format!("fused AdamW: {n} values is too many")))?;
-        let func =
-            theta
-                .device()
-                .get_or_load_custom_func("versifier_adamw_param", MODULE, ptx()?)?;
+        let func = theta
+            .device()
+            .get_or_load_custom_func("versifier_adamw_param", MODULE, PTX)?;
         let mv = mv.as_cuda_slice::<f32>()?.slice(ma..mb);
         let mut theta = theta.as_cuda_slice_mut::<f32>()?.slice_mut(ta..tb);
         let mut b = func.builder();
@@ -314,7 +284,7 @@ extern "C" __global__ void versifier_adamw_param(
 
 /// How the fused passes compared with AdamW written as tensor ops on one
 /// device (what `versifier selftest` reports, so a GPU machine without Rust
-/// checks the NVRTC kernels too).
+/// checks the CUDA kernels too).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FusedAdamwCheck {
     pub device: String,
