@@ -58,7 +58,8 @@ step() {
 }
 selftest() { "$bin" selftest --fixtures tests/fixtures --device "$dev" --dtype "$1" > "$res/selftest-$1.json"; }
 lifecycle() {
-  "$bin" --log-dir none bench --lifecycle --model "$model" --device "$dev" --dtype f32 --cycles 30 --new-tokens 32 > "$res/lifecycle.json" &
+  # With the fused decode kernels on (their module must go with each release too).
+  VERSIFIER_FUSED_KERNELS=1 "$bin" --log-dir none bench --lifecycle --model "$model" --device "$dev" --dtype f32 --cycles 30 --new-tokens 32 > "$res/lifecycle.json" &
   local pid=$!
   if command -v nvidia-smi > /dev/null; then
     while kill -0 "$pid" 2>/dev/null; do

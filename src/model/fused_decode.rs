@@ -19,21 +19,25 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp3, Layout, S
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKernels {
-    /// candle's ops, one kernel per operation (the CPU's default).
+    /// candle's ops, one kernel per operation (the default everywhere).
     Composed,
-    /// The fused ops of this module (CUDA's default).
+    /// The fused ops of this module (on CUDA with `VERSIFIER_FUSED_KERNELS=1`).
     Fused,
 }
 
 impl StepKernels {
-    /// `Fused` on CUDA unless `VERSIFIER_FUSED_KERNELS=0` (for side-by-side
-    /// benchmarks and as an escape hatch); `Composed` elsewhere.
+    /// `Fused` on CUDA when `VERSIFIER_FUSED_KERNELS=1`, else `Composed`. The
+    /// fused kernels stay opt-in until a GPU machine has run them
+    /// (`versifier selftest` reports `fused_ops` and
+    /// `max_fused_step_logit_diff`; `packaging/cuda/gpu-session.sh` runs both
+    /// and times them): a kernel that computes wrong numbers, unlike one that
+    /// fails to launch, would not be caught by the fallback.
     pub fn for_device(device: &candle_core::Device) -> Self {
-        let off = matches!(
+        let on = matches!(
             std::env::var("VERSIFIER_FUSED_KERNELS").as_deref(),
-            Ok("0") | Ok("off") | Ok("false")
+            Ok("1") | Ok("on") | Ok("true")
         );
-        if device.is_cuda() && !off {
+        if device.is_cuda() && on {
             Self::Fused
         } else {
             Self::Composed
