@@ -19,7 +19,8 @@
 #   packaging/cuda/gpu-session.sh CARRY_DIR OUT_DIR [BUDGET_S]
 #
 # CARRY_DIR comes from packaging/cuda/gpu-carry.sh. OUT_DIR receives
-# gpu-session.tar.gz (every file) and steps.txt (each step's exit status and
+# gpu-session.tar.gz (every file, with side-by-side-table.md: the README's
+# table from packaging/bench/gpu-table.py) and steps.txt (each step's exit status and
 # seconds). DEVICE=cpu with a CPU build in CARRY_DIR is a dry run of the
 # plumbing on a machine without a GPU (the PyTorch peers and the OOM step need
 # one and are skipped).
@@ -101,6 +102,8 @@ step train-speed 150 train_speed
 step selftest-bf16 40 selftest bf16
 step snapshots 40 snapshots
 step oom 60 oom
+[ -f "$res/side-by-side.json" ] && python3 packaging/bench/gpu-table.py "$res/side-by-side.json" > "$res/side-by-side-table.md" 2>&1
 echo "total $(( $(date +%s) - start )) s of $budget" | tee -a "$res/steps.txt"
 tar -C "$(dirname "$res")" -czf "$out/gpu-session.tar.gz" gpu-session
 cp "$res/steps.txt" "$out/"
+[ -f "$res/side-by-side-table.md" ] && cp "$res/side-by-side-table.md" "$out/"
