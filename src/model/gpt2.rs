@@ -796,7 +796,9 @@ pub struct Gpt2 {
     /// Per block, for the fused decode step: `(3, C)` stacks of (the attention
     /// projection's bias, `ln_2`'s weight and bias) and of (the MLP
     /// projection's bias, the next norm's weight and bias), the next norm
-    /// being the next block's `ln_1` or `ln_f`.
+    /// being the next block's `ln_1` or `ln_f`. Copies taken at load: a model
+    /// whose weights then change (the trainer's) must not decode through the
+    /// fused path (the trainer never decodes with the model it trains).
     fused_norms: Vec<[Tensor; 2]>,
 }
 
