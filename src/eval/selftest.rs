@@ -50,8 +50,12 @@ pub struct FixtureResult {
     pub paths_agree: bool,
     /// Largest logit difference between decode steps through the fused kernels
     /// and through candle's composed ones (same prompts, same tokens fed, no
-    /// graphs): checks the fused kernels on this device.
+    /// graphs for the composed ones; the fused ones captured and replayed as
+    /// a CUDA graph where the device has graphs): checks the fused kernels on
+    /// this device as they run in use.
     pub max_fused_step_logit_diff: f32,
+    /// How the fused steps ran (`cuda_graph` on a GPU, `eager` on the CPU).
+    pub fused_step_runner: StepRunner,
     /// Why the fused kernels failed to run here (the decoder then fell back
     /// to the composed ones); a failure of the check.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,23 +168,26 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 /// Decodes `prompts` for up to `steps` greedy steps twice on the static path,
 /// through candle's composed kernels and through the fused ones, feeding both
-/// the composed path's tokens; returns the largest logit difference, and why
-/// the fused kernels could not run if they could not.
+/// the composed path's tokens; returns the largest logit difference, why the
+/// fused kernels could not run if they could not, and how the fused steps ran.
 fn fused_step_diff(
     model: &Gpt2,
     prompts: &[Vec<u32>],
     steps: usize,
-) -> Result<(f32, Option<String>), ForwardError> {
+) -> Result<(f32, Option<String>, StepRunner), ForwardError> {
     let padded = TokenBatch::left_padded(prompts, 0);
     let n_positions = model.config().n_positions;
     let steps = steps.min(n_positions.saturating_sub(padded.len));
     let columns = static_columns(padded.len, steps, n_positions);
-    let open = |kernels| -> Result<StaticDecoder, ForwardError> {
-        let mut d = StaticDecoder::new(model, prompts.len(), columns, GraphMode::Eager)?;
+    let open = |kernels, mode| -> Result<StaticDecoder, ForwardError> {
+        let mut d = StaticDecoder::new(model, prompts.len(), columns, mode)?;
         d.set_kernels(kernels)?;
         Ok(d)
     };
-    let (mut composed, mut fused) = (open(StepKernels::Composed)?, open(StepKernels::Fused)?);
+    // The reference steps eagerly; the fused steps as they would run in use:
+    // captured as a CUDA graph and replayed where the device has graphs.
+    let mut composed = open(StepKernels::Composed, GraphMode::Eager)?;
+    let mut fused = open(StepKernels::Fused, GraphMode::Capture)?;
     let mut logits = composed.prefill(model, &padded)?;
     fused.prefill(model, &padded)?;
     let mut worst = 0.0f32;
@@ -197,7 +204,11 @@ fn fused_step_diff(
         worst = worst.max(max_diff(&a, &b));
         logits = a;
     }
-    Ok((worst, fused.fused_failure().map(str::to_owned)))
+    Ok((
+        worst,
+        fused.fused_failure().map(str::to_owned),
+        fused.runner(),
+    ))
 }
 
 /// Runs every fixture folder under `fixtures` (those with a `reference.json`).
@@ -279,7 +290,7 @@ pub fn run_selftest(
         let g = greedy(DecodePath::Static(GraphMode::Capture))?;
         let growing = greedy(DecodePath::Growing)?;
         let paths_agree = g.variations[0].ids == growing.variations[0].ids;
-        let (max_fused_step_logit_diff, fused_failure) =
+        let (max_fused_step_logit_diff, fused_failure, fused_step_runner) =
             fused_step_diff(&m.model, &r.batch_prompts, 8).map_err(|e| run(e.into()))?;
         let max_logit_diff = max_diff(&logits, &r.logits);
         let max_batch_logit_diff = max_diff(&batch, &r.batch_last_logits);
@@ -311,6 +322,7 @@ pub fn run_selftest(
             step_runner: g.step_runner,
             paths_agree,
             max_fused_step_logit_diff,
+            fused_step_runner,
             fused_failure,
             passed,
         });
