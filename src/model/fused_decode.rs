@@ -80,25 +80,30 @@ fn offsets(l: &Layout, op: &str, what: &str) -> candle_core::Result<(usize, usiz
         .ok_or_else(|| fail(op, format!("{what} is not contiguous")))
 }
 
-/// The shapes every op checks before touching memory.
+/// Rows and their width, as a bias-residual-norm checks them.
 struct Dims {
     rows: usize,
     width: usize,
 }
 
-fn matrix_and_bias(op: &str, y: &Layout, bias: &Layout) -> candle_core::Result<Dims> {
-    let n = *y
-        .dims()
+/// The length of `y`'s rows (its last dimension).
+fn row_width(op: &str, y: &Layout) -> candle_core::Result<usize> {
+    y.dims()
         .last()
-        .ok_or_else(|| fail(op, "the input has no dimensions"))?;
+        .copied()
+        .ok_or_else(|| fail(op, "the input has no dimensions"))
+}
+
+/// The width of `y`'s rows, checked against a bias `(N)`.
+fn bias_width(op: &str, y: &Layout, bias: &Layout) -> candle_core::Result<usize> {
+    let n = row_width(op, y)?;
     if bias.dims() != [n] {
         return Err(fail(
             op,
             format!("bias of shape {:?} for rows of {n}", bias.dims()),
         ));
     }
-    let rows = y.shape().elem_count().checked_div(n).unwrap_or(0);
-    Ok(Dims { rows, width: n })
+    Ok(n)
 }
 
 /// `(B, C, H, S, hd)` of an attention or cache write, checked.
@@ -181,10 +186,7 @@ fn same_dtype(op: &str, dtypes: &[DType]) -> candle_core::Result<DType> {
 
 /// Rows and width of a bias-residual-norm, checked: `params` `(3, N)`, `x` as many values as `y`.
 fn norm_dims(op: &str, y: &Layout, params: &Layout, x: &Layout) -> candle_core::Result<Dims> {
-    let n = *y
-        .dims()
-        .last()
-        .ok_or_else(|| fail(op, "the input has no dimensions"))?;
+    let n = row_width(op, y)?;
     if params.dims() != [3, n] {
         return Err(fail(
             op,
@@ -272,10 +274,10 @@ impl CustomOp2 for BiasGelu {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = self.name();
         let dtype = same_dtype(op, &[y.dtype(), bias.dtype()])?;
-        let d = matrix_and_bias(op, l_y, l_b)?;
+        let width = bias_width(op, l_y, l_b)?;
         let (y, b) = (read(y, l_y, op, "y")?, read(bias, l_b, op, "bias")?);
         let out = (0..y.len())
-            .map(|i| gelu_tanh(rounded(dtype, y[i] + b[i % d.width])))
+            .map(|i| gelu_tanh(rounded(dtype, y[i] + b[i % width])))
             .collect();
         Ok((storage(dtype, out, op)?, l_y.shape().clone()))
     }
@@ -596,9 +598,7 @@ mod cuda {
     use candle_core::{CudaStorage, DType, Layout, Shape};
     use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
-    use super::{
-        attention_dims, fail, index_dims, matrix_and_bias, norm_dims, offsets, same_dtype,
-    };
+    use super::{attention_dims, bias_width, fail, index_dims, norm_dims, offsets, same_dtype};
 
     const MODULE: &str = "versifier_fused_decode";
 
@@ -747,10 +747,10 @@ mod cuda {
         l_b: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let dtype = same_dtype(op, &[y.dtype(), bias.dtype()])?;
-        let d = matrix_and_bias(op, l_y, l_b)?;
+        let width = bias_width(op, l_y, l_b)?;
         let kernel = format!("versifier_bias_gelu_{}", suffix(op, dtype)?);
         let inputs = [(y, l_y, "y"), (bias, l_b, "bias")];
-        let out = typed!(op, dtype, T => elementwise::<T>(op, &kernel, &inputs, d.width))?;
+        let out = typed!(op, dtype, T => elementwise::<T>(op, &kernel, &inputs, width))?;
         Ok((out, l_y.shape().clone()))
     }
 
