@@ -16,7 +16,11 @@ fn main() {
 #[cfg(feature = "cuda")]
 mod cuda {
     /// The kernel sources; each becomes a constant named after its file stem.
-    const SOURCES: &[&str] = &["src/model/fused_decode.cu", "src/train/adamw_fused.cu"];
+    const SOURCES: &[&str] = &[
+        "src/model/fused_decode.cu",
+        "src/generate/device_draw.cu",
+        "src/train/adamw_fused.cu",
+    ];
 
     pub fn compile() -> Result<(), Box<dyn std::error::Error>> {
         let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -418,6 +418,7 @@ struct EndedRow {
     kv_cache_bytes: usize,
     step_runner: Option<crate::model::StepRunner>,
     step_kernels: Option<crate::model::StepKernels>,
+    device_draws: bool,
 }
 
 impl JobInDecode {
@@ -435,6 +436,7 @@ impl JobInDecode {
             batch_rows: 0,
             step_runner: None,
             step_kernels: None,
+            device_draws: false,
         }
     }
 
@@ -459,6 +461,7 @@ impl JobInDecode {
         g.kv_cache_bytes = rows.iter().map(|r| r.kv_cache_bytes).max().unwrap_or(0);
         g.step_runner = rows.iter().find_map(|r| r.step_runner.clone());
         g.step_kernels = rows.iter().find_map(|r| r.step_kernels);
+        g.device_draws = rows.iter().any(|r| r.device_draws);
         g.variations = rows.into_iter().map(|r| r.variation).collect();
         if let Some(vocab) = vocab {
             g.ids_without_text = g
@@ -616,6 +619,7 @@ impl RowFeed for JoinedRequests<'_> {
                 kv_cache_bytes: row.kv_cache_bytes,
                 step_runner: row.step_runner,
                 step_kernels: row.step_kernels,
+                device_draws: row.device_draws,
             });
         }
         let vocab = self.model.tokenizer.as_ref().map(|t| t.vocab_size());

@@ -64,6 +64,9 @@ pub struct DecodeFigure {
     /// The static path's step kernels (`fused` or `composed`); absent with `runner`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_kernels: Option<crate::model::StepKernels>,
+    /// Whether the steps drew their tokens on the device (`VERSIFIER_DEVICE_DRAWS=1`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub device_draws: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -190,6 +193,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             forward_ms_per_step: g.timings.forward_ms / g.timings.decode_steps.max(1) as f64,
             sample_ms_per_step: g.timings.sample_ms / g.timings.decode_steps.max(1) as f64,
             step_kernels: g.step_kernels,
+            device_draws: g.device_draws,
             runner: g.step_runner.clone(),
         });
     }

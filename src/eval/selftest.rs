@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::device::{open_device, DeviceChoice, DeviceError, Precision};
+use crate::generate::device_draw::{check_device_draws, DeviceDrawCheck};
 use crate::generate::{generate_on, DecodePath, GenerateRequest, SamplingParams};
 use crate::model::{
     check_fused_ops, load_model, static_columns, ForwardError, FusedOpCheck, Gpt2, GraphMode,
@@ -26,6 +27,8 @@ pub enum SelftestError {
     Reference { path: PathBuf, problem: String },
     #[error("fused AdamW check: {0}")]
     FusedAdamw(candle_core::Error),
+    #[error("device draw check: {0}")]
+    DeviceDraws(candle_core::Error),
     #[error("{fixture}: {source}")]
     Run {
         fixture: String,
@@ -77,6 +80,9 @@ pub struct SelftestReport {
     /// The trainer's fused AdamW kernels against AdamW as tensor ops, on
     /// this device (f32 whatever the dtype asked for).
     pub fused_adamw: FusedAdamwCheck,
+    /// The device draw (`VERSIFIER_DEVICE_DRAWS=1`) against its host
+    /// reference, on this device (f32 logits whatever the dtype).
+    pub device_draws: DeviceDrawCheck,
     pub passed: bool,
 }
 
@@ -330,9 +336,11 @@ pub fn run_selftest(
     let fused_ops = check_fused_ops(&dev, precision.dtype());
     let ops_tolerance = fused_op_tolerance(precision);
     let fused_adamw = check_fused_adamw(&dev).map_err(SelftestError::FusedAdamw)?;
+    let device_draws = check_device_draws(&dev).map_err(SelftestError::DeviceDraws)?;
     let passed = results.iter().all(|r| r.passed)
         && fused_ops.iter().all(|c| c.passed(ops_tolerance))
-        && fused_adamw.passed;
+        && fused_adamw.passed
+        && device_draws.passed;
     Ok(SelftestReport {
         device: device.to_string(),
         dtype: precision.to_string(),
@@ -340,6 +348,7 @@ pub fn run_selftest(
         fixtures: results,
         fused_ops,
         fused_adamw,
+        device_draws,
         passed,
     })
 }

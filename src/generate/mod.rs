@@ -8,12 +8,14 @@
 //! callback.
 
 mod detok;
+pub mod device_draw;
 /// The poem forms live in [`crate::poetry`]; re-exported where decoding uses them.
 pub use crate::poetry::forms;
 mod prepare;
 mod sampling;
 
 pub use detok::Utf8Stream;
+pub use device_draw::{DeviceSampler, DrawRow, DrawSettings};
 pub use prepare::{prepare_request, PrepareError, Prompt, RequestSettings};
 pub use sampling::{SamplingParams, TokenSampler};
 
@@ -171,6 +173,10 @@ pub struct Generation {
     /// The kernels of the static path's decode steps (absent on the growing path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_kernels: Option<StepKernels>,
+    /// Whether the decode steps drew their tokens on the device
+    /// ([`device_draw`]), not on the host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub device_draws: bool,
 }
 
 impl Generation {
@@ -336,17 +342,50 @@ pub enum DecodePath {
     /// shape, with each step replayed from a CUDA graph when the mode allows
     /// (the GPU's path: launch-bound, so fewer host round-trips win).
     Static(GraphMode),
+    /// The static path with each step's tokens drawn on the device
+    /// ([`device_draw`]): only the chosen ids cross to the host. Requests the
+    /// device cannot draw ([`DrawSettings::of`], or verse rules, which read
+    /// the model's probabilities on the host) are drawn on the host.
+    StaticDrawnOnDevice(GraphMode),
 }
 
 impl DecodePath {
-    /// Static with graphs on CUDA (unless `VERSIFIER_CUDA_GRAPHS=0`), growing elsewhere.
+    /// Static with graphs on CUDA (unless `VERSIFIER_CUDA_GRAPHS=0`), its
+    /// tokens drawn on the device with `VERSIFIER_DEVICE_DRAWS=1`; growing
+    /// elsewhere. Device draws stay opt-in until a GPU machine has run them
+    /// (`versifier selftest` reports `device_draws`).
     pub fn for_device(device: &Device) -> Self {
-        if device.is_cuda() {
-            Self::Static(GraphMode::from_env())
+        if !device.is_cuda() {
+            return Self::Growing;
+        }
+        let on_device = matches!(
+            std::env::var("VERSIFIER_DEVICE_DRAWS").as_deref(),
+            Ok("1") | Ok("on") | Ok("true")
+        );
+        if on_device {
+            Self::StaticDrawnOnDevice(GraphMode::from_env())
         } else {
-            Self::Growing
+            Self::Static(GraphMode::from_env())
         }
     }
+
+    /// The device draw of `req` on this path, when it has one.
+    fn device_draws(self, req: &GenerateRequest, vocab: usize) -> Option<DrawSettings> {
+        let rules = req
+            .constraint
+            .as_ref()
+            .is_some_and(|(c, _)| c.enforces_verse_rules());
+        match self {
+            Self::StaticDrawnOnDevice(_) if !rules => DrawSettings::of(&req.sampling, vocab).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// What a step gave: every row's logits on the host, or the ids the device drew.
+enum Next {
+    Logits(Vec<Vec<f32>>),
+    Drawn(Vec<u32>),
 }
 
 /// Generates `req.variations` continuations as one batch, calling `on_token`
@@ -371,6 +410,9 @@ enum Decoding<'m> {
     Static {
         slot: std::sync::MutexGuard<'m, Option<StaticDecoder>>,
         started: bool,
+        /// The device draw its steps run, and whether its state has been
+        /// written for this decode (after the prompt pass's host draw).
+        sampler: Option<(std::sync::Arc<DeviceSampler>, bool)>,
     },
 }
 
@@ -380,10 +422,11 @@ impl<'m> Decoding<'m> {
         model: &'m Gpt2,
         rows: usize,
         columns: usize,
+        device_draws: bool,
     ) -> Result<Self, GenerateError> {
         let mode = match path {
             DecodePath::Growing => return Ok(Self::Growing(model.new_cache(rows))),
-            DecodePath::Static(mode) => mode,
+            DecodePath::Static(mode) | DecodePath::StaticDrawnOnDevice(mode) => mode,
         };
         // A poisoned slot means a generation panicked mid-step: its buffers are
         // in an unknown state, so start over with fresh ones.
@@ -404,10 +447,65 @@ impl<'m> Decoding<'m> {
             *slot = None;
             *slot = Some(StaticDecoder::new(model, rows, columns, mode)?);
         }
+        let mut sampler = None;
+        if let Some(d) = slot.as_mut() {
+            let vocab = model.config().vocab_size;
+            let tail = if device_draws {
+                // The decoder's own when it fits: its graph already runs it.
+                let s = match d.tail::<DeviceSampler>() {
+                    Some(s) if s.batch() == rows && s.vocab() == vocab => s,
+                    _ => std::sync::Arc::new(DeviceSampler::new(model.device(), rows, vocab)?),
+                };
+                sampler = Some((s.clone(), false));
+                Some(s)
+            } else {
+                None
+            };
+            d.set_tail(tail);
+        }
         Ok(Self::Static {
             slot,
             started: false,
+            sampler,
         })
+    }
+
+    /// The next step: logits on the host, or on a device-drawing decode past
+    /// its prompt pass, the ids the device drew.
+    fn next(&mut self, model: &Gpt2, input: &TokenBatch) -> Result<Next, ForwardError> {
+        if let Self::Static {
+            slot,
+            started: true,
+            sampler: Some((sampler, _)),
+        } = self
+        {
+            let Some(decoder) = slot.as_mut() else {
+                return Err(ForwardError::Shape("static decoder missing".into()));
+            };
+            let drawn = decoder
+                .step_on_device(model, input)
+                .and_then(|()| Ok(sampler.read_ids()?));
+            if let Err(e) = &drawn {
+                if !matches!(e, ForwardError::ContextFull { .. }) {
+                    **slot = None;
+                }
+            }
+            return drawn.map(Next::Drawn);
+        }
+        self.next_logits(model, input).map(Next::Logits)
+    }
+
+    /// The device draw, once the prompt pass has run, and whether its state
+    /// has been written for this decode (marked written from now on).
+    fn device_sampler(&mut self) -> Option<(std::sync::Arc<DeviceSampler>, bool)> {
+        match self {
+            Self::Static {
+                started: true,
+                sampler: Some((s, written)),
+                ..
+            } => Some((s.clone(), std::mem::replace(written, true))),
+            _ => None,
+        }
     }
 
     /// Logits of each row's last position after `input`, as f32 rows on the host.
@@ -433,7 +531,7 @@ impl<'m> Decoding<'m> {
                     .to_device(&Device::Cpu)?
                     .to_vec2::<f32>()?)
             }
-            Self::Static { slot, started } => {
+            Self::Static { slot, started, .. } => {
                 let Some(decoder) = slot.as_mut() else {
                     return Err(ForwardError::Shape("static decoder missing".into()));
                 };
@@ -557,6 +655,8 @@ pub struct FinishedRow<'a> {
     /// How the decode's steps ran, and their kernels (the static path only).
     pub step_runner: Option<StepRunner>,
     pub step_kernels: Option<StepKernels>,
+    /// Whether the decode's steps drew their tokens on the device.
+    pub device_draws: bool,
 }
 
 /// When a row joined, wrote its first token, and how many steps it decoded.
@@ -590,6 +690,9 @@ struct Rows<'r> {
     clocks: Vec<RowClock>,
     /// Rows that ended since the feed last heard of endings.
     ended: Vec<usize>,
+    /// Set when the decode draws its tokens on the device (the prompt
+    /// pass's first tokens then follow the device's definition on the host).
+    device_draws: Option<DrawSettings>,
 }
 
 impl Rows<'_> {
@@ -631,6 +734,93 @@ impl Rows<'_> {
             v.relaxed = relaxed_rules(&format!("{}{}", self.starts[r], v.text));
         }
         self.ended.push(r);
+    }
+
+    /// Row `r`'s next draw on the device's definition.
+    fn draw_row(&self, r: usize, settings: DrawSettings) -> DrawRow {
+        DrawRow {
+            settings,
+            seed: self.samplers[r].seed(),
+            draw: u32::try_from(self.out.variations[r].ids.len()).unwrap_or(u32::MAX),
+            active: self.live(r),
+        }
+    }
+
+    /// The tokens row `r`'s form allows next, as bits over `vocab` (all
+    /// without a form). Only for constraints that do not read the logits
+    /// (verse rules do: those decodes draw on the host).
+    fn allowed_bits(&self, r: usize, vocab: usize) -> Vec<u32> {
+        let Some((c, _)) = &self.req.constraint else {
+            return device_draw::all_allowed(vocab);
+        };
+        let mut probe = vec![0f32; vocab];
+        c.apply(
+            &format!("{}{}", self.starts[r], self.out.variations[r].text),
+            &mut probe,
+        );
+        let allowed = probe.iter().enumerate().filter(|(_, l)| l.is_finite());
+        device_draw::bits_of(allowed.map(|(i, _)| i as u32), vocab)
+    }
+
+    /// Before a device-drawing step: every batch row's draw, the allowed
+    /// tokens when a form masks them, and at a decode's start what each row
+    /// has seen.
+    fn prepare_device(
+        &self,
+        decoding: &mut Decoding<'_>,
+        slots: &[usize],
+        vocab: usize,
+    ) -> Result<(), GenerateError> {
+        let (Some(settings), Some((sampler, written))) =
+            (self.device_draws, decoding.device_sampler())
+        else {
+            return Ok(());
+        };
+        let draws: Vec<DrawRow> = slots.iter().map(|&r| self.draw_row(r, settings)).collect();
+        if !written {
+            let contexts: Vec<&[u32]> = slots.iter().map(|&r| &self.contexts[r][..]).collect();
+            sampler.start(&draws, &contexts)?;
+        }
+        let allowed = self.req.constraint.as_ref().map(|_| {
+            slots
+                .iter()
+                .flat_map(|&r| self.allowed_bits(r, vocab))
+                .collect()
+        });
+        if written || allowed.is_some() {
+            sampler.prepare(&draws, allowed)?;
+        }
+        Ok(())
+    }
+
+    /// Each live row's token from a step: drawn from its logits on the host
+    /// (by the host sampler, or on the device's definition when the decode
+    /// draws there), or as the device drew it.
+    fn pick(&mut self, next: Next, slots: &[usize]) -> Vec<(usize, Result<u32, GenerateError>)> {
+        match (next, self.device_draws) {
+            (Next::Logits(l), None) => self.sample(slots.iter().copied().zip(l).collect()),
+            (Next::Logits(l), Some(settings)) => {
+                let vocab = l.first().map_or(0, Vec::len);
+                slots
+                    .iter()
+                    .zip(&l)
+                    .filter(|(&r, _)| self.live(r))
+                    .map(|(&r, logits)| {
+                        let seen = device_draw::bits_of(self.contexts[r].iter().copied(), vocab);
+                        let allowed = self.allowed_bits(r, vocab);
+                        let row = self.draw_row(r, settings);
+                        let drawn = device_draw::draw_row(logits, &row, &seen, &allowed);
+                        (r, drawn.map_err(GenerateError::from))
+                    })
+                    .collect()
+            }
+            (Next::Drawn(ids), _) => slots
+                .iter()
+                .zip(ids)
+                .filter(|(&r, _)| self.live(r))
+                .map(|(&r, id)| (r, device_draw::drawn(id).map_err(GenerateError::from)))
+                .collect(),
+        }
     }
 
     /// Samples the next token of each row that has logits (in parallel: each
@@ -753,8 +943,65 @@ impl Rows<'_> {
                 kv_cache_bytes,
                 step_runner: step_runner.clone(),
                 step_kernels,
+                device_draws: self.out.device_draws,
             });
         }
+    }
+}
+
+impl<'r> Rows<'r> {
+    /// The request's first rows, with `prompts` cut to the context.
+    fn start(
+        req: &'r GenerateRequest,
+        prompts: &[Vec<u32>],
+        started: Instant,
+        device_draws: Option<DrawSettings>,
+    ) -> Self {
+        let first_rows = req.variations;
+        let (prompt, truncated) = match req.rows.first() {
+            Some(r) => (prompts[0].clone(), r.prompt_ids.len() - prompts[0].len()),
+            None => (prompts[0].clone(), req.prompt_ids.len() - prompts[0].len()),
+        };
+        let mut rows = Rows {
+            req,
+            out: Generation {
+                prompt_ids: prompt,
+                truncated_prompt_tokens: truncated,
+                variations: Vec::new(),
+                timings: GenerationTimings::default(),
+                kv_cache_bytes: 0,
+                ids_without_text: 0,
+                batch_rows: first_rows,
+                step_runner: None,
+                step_kernels: None,
+                device_draws: device_draws.is_some(),
+            },
+            samplers: Vec::new(),
+            streams: Vec::new(),
+            contexts: Vec::new(),
+            starts: Vec::new(),
+            clocks: Vec::new(),
+            ended: Vec::new(),
+            device_draws,
+        };
+        let start_text = req
+            .constraint
+            .as_ref()
+            .map(|c| c.1.clone())
+            .unwrap_or_default();
+        for (r, p) in prompts.iter().enumerate() {
+            let (sampler, start) = match req.rows.get(r) {
+                Some(row) => (row_sampler(req, row), row.start.clone()),
+                None => (TokenSampler::new(&req.sampling, r), start_text.clone()),
+            };
+            rows.push(
+                p.clone(),
+                sampler,
+                start,
+                RowClock::new(started, first_rows),
+            );
+        }
+        rows
     }
 }
 
@@ -783,51 +1030,13 @@ pub fn generate_feeding<'t>(
     } else {
         req.rows.iter().map(|r| cut(&r.prompt_ids)).collect()
     };
-    let (prompt, truncated) = match req.rows.first() {
-        Some(r) => (prompts[0].clone(), r.prompt_ids.len() - prompts[0].len()),
-        None => (prompts[0].clone(), req.prompt_ids.len() - prompts[0].len()),
-    };
     let started = Instant::now();
-    let mut rows = Rows {
-        req,
-        out: Generation {
-            prompt_ids: prompt,
-            truncated_prompt_tokens: truncated,
-            variations: Vec::new(),
-            timings: GenerationTimings::default(),
-            kv_cache_bytes: 0,
-            ids_without_text: 0,
-            batch_rows: first_rows,
-            step_runner: None,
-            step_kernels: None,
-        },
-        samplers: Vec::new(),
-        streams: Vec::new(),
-        contexts: Vec::new(),
-        starts: Vec::new(),
-        clocks: Vec::new(),
-        ended: Vec::new(),
-    };
-    let start_text = req
-        .constraint
-        .as_ref()
-        .map(|c| c.1.clone())
-        .unwrap_or_default();
-    for (r, p) in prompts.iter().enumerate() {
-        let (sampler, start) = match req.rows.get(r) {
-            Some(row) => (row_sampler(req, row), row.start.clone()),
-            None => (TokenSampler::new(&req.sampling, r), start_text.clone()),
-        };
-        rows.push(
-            p.clone(),
-            sampler,
-            start,
-            RowClock::new(started, first_rows),
-        );
-    }
+    let device_draws = path.device_draws(req, model.config().vocab_size);
+    let mut rows = Rows::start(req, &prompts, started, device_draws);
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
     let columns = static_columns(longest, req.max_new_tokens, n_positions);
-    let mut decoding = Some(Decoding::open(path, model, first_rows, columns)?);
+    let on_device = rows.device_draws.is_some();
+    let mut decoding = Some(Decoding::open(path, model, first_rows, columns, on_device)?);
     // Which row each batch row is (rows leave and join on the growing path).
     let mut slots: Vec<usize> = (0..first_rows).collect();
     // Rows that start from the same prompt (the variations of one request,
@@ -875,11 +1084,13 @@ pub fn generate_feeding<'t>(
         let Some(open) = decoding.as_mut() else {
             break;
         };
-        let next_logits = match first_logits.take() {
-            Some(l) => Ok(l),
-            None => open.next_logits(model, &input),
+        rows.prepare_device(open, &slots, model.config().vocab_size)
+            .map_err(|e| fail(e, rows.out.clone()))?;
+        let next = match first_logits.take() {
+            Some(l) => Ok(Next::Logits(l)),
+            None => open.next(model, &input),
         };
-        let logits = match next_logits {
+        let next = match next {
             Ok(l) => l,
             Err(ForwardError::ContextFull { .. }) if slides => {
                 // The form needs more tokens than the context holds: keep each
@@ -902,7 +1113,13 @@ pub fn generate_feeding<'t>(
                 let columns = static_columns(longest, req.max_new_tokens, n_positions);
                 // The old decoder (and its lock on the static buffers) goes first.
                 drop(decoding.take());
-                decoding = Some(Decoding::open(path, model, slots.len(), columns)?);
+                decoding = Some(Decoding::open(
+                    path,
+                    model,
+                    slots.len(),
+                    columns,
+                    on_device,
+                )?);
                 input = TokenBatch::left_padded(&tails, 0);
                 continue;
             }
@@ -919,7 +1136,7 @@ pub fn generate_feeding<'t>(
             rows.out.timings.forward_ms +=
                 (sample_started - forward_started).as_secs_f64() * 1000.0;
         }
-        let picks = rows.sample(slots.iter().copied().zip(logits).collect());
+        let picks = rows.pick(next, &slots);
         if step > 0 {
             rows.out.timings.sample_ms += sample_started.elapsed().as_secs_f64() * 1000.0;
         }

@@ -111,6 +111,8 @@ impl SamplingParams {
 /// a millisecond.
 pub struct TokenSampler {
     rng: StdRng,
+    /// The seed of this row's stream (the request's seed plus the row).
+    seed: u64,
     sampling: Sampling,
     penalty: f32,
 }
@@ -127,11 +129,18 @@ fn split_row(n: usize) -> bool {
 
 impl TokenSampler {
     pub fn new(params: &SamplingParams, row: usize) -> Self {
+        let seed = params.seed.wrapping_add(row as u64);
         Self {
-            rng: StdRng::seed_from_u64(params.seed.wrapping_add(row as u64)),
+            rng: StdRng::seed_from_u64(seed),
+            seed,
             sampling: params.sampling(),
             penalty: params.repetition_penalty,
         }
+    }
+
+    /// The seed of this row's stream (the request's seed plus the row).
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// Picks the next token from one row of logits; `context` is the sequence so far.

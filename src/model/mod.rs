@@ -29,7 +29,9 @@ pub use checkpoint::{
 pub use config::{Activation, Gpt2Config};
 pub use fused_decode::{check_fused_ops, FusedOpCheck, StepKernels};
 pub use gpt2::{masked_value, ForwardError, Gpt2, KvCache, KvSlot, StaticKvCache, TokenBatch};
-pub use static_decode::{static_columns, GraphMode, StaticDecoder, StepRunner, COLUMN_BUCKET};
+pub use static_decode::{
+    static_columns, GraphMode, StaticDecoder, StepRunner, StepTail, COLUMN_BUCKET,
+};
 pub use tokenizer::{EncodeError, TextTokenizer, TokenizerKind};
 
 use std::path::PathBuf;

@@ -60,6 +60,24 @@ pub fn static_columns(prompt_len: usize, max_new_tokens: usize, n_positions: usi
         .max(1)
 }
 
+/// Work a decode step runs on its own logits, captured with the step in its
+/// CUDA graph: the device draw of `generate/`, so that only the chosen ids
+/// leave the device. Whatever it reads or writes must live as long as the
+/// decoder holds it (the graph keeps the addresses).
+pub trait StepTail: Send + Sync + std::fmt::Debug {
+    /// Launches the work on `logits` `(B, V)` f32; allocates nothing that
+    /// outlives the call.
+    fn run(&self, logits: &Tensor) -> candle_core::Result<()>;
+}
+
+/// A decoder's tail, as the trait object its steps run and as `Any` for the
+/// owner to get its own type back ([`StaticDecoder::tail`]).
+#[derive(Clone)]
+struct InstalledTail {
+    run: std::sync::Arc<dyn StepTail>,
+    any: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+}
+
 /// Device buffers a decode step reads (rewritten in place before each step) and
 /// the one it writes.
 #[derive(Debug)]
@@ -96,6 +114,8 @@ pub struct StaticDecoder {
     mask_synced: bool,
     /// Where the logits land on the host (page-locked on CUDA).
     host_logits: HostLogits,
+    /// Work each step runs after its logits (captured with it), if any.
+    tail: Option<InstalledTail>,
 }
 
 impl std::fmt::Debug for StaticDecoder {
@@ -158,6 +178,7 @@ impl StaticDecoder {
             graph,
             mask_synced: false,
             host_logits: HostLogits::new(dev, batch * vocab)?,
+            tail: None,
         })
     }
 
@@ -190,6 +211,37 @@ impl StaticDecoder {
         }
         self.kernels = kernels;
         Ok(())
+    }
+
+    /// Makes every later step run `tail` on its logits (`None`: none). A
+    /// different tail than before drops the captured graph, which would keep
+    /// running the old one.
+    pub fn set_tail<T: StepTail + 'static>(&mut self, tail: Option<std::sync::Arc<T>>) {
+        let same = match (&self.tail, &tail) {
+            (None, None) => true,
+            (Some(old), Some(new)) => std::ptr::addr_eq(
+                std::sync::Arc::as_ptr(&old.any),
+                std::sync::Arc::as_ptr(new),
+            ),
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        self.tail = tail.map(|t| InstalledTail {
+            run: t.clone(),
+            any: t,
+        });
+        if !matches!(self.graph, GraphState::Off(_)) {
+            self.graph = GraphState::Cold;
+        }
+    }
+
+    /// The tail installed with [`StaticDecoder::set_tail`], if it is a `T`.
+    pub fn tail<T: StepTail + 'static>(&self) -> Option<std::sync::Arc<T>> {
+        self.tail
+            .as_ref()
+            .and_then(|t| t.any.clone().downcast::<T>().ok())
     }
 
     /// Bytes of the KV cache buffers.
@@ -336,6 +388,22 @@ impl StaticDecoder {
         model: &Gpt2,
         input: &TokenBatch,
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        self.advance(model, input)?;
+        Ok(self.host_logits.read(&self.bufs.logits)?)
+    }
+
+    /// One token per row, as [`StaticDecoder::step`], leaving the logits on
+    /// the device for the tail (which must be installed) to read.
+    pub fn step_on_device(&mut self, model: &Gpt2, input: &TokenBatch) -> Result<(), ForwardError> {
+        if self.tail.is_none() {
+            return Err(ForwardError::Shape(
+                "a step that keeps its logits on the device needs a tail to read them".into(),
+            ));
+        }
+        self.advance(model, input)
+    }
+
+    fn advance(&mut self, model: &Gpt2, input: &TokenBatch) -> Result<(), ForwardError> {
         if input.len != 1 {
             return Err(ForwardError::Shape(format!(
                 "a decode step takes one token per row, found {}",
@@ -360,8 +428,7 @@ impl StaticDecoder {
             .inputs
             .slice_set(&Tensor::from_vec(packed, 3 * b + 1, dev)?, 0, 0)?;
         self.used += 1;
-        self.run_step(model)?;
-        Ok(self.host_logits.read(&self.bufs.logits)?)
+        self.run_step(model)
     }
 
     /// The step body, the same kernels whether eager or captured.
@@ -371,6 +438,7 @@ impl StaticDecoder {
         bufs: &StepBuffers,
         dtype: DType,
         kernels: StepKernels,
+        tail: Option<&dyn StepTail>,
     ) -> candle_core::Result<()> {
         #[cfg(test)]
         if kernels == StepKernels::Fused && tests::FAIL_FUSED.with(std::cell::Cell::get) {
@@ -396,7 +464,11 @@ impl StaticDecoder {
             cache,
             kernels,
         )?; // (B, V)
-        bufs.logits.slice_set(&logits, 0, 0)
+        bufs.logits.slice_set(&logits, 0, 0)?;
+        match tail {
+            Some(t) => t.run(&bufs.logits),
+            None => Ok(()),
+        }
     }
 
     /// Runs the step; if the fused kernels fail (a kernel that does not
@@ -428,50 +500,39 @@ impl StaticDecoder {
     }
 
     fn run_step_once(&mut self, model: &Gpt2) -> Result<(), ForwardError> {
+        let (cache, bufs, dtype, kernels) = (&self.cache, &self.bufs, self.dtype, self.kernels);
+        let tail = self.tail.as_ref().map(|t| t.run.as_ref());
+        let body = || Self::step_kernels(model, cache, bufs, dtype, kernels, tail);
         match std::mem::replace(&mut self.graph, GraphState::Off(None)) {
             GraphState::Off(why) => {
                 self.graph = GraphState::Off(why);
-                Self::step_kernels(model, &self.cache, &self.bufs, self.dtype, self.kernels)?;
+                body()?;
             }
             GraphState::Cold => {
                 #[cfg(feature = "cuda")]
                 {
-                    super::step_graph::warm_up(model.device(), || {
-                        Self::step_kernels(model, &self.cache, &self.bufs, self.dtype, self.kernels)
-                    })?;
+                    super::step_graph::warm_up(model.device(), body)?;
                     self.graph = GraphState::Warm;
                 }
                 #[cfg(not(feature = "cuda"))]
-                Self::step_kernels(model, &self.cache, &self.bufs, self.dtype, self.kernels)?;
+                body()?;
             }
             GraphState::Warm => {
                 #[cfg(feature = "cuda")]
-                {
-                    let (cache, bufs, dtype, kernels) =
-                        (&self.cache, &self.bufs, self.dtype, self.kernels);
-                    match super::step_graph::StepGraph::capture(model.device(), || {
-                        Self::step_kernels(model, cache, bufs, dtype, kernels)
-                    }) {
-                        Ok(graph) => {
-                            graph.launch()?;
-                            self.graph = GraphState::Ready(graph);
-                        }
-                        Err(e) => {
-                            let why = e.to_string();
-                            tracing::warn!("CUDA graph capture failed, decoding eagerly: {why}");
-                            self.graph = GraphState::Off(Some(why));
-                            Self::step_kernels(
-                                model,
-                                &self.cache,
-                                &self.bufs,
-                                self.dtype,
-                                self.kernels,
-                            )?;
-                        }
+                match super::step_graph::StepGraph::capture(model.device(), body) {
+                    Ok(graph) => {
+                        graph.launch()?;
+                        self.graph = GraphState::Ready(graph);
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        tracing::warn!("CUDA graph capture failed, decoding eagerly: {why}");
+                        self.graph = GraphState::Off(Some(why));
+                        body()?;
                     }
                 }
                 #[cfg(not(feature = "cuda"))]
-                Self::step_kernels(model, &self.cache, &self.bufs, self.dtype, self.kernels)?;
+                body()?;
             }
             #[cfg(feature = "cuda")]
             GraphState::Ready(graph) => {
