@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ours and PyTorch on one GPU in one run, on the same random GPT-2 124M
 # checkpoint (and the bundled model for ours): decode tokens/s at batch 1 and 8
-# in f32 and f16, ours with and without CUDA graphs and fused kernels, the peers eager and
+# in f32 and f16, ours with and without CUDA graphs and fused kernels (and with
+# the tokens drawn on the device), the peers eager and
 # static-cache compiled, all with the same sampling settings. Writes one JSON.
 #
 #   packaging/bench/gpu-side-by-side.sh BINARY OUT.json [MODEL_DIR]
@@ -29,15 +30,17 @@ GPT2LMHeadModel(GPT2Config()).save_pretrained(sys.argv[1])
 PY
 cp "$root/tests/fixtures/hf-safetensors/tokenizer.json" "$model/"
 n=128
-# Ours: the default (graphs and fused kernels), graphs with candle's composed
-# kernels, and fused kernels without graphs.
+# Ours: graphs and fused kernels, the same with each step's tokens drawn on the
+# device (`-draws1`), graphs with candle's composed kernels, and fused kernels
+# without graphs.
 for dt in f32 f16; do
-  for v in "1 1" "1 0" "0 1"; do
-    set -- $v; g=$1; f=$2
+  for v in "1 1 0" "1 1 1" "1 0 0" "0 1 0"; do
+    set -- $v; g=$1; f=$2; d=$3
+    name="graphs$g-fused$f"; [ "$d" = 1 ] && name="$name-draws1"
     for m in 124m tang; do
       dir=$model; [ $m = tang ] && dir="$root/models/tang-poems"
-      VERSIFIER_CUDA_GRAPHS=$g VERSIFIER_FUSED_KERNELS=$f "$bin" bench --model "$dir" --device cuda:0 --dtype $dt --batches 1,8 --new-tokens $n --json \
-        > "$work/ours-$m-$dt-graphs$g-fused$f.json" || echo "ours $m $dt graphs=$g fused=$f failed" >&2
+      VERSIFIER_CUDA_GRAPHS=$g VERSIFIER_FUSED_KERNELS=$f VERSIFIER_DEVICE_DRAWS=$d "$bin" bench --model "$dir" --device cuda:0 --dtype $dt --batches 1,8 --new-tokens $n --json \
+        > "$work/ours-$m-$dt-$name.json" || echo "ours $m $dt $name failed" >&2
     done
   done
 done

@@ -4,11 +4,12 @@
 # (a step that would start with under 20 s left is skipped and says so):
 #
 #   selftest f32, f16   conformance with transformers, the fused decode kernels
-#                       against candle's composed ones, and the trainer's fused
+#                       against candle's composed ones, the device draw against
+#                       its host reference, and the trainer's fused
 #                       AdamW kernels against AdamW as tensor ops (#15, #17)
 #   serve-two-engines   two engines on one GPU, each released at idle, the
 #                       other serving through it, 0 MiB by NVML and nvidia-smi (#16)
-#   side-by-side        ours (graphs and fused kernels on and off) vs
+#   side-by-side        ours (graphs, fused kernels, device draws on and off) vs
 #                       transformers eager and compiled (#15)
 #   lifecycle           load -> generate -> release cycles, 0 MiB after each,
 #                       with nvidia-smi polled from outside (#15, #14)
@@ -59,8 +60,9 @@ step() {
 }
 selftest() { "$bin" selftest --fixtures tests/fixtures --device "$dev" --dtype "$1" > "$res/selftest-$1.json"; }
 lifecycle() {
-  # With the fused decode kernels on (their module must go with each release too).
-  VERSIFIER_FUSED_KERNELS=1 "$bin" --log-dir none bench --lifecycle --model "$model" --device "$dev" --dtype f32 --cycles 30 --new-tokens 32 > "$res/lifecycle.json" &
+  # With the fused decode kernels and the device draw on (their modules and the
+  # draw's state, held by the captured graph, must go with each release too).
+  VERSIFIER_FUSED_KERNELS=1 VERSIFIER_DEVICE_DRAWS=1 "$bin" --log-dir none bench --lifecycle --model "$model" --device "$dev" --dtype f32 --cycles 30 --new-tokens 32 > "$res/lifecycle.json" &
   local pid=$!
   if command -v nvidia-smi > /dev/null; then
     while kill -0 "$pid" 2>/dev/null; do
