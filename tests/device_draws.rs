@@ -24,18 +24,6 @@ use versifier::model::{
 };
 use versifier::poetry::VerseRules;
 
-fn request(variations: usize, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest {
-        prompt_ids: vec![3, 99, 150, 7],
-        variations,
-        max_new_tokens: 20,
-        sampling,
-        stop_ids: vec![],
-        constraint: None,
-        rows: Vec::new(),
-    }
-}
-
 /// The ids the device definition draws, step by step on the host, from the
 /// static decoder's own logits (no tail): what the decode must write.
 fn reference_ids(model: &versifier::model::Gpt2, req: &GenerateRequest) -> Vec<Vec<u32>> {
@@ -105,7 +93,7 @@ fn device_draws_write_what_the_reference_draws_from_the_steps_logits_simulated_o
         (2, top_k_only),
         (2, every_token),
     ] {
-        let req = request(variations, sampling.clone());
+        let req = decode_request(variations, sampling.clone());
         let run = |path| generate_on(path, &model, &req, |_| &[], &|| false, |_| {}).unwrap();
         let on_device = run(DecodePath::StaticDrawnOnDevice(GraphMode::Capture));
         assert!(on_device.device_draws, "{sampling:?}");
@@ -128,7 +116,7 @@ fn device_draws_write_what_the_reference_draws_from_the_steps_logits_simulated_o
         top_k: 0,
         ..SamplingParams::default()
     };
-    let req = request(2, nucleus_only);
+    let req = decode_request(2, nucleus_only);
     let g = generate_on(
         DecodePath::StaticDrawnOnDevice(GraphMode::Capture),
         &model,
@@ -159,6 +147,18 @@ fn a_form_mask_drawn_on_the_device_keeps_the_form_in_every_poem_simulated_on_the
     let bundled = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems");
     let m = load_model(&bundled, &Device::Cpu, DType::F32).unwrap();
     let tok = m.tokenizer.as_ref().unwrap();
+    let on_device = |req: &GenerateRequest| {
+        let path = DecodePath::StaticDrawnOnDevice(GraphMode::Eager);
+        generate_on(
+            path,
+            &m.model,
+            req,
+            |id| tok.token_bytes(id),
+            &|| false,
+            |_| {},
+        )
+        .unwrap()
+    };
     for (form, seed) in [("五絕", 3u64), ("七絕", 9)] {
         let form: PoemForm = form.parse().unwrap();
         let (ids, constraint) = poem_prompt(tok, "春", &form, &VerseRules::off()).unwrap();
@@ -179,15 +179,7 @@ fn a_form_mask_drawn_on_the_device_keeps_the_form_in_every_poem_simulated_on_the
             constraint,
             rows: Vec::new(),
         };
-        let g = generate_on(
-            DecodePath::StaticDrawnOnDevice(GraphMode::Eager),
-            &m.model,
-            &req,
-            |id| tok.token_bytes(id),
-            &|| false,
-            |_| {},
-        )
-        .unwrap();
+        let g = on_device(&req);
         assert!(g.device_draws);
         for v in &g.variations {
             let text = format!("{start}{}", v.text);
@@ -207,14 +199,5 @@ fn a_form_mask_drawn_on_the_device_keeps_the_form_in_every_poem_simulated_on_the
         constraint,
         rows: Vec::new(),
     };
-    let g = generate_on(
-        DecodePath::StaticDrawnOnDevice(GraphMode::Eager),
-        &m.model,
-        &req,
-        |id| tok.token_bytes(id),
-        &|| false,
-        |_| {},
-    )
-    .unwrap();
-    assert!(!g.device_draws);
+    assert!(!on_device(&req).device_draws);
 }

@@ -69,18 +69,6 @@ fn static_path_gives_the_growing_path_logits_with_padding_and_finished_rows() {
     }
 }
 
-fn request(variations: usize, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest {
-        prompt_ids: vec![3, 99, 150, 7],
-        variations,
-        max_new_tokens: 20,
-        sampling,
-        stop_ids: vec![],
-        constraint: None,
-        rows: Vec::new(),
-    }
-}
-
 #[test]
 fn static_path_writes_the_growing_path_tokens_greedy_and_sampled() {
     let (_dir, model) = tiny_model(DType::F32, 64);
@@ -88,7 +76,7 @@ fn static_path_writes_the_growing_path_tokens_greedy_and_sampled() {
         (1, SamplingParams::greedy()),
         (3, SamplingParams::default()),
     ] {
-        let req = request(variations, sampling);
+        let req = decode_request(variations, sampling);
         let run = |path| generate_on(path, &model, &req, |_| &[], &|| false, |_| {}).unwrap();
         let growing = run(DecodePath::Growing);
         let fixed = run(DecodePath::Static(GraphMode::Capture));
@@ -114,7 +102,7 @@ fn static_path_stops_at_a_full_context_like_the_growing_path() {
     let (_dir, model) = tiny_model(DType::F32, 12);
     let req = GenerateRequest {
         max_new_tokens: 50,
-        ..request(2, SamplingParams::greedy())
+        ..decode_request(2, SamplingParams::greedy())
     };
     let run = |path| generate_on(path, &model, &req, |_| &[], &|| false, |_| {}).unwrap();
     let (growing, fixed) = (

@@ -126,3 +126,20 @@ pub fn edit_config(dir: &Path, field: &str, value: serde_json::Value) {
     cfg[field] = value;
     std::fs::write(&path, cfg.to_string()).unwrap();
 }
+
+/// A request of `variations` rows continuing the ids 3 99 150 7 for 20
+/// tokens, no stop token, no form (the decode-path tests' request).
+pub fn decode_request(
+    variations: usize,
+    sampling: versifier::generate::SamplingParams,
+) -> versifier::generate::GenerateRequest {
+    versifier::generate::GenerateRequest {
+        prompt_ids: vec![3, 99, 150, 7],
+        variations,
+        max_new_tokens: 20,
+        sampling,
+        stop_ids: vec![],
+        constraint: None,
+        rows: Vec::new(),
+    }
+}
