@@ -318,7 +318,7 @@ fn device_draw_steps(
         let input = TokenBatch::step(ids.clone(), vec![true; b]);
         logits = plain.step(model, &input)?;
         drawing.step_on_device(model, &input)?;
-        let got = sampler.read_ids()?;
+        let got = sampler.take_ids()?;
         let want = reference(&logits, &contexts, draw);
         for (r, (g, w)) in got.iter().zip(want).enumerate() {
             agreement.draws += 1;

@@ -6,7 +6,8 @@
 //   [ids (B) | headers (B x 8) | seen bits (B x W) | allowed bits (B x W)], W = ceil(V / 32)
 // header: seed lo, seed hi, draw number, top k, flags, 1/temperature, top p, penalty
 // (the last three as f32 bits). The kernel writes each active row's id (or a
-// sentinel) and sets the chosen token's seen bit; the host writes the rest.
+// sentinel), sets the chosen token's seen bit and counts the draw; the host
+// writes the rest.
 
 #define DRAW_THREADS 256
 #define MAX_TOP_K 256
@@ -242,5 +243,6 @@ extern "C" __global__ void versifier_device_draw(unsigned int* state, const floa
     if (tid == 0) {
         state[row] = chosen;
         seen[chosen >> 5] |= 1u << (chosen & 31u);
+        header[2] = draw + 1u; // the next draw's number: the host need not write it
     }
 }

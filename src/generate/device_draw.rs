@@ -406,6 +406,7 @@ impl InplaceOp2 for DrawOp {
             state[r] = match drawn {
                 Ok(id) => {
                     state[seen.start + id as usize / 32] |= 1 << (id % 32);
+                    state[h + 2] = row.draw.wrapping_add(1);
                     id
                 }
                 Err(DrawFailure::NoToken) => NO_TOKEN,
@@ -466,6 +467,10 @@ pub struct DeviceSampler {
     state: Tensor,
     layout: StateLayout,
     vocab: usize,
+    /// What the device's headers hold now (`None`: not known), so that a
+    /// step whose rows only drew once more uploads nothing: the kernel counts
+    /// each row's draws itself.
+    headers: std::sync::Mutex<Option<Vec<DrawRow>>>,
 }
 
 impl DeviceSampler {
@@ -476,6 +481,7 @@ impl DeviceSampler {
             state: Tensor::zeros(layout.len(), DType::U32, device)?,
             layout,
             vocab,
+            headers: std::sync::Mutex::new(None),
         })
     }
 
@@ -485,6 +491,15 @@ impl DeviceSampler {
 
     pub fn vocab(&self) -> usize {
         self.vocab
+    }
+
+    fn headers(&self) -> std::sync::MutexGuard<'_, Option<Vec<DrawRow>>> {
+        // A panic while holding it left a stale copy at worst: forget it.
+        self.headers.lock().unwrap_or_else(|poisoned| {
+            let mut guard = poisoned.into_inner();
+            *guard = None;
+            guard
+        })
     }
 
     fn write(&self, offset: usize, values: Vec<u32>) -> candle_core::Result<()> {
@@ -513,11 +528,13 @@ impl DeviceSampler {
             .collect();
         self.write(self.layout.seen(), seen)?;
         self.write(self.layout.allowed(), allowed)?;
+        *self.headers() = None;
         self.prepare(rows, None)
     }
 
-    /// Before a step: every row's header (draw number, whether it is active)
-    /// and, when a form masks tokens, every row's allowed bits (`B` sets of
+    /// Before a step: every row's header (draw number, whether it is active;
+    /// uploaded only when it is not what the device already holds) and, when
+    /// a form masks tokens, every row's allowed bits (`B` sets of
     /// [`bit_words`] words, one after the other).
     pub fn prepare(&self, rows: &[DrawRow], allowed: Option<Vec<u32>>) -> candle_core::Result<()> {
         if rows.len() != self.batch() {
@@ -527,8 +544,14 @@ impl DeviceSampler {
                 self.batch()
             )));
         }
-        let headers: Vec<u32> = rows.iter().flat_map(|r| r.header()).collect();
-        self.write(self.layout.headers(), headers)?;
+        let mut held = self.headers();
+        if held.as_deref() != Some(rows) {
+            *held = None;
+            let headers: Vec<u32> = rows.iter().flat_map(|r| r.header()).collect();
+            self.write(self.layout.headers(), headers)?;
+            *held = Some(rows.to_vec());
+        }
+        drop(held);
         if let Some(bits) = allowed {
             if bits.len() != self.batch() * self.layout.words {
                 return Err(op_error(format!(
@@ -542,14 +565,23 @@ impl DeviceSampler {
         Ok(())
     }
 
-    /// After a step: what each row drew (an id, or a failure for
-    /// [`drawn`]; an ended row's is stale).
-    pub fn read_ids(&self) -> candle_core::Result<Vec<u32>> {
-        self.state.narrow(0, 0, self.batch())?.to_vec1::<u32>()
+    /// After each step, once: what each row drew (an id, or a failure for
+    /// [`drawn`]; an ended row's is stale). Counts the draw of every active
+    /// row that drew, as the kernel did.
+    pub fn take_ids(&self) -> candle_core::Result<Vec<u32>> {
+        let ids = self.state.narrow(0, 0, self.batch())?.to_vec1::<u32>()?;
+        if let Some(rows) = self.headers().as_mut() {
+            for (row, &id) in rows.iter_mut().zip(&ids) {
+                if row.active && drawn(id).is_ok() {
+                    row.draw = row.draw.wrapping_add(1);
+                }
+            }
+        }
+        Ok(ids)
     }
 }
 
-/// A row's entry from [`DeviceSampler::read_ids`]: the id, or why it could not draw.
+/// A row's entry from [`DeviceSampler::take_ids`]: the id, or why it could not draw.
 pub fn drawn(entry: u32) -> Result<u32, DrawFailure> {
     match entry {
         NO_TOKEN => Err(DrawFailure::NoToken),
@@ -685,7 +717,7 @@ pub fn check_device_draws(device: &Device) -> candle_core::Result<DeviceDrawChec
             sampler.start(&rows, &context_refs)?;
             sampler.prepare(&rows, Some(allowed.concat()))?;
             sampler.run(&on_device)?;
-            let ids = sampler.read_ids()?;
+            let ids = sampler.take_ids()?;
             for (r, &id) in ids.iter().enumerate() {
                 let seen = bits_of(contexts[r].iter().copied(), vocab);
                 let want = draw_row(
@@ -719,12 +751,12 @@ pub fn check_device_draws(device: &Device) -> candle_core::Result<DeviceDrawChec
                 })
                 .collect();
             sampler.prepare(&rows, None)?;
-            sampler.read_ids()?;
+            sampler.take_ids()?;
             let started = std::time::Instant::now();
             let runs = 20;
             for _ in 0..runs {
                 sampler.run(&on_device)?;
-                sampler.read_ids()?;
+                sampler.take_ids()?;
             }
             check.draw_us_batch8_vocab50257 =
                 started.elapsed().as_secs_f64() * 1e6 / f64::from(runs);
@@ -976,9 +1008,9 @@ mod tests {
             .map(|i| ((i * 37) % 23) as f32 * 0.2)
             .collect();
         let t = Tensor::from_vec(logits.clone(), (batch, vocab), &dev).unwrap();
-        let before = sampler.read_ids().unwrap();
+        let before = sampler.state.to_vec1::<u32>().unwrap();
         sampler.run(&t).unwrap();
-        let ids = sampler.read_ids().unwrap();
+        let ids = sampler.take_ids().unwrap();
         assert_eq!(ids[1], before[1], "an ended row is left alone");
         for r in [0, 2] {
             let seen = bits_of(contexts[r].iter().copied(), vocab);
@@ -993,6 +1025,12 @@ mod tests {
         // The second draw sees the first token: its penalty applies.
         let state = sampler.state.to_vec1::<u32>().unwrap();
         let lay = StateLayout::new(batch, vocab);
+        let draw_of = |r: usize| state[lay.headers() + r * HEADER + 2];
+        assert_eq!(
+            (draw_of(0), draw_of(1), draw_of(2)),
+            (2, 1, 2),
+            "counted once per draw"
+        );
         let seen0 = &state[lay.seen()..lay.seen() + lay.words];
         assert!(bit(seen0, ids[0] as usize) && bit(seen0, 1) && bit(seen0, 2));
         assert_eq!(

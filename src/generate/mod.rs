@@ -484,7 +484,7 @@ impl<'m> Decoding<'m> {
             };
             let drawn = decoder
                 .step_on_device(model, input)
-                .and_then(|()| Ok(sampler.read_ids()?));
+                .and_then(|()| Ok(sampler.take_ids()?));
             if let Err(e) = &drawn {
                 if !matches!(e, ForwardError::ContextFull { .. }) {
                     **slot = None;
