@@ -7,6 +7,8 @@
 #
 #   packaging/bench/gpu-side-by-side.sh BINARY OUT.json [MODEL_DIR]
 #
+# SBS_PARTS (default: a temporary folder) receives each run's JSON as it ends,
+# so a run cut short keeps what it finished (side-by-side-merge.py merges them).
 # MODEL_DIR (default: a temporary folder) receives the random checkpoint, so a
 # later command (the lifecycle bench) can use the same one.
 # Runs on the GPU machine (no Rust needed): BINARY is the CUDA build (may be .gz);
@@ -20,8 +22,8 @@ if [ -z "${VERSIFIER_LIBS_SET:-}" ]; then
   libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
   export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
 fi
-work=$(mktemp -d)
-model=${3:-$work/gpt2-124m-random}
+work=${SBS_PARTS:-$(mktemp -d)}; mkdir -p "$work"
+model=${3:-$(mktemp -d)/gpt2-124m-random}
 python3 - "$model" <<'PY'
 import sys, torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -45,27 +47,4 @@ for dt in f32 f16; do
   done
 done
 PYTHONUNBUFFERED=1 python3 "$here/pytorch_gpu_peers.py" "$model" --new-tokens $n > "$work/peers.json" || echo "peers failed" >&2
-python3 - "$work" "$out" <<'PY'
-import glob, json, os, sys, subprocess
-work, out = sys.argv[1], sys.argv[2]
-def load(p):
-    try:
-        return json.load(open(p))
-    except Exception as e:
-        return {"error": f"{p}: {e}"}
-ours = {os.path.basename(p)[:-5]: load(p) for p in sorted(glob.glob(f"{work}/ours-*.json"))}
-peers = load(f"{work}/peers.json")
-gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                     capture_output=True, text=True).stdout.strip()
-table = {}
-for name, j in ours.items():
-    for d in j.get("decode", []):
-        table[f"versifier {name[5:]} batch {d['batch']}"] = round(d["tokens_per_s"], 1)
-for p in peers.get("peers", []):
-    for d in p.get("decode", []):
-        table[f"transformers {p['peer']} 124m {p['dtype']} batch {d['batch']}"] = round(d["tokens_per_s"], 1)
-json.dump({"gpu": gpu, "new_tokens": 128, "prompt_tokens": 16,
-           "sampling": "temperature 0.8, top-k 40, top-p 0.95, repetition penalty 1.1",
-           "tokens_per_s": table, "ours": ours, "peers": peers}, open(out, "w"), indent=1)
-print(json.dumps(table, indent=1))
-PY
+python3 "$here/side-by-side-merge.py" "$work" "$out"

@@ -74,7 +74,7 @@ lifecycle() {
 }
 side_by_side() {
   [ "$dev" = cpu ] && { echo "needs a GPU (PyTorch peers on CUDA)"; return 0; }
-  bash packaging/bench/gpu-side-by-side.sh "$bin" "$res/side-by-side.json" "$work/gpt2-124m-random"
+  SBS_PARTS="$res/side-by-side-parts" bash packaging/bench/gpu-side-by-side.sh "$bin" "$res/side-by-side.json" "$work/gpt2-124m-random"
 }
 train_speed() {
   [ -f "$work/corpus/train.txt" ] || { echo "no corpus in $carry/corpus"; return 2; }
@@ -104,6 +104,9 @@ step train-speed 150 train_speed
 step selftest-bf16 40 selftest bf16
 step snapshots 40 snapshots
 step oom 60 oom
+# Cut short, the side-by-side still left the runs it finished.
+[ ! -f "$res/side-by-side.json" ] && [ -d "$res/side-by-side-parts" ] \
+  && python3 packaging/bench/side-by-side-merge.py "$res/side-by-side-parts" "$res/side-by-side.json" > /dev/null 2>&1
 [ -f "$res/side-by-side.json" ] && python3 packaging/bench/gpu-table.py "$res/side-by-side.json" > "$res/side-by-side-table.md" 2>&1
 echo "total $(( $(date +%s) - start )) s of $budget" | tee -a "$res/steps.txt"
 tar -C "$(dirname "$res")" -czf "$out/gpu-session.tar.gz" gpu-session
