@@ -46,5 +46,5 @@ for dt in f32 f16; do
     done
   done
 done
-PYTHONUNBUFFERED=1 python3 "$here/pytorch_gpu_peers.py" "$model" --new-tokens $n > "$work/peers.json" || echo "peers failed" >&2
+PYTHONUNBUFFERED=1 python3 "$here/pytorch_gpu_peers.py" "$model" --new-tokens $n --out "$work/peers.json" || echo "peers failed" >&2
 python3 "$here/side-by-side-merge.py" "$work" "$out"

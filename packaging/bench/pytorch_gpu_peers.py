@@ -5,7 +5,7 @@ with the same sampling settings as our bench (temperature 0.8, top-k 40, top-p
 prompt pass: (time for N new tokens - time for 1) over N - 1 steps, best of 3
 after warm-up. Prints one JSON object; a peer that fails is recorded, not fatal.
 
-    python3 pytorch_gpu_peers.py MODEL_DIR --dtypes float32,float16 --batches 1,8 --new-tokens 128
+    python3 pytorch_gpu_peers.py MODEL_DIR --dtypes float32,float16 --batches 1,8 --new-tokens 128 [--out F]
 """
 import argparse
 import json
@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", help="rewrite this JSON file after every peer (a run cut short keeps "
+                    "the peers it finished); without it, print the JSON at the end")
     a = ap.parse_args()
     batches = [int(x) for x in a.batches.split(",")]
     res = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0), "peers": []}
@@ -85,7 +87,12 @@ def main():
                 entry["trace"] = traceback.format_exc()[-2000:]
             res["peers"].append(entry)
             print(json.dumps(entry), flush=True, file=__import__("sys").stderr)
-    print(json.dumps(res, indent=1))
+            if a.out:
+                with open(a.out + ".part", "w") as f:
+                    json.dump(res, f, indent=1)
+                __import__("os").replace(a.out + ".part", a.out)
+    if not a.out:
+        print(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
