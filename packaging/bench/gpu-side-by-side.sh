@@ -11,13 +11,13 @@
 # so a run cut short keeps what it finished (side-by-side-merge.py merges them).
 # MODEL_DIR (default: a temporary folder) receives the random checkpoint, so a
 # later command (the lifecycle bench) can use the same one.
-# Runs on the GPU machine (no Rust needed): BINARY is the CUDA build (may be .gz);
+# Runs on the GPU machine (no Rust needed): BINARY is the CUDA build (may be .xz or .gz);
 # python3 must have torch and transformers.
 set -uo pipefail
 bin=$1; out=$2
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-case "$bin" in *.gz) gzip -dc "$bin" > /tmp/versifier-cuda && chmod +x /tmp/versifier-cuda && bin=/tmp/versifier-cuda;; esac
+case "$bin" in *.gz|*.xz) bash "$(dirname "$0")/../cuda/unpack-binary.sh" "$bin" /tmp/versifier-cuda && bin=/tmp/versifier-cuda;; esac
 if [ -z "${VERSIFIER_LIBS_SET:-}" ]; then
   libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
   export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"

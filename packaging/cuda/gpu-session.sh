@@ -34,8 +34,8 @@ res=$(mktemp -d)/gpu-session; mkdir -p "$res"
 work=$(mktemp -d)
 start=$(date +%s)
 bin="$work/versifier"
-if [ -f "$carry/versifier.gz" ]; then gzip -dc "$carry/versifier.gz" > "$bin"; else cp "$carry/versifier" "$bin"; fi
-chmod +x "$bin"
+packed=$(ls "$carry"/versifier.xz "$carry"/versifier.gz "$carry"/versifier 2>/dev/null | head -1)
+bash "$root/packaging/cuda/unpack-binary.sh" "${packed:?no versifier build in $carry}" "$bin"
 if [ "$dev" != cpu ]; then
   libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
   export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}" VERSIFIER_LIBS_SET=1

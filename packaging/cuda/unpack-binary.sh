@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Unpacks a carried CUDA build (.xz from gpu-carry.sh, .gz from earlier ones, or
+# plain) to DEST and makes it executable. xz with the xz tool where there is
+# one, else with Python's lzma module (the GPU machine has Python).
+#
+#   packaging/cuda/unpack-binary.sh SRC DEST
+set -euo pipefail
+src=${1:?packed binary}; dest=${2:?where to unpack it}
+case "$src" in
+  *.xz) if command -v xz > /dev/null; then xz -dc "$src" > "$dest"
+        else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$src" "$dest"; fi ;;
+  *.gz) gzip -dc "$src" > "$dest" ;;
+  *) [ "$src" -ef "$dest" ] || cp "$src" "$dest" ;;
+esac
+chmod +x "$dest"
