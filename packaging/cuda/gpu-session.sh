@@ -12,7 +12,8 @@
 #   side-by-side        ours (graphs, fused kernels, device draws on and off) vs
 #                       transformers eager and compiled (#15)
 #   lifecycle           load -> generate -> release cycles, 0 MiB after each,
-#                       with nvidia-smi polled from outside (#15, #14)
+#                       with nvidia-smi polled from outside (#15, #14); then
+#                       10 more with the fused kernels and device draws on
 #   train-speed         f32 vs bf16 and larger batches at equal tokens (#17)
 #   selftest bf16, snapshots (pictures of the meter), oom (another process
 #   holds all but 300 MiB)
@@ -60,15 +61,18 @@ step() {
 }
 selftest() { "$bin" selftest --fixtures tests/fixtures --device "$dev" --dtype "$1" > "$res/selftest-$1.json"; }
 lifecycle() {
-  # With the fused decode kernels and the device draw on (their modules and the
-  # draw's state, held by the captured graph, must go with each release too).
-  VERSIFIER_FUSED_KERNELS=1 VERSIFIER_DEVICE_DRAWS=1 "$bin" --log-dir none bench --lifecycle --model "$model" --device "$dev" --dtype f32 --cycles 30 --new-tokens 32 > "$res/lifecycle.json" &
+  # $1: a name; the environment picks the kernels. With the fused decode kernels
+  # and the device draw on, their modules and the draw's state (held by the
+  # captured graph) must go with each release too; a run of its own, so that a
+  # kernel that faults does not cost the defaults' run.
+  local name=$1 cycles=$2
+  "$bin" --log-dir none bench --lifecycle --model "$model" --device "$dev" --dtype f32 --cycles "$cycles" --new-tokens 32 > "$res/$name.json" &
   local pid=$!
   if command -v nvidia-smi > /dev/null; then
     while kill -0 "$pid" 2>/dev/null; do
       echo "$(date +%s.%N) $(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits | grep -E "^$pid," | paste -sd' ')"
       sleep 0.1
-    done > "$res/lifecycle-nvidia-smi.txt"
+    done > "$res/$name-nvidia-smi.txt"
   fi
   wait "$pid"
 }
@@ -99,7 +103,8 @@ serve_devices=$dev,$dev
 step serve-two-engines 90 python3 packaging/cuda/serve-two-engines.py "$bin" "$res/serve-two-engines.json" --devices "$serve_devices"
 step side-by-side 250 side_by_side
 [ -f "$work/gpt2-124m-random/config.json" ] && export model="$work/gpt2-124m-random"
-step lifecycle 60 lifecycle
+step lifecycle 45 lifecycle lifecycle 30
+step lifecycle-fused-draws 30 env VERSIFIER_FUSED_KERNELS=1 VERSIFIER_DEVICE_DRAWS=1 bash -c 'lifecycle lifecycle-fused-draws 10'
 step train-speed 150 train_speed
 step selftest-bf16 40 selftest bf16
 step snapshots 40 snapshots
