@@ -17,7 +17,7 @@ set -uo pipefail
 bin=$1; out=$2
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-case "$bin" in *.gz|*.xz) bash "$(dirname "$0")/../cuda/unpack-binary.sh" "$bin" /tmp/versifier-cuda && bin=/tmp/versifier-cuda;; esac
+case "$bin" in *.gz|*.xz) bash "$(dirname "$0")/../cuda/unpack.sh" "$bin" /tmp/versifier-cuda --exec && bin=/tmp/versifier-cuda;; esac
 if [ -z "${VERSIFIER_LIBS_SET:-}" ]; then
   libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
   export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes the folder a GPU session carries to the device machine (`.gpu/`, ignored
 # by git): the CUDA build stripped and xz-compressed (18 MB where gzip gives
-# 29), and a corpus for the trainer's speed runs (the first CORPUS_MIB of
-# train.txt, gzipped, and eval.txt). Then checks that the working tree and
+# 29), and a corpus for the trainer (about CORPUS_MIB of train.txt, every
+# k-th poem, xz-compressed, and eval.txt). Then checks that the working tree and
 # the carry together fit what a device call takes (64 MiB), and fails naming
 # the figures when they do not (the call would be refused).
 #
@@ -12,11 +12,21 @@
 # Then: run(command="packaging/cuda/gpu-session.sh .gpu \$OUT", carry=[".gpu"]).
 set -euo pipefail
 corpus=${1:?corpus folder from versifier corpus (train.txt, eval.txt)}
-bin=${2:-target-cuda/release/versifier}; mib=${3:-8}
+bin=${2:-target-cuda/release/versifier}; mib=${3:-16}
 cd "$(dirname "$0")/../.."
 rm -rf .gpu && mkdir -p .gpu/corpus
 strip -o .gpu/versifier "$bin" && xz -9e -T0 .gpu/versifier
-head -c $((mib << 20)) "$corpus/train.txt" | python3 -c 'import sys; d=sys.stdin.buffer.read(); sys.stdout.buffer.write(d[:d.rfind(b"\n")+1])' | gzip -9 > .gpu/corpus/train.txt.gz
+# Every k-th poem, so the slice holds every form and tune in proportion (the
+# file runs through the collection in order: its first megabytes hold no 詞).
+python3 - "$corpus/train.txt" "$mib" <<'PY' | xz -9e -T0 > .gpu/corpus/train.txt.xz
+import math, os, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+k = max(1, math.ceil(os.path.getsize(path) / (mib << 20)))
+with open(path, "rb") as f:
+    for i, line in enumerate(f):
+        if i % k == 0:
+            sys.stdout.buffer.write(line)
+PY
 cp "$corpus/eval.txt" .gpu/corpus/
 du -sh .gpu/* .gpu/corpus/*
 # What travels: tracked files, untracked ones git does not ignore, and the carry.

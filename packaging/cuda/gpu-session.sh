@@ -36,14 +36,15 @@ work=$(mktemp -d)
 start=$(date +%s)
 bin="$work/versifier"
 packed=$(ls "$carry"/versifier.xz "$carry"/versifier.gz "$carry"/versifier 2>/dev/null | head -1)
-bash "$root/packaging/cuda/unpack-binary.sh" "${packed:?no versifier build in $carry}" "$bin"
+bash "$root/packaging/cuda/unpack.sh" "${packed:?no versifier build in $carry}" "$bin" --exec
 if [ "$dev" != cpu ]; then
   libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
   export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}" VERSIFIER_LIBS_SET=1
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv > "$res/gpu.csv" 2>&1
 fi
 mkdir -p "$work/corpus"
-[ -f "$carry/corpus/train.txt.gz" ] && gzip -dc "$carry/corpus/train.txt.gz" > "$work/corpus/train.txt" && cp "$carry/corpus/eval.txt" "$work/corpus/"
+packed=$(ls "$carry"/corpus/train.txt.xz "$carry"/corpus/train.txt.gz 2>/dev/null | head -1)
+[ -n "$packed" ] && bash "$root/packaging/cuda/unpack.sh" "$packed" "$work/corpus/train.txt" && cp "$carry/corpus/eval.txt" "$work/corpus/"
 model="$root/models/tang-poems"   # the lifecycle's model until side-by-side makes the 124M one
 cd "$root"
 

@@ -35,14 +35,16 @@ start=$(date +%s)
 left() { echo $(( budget - ($(date +%s) - start) )); }
 bin="$work/versifier"
 packed=$(ls "$carry"/versifier.xz "$carry"/versifier.gz "$carry"/versifier 2>/dev/null | head -1)
-bash "$root/packaging/cuda/unpack-binary.sh" "${packed:?no versifier build in $carry}" "$bin" || exit 1
+bash "$root/packaging/cuda/unpack.sh" "${packed:?no versifier build in $carry}" "$bin" --exec || exit 1
 if [ "$dev" != cpu ]; then
   libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
   export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$res/gpu.csv" 2>&1
 fi
 mkdir -p "$work/corpus"
-gzip -dc "$carry/corpus/train.txt.gz" > "$work/corpus/train.txt" && cp "$carry/corpus/eval.txt" "$work/corpus/" || exit 1
+packed=$(ls "$carry"/corpus/train.txt.xz "$carry"/corpus/train.txt.gz 2>/dev/null | head -1)
+bash "$root/packaging/cuda/unpack.sh" "${packed:?no corpus in $carry/corpus}" "$work/corpus/train.txt" \
+  && cp "$carry/corpus/eval.txt" "$work/corpus/" || exit 1
 cd "$root"
 batch=${CANDIDATE_BATCH:-256}; context=128
 flags=(--corpus "$work/corpus" --device "$dev" --n-layer "$layers" --n-head "$heads" --n-embd "$width"

@@ -12,7 +12,7 @@
 set -uo pipefail
 bin=$1; out=$2; model=${3:-models/tang-poems}; shift $(( $# < 3 ? $# : 3 ))
 frees=("$@"); [ ${#frees[@]} -eq 0 ] && frees=(300 900 1400)
-case "$bin" in *.gz|*.xz) bash "$(dirname "$0")/unpack-binary.sh" "$bin" /tmp/versifier-cuda && bin=/tmp/versifier-cuda;; esac
+case "$bin" in *.gz|*.xz) bash "$(dirname "$0")/unpack.sh" "$bin" /tmp/versifier-cuda --exec && bin=/tmp/versifier-cuda;; esac
 mkdir -p "$out"
 for free in "${frees[@]}"; do
   ready=$(mktemp -u); mkfifo "$ready"
