@@ -64,18 +64,10 @@ pub fn static_columns(prompt_len: usize, max_new_tokens: usize, n_positions: usi
 /// CUDA graph: the device draw of `generate/`, so that only the chosen ids
 /// leave the device. Whatever it reads or writes must live as long as the
 /// decoder holds it (the graph keeps the addresses).
-pub trait StepTail: Send + Sync + std::fmt::Debug {
+pub trait StepTail: std::any::Any + Send + Sync + std::fmt::Debug {
     /// Launches the work on `logits` `(B, V)` f32; allocates nothing that
     /// outlives the call.
     fn run(&self, logits: &Tensor) -> candle_core::Result<()>;
-}
-
-/// A decoder's tail, as the trait object its steps run and as `Any` for the
-/// owner to get its own type back ([`StaticDecoder::tail`]).
-#[derive(Clone)]
-struct InstalledTail {
-    run: std::sync::Arc<dyn StepTail>,
-    any: std::sync::Arc<dyn std::any::Any + Send + Sync>,
 }
 
 /// Device buffers a decode step reads (rewritten in place before each step) and
@@ -115,7 +107,7 @@ pub struct StaticDecoder {
     /// Where the logits land on the host (page-locked on CUDA).
     host_logits: HostLogits,
     /// Work each step runs after its logits (captured with it), if any.
-    tail: Option<InstalledTail>,
+    tail: Option<std::sync::Arc<dyn StepTail>>,
 }
 
 impl std::fmt::Debug for StaticDecoder {
@@ -216,32 +208,27 @@ impl StaticDecoder {
     /// Makes every later step run `tail` on its logits (`None`: none). A
     /// different tail than before drops the captured graph, which would keep
     /// running the old one.
-    pub fn set_tail<T: StepTail + 'static>(&mut self, tail: Option<std::sync::Arc<T>>) {
+    pub fn set_tail<T: StepTail>(&mut self, tail: Option<std::sync::Arc<T>>) {
         let same = match (&self.tail, &tail) {
             (None, None) => true,
-            (Some(old), Some(new)) => std::ptr::addr_eq(
-                std::sync::Arc::as_ptr(&old.any),
-                std::sync::Arc::as_ptr(new),
-            ),
+            (Some(old), Some(new)) => {
+                std::ptr::addr_eq(std::sync::Arc::as_ptr(old), std::sync::Arc::as_ptr(new))
+            }
             _ => false,
         };
         if same {
             return;
         }
-        self.tail = tail.map(|t| InstalledTail {
-            run: t.clone(),
-            any: t,
-        });
+        self.tail = tail.map(|t| t as std::sync::Arc<dyn StepTail>);
         if !matches!(self.graph, GraphState::Off(_)) {
             self.graph = GraphState::Cold;
         }
     }
 
     /// The tail installed with [`StaticDecoder::set_tail`], if it is a `T`.
-    pub fn tail<T: StepTail + 'static>(&self) -> Option<std::sync::Arc<T>> {
-        self.tail
-            .as_ref()
-            .and_then(|t| t.any.clone().downcast::<T>().ok())
+    pub fn tail<T: StepTail>(&self) -> Option<std::sync::Arc<T>> {
+        let any: std::sync::Arc<dyn std::any::Any + Send + Sync> = self.tail.clone()?;
+        any.downcast::<T>().ok()
     }
 
     /// Bytes of the KV cache buffers.
@@ -501,7 +488,7 @@ impl StaticDecoder {
 
     fn run_step_once(&mut self, model: &Gpt2) -> Result<(), ForwardError> {
         let (cache, bufs, dtype, kernels) = (&self.cache, &self.bufs, self.dtype, self.kernels);
-        let tail = self.tail.as_ref().map(|t| t.run.as_ref());
+        let tail = self.tail.as_deref();
         let body = || Self::step_kernels(model, cache, bufs, dtype, kernels, tail);
         match std::mem::replace(&mut self.graph, GraphState::Off(None)) {
             GraphState::Off(why) => {
