@@ -19,7 +19,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 case "$bin" in *.gz|*.xz) bash "$(dirname "$0")/../cuda/unpack.sh" "$bin" /tmp/versifier-cuda --exec && bin=/tmp/versifier-cuda;; esac
 if [ -z "${VERSIFIER_LIBS_SET:-}" ]; then
-  libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
+  libdirs=$(bash "$here/../cuda/cuda-lib-dirs.sh")
   export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
 fi
 work=${SBS_PARTS:-$(mktemp -d)}; mkdir -p "$work"

@@ -38,7 +38,7 @@ bin="$work/versifier"
 packed=$(ls "$carry"/versifier.xz "$carry"/versifier.gz "$carry"/versifier 2>/dev/null | head -1)
 bash "$root/packaging/cuda/unpack.sh" "${packed:?no versifier build in $carry}" "$bin" --exec
 if [ "$dev" != cpu ]; then
-  libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
+  libdirs=$(bash "$root/packaging/cuda/cuda-lib-dirs.sh")
   export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}" VERSIFIER_LIBS_SET=1
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv > "$res/gpu.csv" 2>&1
 fi

@@ -11,7 +11,7 @@ set -uo pipefail
 bin=$1; out=$2; cycles=${3:-100}
 case "$bin" in *.gz|*.xz) bash "$(dirname "$0")/unpack.sh" "$bin" /tmp/versifier-cuda --exec && bin=/tmp/versifier-cuda;; esac
 mkdir -p "$out"
-libdirs=$(find / -xdev \( -name 'libcublas.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcurand.so.10*' -o -name 'libnvidia-ml.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
+libdirs=$(bash "$(dirname "$0")/cuda-lib-dirs.sh")
 export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv | tee "$out/gpu.csv"
