@@ -285,3 +285,72 @@ fn the_vocabulary_is_scanned_once_per_tokenizer_and_shared_constraints_mask_as_f
         }
     }
 }
+
+/// Free verse from the bundled model, 8 variations per prompt, with `rules`.
+fn free_poems(rules: &VerseRules) -> Vec<(String, Vec<versifier::poetry::Relaxed>)> {
+    use versifier::generate::{prepare_request, Prompt, RequestSettings};
+    let m = load_model(&bundled(), &Device::Cpu, DType::F32).unwrap();
+    let tok = m.tokenizer.as_ref().unwrap();
+    let mut out = Vec::new();
+    for (i, prompt) in ["春", "月", "山", "江", "秋", "風"].iter().enumerate() {
+        let text = Prompt::Text((*prompt).into());
+        let sampling = SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            seed: 300 + i as u64,
+            ..SamplingParams::default()
+        };
+        let settings = RequestSettings {
+            prompt: &text,
+            form: &PoemForm::Free,
+            variations: 8,
+            max_new_tokens: 80,
+            sampling: &sampling,
+            verse: rules,
+        };
+        let req = prepare_request(&m, &settings).unwrap();
+        let g = generate(&m.model, &req, |id| tok.token_bytes(id), &|| false, |_| {}).unwrap();
+        for v in g.variations {
+            if v.stop == Some(StopReason::Stop) {
+                out.push((format!("{prompt}{}", v.text), v.relaxed));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn free_verse_under_strict_rules_keeps_rhyme_and_tones_from_its_second_line() {
+    use versifier::generate::forms::regular_form;
+    let strict = free_poems(&VerseRules::default());
+    let regular: Vec<&String> = strict
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| regular_form(p).is_some())
+        .collect();
+    assert!(
+        regular.len() >= 44,
+        "{} of 48 regular: {strict:?}",
+        regular.len()
+    );
+    for poem in &regular {
+        let r = check_poem(poem);
+        assert!(
+            r.problems.iter().all(|p| p.line == 1),
+            "only the model's own first line may break a rule:\n{}",
+            r.to_text()
+        );
+    }
+    assert!(strict.iter().all(|(_, relaxed)| relaxed.is_empty()));
+    // The same prompts and seeds with rules off break rules after line 1.
+    let off = free_poems(&VerseRules::off());
+    let broken_later = off
+        .iter()
+        .filter(|(p, _)| regular_form(p).is_some())
+        .filter(|(p, _)| check_poem(p).problems.iter().any(|pr| pr.line > 1))
+        .count();
+    assert!(
+        broken_later >= 8,
+        "rules off: {broken_later} poems break a rule after line 1"
+    );
+}

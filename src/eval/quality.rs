@@ -90,8 +90,12 @@ pub struct QualityReport {
     /// or 7, `，`/`。` alternating, no repeated line) ended by the stop token;
     /// rhyme and tones are judged on those. Drawn without the repeat guard.
     pub free: VerseFigure,
-    /// The same prompts and seeds with the repeat guard (the default).
+    /// The same prompts and seeds with the repeat guard, rules off: what the
+    /// model writes by itself, the measure to compare models by.
     pub free_guarded: VerseFigure,
+    /// The same with the repeat guard and strict rules (the default): the
+    /// rules of the shape the first line sets hold from line 2 on.
+    pub free_ruled: VerseFigure,
     pub constrained: Vec<FormFigure>,
     /// Over the four regulated forms (acrostics aside), rules strict.
     pub regulated_strict: VerseFigure,
@@ -306,18 +310,20 @@ fn tokenizer<'m>(
     })
 }
 
+/// Free-form samples of the quality prompts: unconstrained without `verse`,
+/// else under its rules and repeat guard.
 fn free_samples(
     loaded: &LoadedModel,
     opts: &QualityOptions,
-    guarded: bool,
+    verse: Option<&VerseRules>,
 ) -> Result<Vec<Sample>, BenchError> {
     let tok = tokenizer(loaded, opts)?;
-    let guard = || {
+    let guard = |verse: &VerseRules| {
         crate::poetry::forms::FormConstraint::with_chars(
             PoemForm::Free,
             crate::generate::vocab_chars(tok),
             tok.stop_ids().first().copied(),
-            &VerseRules::default(),
+            verse,
         )
         .ok()
     };
@@ -332,9 +338,8 @@ fn free_samples(
         while left > 0 {
             let n = left.min(crate::generate::MAX_VARIATIONS);
             let seed = opts.seed + 1000 * pi as u64 + 100 * batch_no;
-            let constraint = guarded
-                .then(guard)
-                .flatten()
+            let constraint = verse
+                .and_then(guard)
                 .map(|c| (c, tok.to_vocab_chars(prompt)));
             let (samples, _) =
                 sample_batch(loaded, tok, (ids.clone(), constraint), prompt, n, seed)?;
@@ -351,10 +356,14 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
     let device = open_device(opts.device)?;
     let loaded = load_model(&opts.model, &device, candle_core::DType::F32)?;
     let model = &loaded.model;
-    let free = free_samples(&loaded, opts, false)?;
-    let free_figure = figure(model, &free, |t| regular_form(t).is_some())?;
-    let free_guarded = free_samples(&loaded, opts, true)?;
-    let free_guarded = figure(model, &free_guarded, |t| regular_form(t).is_some())?;
+    let regular = |t: &str| regular_form(t).is_some();
+    let free = free_samples(&loaded, opts, None)?;
+    let free_figure = figure(model, &free, regular)?;
+    // Rules off keeps the repeat guard (its default).
+    let free_guarded = free_samples(&loaded, opts, Some(&VerseRules::off()))?;
+    let free_guarded = figure(model, &free_guarded, regular)?;
+    let free_ruled = free_samples(&loaded, opts, Some(&VerseRules::default()))?;
+    let free_ruled = figure(model, &free_ruled, regular)?;
     let mut constrained = Vec::new();
     let mut regulated: Vec<(VerseFigure, VerseFigure)> = Vec::new();
     let mut regulated_texts: (Vec<Sample>, Vec<Sample>) = (Vec::new(), Vec::new());
@@ -412,6 +421,7 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
         regulated_off: merge(&off_refs, &regulated_texts.1.iter().collect::<Vec<_>>()),
         free: free_figure,
         free_guarded,
+        free_ruled,
         constrained,
         fluency_cost,
         held_out_perplexity: held_out,

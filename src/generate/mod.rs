@@ -724,14 +724,13 @@ impl Rows<'_> {
         v.stop = Some(reason);
         let tail = self.streams[r].finish();
         v.text.push_str(&tail);
-        if reason == StopReason::Stop
-            && self
-                .req
-                .constraint
-                .as_ref()
-                .is_some_and(|(c, _)| c.enforces_verse_rules())
-        {
-            v.relaxed = relaxed_rules(&format!("{}{}", self.starts[r], v.text));
+        if let Some((c, _)) = &self.req.constraint {
+            if reason == StopReason::Stop && c.enforces_verse_rules() {
+                v.relaxed = relaxed_rules(
+                    &format!("{}{}", self.starts[r], v.text),
+                    c.first_ruled_line(),
+                );
+            }
         }
         self.ended.push(r);
     }
@@ -1294,10 +1293,17 @@ fn admit_rows<'t>(
 }
 
 /// The verse rules a finished poem breaks, as the checker finds them.
-fn relaxed_rules(poem: &str) -> Vec<crate::poetry::Relaxed> {
+/// The rules a finished poem breaks from line `first_ruled` (1-based) on.
+/// Free verse (first ruled line 2) that took no regulated shape was never
+/// held to them.
+fn relaxed_rules(poem: &str, first_ruled: usize) -> Vec<crate::poetry::Relaxed> {
+    if first_ruled > 1 && forms::regular_form(poem).is_none() {
+        return Vec::new();
+    }
     crate::poetry::check_poem(poem)
         .problems
         .into_iter()
+        .filter(|p| p.line >= first_ruled)
         .map(|p| crate::poetry::Relaxed {
             line: p.line,
             column: p.column,

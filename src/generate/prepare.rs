@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::forms::{FormConstraint, PoemForm};
 use super::{poem_prompt, vocab_chars, GenerateRequest, SamplingParams};
 use crate::model::LoadedModel;
-use crate::poetry::{Repeats, VerseRules};
+use crate::poetry::{Repeats, RulesMode, VerseRules};
 
 /// A prompt as text (tokenized with the model's tokenizer) or as token ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,9 +60,12 @@ pub fn prepare_request(
             }
             Some(t) => {
                 let ids = t.prompt_ids(text).map_err(|e| bad(&e))?;
-                // Free verse gets the repeat guard alone (where the vocabulary
-                // has the marks and a stop; elsewhere it decodes unguarded).
-                if settings.verse.repeats == Repeats::Guard {
+                // Free verse gets the repeat guard and, under strict rules, the
+                // rules of the shape its first line sets (where the vocabulary
+                // has the marks and a stop; elsewhere it decodes unconstrained).
+                if settings.verse.repeats == Repeats::Guard
+                    || settings.verse.mode == RulesMode::Strict
+                {
                     constraint = FormConstraint::with_chars(
                         PoemForm::Free,
                         vocab_chars(t),

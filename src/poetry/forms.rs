@@ -468,6 +468,92 @@ pub struct FormConstraint {
     repeats: Repeats,
     /// `form.line_plan()`, worked out once for the request.
     plan: Option<Vec<(usize, char)>>,
+    /// Free verse under strict rules: the rules of the shape its first line
+    /// chooses.
+    free: Option<Box<FreeVerseRules>>,
+}
+
+/// Free verse under strict rules. The model chooses the shape with its first
+/// line: closed by `，` after 5 or 7 characters, it makes the poem a 絕句 or
+/// 律詩 of that length (the model still chooses 4 or 8 lines: the stop stays
+/// open after the fourth), and from then on the poem keeps that shape and its
+/// rhyme and tones, following the templates its first line fits best. The
+/// first line itself is the model's (its length is not known while it is
+/// written), but for a 平起 / 仄起 asked for, which fixes its second
+/// character's tone at either length. Any other first line leaves the poem
+/// free.
+#[derive(Debug, Clone)]
+struct FreeVerseRules {
+    /// 五言: eight lines of five, and their rules.
+    five: (Vec<(usize, char)>, ToneRules),
+    /// 七言: eight lines of seven, and their rules.
+    seven: (Vec<(usize, char)>, ToneRules),
+    /// Whether a 平起 or 仄起 was asked for.
+    start_set: bool,
+}
+
+impl FreeVerseRules {
+    fn new(verse: &VerseRules, tones: &std::sync::Arc<TokenTones>) -> Result<Self, RulesError> {
+        let shape = |chars: usize| -> Result<(Vec<(usize, char)>, ToneRules), RulesError> {
+            let plan = (0..8)
+                .map(|i| (chars, if i % 2 == 0 { COMMA } else { PERIOD }))
+                .collect();
+            Ok((
+                plan,
+                ToneRules::new(8, chars, verse, std::sync::Arc::clone(tones))?,
+            ))
+        };
+        Ok(Self {
+            five: shape(5)?,
+            seven: shape(7)?,
+            start_set: verse.template != super::tonal::TemplateStart::Any,
+        })
+    }
+}
+
+/// Where free verse stands: its first line still open (`column` characters
+/// in), a regulated shape of `chars` characters a line, or neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FreeShape {
+    FirstLine {
+        column: usize,
+    },
+    Regulated {
+        chars: usize,
+        lines_closed: usize,
+        column: usize,
+    },
+    Irregular,
+}
+
+/// The shape `written` (the poem so far, prompt included) has taken.
+fn free_shape(written: &str) -> FreeShape {
+    let (mut closed, mut col, mut chars) = (0usize, 0usize, None);
+    for c in written.chars() {
+        if c == COMMA || c == PERIOD {
+            if closed == 0 {
+                if c != COMMA || !matches!(col, 5 | 7) {
+                    return FreeShape::Irregular;
+                }
+                chars = Some(col);
+            }
+            closed += 1;
+            col = 0;
+        } else if is_hanzi(c) {
+            col += 1;
+        } else {
+            return FreeShape::Irregular;
+        }
+    }
+    match chars {
+        Some(chars) => FreeShape::Regulated {
+            chars,
+            lines_closed: closed,
+            column: col,
+        },
+        None if col <= 7 => FreeShape::FirstLine { column: col },
+        None => FreeShape::Irregular,
+    }
 }
 
 /// Why a form cannot be enforced with this tokenizer.
@@ -556,12 +642,19 @@ impl FormConstraint {
             ),
             _ => None,
         };
+        let free = match (verse.mode, &form) {
+            (RulesMode::Strict, PoemForm::Free) => {
+                Some(Box::new(FreeVerseRules::new(verse, &chars.tones)?))
+            }
+            _ => None,
+        };
         Ok(Self {
             chars,
             stop,
             rules,
             repeats: verse.repeats,
             plan: form.line_plan(),
+            free,
             form,
         })
     }
@@ -581,7 +674,7 @@ impl FormConstraint {
     /// and the character that would finish a line the same as an earlier one
     /// (free verse, whose lines have no set length: the marks that would close
     /// such a line). Never bans every token left: then nothing is banned.
-    fn guard_repeats(&self, written: &str, logits: &mut [f32]) {
+    fn guard_repeats(&self, plan: Option<&[(usize, char)]>, written: &str, logits: &mut [f32]) {
         if self.repeats == Repeats::Allow {
             return;
         }
@@ -607,7 +700,7 @@ impl FormConstraint {
         let mut lines: Vec<&str> = written.split([COMMA, PERIOD]).collect();
         let current = lines.pop().unwrap_or_default();
         let col = current.chars().count();
-        match &self.plan {
+        match plan {
             Some(plan) => {
                 let length = plan.get(lines.len()).map(|(n, _)| *n);
                 if length == Some(col + 1) {
@@ -645,13 +738,39 @@ impl FormConstraint {
         }
     }
 
-    /// Whether rhyme and tones are enforced (strict rules, regulated form).
+    /// Whether rhyme and tones are enforced (strict rules, a regulated form or
+    /// free verse once its first line has set a regulated shape).
     pub fn enforces_verse_rules(&self) -> bool {
-        self.rules.is_some()
+        self.rules.is_some() || self.free.is_some()
+    }
+
+    /// The first line (1-based) the verse rules hold: free verse's first
+    /// line is the model's own (see [`FreeVerseRules`]).
+    pub fn first_ruled_line(&self) -> usize {
+        if self.free.is_some() {
+            2
+        } else {
+            1
+        }
     }
 
     /// Masks `logits` so only tokens allowed after `written` stay possible.
     pub fn apply(&self, written: &str, logits: &mut [f32]) {
+        match &self.free {
+            Some(free) => self.apply_free(free, written, logits),
+            None => self.apply_planned(self.plan.as_deref(), self.rules.as_ref(), written, logits),
+        }
+    }
+
+    /// [`Self::apply`] for a form of `plan`'s lines, with `rules` at the
+    /// ideograph positions.
+    fn apply_planned(
+        &self,
+        plan: Option<&[(usize, char)]>,
+        rules: Option<&ToneRules>,
+        written: &str,
+        logits: &mut [f32],
+    ) {
         let keep_only = |logits: &mut [f32], id: u32| {
             for (i, l) in logits.iter_mut().enumerate() {
                 if i as u32 != id {
@@ -659,8 +778,8 @@ impl FormConstraint {
                 }
             }
         };
-        match next_token_in(&self.form, self.plan.as_deref(), written) {
-            NextToken::Any => self.guard_repeats(written, logits),
+        match next_token_in(&self.form, plan, written) {
+            NextToken::Any => self.guard_repeats(plan, written, logits),
             NextToken::Stop => keep_only(logits, self.stop),
             NextToken::Char(c) => {
                 if let Some(&id) = self.chars.char_ids.get(&c) {
@@ -673,10 +792,40 @@ impl FormConstraint {
                         *l = f32::NEG_INFINITY;
                     }
                 }
-                if let Some(rules) = &self.rules {
+                if let Some(rules) = rules {
                     rules.apply(written, logits);
                 }
-                self.guard_repeats(written, logits);
+                self.guard_repeats(plan, written, logits);
+            }
+        }
+    }
+
+    /// [`Self::apply`] for free verse under strict rules ([`FreeVerseRules`]).
+    fn apply_free(&self, free: &FreeVerseRules, written: &str, logits: &mut [f32]) {
+        match free_shape(written) {
+            FreeShape::Regulated {
+                chars,
+                lines_closed,
+                column,
+            } => {
+                let (plan, rules) = if chars == 5 { &free.five } else { &free.seven };
+                // After four lines the model chooses: a 絕句 ends, a 律詩 goes on.
+                let stop = self.stop as usize;
+                let may_end = (lines_closed == 4 && column == 0)
+                    .then(|| logits.get(stop).copied())
+                    .flatten();
+                self.apply_planned(Some(plan), Some(rules), written, logits);
+                if let (Some(l), Some(slot)) = (may_end, logits.get_mut(stop)) {
+                    *slot = l;
+                }
+            }
+            FreeShape::FirstLine { column: 1 } if free.start_set => {
+                // 平起 / 仄起: the second character's tone, at either length.
+                free.five.1.apply(written, logits);
+                self.guard_repeats(None, written, logits);
+            }
+            FreeShape::FirstLine { .. } | FreeShape::Irregular => {
+                self.guard_repeats(None, written, logits);
             }
         }
     }
@@ -761,5 +910,156 @@ mod repeat_guard_tests {
         let mut logits = vec![0.0f32; VOCAB.len()];
         allow.apply("床明明", &mut logits);
         assert!(logits.iter().all(|l| *l == 0.0));
+    }
+}
+
+#[cfg(test)]
+mod free_verse_rules_tests {
+    use super::*;
+    use crate::poetry::rhyme::table;
+    use crate::poetry::TemplateStart;
+
+    const SPECIALS: [&str; 4] = ["<s>", "，", "。", "</s>"];
+    const STOP: u32 = 3;
+
+    /// Three 平 groups' characters, some 仄 ones, the marks and a stop.
+    fn vocab() -> Vec<String> {
+        let t = table();
+        let mut chars: Vec<char> = Vec::new();
+        for key in ["東", "先", "陽"] {
+            let g = t.find_ping_group(key).unwrap();
+            chars.extend(t.group(g).unwrap().members.iter().take(40));
+        }
+        chars.extend("月日里北白雪落去上下".chars());
+        let mut seen = std::collections::HashSet::new();
+        chars.retain(|c| seen.insert(*c));
+        SPECIALS
+            .iter()
+            .map(|s| (*s).to_string())
+            .chain(chars.into_iter().map(String::from))
+            .collect()
+    }
+
+    fn constraint(form: PoemForm, verse: &VerseRules) -> (FormConstraint, Vec<String>) {
+        let v = vocab();
+        let c = FormConstraint::new(
+            form,
+            v.len(),
+            |id| v[id as usize].clone(),
+            Some(STOP),
+            verse,
+        )
+        .unwrap();
+        (c, v)
+    }
+
+    fn mask(c: &FormConstraint, vocab: &[String], written: &str) -> Vec<bool> {
+        let mut logits = vec![0f32; vocab.len()];
+        c.apply(written, &mut logits);
+        logits.iter().map(|l| l.is_finite()).collect()
+    }
+
+    fn allowed<'v>(open: &[bool], vocab: &'v [String]) -> Vec<&'v str> {
+        open.iter()
+            .zip(vocab)
+            .filter(|(o, _)| **o)
+            .map(|(_, t)| t.as_str())
+            .collect()
+    }
+
+    const QUATRAIN: &str = "白日依山雪，黃河入海東。欲窮千里目，更上一層樓。";
+
+    #[test]
+    fn free_verse_keeps_the_rules_of_the_quatrain_its_first_line_begins() {
+        let strict = VerseRules::default();
+        let (free, v) = constraint(PoemForm::Free, &strict);
+        let (wujue, _) = constraint(PoemForm::WuJue, &strict);
+        let prefixes: Vec<String> = (6..=QUATRAIN.chars().count() - 1)
+            .map(|n| QUATRAIN.chars().take(n).collect())
+            .collect();
+        for written in &prefixes {
+            let (f, w) = (mask(&free, &v, written), mask(&wujue, &v, written));
+            assert_eq!(
+                allowed(&f, &v),
+                allowed(&w, &v),
+                "after {written}: free verse as a 五絕"
+            );
+        }
+        // The rhyme position of line 2 allows only 平 rhymes; its end the 。.
+        let rhyme = allowed(&mask(&free, &v, "白日依山雪，黃河入海"), &v);
+        assert!(!rhyme.is_empty(), "{rhyme:?}");
+        for ze in "月日里北白雪落去上下".chars() {
+            assert!(!rhyme.contains(&ze.to_string().as_str()), "{ze} at a rhyme");
+        }
+        assert_eq!(
+            allowed(&mask(&free, &v, "白日依山雪，黃河入海東"), &v),
+            ["。"]
+        );
+    }
+
+    #[test]
+    fn free_verse_may_end_after_four_lines_and_must_after_eight() {
+        let (free, v) = constraint(PoemForm::Free, &VerseRules::default());
+        let four = allowed(&mask(&free, &v, QUATRAIN), &v);
+        assert!(four.contains(&"</s>"), "{four:?}");
+        assert!(
+            four.iter().any(|t| t.chars().all(is_hanzi)),
+            "a 律詩 may go on"
+        );
+        assert!(!four.contains(&"，") && !four.contains(&"。"));
+        let eight = format!("{QUATRAIN}{QUATRAIN}");
+        assert_eq!(allowed(&mask(&free, &v, &eight), &v), ["</s>"]);
+        // 七言 too: a seven-character first line sets lines of seven.
+        let seven = allowed(&mask(&free, &v, "朝辭白帝彩雲間，千里江陵一日"), &v);
+        assert!(seven.iter().all(|t| t.chars().all(is_hanzi)), "{seven:?}");
+        let end = allowed(&mask(&free, &v, "朝辭白帝彩雲間，千里江陵一日還"), &v);
+        assert_eq!(end, ["。"]);
+    }
+
+    #[test]
+    fn free_verse_first_line_is_the_models_and_an_irregular_one_stays_free() {
+        let (free, v) = constraint(PoemForm::Free, &VerseRules::default());
+        for written in [
+            "",
+            "白",
+            "白日依山",
+            "白日依山雪月",
+            "白日依山雪月，黃河",
+            "白日。黃河",
+        ] {
+            assert!(
+                mask(&free, &v, written).iter().all(|o| *o),
+                "after {written:?} nothing is masked"
+            );
+        }
+        // Rules off: free verse after a regulated first line is still free.
+        let (off, _) = constraint(PoemForm::Free, &VerseRules::off());
+        assert!(mask(&off, &v, "白日依山雪，黃河入海").iter().all(|o| *o));
+        assert!(free.enforces_verse_rules() && !off.enforces_verse_rules());
+        assert_eq!((free.first_ruled_line(), off.first_ruled_line()), (2, 1));
+    }
+
+    #[test]
+    fn a_ping_or_ze_start_asked_for_sets_the_second_characters_tone_in_free_verse() {
+        let t = table();
+        for (start, tone) in [
+            (TemplateStart::PingQi, crate::poetry::rhyme::Tone::Ping),
+            (TemplateStart::ZeQi, crate::poetry::rhyme::Tone::Ze),
+        ] {
+            let verse = VerseRules {
+                template: start,
+                ..VerseRules::default()
+            };
+            let (free, v) = constraint(PoemForm::Free, &verse);
+            let second = allowed(&mask(&free, &v, "白"), &v);
+            assert!(!second.is_empty());
+            for c in second.iter().flat_map(|t| t.chars()) {
+                assert!(t.tone_class(c).fits(tone), "{start}: {c}");
+            }
+            assert!(
+                mask(&free, &v, "白日").iter().all(|o| *o),
+                "the third is free"
+            );
+        }
     }
 }

@@ -1634,7 +1634,7 @@ fn verse_rules_row(ui: &mut egui::Ui, verse: &mut crate::poetry::VerseRules) {
                 ui.selectable_value(&mut verse.mode, RulesMode::Off, "off (form only)");
             })
             .response
-            .on_hover_text("Regulated forms (五絕 七絕 五律 七律, acrostics of 4 or 8): keep 平水韻 rhyme and tones while writing");
+            .on_hover_text("Regulated forms (五絕 七絕 五律 七律, acrostics of 4 or 8) keep 平水韻 rhyme and tones while writing; free verse too, from its second line on, once its first line has set 五言 or 七言");
         let enabled = verse.mode == RulesMode::Strict;
         ui.add_enabled_ui(enabled, |ui| {
             let mut rhyme = verse.rhyme.clone().unwrap_or_default();
