@@ -60,8 +60,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "free")]
     form: PoemForm,
     /// Rhyme (平水韻) and tones (平仄) for the regulated forms (wujue, qijue,
-    /// wulv, qilv, acrostic of 4 or 8 heads): strict keeps both while decoding;
-    /// off is the form alone.
+    /// wulv, qilv, acrostic of 4 or 8 heads) and for free verse from its second
+    /// line on, once its first line has set 5 or 7 characters: strict keeps both
+    /// while decoding; off is the form alone.
     #[arg(long, default_value = "strict")]
     rules: RulesMode,
     /// The rhyme group: a 平聲 group by name (東, 一先, 下平一先) or by any

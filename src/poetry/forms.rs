@@ -917,6 +917,7 @@ mod repeat_guard_tests {
 mod free_verse_rules_tests {
     use super::*;
     use crate::poetry::rhyme::table;
+    use crate::poetry::rules::{test_chars, TEST_ZE};
     use crate::poetry::TemplateStart;
 
     const SPECIALS: [&str; 4] = ["<s>", "，", "。", "</s>"];
@@ -924,19 +925,10 @@ mod free_verse_rules_tests {
 
     /// Three 平 groups' characters, some 仄 ones, the marks and a stop.
     fn vocab() -> Vec<String> {
-        let t = table();
-        let mut chars: Vec<char> = Vec::new();
-        for key in ["東", "先", "陽"] {
-            let g = t.find_ping_group(key).unwrap();
-            chars.extend(t.group(g).unwrap().members.iter().take(40));
-        }
-        chars.extend("月日里北白雪落去上下".chars());
-        let mut seen = std::collections::HashSet::new();
-        chars.retain(|c| seen.insert(*c));
         SPECIALS
             .iter()
             .map(|s| (*s).to_string())
-            .chain(chars.into_iter().map(String::from))
+            .chain(test_chars().into_iter().map(String::from))
             .collect()
     }
 
@@ -988,7 +980,7 @@ mod free_verse_rules_tests {
         // The rhyme position of line 2 allows only 平 rhymes; its end the 。.
         let rhyme = allowed(&mask(&free, &v, "白日依山雪，黃河入海"), &v);
         assert!(!rhyme.is_empty(), "{rhyme:?}");
-        for ze in "月日里北白雪落去上下".chars() {
+        for ze in TEST_ZE.chars() {
             assert!(!rhyme.contains(&ze.to_string().as_str()), "{ze} at a rhyme");
         }
         assert_eq!(

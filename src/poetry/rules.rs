@@ -419,22 +419,40 @@ impl ToneRules {
     }
 }
 
+/// The characters of a small test vocabulary: 40 of each of three 平 groups
+/// (東, 先, 陽), then the 仄 characters [`TEST_ZE`].
+#[cfg(test)]
+pub(crate) fn test_chars() -> Vec<char> {
+    let t = table();
+    let mut chars: Vec<char> = Vec::new();
+    for key in ["東", "先", "陽"] {
+        if let Ok(g) = t.find_ping_group(key) {
+            chars.extend(
+                t.group(g)
+                    .into_iter()
+                    .flat_map(|g| g.members.iter().take(40)),
+            );
+        }
+    }
+    chars.extend(TEST_ZE.chars());
+    let mut seen = std::collections::HashSet::new();
+    chars.retain(|c| seen.insert(*c));
+    chars
+}
+
+/// The 仄 characters of [`test_chars`].
+#[cfg(test)]
+pub(crate) const TEST_ZE: &str = "月日里北白雪落去上下";
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A vocabulary of every character in a few groups plus some 仄 ones.
     fn vocab() -> std::sync::Arc<TokenTones> {
-        let t = table();
-        let mut chars: Vec<char> = Vec::new();
-        for key in ["東", "先", "陽"] {
-            let g = t.find_ping_group(key).unwrap();
-            chars.extend(t.group(g).unwrap().members.iter().take(40));
-        }
-        chars.extend("月日里北白雪落去上下".chars());
-        let mut seen = std::collections::HashSet::new();
-        chars.retain(|c| seen.insert(*c));
-        std::sync::Arc::new(TokenTones::new(chars.into_iter().map(Some).collect()))
+        std::sync::Arc::new(TokenTones::new(
+            test_chars().into_iter().map(Some).collect(),
+        ))
     }
 
     fn allowed_after(rules: &ToneRules, written: &str) -> Vec<char> {
