@@ -1346,3 +1346,23 @@ pub fn decode_tokens_per_s(
     let timed = generate(model, &request(new_tokens), |_| &[], &|| false, |_| {})?;
     Ok(timed.timings.steps_per_s() * batch as f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::relaxed_rules;
+
+    #[test]
+    fn free_verse_reports_broken_rules_only_where_the_rules_held() {
+        // 水 makes the first line 孤平; the rest keeps the template.
+        let poem = "水長沙岸沙，人過遠城紗。一宿江湖裏，孤帆落日斜。";
+        let all = relaxed_rules(poem, 1);
+        assert!(all.iter().any(|r| r.line == 1), "{all:?}");
+        assert!(
+            relaxed_rules(poem, 2).is_empty(),
+            "line 1 is free verse's own"
+        );
+        // Six characters in the first line: no regulated shape, never held.
+        let ragged = "春日花爭處處，春風柳自陰。東窗無限意，猶得慰人心。";
+        assert!(relaxed_rules(ragged, 2).is_empty());
+    }
+}
