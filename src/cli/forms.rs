@@ -34,7 +34,10 @@ pub fn run_forms(args: FormsArgs) -> Result<()> {
         return print(&format!("{}\n", serde_json::to_string_pretty(&tunes)?));
     }
     let mut text = String::new();
-    writeln!(text, "free            the model chooses the shape")?;
+    writeln!(
+        text,
+        "free            the model chooses the shape with line 1 (strict rules: rhyme and tones from line 2)"
+    )?;
     writeln!(text, "wujue  五絕      4 lines of 5 characters")?;
     writeln!(text, "qijue  七絕      4 lines of 7 characters")?;
     writeln!(text, "wulv   五律      8 lines of 5 characters")?;

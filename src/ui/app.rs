@@ -97,7 +97,7 @@ impl FormChoice {
     /// What the form is, in plain words.
     fn explain(self) -> &'static str {
         match self {
-            Self::Free => "The model chooses the shape.",
+            Self::Free => "The model chooses the shape with its first line; under strict rules a first line of 5 or 7 makes a 絕句 or 律詩 that keeps rhyme and tones from line 2 on.",
             Self::WuJue => "五言絕句: four lines of five characters; lines 2 and 4 rhyme.",
             Self::QiJue => "七言絕句: four lines of seven characters; lines 2 and 4 rhyme.",
             Self::WuLv => "五言律詩: eight lines of five characters; the even lines rhyme.",
