@@ -495,9 +495,9 @@ struct FreeVerseRules {
 impl FreeVerseRules {
     fn new(verse: &VerseRules, tones: &std::sync::Arc<TokenTones>) -> Result<Self, RulesError> {
         let shape = |chars: usize| -> Result<(Vec<(usize, char)>, ToneRules), RulesError> {
-            let plan = (0..8)
-                .map(|i| (chars, if i % 2 == 0 { COMMA } else { PERIOD }))
-                .collect();
+            let plan = PoemForm::from_shape(8, chars)
+                .and_then(|f| f.line_plan())
+                .unwrap_or_default();
             Ok((
                 plan,
                 ToneRules::new(8, chars, verse, std::sync::Arc::clone(tones))?,
