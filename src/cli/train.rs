@@ -90,6 +90,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     );
     // Without a terminal the bar is hidden: print evaluations and every 100th step instead.
     let plain = bar.is_hidden();
+    versifier::train::heap::reuse_freed_buffers();
     let summary = versifier::train::train(&opts, |event| {
         bar.set_position(event.step() as u64);
         bar.set_message(event.to_string());

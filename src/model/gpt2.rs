@@ -354,7 +354,7 @@ impl Norm {
 
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         if train || !x.is_contiguous() {
-            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+            super::train_ops::layer_norm(x, &self.weight, &self.bias, self.eps)
         } else {
             candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
         }
@@ -503,7 +503,7 @@ impl Conv1D {
             _ => {
                 let y = self.weight.apply(&x)?.broadcast_add(&self.bias)?;
                 if gelu_tanh {
-                    y.gelu()?
+                    super::train_ops::gelu_tanh(&y)?
                 } else {
                     y
                 }
@@ -577,7 +577,7 @@ impl Attention {
             None => att,
         };
         let att = if train {
-            candle_nn::ops::softmax(&att, D::Minus1)? // differentiable
+            super::train_ops::softmax_last_dim(&att)? // differentiable
         } else {
             candle_nn::ops::softmax_last_dim(&att)?
         };

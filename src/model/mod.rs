@@ -20,6 +20,7 @@ mod static_decode;
 mod step_graph;
 pub mod synthetic;
 mod tokenizer;
+pub mod train_ops;
 
 pub use checkpoint::{
     check_tensor_shapes, expected_tensor_shapes, inspect_safetensors, load_model,

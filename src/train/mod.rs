@@ -8,6 +8,7 @@
 mod adamw;
 mod adamw_fused;
 pub mod corpus;
+pub mod heap;
 pub mod trainer;
 pub mod vocab;
 

@@ -208,7 +208,7 @@ fn batch(
 fn loss_on(model: &Gpt2, x: &Tensor, y: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
     let logits = model.forward_train(x, mask)?.to_dtype(DType::F32)?; // (B, T, V), loss in f32
     let (b, t, v) = logits.dims3()?;
-    candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &y.reshape(b * t)?)
+    crate::model::train_ops::cross_entropy(&logits.reshape((b * t, v))?, &y.reshape(b * t)?)
 }
 
 /// Mean loss over non-overlapping windows of `stream` (at most `max_batches` batches; 0 = all).
@@ -374,6 +374,21 @@ fn model_in(
         .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
         .collect::<candle_core::Result<HashMap<String, Tensor>>>()?;
     Gpt2::load_uniform(VarBuilder::from_tensors(cast, dtype, device), cfg)
+}
+
+/// The model on the current f32 weights without tracking gradients, for
+/// evaluation: each layer's activations are freed as soon as the next is
+/// computed, where the tracked model keeps them all alive until the loss is.
+fn frozen_model(
+    params: &[(String, Var)],
+    cfg: &Gpt2Config,
+    device: &Device,
+) -> candle_core::Result<Gpt2> {
+    let weights = params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
+        .collect::<HashMap<String, Tensor>>();
+    Gpt2::load_uniform(VarBuilder::from_tensors(weights, DType::F32, device), cfg)
 }
 
 /// f16's dynamic loss scale: halved when gradients overflow (the step is
@@ -880,8 +895,9 @@ pub fn train(
             });
         }
         if (o.eval_every > 0 && done % o.eval_every == 0) || done == o.steps {
-            let eval =
-                evaluate(&model, &eval_ids, o, &mask, o.eval_batches).map_err(step_err(step))?;
+            let eval = frozen_model(&params, &cfg, &device)
+                .and_then(|frozen| evaluate(&frozen, &eval_ids, o, &mask, o.eval_batches))
+                .map_err(step_err(step))?;
             let line = serde_json::json!({"step": done, "train_loss": last_loss, "eval_loss": eval, "lr": lr, "seconds": started.elapsed().as_secs_f64()});
             let _ = writeln!(log, "{line}");
             on_progress(TrainProgress::Eval {
@@ -899,7 +915,9 @@ pub fn train(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let eval_loss = evaluate(&model, &eval_ids, o, &mask, 0).map_err(step_err(o.steps))?;
+    let eval_loss = frozen_model(&params, &cfg, &device)
+        .and_then(|frozen| evaluate(&frozen, &eval_ids, o, &mask, 0))
+        .map_err(step_err(o.steps))?;
     let bigram = bigram_loss(&train_ids, &eval_ids, vocab.len(), o.context);
     save(&o.out, o.save_dtype.dtype(), None)?;
     let summary = TrainSummary {
