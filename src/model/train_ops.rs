@@ -55,6 +55,37 @@ fn row_width(l: &Layout, op: &str) -> candle_core::Result<usize> {
     }
 }
 
+/// `f(x, out)` over `x` cut into tasks of `task` elements (whole rows where
+/// `task` is a multiple of the row width), in parallel: the new buffer.
+fn map_tasks(x: &[f32], task: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(task)
+        .zip(x.par_chunks(task))
+        .for_each(|(out, x)| f(x, out));
+    out
+}
+
+/// A gradient op's inputs, a forward value (`what`) and the gradient `dy`
+/// of the same length, with `f(value, dy, out)` run over tasks of `task`
+/// elements as [`map_tasks`] does.
+fn map_grad_tasks(
+    op: &str,
+    (vs, vl, what): (&CpuStorage, &Layout, &str),
+    (gs, gl): (&CpuStorage, &Layout),
+    task: usize,
+    f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) -> candle_core::Result<Vec<f32>> {
+    let (v, dy) = (values(vs, vl, op, what)?, values(gs, gl, op, "gradient")?);
+    if v.len() != dy.len() {
+        return Err(fail(op, format!("the gradient does not fit the {what}")));
+    }
+    let mut out = vec![0f32; v.len()];
+    out.par_chunks_mut(task)
+        .zip(v.par_chunks(task).zip(dy.par_chunks(task)))
+        .for_each(|(out, (v, dy))| f(v, dy, out));
+    Ok(out)
+}
+
 /// `x` as a contiguous tensor (a view when it already is one).
 fn dense(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()
@@ -133,8 +164,7 @@ impl CustomOp3 for LayerNorm {
         let op = self.name();
         let (c, w, b) = norm_params(op, xl, (ws, wl), (bs, bl))?;
         let x = values(xs, xl, op, "input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(y, x)| {
+        let y = map_tasks(x, c, |x, y| {
             let (mean, rstd) = moments(x, self.eps);
             for i in 0..c {
                 y[i] = (x[i] - mean) * rstd * w[i] + b[i];
@@ -264,14 +294,11 @@ impl CustomOp1 for GeluTanh {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = values(s, l, self.name(), "input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(ELEMENTS_PER_TASK)
-            .zip(x.par_chunks(ELEMENTS_PER_TASK))
-            .for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = x * half_one_plus_tanh(x);
-                }
-            });
+        let y = map_tasks(x, ELEMENTS_PER_TASK, |x, y| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * half_one_plus_tanh(x);
+            }
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -295,28 +322,21 @@ impl CustomOp2 for GeluTanhGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let (x, dy) = (
-            values(xs, xl, op, "input")?,
-            values(gs, gl, op, "gradient")?,
-        );
-        if x.len() != dy.len() {
-            return Err(fail(op, "the gradient does not fit the input"));
-        }
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(ELEMENTS_PER_TASK)
-            .zip(
-                x.par_chunks(ELEMENTS_PER_TASK)
-                    .zip(dy.par_chunks(ELEMENTS_PER_TASK)),
-            )
-            .for_each(|(dx, (x, dy))| {
+        let input = (xs, xl, "input");
+        let dx = map_grad_tasks(
+            self.name(),
+            input,
+            (gs, gl),
+            ELEMENTS_PER_TASK,
+            |x, dy, dx| {
                 for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
                     // With s = (1 + t) / 2: 1 - t^2 = 4 s (1 - s).
                     let s = half_one_plus_tanh(x);
                     let dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
                     *dx = dy * (s + 2.0 * x * s * (1.0 - s) * dinner);
                 }
-            });
+            },
+        )?;
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
@@ -359,15 +379,11 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = row_width(l, self.name())?;
         let x = values(s, l, self.name(), "input")?;
-        let mut y = vec![0f32; x.len()];
-        let task = rows_per_task(n) * n;
-        y.par_chunks_mut(task)
-            .zip(x.par_chunks(task))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(n).zip(x.chunks(n)) {
-                    softmax_row(x, y);
-                }
-            });
+        let y = map_tasks(x, rows_per_task(n) * n, |x, y| {
+            for (y, x) in y.chunks_mut(n).zip(x.chunks(n)) {
+                softmax_row(x, y);
+            }
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -391,27 +407,22 @@ impl CustomOp2 for SoftmaxGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let n = row_width(yl, op)?;
-        let (y, dy) = (
-            values(ys, yl, op, "output")?,
-            values(gs, gl, op, "gradient")?,
-        );
-        if y.len() != dy.len() {
-            return Err(fail(op, "the gradient does not fit the output"));
-        }
-        let mut dx = vec![0f32; y.len()];
-        let task = rows_per_task(n) * n;
-        dx.par_chunks_mut(task)
-            .zip(y.par_chunks(task).zip(dy.par_chunks(task)))
-            .for_each(|(dx, (y, dy))| {
+        let n = row_width(yl, self.name())?;
+        let output = (ys, yl, "output");
+        let dx = map_grad_tasks(
+            self.name(),
+            output,
+            (gs, gl),
+            rows_per_task(n) * n,
+            |y, dy, dx| {
                 for ((dx, y), dy) in dx.chunks_mut(n).zip(y.chunks(n)).zip(dy.chunks(n)) {
                     let dot: f32 = y.iter().zip(dy).map(|(y, g)| y * g).sum();
                     for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
                         *dx = y * (g - dot);
                     }
                 }
-            });
+            },
+        )?;
         Ok((CpuStorage::F32(dx), yl.shape().clone()))
     }
 }
