@@ -110,10 +110,43 @@ fn resumed_training_matches_an_uninterrupted_run() {
         Some(&TrainProgress::Resumed { step: 10 })
     );
     assert_eq!(s2.steps, 20);
-    let a = candle_core::safetensors::load(straight.path().join("model.safetensors"), &Device::Cpu)
-        .unwrap();
-    let b = candle_core::safetensors::load(resumed.path().join("model.safetensors"), &Device::Cpu)
-        .unwrap();
+    assert_same_weights(straight.path(), resumed.path());
+}
+
+#[test]
+fn a_stop_request_mid_run_saves_a_checkpoint_that_resumes_like_an_uninterrupted_run() {
+    let corpus = tiny_corpus();
+    let straight = tempfile::tempdir().unwrap();
+    let mut o = options(corpus.path(), straight.path(), 30);
+    o.checkpoint_every = 0;
+    train(&o, |_| {}).unwrap();
+    // Stop asked for while the run reports step 10 (as Ctrl+C would, from
+    // another thread): no periodic checkpoints, so the stop makes the only one.
+    let stopped = tempfile::tempdir().unwrap();
+    let mut first = options(corpus.path(), stopped.path(), 30);
+    first.checkpoint_every = 0;
+    let stop = first.stop.clone();
+    let mut events = Vec::new();
+    let s1 = train(&first, |e| {
+        if matches!(e, TrainProgress::Step { step: 10, .. }) {
+            stop.request();
+        }
+        events.push(e);
+    })
+    .unwrap();
+    assert_eq!(s1.steps, 10);
+    assert_eq!(events.last(), Some(&TrainProgress::Stopped { step: 10 }));
+    let mut second = options(corpus.path(), stopped.path(), 30);
+    second.checkpoint_every = 0;
+    second.resume = true;
+    assert_eq!(train(&second, |_| {}).unwrap().steps, 30);
+    assert_same_weights(straight.path(), stopped.path());
+}
+
+/// The two runs' saved models agree to 1e-5 in every tensor.
+fn assert_same_weights(a: &std::path::Path, b: &std::path::Path) {
+    let a = candle_core::safetensors::load(a.join("model.safetensors"), &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(b.join("model.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(a.len(), b.len());
     for (name, ta) in &a {
         let tb = &b[name];

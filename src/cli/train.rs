@@ -1,12 +1,14 @@
 //! `versifier train`: arguments and the progress display of the trainer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
 
 use versifier::engine::{DeviceChoice, Precision};
-use versifier::train::TrainProgress;
+use versifier::train::{StopRequest, TrainProgress};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -83,6 +85,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         compute: a.compute,
         ..Default::default()
     };
+    let checkpoint_saved = stop_on_ctrl_c(&opts.stop, &opts.out);
     let bar = indicatif::ProgressBar::new(opts.steps as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
@@ -92,6 +95,9 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let plain = bar.is_hidden();
     versifier::train::heap::reuse_freed_buffers();
     let summary = versifier::train::train(&opts, |event| {
+        if matches!(event, TrainProgress::Stopped { .. }) {
+            checkpoint_saved.store(true, Ordering::SeqCst);
+        }
         bar.set_position(event.step() as u64);
         bar.set_message(event.to_string());
         let milestone = match &event {
@@ -110,4 +116,30 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
+}
+
+/// Ctrl+C asks the run to stop after the step it is on and save a checkpoint
+/// (hours of training on a CPU are not lost); once that checkpoint is saved, a
+/// second Ctrl+C quits without the final evaluation. Returns the flag the
+/// progress callback sets when the checkpoint is saved.
+fn stop_on_ctrl_c(stop: &StopRequest, out: &Path) -> Arc<AtomicBool> {
+    let saved = Arc::new(AtomicBool::new(false));
+    let (stop, flag, checkpoint) = (stop.clone(), saved.clone(), out.join("checkpoint"));
+    // A second handler cannot be installed (tests call this once per process).
+    let _ = ctrlc::set_handler(move || {
+        if !stop.is_requested() {
+            stop.request();
+            eprintln!(
+                "\nCtrl+C: stopping after this step: a checkpoint in {}, then the final \
+                 evaluation and model (Ctrl+C again once the checkpoint is saved skips those)",
+                checkpoint.display()
+            );
+        } else if flag.load(Ordering::SeqCst) {
+            eprintln!("\nCtrl+C again: quitting; continue with --resume");
+            std::process::exit(130);
+        } else {
+            eprintln!("\nstill saving the checkpoint; Ctrl+C again once it is saved quits");
+        }
+    });
+    saved
 }

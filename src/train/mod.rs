@@ -14,4 +14,6 @@ pub mod vocab;
 
 pub use adamw_fused::{check_fused_adamw, FusedAdamwCheck, FUSED_ADAMW_TOLERANCE};
 pub use corpus::{prepare_corpus, CorpusOptions, CorpusStats};
-pub use trainer::{held_out_perplexity, train, TrainOptions, TrainProgress, TrainSummary};
+pub use trainer::{
+    held_out_perplexity, train, StopRequest, TrainOptions, TrainProgress, TrainSummary,
+};

@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -48,6 +50,24 @@ pub enum TrainError {
     Resume { path: PathBuf, problem: String },
 }
 
+/// Asks a running [`train`] to stop after the step it is on: it saves a
+/// checkpoint, reports [`TrainProgress::Stopped`] and ends as `stop_after`
+/// would (Ctrl+C in `versifier train`). Clones share one request.
+#[derive(Debug, Clone, Default)]
+pub struct StopRequest(Arc<AtomicBool>);
+
+impl StopRequest {
+    /// Asks the run to stop; it notices between steps.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Everything a run needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainOptions {
@@ -82,6 +102,9 @@ pub struct TrainOptions {
     /// Stop after this many steps in this run (saving a checkpoint), keeping the
     /// schedule of `steps`; `--resume` continues from there.
     pub stop_after: Option<usize>,
+    /// Stops the run after the step it is on, as `stop_after` does.
+    #[serde(skip)]
+    pub stop: StopRequest,
     /// Micro-batches of `batch_size` whose gradients make one step (a larger
     /// effective batch in the same memory).
     pub grad_accum: usize,
@@ -117,6 +140,7 @@ impl Default for TrainOptions {
             save_dtype: Precision::F16,
             tf32: true,
             stop_after: None,
+            stop: StopRequest::default(),
             grad_accum: 1,
             compute: Precision::F32,
         }
@@ -541,7 +565,8 @@ pub fn held_out_perplexity(
 
 /// What a training run reports while it runs, in order: `Resumed` (once, when
 /// continuing a checkpoint), then `Step` every tenth step and `Eval` at each
-/// evaluation, and `Stopped` when `stop_after` ends the run early.
+/// evaluation, and `Stopped` when `stop_after` or a [`StopRequest`] ends the
+/// run early (after its checkpoint is saved).
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainProgress {
     /// The run continues a checkpoint from this step.
@@ -565,7 +590,9 @@ pub enum TrainProgress {
     },
     /// The held-out loss after `step` steps.
     Eval { step: usize, loss: f64 },
-    /// `stop_after` ended the run after `step` steps; `--resume` continues it.
+    /// `stop_after` or a [`StopRequest`] ended the run after `step` steps, whose
+    /// checkpoint is saved; the final evaluation and model follow, and
+    /// `--resume` continues the schedule.
     Stopped { step: usize },
 }
 
@@ -905,7 +932,9 @@ pub fn train(
                 loss: eval,
             });
         }
-        let interrupted = o.stop_after.is_some_and(|n| done - start_step >= n) && done < o.steps;
+        let interrupted = (o.stop_after.is_some_and(|n| done - start_step >= n)
+            || o.stop.is_requested())
+            && done < o.steps;
         if (o.checkpoint_every > 0 && done % o.checkpoint_every == 0) || interrupted {
             save(&ckpt_dir, DType::F32, Some((&opt, &rng, tokens_seen)))?;
         }
