@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 
-use versifier::engine::{DeviceChoice, Precision};
+use super::DeviceArg;
+use versifier::engine::Precision;
 use versifier::train::{StopRequest, TrainProgress};
 
 #[derive(Args)]
@@ -16,8 +17,9 @@ pub struct TrainArgs {
     corpus: PathBuf,
     #[arg(long, default_value = "models/tang-poems")]
     out: PathBuf,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    /// auto (the first GPU when this build can use one, else the CPU), cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceArg,
     #[arg(long, default_value_t = 6)]
     n_layer: usize,
     #[arg(long, default_value_t = 6)]
@@ -65,7 +67,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let opts = versifier::train::TrainOptions {
         corpus: a.corpus,
         out: a.out,
-        device: a.device,
+        device: a.device.resolve(),
         n_layer: a.n_layer,
         n_head: a.n_head,
         n_embd: a.n_embd,
