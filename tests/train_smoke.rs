@@ -297,3 +297,28 @@ fn a_model_trained_on_tagged_ci_is_given_the_tunes_tag_when_it_writes_one() {
         req.prompt_ids
     );
 }
+
+#[test]
+fn a_missing_corpus_or_checkpoint_is_refused_saying_what_to_do() {
+    let out = tempfile::tempdir().unwrap();
+    let nowhere = out.path().join("no-corpus");
+    let e = train(&options(&nowhere, out.path(), 5), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no-corpus/train.txt") && e.contains("versifier corpus"),
+        "{e}"
+    );
+    let corpus = tiny_corpus();
+    let mut resume = options(corpus.path(), out.path(), 5);
+    resume.resume = true;
+    let e = train(&resume, |_| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("checkpoint") && e.contains("start without --resume"),
+        "{e}"
+    );
+    assert!(
+        !out.path().join("model.safetensors").exists(),
+        "nothing was trained"
+    );
+}

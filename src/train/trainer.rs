@@ -757,13 +757,31 @@ pub fn train(
     check_options(o)?;
     let train_path = o.corpus.join("train.txt");
     let eval_path = o.corpus.join("eval.txt");
+    for path in [&train_path, &eval_path] {
+        if !path.is_file() {
+            return Err(TrainError::Corpus {
+                path: path.clone(),
+                problem: "not found; prepare a corpus folder with `versifier corpus` \
+                          (packaging/corpus/fetch.sh does it all)"
+                    .into(),
+            });
+        }
+    }
+    let ckpt_dir = o.out.join("checkpoint");
+    if o.resume && !ckpt_dir.join("state.json").is_file() {
+        return Err(TrainError::Resume {
+            path: ckpt_dir,
+            problem: "no checkpoint to continue (a run saves one every --checkpoint-every \
+                      steps, at --stop-after and on Ctrl+C); start without --resume"
+                .into(),
+        });
+    }
     let train_text = read(&train_path)?;
     let eval_text = read(&eval_path)?;
     std::fs::create_dir_all(&o.out).map_err(|source| TrainError::Io {
         path: o.out.clone(),
         source,
     })?;
-    let ckpt_dir = o.out.join("checkpoint");
 
     let vocab = if o.resume {
         let text = read(&ckpt_dir.join("vocab.txt"))?;
