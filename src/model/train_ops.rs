@@ -86,11 +86,6 @@ fn map_grad_tasks(
     Ok(out)
 }
 
-/// `x` as a contiguous tensor (a view when it already is one).
-fn dense(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()
-}
-
 // ---------------------------------------------------------------- layer norm
 
 /// Layer norm over the last axis with `weight` and `bias` `(C)`; the same
@@ -104,9 +99,9 @@ pub fn layer_norm(
     if !fused(&[x, weight, bias]) {
         return candle_nn::ops::layer_norm_slow(x, weight, bias, eps);
     }
-    dense(x)?.apply_op3_arc(
-        &dense(weight)?,
-        &dense(bias)?,
+    x.contiguous()?.apply_op3_arc(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
         Arc::new(Box::new(LayerNorm { eps })),
     )
 }
@@ -184,7 +179,11 @@ impl CustomOp3 for LayerNorm {
         let c = weight.elem_count();
         let rows = x.elem_count() / c.max(1);
         // (rows + 2, C): dx's rows, then d weight, then d bias.
-        let all = x.apply_op3_no_bwd(weight, &dense(grad)?, &LayerNormGrad { eps: self.eps })?;
+        let all = x.apply_op3_no_bwd(
+            weight,
+            &grad.contiguous()?,
+            &LayerNormGrad { eps: self.eps },
+        )?;
         let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
         let dw = all.narrow(0, rows, 1)?.reshape(c)?;
         let db = all.narrow(0, rows + 1, 1)?.reshape(c)?;
@@ -282,7 +281,7 @@ pub fn gelu_tanh(x: &Tensor) -> candle_core::Result<Tensor> {
     if !fused(&[x]) {
         return x.gelu();
     }
-    dense(x)?.apply_op1_arc(Arc::new(Box::new(GeluTanh)))
+    x.contiguous()?.apply_op1_arc(Arc::new(Box::new(GeluTanh)))
 }
 
 struct GeluTanh;
@@ -303,7 +302,9 @@ impl CustomOp1 for GeluTanh {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&dense(grad)?, &GeluTanhGrad)?))
+        Ok(Some(
+            x.apply_op2_no_bwd(&grad.contiguous()?, &GeluTanhGrad)?,
+        ))
     }
 }
 
@@ -349,7 +350,7 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     if !fused(&[x]) {
         return candle_nn::ops::softmax(x, D::Minus1);
     }
-    dense(x)?.apply_op1_arc(Arc::new(Box::new(Softmax)))
+    x.contiguous()?.apply_op1_arc(Arc::new(Box::new(Softmax)))
 }
 
 struct Softmax;
@@ -388,7 +389,9 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&dense(grad)?, &SoftmaxGrad)?))
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?,
+        ))
     }
 }
 
@@ -437,7 +440,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<T
     if !fused(&[logits]) || targets.dtype() != DType::U32 || !targets.device().is_cpu() {
         return candle_nn::loss::cross_entropy(logits, targets);
     }
-    dense(logits)?.apply_op2_arc(&dense(targets)?, Arc::new(Box::new(CrossEntropy)))
+    logits
+        .contiguous()?
+        .apply_op2_arc(&targets.contiguous()?, Arc::new(Box::new(CrossEntropy)))
 }
 
 struct CrossEntropy;
