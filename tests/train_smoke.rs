@@ -322,3 +322,163 @@ fn a_missing_corpus_or_checkpoint_is_refused_saying_what_to_do() {
         "nothing was trained"
     );
 }
+
+/// 詞 the tiny corpus has never seen: a new tune tag and new characters.
+const CI: &str = "[CI:浣溪沙]一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。";
+
+/// The tiny corpus with the 詞 above in its training text, in a new folder.
+fn corpus_with_ci() -> tempfile::TempDir {
+    let base = tiny_corpus();
+    let dir = tempfile::tempdir().unwrap();
+    let mut train_text = std::fs::read_to_string(base.path().join("train.txt")).unwrap();
+    for _ in 0..10 {
+        train_text.push_str(CI);
+        train_text.push('\n');
+    }
+    std::fs::write(dir.path().join("train.txt"), train_text).unwrap();
+    std::fs::copy(base.path().join("eval.txt"), dir.path().join("eval.txt")).unwrap();
+    dir
+}
+
+fn vocab_lines(model: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(model.join("vocab.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn fine_tuning_starts_from_the_models_weights_and_appends_the_corpus_new_tokens() {
+    let corpus = tiny_corpus();
+    let base = tempfile::tempdir().unwrap();
+    train(&options(corpus.path(), base.path(), 20), |_| {}).unwrap();
+    let ci = corpus_with_ci();
+    let tuned = tempfile::tempdir().unwrap();
+    // At lr 0 the weights cannot move: what is saved is where the run started.
+    let mut o = options(ci.path(), tuned.path(), 1);
+    o.init_from = Some(base.path().into());
+    o.lr = 0.0;
+    (o.n_layer, o.n_embd, o.context) = (3, 64, 16); // the model's shape wins
+    let summary = train(&o, |_| {}).unwrap();
+
+    let (old, new) = (vocab_lines(base.path()), vocab_lines(tuned.path()));
+    assert_eq!(&new[..old.len()], &old[..], "every old id keeps its token");
+    assert_eq!(new[old.len()], "[CI:浣溪沙]");
+    assert!(new.iter().any(|t| t == "徘") && !old.iter().any(|t| t == "徘"));
+    assert_eq!(summary.added_tokens, new.len() - old.len());
+    assert_eq!(summary.vocab, new.len());
+    let cfg = versifier::model::Gpt2Config::from_file(&tuned.path().join("config.json")).unwrap();
+    assert_eq!((cfg.n_layer, cfg.n_embd, cfg.n_positions), (1, 32, 32));
+    assert_eq!(cfg.vocab_size, new.len());
+
+    let load = |p: &std::path::Path| {
+        candle_core::safetensors::load(p.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (a, b) = (load(base.path()), load(tuned.path()));
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let tb = &b[name];
+        if name.ends_with("wte.weight") {
+            let v = old.len();
+            let kept = tb.narrow(0, 0, v).unwrap();
+            assert_eq!(ta.to_vec2::<f32>().unwrap(), kept.to_vec2::<f32>().unwrap());
+            let mean = ta.mean_keepdim(0).unwrap().to_vec2::<f32>().unwrap();
+            for row in tb
+                .narrow(0, v, new.len() - v)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+            {
+                for (x, m) in row.iter().zip(&mean[0]) {
+                    assert!((x - m).abs() < 1e-6, "a new row is not the mean row");
+                }
+            }
+        } else {
+            assert_eq!(
+                ta.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                tb.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{name} changed at lr 0"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_fine_tuned_model_starts_ahead_of_one_from_scratch_and_resumes_exactly() {
+    let corpus = tiny_corpus();
+    let base = tempfile::tempdir().unwrap();
+    let base_eval = train(&options(corpus.path(), base.path(), 40), |_| {})
+        .unwrap()
+        .eval_loss;
+    let ci = corpus_with_ci();
+    let fine_tune = |out: &std::path::Path| {
+        let mut o = options(ci.path(), out, 10);
+        o.init_from = Some(base.path().into());
+        o
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let scratch_eval = train(&options(ci.path(), scratch.path(), 10), |_| {})
+        .unwrap()
+        .eval_loss;
+    let straight = tempfile::tempdir().unwrap();
+    let tuned_eval = train(&fine_tune(straight.path()), |_| {})
+        .unwrap()
+        .eval_loss;
+    // The held-out poems are the base model's own: it starts far ahead.
+    assert!(
+        tuned_eval < scratch_eval - 1.0 && tuned_eval < base_eval + 1.0,
+        "fine-tuned {tuned_eval}, from scratch {scratch_eval}, base {base_eval}"
+    );
+    // Interrupted after 5 steps and resumed (the shape then comes from the
+    // checkpoint): the same weights as the run straight through.
+    let resumed = tempfile::tempdir().unwrap();
+    let mut first = fine_tune(resumed.path());
+    first.stop_after = Some(5);
+    train(&first, |_| {}).unwrap();
+    let mut second = fine_tune(resumed.path());
+    second.resume = true;
+    assert_eq!(train(&second, |_| {}).unwrap().steps, 10);
+    assert_same_weights(straight.path(), resumed.path());
+}
+
+#[test]
+fn fine_tuning_from_a_model_it_cannot_continue_is_refused_naming_the_file() {
+    let corpus = tiny_corpus();
+    let base = tempfile::tempdir().unwrap();
+    train(&options(corpus.path(), base.path(), 2), |_| {}).unwrap();
+    let refused = |model: &std::path::Path| {
+        let out = tempfile::tempdir().unwrap();
+        let mut o = options(corpus.path(), &out.path().join("run"), 2);
+        o.init_from = Some(model.into());
+        let e = train(&o, |_| {}).unwrap_err().to_string();
+        assert!(!out.path().join("run").exists(), "{e}: wrote its output");
+        e
+    };
+    let nowhere = base.path().join("no-model");
+    let e = refused(&nowhere);
+    assert!(
+        e.contains("no-model") && e.contains("no such folder"),
+        "{e}"
+    );
+
+    // A byte-level BPE model (tokenizer.json, no vocab.txt).
+    let bpe = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(base.path().join(f), bpe.path().join(f)).unwrap();
+    }
+    std::fs::write(bpe.path().join("tokenizer.json"), "{}").unwrap();
+    let e = refused(bpe.path());
+    assert!(
+        e.contains("no vocab.txt") && e.contains("tokenizer.json"),
+        "{e}"
+    );
+
+    // A vocab.txt that does not belong to the weights.
+    std::fs::remove_file(bpe.path().join("tokenizer.json")).unwrap();
+    let mut lines = vocab_lines(base.path());
+    lines.pop();
+    std::fs::write(bpe.path().join("vocab.txt"), lines.join("\n") + "\n").unwrap();
+    let e = refused(bpe.path());
+    assert!(e.contains("vocab.txt") && e.contains("vocab_size"), "{e}");
+}

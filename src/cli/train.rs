@@ -20,13 +20,22 @@ pub struct TrainArgs {
     /// auto (the first GPU when this build can use one, else the CPU), cpu or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceArg,
-    #[arg(long, default_value_t = 6)]
+    /// Fine-tune: start from this model folder's weights and vocabulary (a
+    /// model made by `versifier train`, such as the bundled models/tang-poems,
+    /// or a GPT-2 with a character vocab.txt) instead of random weights. Its
+    /// shape is kept; tune tags and characters the corpus adds are appended to
+    /// its vocabulary. A lower --lr than from scratch (3e-4) keeps more of
+    /// what it knew.
+    #[arg(long, value_name = "MODEL_DIR")]
+    init_from: Option<PathBuf>,
+    #[arg(long, default_value_t = 6, conflicts_with = "init_from")]
     n_layer: usize,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, conflicts_with = "init_from")]
     n_head: usize,
-    #[arg(long, default_value_t = 384)]
+    #[arg(long, default_value_t = 384, conflicts_with = "init_from")]
     n_embd: usize,
-    #[arg(long, default_value_t = 128)]
+    /// Tokens per training sequence, also the model's n_positions.
+    #[arg(long, default_value_t = 128, conflicts_with = "init_from")]
     context: usize,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -80,6 +89,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         seed: a.seed,
         resume: a.resume,
+        init_from: a.init_from,
         min_char_count: a.min_char_count,
         save_dtype: a.save_dtype,
         stop_after: a.stop_after,

@@ -588,6 +588,39 @@ impl SimpleBackend for CheckpointBackend {
     }
 }
 
+/// The weights of a checkpoint by their canonical `GPT2Model` names, in
+/// `dtype` on `device`, each checked against the shape `cfg` gives it as a load
+/// would (the trainer starts a fine-tuning run from them).
+pub fn load_named_tensors(
+    files: &ModelFiles,
+    cfg: &Gpt2Config,
+    device: &Device,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>, LoadError> {
+    let backend = CheckpointBackend::open(files)?;
+    expected_tensor_shapes(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            match backend.get(
+                Shape::from(shape),
+                &name,
+                candle_nn::Init::Const(0.0),
+                dtype,
+                device,
+            ) {
+                Ok(t) => Ok((name, t)),
+                Err(source) => {
+                    let recorded = backend.problem.lock().ok().and_then(|mut p| p.take());
+                    Err(recorded.unwrap_or(LoadError::Candle {
+                        path: files.weights.clone(),
+                        source,
+                    }))
+                }
+            }
+        })
+        .collect()
+}
+
 /// A checkpoint turned into a model (and its tokenizer, when the folder has one).
 pub struct LoadedModel {
     pub files: ModelFiles,

@@ -24,8 +24,8 @@ pub mod train_ops;
 
 pub use checkpoint::{
     check_tensor_shapes, expected_tensor_shapes, inspect_safetensors, load_model,
-    load_model_with_progress, LoadProgress, LoadedModel, ModelFiles, SafetensorsSummary,
-    TensorEntry, WeightFormat,
+    load_model_with_progress, load_named_tensors, LoadProgress, LoadedModel, ModelFiles,
+    SafetensorsSummary, TensorEntry, WeightFormat,
 };
 pub use config::{Activation, Gpt2Config};
 pub use fused_decode::{check_fused_ops, FusedOpCheck, StepKernels};

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::adamw::AdamW;
 use super::vocab::CharVocab;
 use crate::device::{open_device, DeviceChoice, DeviceError, Precision};
-use crate::model::{synthetic, Gpt2, Gpt2Config, LoadError};
+use crate::model::{load_named_tensors, synthetic, Gpt2, Gpt2Config, LoadError, ModelFiles};
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +33,9 @@ pub enum TrainError {
     Corpus { path: PathBuf, problem: String },
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// A model folder could not be read (`init_from`) or written.
     #[error(transparent)]
-    Save(#[from] LoadError),
+    Model(#[from] LoadError),
     #[error("training step {step}: {source}")]
     Step {
         step: usize,
@@ -48,6 +49,8 @@ pub enum TrainError {
     },
     #[error("{path}: cannot resume: {problem}")]
     Resume { path: PathBuf, problem: String },
+    #[error("{path}: cannot fine-tune from this model: {problem}")]
+    InitFrom { path: PathBuf, problem: String },
 }
 
 /// Asks a running [`train`] to stop after the step it is on: it saves a
@@ -93,6 +96,13 @@ pub struct TrainOptions {
     pub checkpoint_every: usize,
     pub seed: u64,
     pub resume: bool,
+    /// Fine-tune: start from this model's weights and vocabulary instead of a
+    /// random initialisation. Its shape replaces `n_layer`, `n_head`, `n_embd`
+    /// and `context`; tune tags and characters the corpus has and its
+    /// vocabulary lacks are appended to it, each new embedding row the mean of
+    /// the others.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     /// Characters seen fewer times than this become `[UNK]`.
     pub min_char_count: usize,
     /// Precision of the final `model.safetensors`.
@@ -136,6 +146,7 @@ impl Default for TrainOptions {
             checkpoint_every: 1000,
             seed: 1234,
             resume: false,
+            init_from: None,
             min_char_count: 2,
             save_dtype: Precision::F16,
             tf32: true,
@@ -158,6 +169,9 @@ pub struct TrainSummary {
     pub tokens_seen: usize,
     pub seconds: f64,
     pub tokens_per_s: f64,
+    /// Tokens appended to the `init_from` model's vocabulary (0 from scratch
+    /// and when resuming: the checkpoint's vocabulary already has them).
+    pub added_tokens: usize,
     pub final_train_loss: f64,
     /// Mean cross-entropy (nats) per predicted token over the whole held-out set.
     pub eval_loss: f64,
@@ -637,9 +651,104 @@ impl std::fmt::Display for TrainProgress {
     }
 }
 
+/// The model a fine-tuning run (`init_from`) starts from.
+struct InitModel {
+    files: ModelFiles,
+    cfg: Gpt2Config,
+    vocab: CharVocab,
+}
+
+impl InitModel {
+    /// Opens and checks `dir` before anything is written: a GPT-2 folder whose
+    /// tokenizer is a character `vocab.txt` of `vocab_size` tokens with the
+    /// tokens a poem line is written with.
+    fn open(dir: &Path) -> Result<Self, TrainError> {
+        let files = ModelFiles::locate(dir).map_err(|e| match e {
+            LoadError::NotFound { path } if path == dir => TrainError::InitFrom {
+                path,
+                problem: "no such folder; --init-from takes a model folder, such as the \
+                          bundled models/tang-poems"
+                    .into(),
+            },
+            other => other.into(),
+        })?;
+        let cfg = Gpt2Config::from_file(&files.config)?;
+        let vocab_path = files.dir.join("vocab.txt");
+        if !vocab_path.is_file() {
+            return Err(TrainError::InitFrom {
+                path: files.dir.clone(),
+                problem: "it has no vocab.txt; the trainer continues character models (a \
+                          folder made by `versifier train`, or a GPT-2 with a BERT-style \
+                          vocab.txt), not byte-level BPE ones (tokenizer.json)"
+                    .into(),
+            });
+        }
+        let vocab = CharVocab::from_tokens(read(&vocab_path)?.lines().map(String::from).collect());
+        if vocab.len() != cfg.vocab_size {
+            return Err(TrainError::InitFrom {
+                path: vocab_path,
+                problem: format!(
+                    "{} tokens, but config.json says vocab_size = {}; use the vocab.txt the \
+                     model was trained with",
+                    vocab.len(),
+                    cfg.vocab_size
+                ),
+            });
+        }
+        if let Some(missing) = ["[CLS]", "[SEP]", "[UNK]"]
+            .into_iter()
+            .find(|t| vocab.id(t).is_none())
+        {
+            return Err(TrainError::InitFrom {
+                path: vocab_path,
+                problem: format!(
+                    "has no {missing} token; the trainer writes each poem as [CLS] poem \
+                     [SEP], with [UNK] for a character the vocabulary lacks"
+                ),
+            });
+        }
+        Ok(Self { files, cfg, vocab })
+    }
+
+    /// Its weights, f32 on the CPU, with `added` embedding rows appended for
+    /// the tokens the corpus brought.
+    fn tensors(&self, added: usize) -> Result<HashMap<String, Tensor>, TrainError> {
+        let mut tensors = load_named_tensors(&self.files, &self.cfg, &Device::Cpu, DType::F32)?;
+        if let Some(wte) = tensors.remove("wte.weight") {
+            let grown = grow_embedding(&wte, added)
+                .map_err(|source| TrainError::Step { step: 0, source })?;
+            tensors.insert("wte.weight".into(), grown);
+        }
+        Ok(tensors)
+    }
+}
+
+/// `(V, C)` -> `(V + added, C)`, each new row the mean of the old ones: a new
+/// token starts as an average one (with the tied LM head, its logit is a
+/// typical token's), not at random.
+fn grow_embedding(wte: &Tensor, added: usize) -> candle_core::Result<Tensor> {
+    if added == 0 {
+        return Ok(wte.clone());
+    }
+    let (_, c) = wte.dims2()?;
+    let mean = wte.mean_keepdim(0)?; // (1, C)
+    Tensor::cat(&[wte, &mean.broadcast_as((added, c))?.contiguous()?], 0)
+}
+
+/// Where a run's parameters come from.
+enum Start<'a> {
+    /// A deterministic random initialisation.
+    Scratch,
+    /// The `init_from` model, with this many tokens added to its vocabulary.
+    Model(&'a InitModel, usize),
+    /// `ckpt_dir`'s checkpoint.
+    Resume,
+}
+
 /// The parameters a run starts from, f32 on `device`: a deterministic
-/// initialisation, or the checkpoint's when resuming.
+/// initialisation, the `init_from` model's, or the checkpoint's when resuming.
 fn initial_parameters(
+    start: Start<'_>,
     o: &TrainOptions,
     cfg: &Gpt2Config,
     ckpt_dir: &Path,
@@ -648,19 +757,22 @@ fn initial_parameters(
     let step_err =
         |step: usize| move |source: candle_core::Error| TrainError::Step { step, source };
     let varmap = VarMap::new();
-    let init = if o.resume {
-        let p = ckpt_dir.join("model.safetensors");
-        let loaded =
-            candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| TrainError::Resume {
-                path: p.clone(),
-                problem: e.to_string(),
+    let init = match start {
+        Start::Resume => {
+            let p = ckpt_dir.join("model.safetensors");
+            let loaded = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| {
+                TrainError::Resume {
+                    path: p.clone(),
+                    problem: e.to_string(),
+                }
             })?;
-        loaded
-            .into_iter()
-            .map(|(k, v)| (k.strip_prefix("transformer.").unwrap_or(&k).to_string(), v))
-            .collect()
-    } else {
-        synthetic::gpt2_init_tensors(cfg, o.seed).map_err(step_err(0))?
+            loaded
+                .into_iter()
+                .map(|(k, v)| (k.strip_prefix("transformer.").unwrap_or(&k).to_string(), v))
+                .collect()
+        }
+        Start::Model(model, added) => model.tensors(added)?,
+        Start::Scratch => synthetic::gpt2_init_tensors(cfg, o.seed).map_err(step_err(0))?,
     };
     {
         let mut data = varmap.data().lock().map_err(|_| TrainError::Invalid {
@@ -749,11 +861,10 @@ fn check_options(o: &TrainOptions) -> Result<(), TrainError> {
     }
 }
 
-/// Trains a model as `o` says and writes it to `o.out`.
-pub fn train(
-    o: &TrainOptions,
-    mut on_progress: impl FnMut(TrainProgress),
-) -> Result<TrainSummary, TrainError> {
+/// Refuses a run that could not start, before anything is written: bad
+/// settings, a missing corpus, `resume` without a checkpoint. Returns the
+/// corpus's two files and the checkpoint folder.
+fn check_inputs(o: &TrainOptions) -> Result<(PathBuf, PathBuf, PathBuf), TrainError> {
     check_options(o)?;
     let train_path = o.corpus.join("train.txt");
     let eval_path = o.corpus.join("eval.txt");
@@ -776,6 +887,61 @@ pub fn train(
                 .into(),
         });
     }
+    Ok((train_path, eval_path, ckpt_dir))
+}
+
+/// The vocabulary (with how many tokens were added to the `init_from`
+/// model's), the model's shape, and `o` with that shape: from the corpus, from
+/// the `init_from` model grown by the corpus's new tokens, or from the
+/// checkpoint when resuming. A fine-tuning run keeps its model's shape (also
+/// when resumed: the checkpoint's config.json is that shape, vocabulary grown).
+fn vocabulary_and_shape(
+    o: &TrainOptions,
+    init_model: Option<&InitModel>,
+    ckpt_dir: &Path,
+    train_text: &str,
+) -> Result<(CharVocab, usize, Gpt2Config, TrainOptions), TrainError> {
+    let (vocab, added_tokens) = if o.resume {
+        let text = read(&ckpt_dir.join("vocab.txt"))?;
+        (
+            CharVocab::from_tokens(text.lines().map(String::from).collect()),
+            0,
+        )
+    } else if let Some(m) = init_model {
+        m.vocab.extended_with(train_text, o.min_char_count)
+    } else {
+        (CharVocab::build(train_text, o.min_char_count), 0)
+    };
+    let mut cfg = match (init_model, &o.init_from) {
+        (Some(m), _) => Gpt2Config {
+            vocab_size: vocab.len(),
+            ..m.cfg.clone()
+        },
+        (None, Some(_)) => Gpt2Config::from_file(&ckpt_dir.join("config.json"))?,
+        (None, None) => Gpt2Config::small(vocab.len(), o.context, o.n_embd, o.n_layer, o.n_head),
+    };
+    cfg.bos_token_id = vocab.id("[CLS]");
+    cfg.eos_token_id = vocab.id("[SEP]");
+    let shaped = TrainOptions {
+        n_layer: cfg.n_layer,
+        n_head: cfg.n_head,
+        n_embd: cfg.n_embd,
+        context: cfg.n_positions,
+        ..o.clone()
+    };
+    Ok((vocab, added_tokens, cfg, shaped))
+}
+
+/// Trains a model as `o` says and writes it to `o.out`.
+pub fn train(
+    o: &TrainOptions,
+    mut on_progress: impl FnMut(TrainProgress),
+) -> Result<TrainSummary, TrainError> {
+    let (train_path, eval_path, ckpt_dir) = check_inputs(o)?;
+    let init_model = match &o.init_from {
+        Some(dir) if !o.resume => Some(InitModel::open(dir)?),
+        _ => None,
+    };
     let train_text = read(&train_path)?;
     let eval_text = read(&eval_path)?;
     std::fs::create_dir_all(&o.out).map_err(|source| TrainError::Io {
@@ -783,12 +949,9 @@ pub fn train(
         source,
     })?;
 
-    let vocab = if o.resume {
-        let text = read(&ckpt_dir.join("vocab.txt"))?;
-        CharVocab::from_tokens(text.lines().map(String::from).collect())
-    } else {
-        CharVocab::build(&train_text, o.min_char_count)
-    };
+    let (vocab, added_tokens, cfg, shaped) =
+        vocabulary_and_shape(o, init_model.as_ref(), &ckpt_dir, &train_text)?;
+    let o = &shaped;
     let encode = |text: &str| encode_corpus(&vocab, text);
     let train_ids = encode(&train_text);
     let eval_ids = encode(&eval_text);
@@ -802,9 +965,6 @@ pub fn train(
             ),
         });
     }
-    let mut cfg = Gpt2Config::small(vocab.len(), o.context, o.n_embd, o.n_layer, o.n_head);
-    cfg.bos_token_id = vocab.id("[CLS]");
-    cfg.eos_token_id = vocab.id("[SEP]");
 
     let device = open_device(o.device)?;
     if o.tf32 {
@@ -813,7 +973,12 @@ pub fn train(
     let step_err =
         |step: usize| move |source: candle_core::Error| TrainError::Step { step, source };
 
-    let varmap = initial_parameters(o, &cfg, &ckpt_dir, &device)?;
+    let start = match &init_model {
+        _ if o.resume => Start::Resume,
+        Some(m) => Start::Model(m, added_tokens),
+        None => Start::Scratch,
+    };
+    let varmap = initial_parameters(start, o, &cfg, &ckpt_dir, &device)?;
     let model = Gpt2::load_uniform(VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)
         .map_err(step_err(0))?;
     let params = named_vars(&varmap)?;
@@ -976,6 +1141,7 @@ pub fn train(
         tokens_seen,
         seconds,
         tokens_per_s: (tokens_seen as f64) / seconds.max(1e-9),
+        added_tokens,
         final_train_loss: last_loss,
         eval_loss,
         eval_perplexity: eval_loss.exp(),
