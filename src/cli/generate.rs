@@ -55,8 +55,9 @@ pub struct GenerateArgs {
     /// Always take the most likely token.
     #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
     greedy: bool,
-    /// Poem form enforced while decoding: free, wujue, qijue, wulv, qilv or
-    /// acrostic:<head characters>.
+    /// Poem form enforced while decoding: free, wujue, qijue, wulv, qilv,
+    /// acrostic:<head characters>, or ci:<tune> for a 詞 to a named tune
+    /// (ci:浣溪沙; `versifier forms` lists the tunes).
     #[arg(long, default_value = "free")]
     form: PoemForm,
     /// Rhyme (平水韻) and tones (平仄) for the regulated forms (wujue, qijue,
