@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""The 詞 figures of a model (models/tang-poems/MODEL_CARD.md, "Fine-tuning on 詞").
+
+Draws 8 tunes x 4 one-character prompts x 4 variations with
+`versifier generate --form ci:TUNE --json` (temperature 0.8, top-k 40, the
+default repeat guard and rules, seed 1: the settings of `bench --quality`) and
+scores them as `src/eval/quality.rs` scores 詩: repeated characters per poem
+(ideographs minus distinct ones, the mean over the poems) and distinct-2 (distinct
+character bigrams over all bigrams, the prompt included). Also counts the 詞
+that ended by themselves with every line's length and mark as the tune's
+pattern (`versifier forms`), and whether each poem's text was the tune's alone.
+
+Usage: packaging/corpus/ci-quality.py VERSIFIER_BIN MODEL_DIR OUT.json
+Held-out 詞 perplexity is a separate command:
+  versifier bench --quality --model MODEL_DIR --corpus FT_CORPUS/ci-eval
+"""
+import json
+import subprocess
+import sys
+
+TUNES = ["浣溪沙", "鹧鸪天", "菩萨蛮", "西江月", "减字木兰花", "蝶恋花", "点绛唇", "清平乐"]
+PROMPTS = ["春", "月", "風", "花"]
+VARIATIONS = 4
+SEED = 1
+
+
+def is_hanzi(c):
+    o = ord(c)
+    return any(
+        lo <= o <= hi
+        for lo, hi in [
+            (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2A6DF),
+            (0x2A700, 0x2EBEF), (0x30000, 0x3134F),
+        ]
+    )
+
+
+def lines_of(text):
+    """(length, mark) of each run ended by ， or 。; None if anything else appears."""
+    out, n = [], 0
+    for c in text:
+        if c in "，。":
+            out.append((n, c))
+            n = 0
+        elif is_hanzi(c):
+            n += 1
+        else:
+            return None
+    return out if n == 0 else None
+
+
+def patterns(binary):
+    """Simplified tune name -> [(length, mark)] from `versifier forms`."""
+    listing = subprocess.run([binary, "forms"], check=True, capture_output=True, text=True).stdout
+    found = {}
+    for row in listing.splitlines():
+        cols = row.strip().split("\t")
+        if len(cols) >= 3 and cols[0] in TUNES:
+            pattern = []
+            n = ""
+            for c in cols[2]:
+                if c.isdigit():
+                    n += c
+                else:
+                    pattern.append((int(n), c))
+                    n = ""
+            found[cols[0]] = pattern
+    missing = [t for t in TUNES if t not in found]
+    if missing:
+        sys.exit(f"versifier forms does not list {missing}")
+    return found
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    binary, model, out_path = sys.argv[1:]
+    tune_patterns = patterns(binary)
+    poems, per_tune = [], {}
+    for tune in TUNES:
+        kept = 0
+        for prompt in PROMPTS:
+            cmd = [
+                binary, "generate", "--model", model, "--device", "cpu", "--log-dir", "none",
+                "--form", f"ci:{tune}", "--prompt", prompt, "--variations", str(VARIATIONS),
+                "--seed", str(SEED), "--temperature", "0.8", "--top-k", "40",
+                "--max-tokens", "160", "--json",
+            ]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode != 0:
+                sys.exit(f"{' '.join(cmd)}: {run.stderr.strip()}")
+            result = json.loads(run.stdout)
+            for text, stop in zip(result["text"], result["stop"]):
+                poem = result["prompt"] + text
+                ok = stop == "stop" and lines_of(poem) == tune_patterns[tune]
+                kept += int(ok)
+                poems.append({"tune": tune, "prompt": prompt, "text": poem, "stop": stop, "pattern_kept": ok})
+        per_tune[tune] = {"samples": len(PROMPTS) * VARIATIONS, "pattern_kept": kept}
+
+    texts = [p["text"] for p in poems]
+    repeated = sum(
+        len([c for c in t if is_hanzi(c)]) - len({c for c in t if is_hanzi(c)}) for t in texts
+    ) / len(texts)
+    bigrams = [(a, b) for t in texts for a, b in zip(t, t[1:])]
+    report = {
+        "model": model,
+        "settings": f"{len(TUNES)} tunes x {len(PROMPTS)} prompts ({''.join(PROMPTS)}) x "
+        f"{VARIATIONS} variations, seed {SEED}, temperature 0.8, top-k 40, rules strict, repeat guard",
+        "samples": len(texts),
+        "pattern_kept": sum(p["pattern_kept"] for p in poems),
+        "repeated_chars_per_poem": round(repeated, 3),
+        "distinct_2": round(len(set(bigrams)) / max(1, len(bigrams)), 3),
+        "per_tune": per_tune,
+        "poems": poems,
+    }
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump(report, f, ensure_ascii=False, indent=1)
+    print(json.dumps({k: v for k, v in report.items() if k != "poems"}, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
