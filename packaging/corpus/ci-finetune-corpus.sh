@@ -7,11 +7,8 @@
 # own (詩 and 詞), so nothing held out is trained on.
 #
 # Usage: packaging/corpus/ci-finetune-corpus.sh CI_CORPUS_DIR OUT_DIR [EVERY]
-#   CI_CORPUS_DIR from (the package's 詞 are simplified; the first step makes
-#   them traditional, as the 詩 are):
-#     packaging/corpus/songci-traditional.py DIR/package DIR/package-t
-#     versifier corpus --source DIR/package-t --out CI_CORPUS_DIR \
-#       --song --ci --s2t models/tang-poems/s2t.tsv --holdout-per-10k 200 --seed 2026
+#   CI_CORPUS_DIR from: versifier corpus --source DIR/package --out CI_CORPUS_DIR \
+#     --song --ci --s2t models/tang-poems/s2t.tsv --holdout-per-10k 200 --seed 2026
 # Also writes OUT_DIR/ci-eval/: the held-out 詞 alone (with the training text,
 # which `bench --quality --corpus` fits its bigram baseline on), to score a
 # model's 詞; its 詩 are scored on the plain corpus (data/corpus), as before.
@@ -21,11 +18,12 @@ for f in train.txt eval.txt; do
   [ -f "$src/$f" ] || { echo "$src/$f: not found; make it with versifier corpus --song --ci" >&2; exit 2; }
 done
 grep -q '^\[CI:' "$src/train.txt" || { echo "$src/train.txt: no [CI:tune] lines; make it with --ci" >&2; exit 2; }
-# 无 is the simplified 無: a 詞 text still in simplified script has it in about
-# a third of its poems, the converted text in none.
+# 无 is the simplified 無: 詞 left in simplified script (by a versifier before
+# `corpus --ci` converted them with OpenCC) have it in a third of the poems,
+# converted ones in none.
 ci=$(grep -c '^\[CI:' "$src/train.txt"); simplified=$(grep '^\[CI:' "$src/train.txt" | grep -c '无' || true)
 if [ $((simplified * 100)) -gt "$ci" ]; then
-  echo "$src/train.txt: $simplified of its $ci 詞 have 无, so they are in simplified script; make the corpus from packaging/corpus/songci-traditional.py's copy of the package" >&2
+  echo "$src/train.txt: $simplified of its $ci 詞 have 无, so they are in simplified script; make the corpus again with this versifier's corpus --ci, which converts them" >&2
   exit 2
 fi
 mkdir -p "$out/ci-eval"

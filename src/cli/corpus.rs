@@ -20,11 +20,12 @@ pub struct CorpusArgs {
     holdout_per_10k: u64,
     #[arg(long, default_value_t = 2026)]
     seed: u64,
-    /// Also use the Song 詞 that follow their tune's pattern, tagged `[CI:tune]`.
+    /// Also use the Song 詞 that follow their tune's pattern, tagged `[CI:tune]`
+    /// and converted to traditional script like the 詩 (OpenCC, phrase-aware).
     #[arg(long)]
     ci: bool,
-    /// Simplified -> traditional table for the 詞 (a model's s2t.tsv, e.g.
-    /// models/tang-poems/s2t.tsv).
+    /// Simplified -> traditional table applied to the 詞 after that conversion,
+    /// for anything it leaves (a model's s2t.tsv, e.g. models/tang-poems/s2t.tsv).
     #[arg(long)]
     s2t: Option<PathBuf>,
 }

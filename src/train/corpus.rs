@@ -25,6 +25,10 @@ pub enum CorpusError {
     Format { path: PathBuf, problem: String },
     #[error("{path}: no poet.tang.*.json files; point --source at chinese-poetry's package folder (see packaging/corpus/fetch.sh)")]
     NoSource { path: PathBuf },
+    /// OpenCC's simplified-to-traditional converter, built into the binary, did
+    /// not start (its embedded dictionaries are unreadable: a broken build).
+    #[error("the 詞 cannot be converted to traditional script: OpenCC's s2t converter did not start ({problem}); reinstall Versifier")]
+    Converter { problem: String },
 }
 
 /// What to read and where to write.
@@ -41,8 +45,8 @@ pub struct CorpusOptions {
     /// Add the Song 詞 (`songci/ci.song.*`) whose tune has a pattern and that
     /// follow it, each line tagged `[CI:tune]`.
     pub include_ci: bool,
-    /// Simplified -> traditional table (TSV, as a model's `s2t.tsv`) for the
-    /// 詞, which the collection has in simplified script.
+    /// Simplified -> traditional table (TSV, as a model's `s2t.tsv`) applied to
+    /// the 詞 after OpenCC's conversion, for anything it leaves.
     pub s2t: Option<PathBuf>,
 }
 
@@ -65,6 +69,8 @@ pub struct CorpusStats {
     pub dropped_ci_unknown_tune: usize,
     /// 詞 whose lines differ from their tune's pattern.
     pub dropped_ci_off_pattern: usize,
+    /// 詞 read whose text the conversion to traditional script changed.
+    pub ci_converted_to_traditional: usize,
 }
 
 /// Marks editors use for characters missing from the sources.
@@ -166,7 +172,11 @@ fn read_s2t(path: &Path) -> Result<std::collections::HashMap<char, char>, Corpus
 }
 
 /// The 詞 of the collection that follow their tune's pattern, as tagged
-/// training lines (`[CI:浣溪沙]…\n`), marks normalised to `，` and `。`.
+/// training lines (`[CI:浣溪沙]…\n`), marks normalised to `，` and `。`, in
+/// traditional script like the 詩: the collection has them in simplified, and
+/// OpenCC's phrase-aware conversion (白云 becomes 白雲, 人云亦云 stays) replaces
+/// every simplified form, where a model's `s2t.tsv` maps only the characters
+/// its vocabulary lacks (a model trained on that writes mixed script).
 fn ci_lines(
     opts: &CorpusOptions,
     stats: &mut CorpusStats,
@@ -185,6 +195,12 @@ fn ci_lines(
         .map(read_s2t)
         .transpose()?
         .unwrap_or_default();
+    let to_traditional = ferrous_opencc::OpenCC::from_config(
+        ferrous_opencc::config::BuiltinConfig::S2t,
+    )
+    .map_err(|e| CorpusError::Converter {
+        problem: e.to_string(),
+    })?;
     let files = json_files(&dir, |name| name.starts_with("ci.song."))?;
     let mut lines = Vec::new();
     for path in &files {
@@ -202,7 +218,10 @@ fn ci_lines(
                 .flatten()
                 .filter_map(Value::as_str)
                 .collect();
-            let body: String = clean(&raw)
+            let simplified = clean(&raw);
+            let traditional = to_traditional.convert(&simplified);
+            stats.ci_converted_to_traditional += usize::from(traditional != simplified);
+            let body: String = traditional
                 .chars()
                 .map(|c| match c {
                     '、' | '；' | '：' => '，',
@@ -372,8 +391,10 @@ mod tests {
             {"rhythmic": "没有这个词牌", "paragraphs": ["一曲新词酒一杯。"]}
         ]);
         std::fs::write(songci.join("ci.song.0.json"), ci.to_string()).unwrap();
+        // The model's table maps what OpenCC leaves: its 园 -> 苑 never applies
+        // (OpenCC has made it 園 first) and its 園 -> 薗 does, after the conversion.
         let table = src.path().join("s2t.tsv");
-        std::fs::write(&table, "词\t詞\n旧\t舊\n阳\t陽\n几\t幾\n时\t時\n回\t回\n无\t無\n识\t識\n燕\t燕\n归\t歸\n来\t來\n园\t園\n径\t徑\n独\t獨\n气\t氣\n").unwrap();
+        std::fs::write(&table, "园\t苑\n園\t薗\n").unwrap();
         let out = tempfile::tempdir().unwrap();
         let stats = prepare_corpus(&CorpusOptions {
             source: src.path().into(),
@@ -389,10 +410,11 @@ mod tests {
         assert_eq!(stats.dropped_ci_off_pattern, 1);
         assert_eq!(stats.dropped_ci_unknown_tune, 1);
         assert_eq!(stats.by_form.get("ci:浣溪沙"), Some(&1));
+        assert_eq!(stats.ci_converted_to_traditional, 2);
         let train = std::fs::read_to_string(out.path().join("train.txt")).unwrap();
         assert_eq!(
             train.trim_end(),
-            "[CI:浣溪沙]一曲新詞酒一杯。去年天氣舊亭台。夕陽西下幾時回。無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。"
+            "[CI:浣溪沙]一曲新詞酒一杯。去年天氣舊亭臺。夕陽西下幾時回。無可奈何花落去，似曾相識燕歸來。小薗香徑獨徘徊。"
         );
         // The tune's tag becomes a vocabulary token.
         let vocab = crate::train::vocab::CharVocab::build(&train, 1);
