@@ -3,12 +3,12 @@
 
 Draws 8 tunes x 4 one-character prompts x 4 variations with
 `versifier generate --form ci:TUNE --json` (temperature 0.8, top-k 40, the
-default repeat guard and rules, seed 1: the settings of `bench --quality`) and
-scores them as `src/eval/quality.rs` scores 詩: repeated characters per poem
-(ideographs minus distinct ones, the mean over the poems) and distinct-2 (distinct
-character bigrams over all bigrams, the prompt included). Also counts the 詞
-that ended by themselves with every line's length and mark as the tune's
-pattern (`versifier forms`), and whether each poem's text was the tune's alone.
+default repeat guard and rules, seed 1: the sampling of `bench --quality`, with
+160 tokens max so that every tune fits) and scores them as `src/eval/quality.rs`
+scores 詩: repeated characters per poem (ideographs minus distinct ones, the mean
+over the poems) and distinct-2 (distinct character bigrams over all bigrams, the
+prompt included). Also counts the 詞 that ended by themselves with every line's
+length and mark as in the tune's pattern (`versifier forms`).
 
 Usage: packaging/corpus/ci-quality.py VERSIFIER_BIN MODEL_DIR OUT.json
 Held-out 詞 perplexity is a separate command:
