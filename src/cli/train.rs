@@ -13,6 +13,9 @@ use versifier::train::{StopRequest, TrainProgress};
 
 #[derive(Args)]
 pub struct TrainArgs {
+    /// A `versifier corpus` folder (train.txt, eval.txt). Every other 詩 is
+    /// trained on without its form tag, which teaches free form; a 詞 always
+    /// keeps its tune tag.
     #[arg(long, default_value = "data/corpus")]
     corpus: PathBuf,
     #[arg(long, default_value = "models/tang-poems")]

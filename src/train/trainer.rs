@@ -535,18 +535,34 @@ fn named_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>, TrainError> {
     Ok(data.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
-/// The token stream of a corpus text. Every other poem loses its form tag, so the
-/// model learns both the tagged (form-conditioned) and the untagged (free) start.
-fn encode_corpus(vocab: &CharVocab, text: &str) -> Vec<u32> {
+/// Which lines of a corpus text lose their form tag when it is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UntaggedLines {
+    /// Every other line, 詩 and 詞 alike: the stream held-out text is scored on,
+    /// so that every run's figures (and the bundled model's) stay comparable.
+    EveryOther,
+    /// Every other 詩; a 詞 always keeps its tune tag, so the untagged (free)
+    /// start is trained on 詩 alone: untagged 詞 taught it to drift into 詞
+    /// shapes (models/tang-poems/MODEL_CARD.md, "Fine-tuning on 詞", run 2).
+    /// On a corpus without 詞 this is the same stream as `EveryOther`.
+    EveryOtherShi,
+}
+
+/// The token stream of a corpus text: a tagged poem teaches the
+/// form-conditioned start, an untagged one the free start.
+fn encode_corpus(vocab: &CharVocab, text: &str, untagged: UntaggedLines) -> Vec<u32> {
+    let mut counted = 0_usize;
     text.lines()
         .filter(|l| !l.is_empty())
-        .enumerate()
-        .flat_map(|(i, l)| {
-            vocab.encode_line(if i % 2 == 1 {
-                super::vocab::strip_tag(l).1
-            } else {
-                l
-            })
+        .flat_map(|l| {
+            let (tag, body) = super::vocab::strip_tag(l);
+            let is_ci = tag.is_some_and(|t| t.starts_with("[CI:"));
+            let may_lose_tag = untagged == UntaggedLines::EveryOther || !is_ci;
+            let loses_tag = may_lose_tag && {
+                counted += 1;
+                counted % 2 == 0
+            };
+            vocab.encode_line(if loses_tag { body } else { l })
         })
         .collect()
 }
@@ -562,8 +578,16 @@ pub fn held_out_perplexity(
     context: usize,
 ) -> Result<(f64, f64), TrainError> {
     let vocab = CharVocab::from_tokens(read(vocab_path)?.lines().map(String::from).collect());
-    let train_ids = encode_corpus(&vocab, &read(&corpus.join("train.txt"))?);
-    let eval_ids = encode_corpus(&vocab, &read(&corpus.join("eval.txt"))?);
+    let train_ids = encode_corpus(
+        &vocab,
+        &read(&corpus.join("train.txt"))?,
+        UntaggedLines::EveryOther,
+    );
+    let eval_ids = encode_corpus(
+        &vocab,
+        &read(&corpus.join("eval.txt"))?,
+        UntaggedLines::EveryOther,
+    );
     let o = TrainOptions {
         context,
         batch_size: 16,
@@ -952,9 +976,8 @@ pub fn train(
     let (vocab, added_tokens, cfg, shaped) =
         vocabulary_and_shape(o, init_model.as_ref(), &ckpt_dir, &train_text)?;
     let o = &shaped;
-    let encode = |text: &str| encode_corpus(&vocab, text);
-    let train_ids = encode(&train_text);
-    let eval_ids = encode(&eval_text);
+    let train_ids = encode_corpus(&vocab, &train_text, UntaggedLines::EveryOtherShi);
+    let eval_ids = encode_corpus(&vocab, &eval_text, UntaggedLines::EveryOther);
     if train_ids.len() < o.context + 2 {
         return Err(TrainError::Corpus {
             path: train_path,
@@ -1161,6 +1184,37 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn training_text_untags_every_other_shi_and_no_ci_while_held_out_text_untags_every_other_line()
+    {
+        let text = "[QIJUE]春風\n[CI:浣溪沙]雪月\n[QIJUE]花雨\n[CI:浣溪沙]風雪\n[WUJUE]月花\n";
+        let vocab = CharVocab::build(text, 1);
+        let tagged = |ids: &[u32]| -> Vec<bool> {
+            ids.split(|&id| Some(id) == vocab.id("[SEP]"))
+                .filter(|line| !line.is_empty())
+                .map(|line| {
+                    line.get(1)
+                        .is_some_and(|&id| vocab.tokens[id as usize].starts_with('['))
+                })
+                .collect()
+        };
+        assert_eq!(
+            tagged(&encode_corpus(&vocab, text, UntaggedLines::EveryOtherShi)),
+            [true, true, false, true, true],
+            "詩 alternate (tagged, untagged, tagged); every 詞 keeps its tune"
+        );
+        assert_eq!(
+            tagged(&encode_corpus(&vocab, text, UntaggedLines::EveryOther)),
+            [true, false, true, false, true]
+        );
+        let shi_only = "[QIJUE]春風\n[QIJUE]花雨\n[WUJUE]月花\n";
+        assert_eq!(
+            encode_corpus(&vocab, shi_only, UntaggedLines::EveryOtherShi),
+            encode_corpus(&vocab, shi_only, UntaggedLines::EveryOther),
+            "without 詞 the training stream is the one the bundled model was trained on"
+        );
+    }
 
     #[test]
     fn the_f16_loss_scale_halves_and_skips_on_overflow_and_grows_after_good_steps() {
