@@ -556,7 +556,7 @@ fn encode_corpus(vocab: &CharVocab, text: &str, untagged: UntaggedLines) -> Vec<
         .filter(|l| !l.is_empty())
         .flat_map(|l| {
             let (tag, body) = super::vocab::strip_tag(l);
-            let is_ci = tag.is_some_and(|t| t.starts_with("[CI:"));
+            let is_ci = tag.is_some_and(super::vocab::is_tune_tag);
             let may_lose_tag = untagged == UntaggedLines::EveryOther || !is_ci;
             let loses_tag = may_lose_tag && {
                 counted += 1;

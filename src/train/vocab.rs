@@ -117,7 +117,7 @@ impl<'a> SeenTokens<'a> {
         let mut tune_tags: Vec<&str> = Vec::new();
         for line in text.lines() {
             let (tag, body) = strip_tag(line);
-            if let Some(t) = tag.filter(|t| t.starts_with("[CI:")) {
+            if let Some(t) = tag.filter(|t| is_tune_tag(t)) {
                 if !tune_tags.contains(&t) {
                     tune_tags.push(t);
                 }
@@ -152,6 +152,12 @@ pub fn strip_tag(line: &str) -> (Option<&str>, &str) {
         }
     }
     (None, line)
+}
+
+/// Whether `tag` (as [`strip_tag`] returns it) names a 詞 tune
+/// (`[CI:浣溪沙]`) rather than a 詩 form (`[WUJUE]`).
+pub fn is_tune_tag(tag: &str) -> bool {
+    tag.starts_with("[CI:")
 }
 
 #[cfg(test)]
