@@ -110,6 +110,13 @@ fn resumed_training_matches_an_uninterrupted_run() {
         Some(&TrainProgress::Resumed { step: 10 })
     );
     assert_eq!(s2.steps, 20);
+    // The resumed part reports its own speed: the tokens it trained on (half
+    // the run's) over its own time, not the whole run's tokens over it.
+    assert_eq!(s2.tokens_seen, 2 * s1.tokens_seen);
+    assert_eq!(s2.tokens_this_run, s2.tokens_seen - s1.tokens_seen);
+    assert_eq!(s1.tokens_this_run, s1.tokens_seen);
+    let expected = s2.tokens_this_run as f64 / s2.seconds;
+    assert!((s2.tokens_per_s - expected).abs() <= expected * 1e-9);
     assert_same_weights(straight.path(), resumed.path());
 }
 

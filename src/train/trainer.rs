@@ -166,8 +166,14 @@ pub struct TrainSummary {
     pub vocab: usize,
     pub train_tokens: usize,
     pub eval_tokens: usize,
+    /// Tokens trained on since step 0, over every resumed part of the run.
     pub tokens_seen: usize,
+    /// Tokens trained on by this process (`tokens_seen` less what the
+    /// checkpoint it resumed from had seen; all of them when not resuming).
+    pub tokens_this_run: usize,
+    /// This process's time, from its first step to the end.
     pub seconds: f64,
+    /// `tokens_this_run / seconds`.
     pub tokens_per_s: f64,
     /// Tokens appended to the `init_from` model's vocabulary (0 from scratch
     /// and when resuming: the checkpoint's vocabulary already has them).
@@ -1066,6 +1072,7 @@ pub fn train(
         Ok(())
     };
 
+    let tokens_before = tokens_seen;
     let started = Instant::now();
     let mut last_loss = f64::NAN;
     let compute = o.compute.dtype();
@@ -1122,8 +1129,7 @@ pub fn train(
                 loss: last_loss,
                 lr,
                 grad_norm: norm,
-                tokens_per_s: (tokens_seen as f64) / secs.max(1e-9)
-                    * ((done - start_step) as f64 / done as f64).max(0.0),
+                tokens_per_s: ((tokens_seen - tokens_before) as f64) / secs.max(1e-9),
                 eta_s: eta,
             });
         }
@@ -1162,8 +1168,9 @@ pub fn train(
         train_tokens: train_ids.len(),
         eval_tokens: eval_ids.len(),
         tokens_seen,
+        tokens_this_run: tokens_seen - tokens_before,
         seconds,
-        tokens_per_s: (tokens_seen as f64) / seconds.max(1e-9),
+        tokens_per_s: ((tokens_seen - tokens_before) as f64) / seconds.max(1e-9),
         added_tokens,
         final_train_loss: last_loss,
         eval_loss,
