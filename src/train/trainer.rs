@@ -1161,6 +1161,7 @@ pub fn train(
         .map_err(step_err(o.steps))?;
     let bigram = bigram_loss(&train_ids, &eval_ids, vocab.len(), o.context);
     save(&o.out, o.save_dtype.dtype(), None)?;
+    let tokens_this_run = tokens_seen - tokens_before;
     let summary = TrainSummary {
         steps: opt.step,
         params: cfg.param_count(),
@@ -1168,9 +1169,9 @@ pub fn train(
         train_tokens: train_ids.len(),
         eval_tokens: eval_ids.len(),
         tokens_seen,
-        tokens_this_run: tokens_seen - tokens_before,
+        tokens_this_run,
         seconds,
-        tokens_per_s: ((tokens_seen - tokens_before) as f64) / seconds.max(1e-9),
+        tokens_per_s: (tokens_this_run as f64) / seconds.max(1e-9),
         added_tokens,
         final_train_loss: last_loss,
         eval_loss,
