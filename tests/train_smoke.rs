@@ -8,7 +8,7 @@ mod common;
 use candle_core::{DType, Device};
 use versifier::engine::{DeviceChoice, Precision};
 use versifier::model::load_model;
-use versifier::train::{train, TrainOptions, TrainProgress};
+use versifier::train::{train, TrainError, TrainOptions, TrainProgress};
 
 const POEMS: [&str; 4] = [
     "[WUJUE]床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。",
@@ -488,4 +488,30 @@ fn fine_tuning_from_a_model_it_cannot_continue_is_refused_naming_the_file() {
     std::fs::write(bpe.path().join("vocab.txt"), lines.join("\n") + "\n").unwrap();
     let e = refused(bpe.path());
     assert!(e.contains("vocab.txt") && e.contains("vocab_size"), "{e}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_train_log_that_cannot_be_written_ends_the_run_naming_it_after_saving_that_steps_checkpoint() {
+    let corpus = tiny_corpus();
+    let out = tempfile::tempdir().unwrap();
+    // /dev/full opens for appending and fails every write with "no space
+    // left on device": a full disk, for the log alone.
+    std::os::unix::fs::symlink("/dev/full", out.path().join("train_log.jsonl")).unwrap();
+    let mut o = options(corpus.path(), out.path(), 30);
+    o.checkpoint_every = 0;
+    let err = train(&o, |_| {}).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("train_log.jsonl") && matches!(err, TrainError::Io { .. }),
+        "{message}"
+    );
+    // The first eval (step 10) could not be logged; its checkpoint was saved
+    // anyway, so the run resumes from there once the disk has room.
+    let state = std::fs::read_to_string(out.path().join("checkpoint/state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["step"], 10, "{state}");
+    std::fs::remove_file(out.path().join("train_log.jsonl")).unwrap();
+    o.resume = true;
+    assert_eq!(train(&o, |_| {}).unwrap().steps, 30);
 }

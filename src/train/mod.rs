@@ -15,5 +15,5 @@ pub mod vocab;
 pub use adamw_fused::{check_fused_adamw, FusedAdamwCheck, FUSED_ADAMW_TOLERANCE};
 pub use corpus::{prepare_corpus, CorpusOptions, CorpusStats};
 pub use trainer::{
-    held_out_perplexity, train, StopRequest, TrainOptions, TrainProgress, TrainSummary,
+    held_out_perplexity, train, StopRequest, TrainError, TrainOptions, TrainProgress, TrainSummary,
 };

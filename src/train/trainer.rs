@@ -1036,12 +1036,13 @@ pub fn train(
     }
 
     let mask = Gpt2::causal_mask(o.context, &device).map_err(step_err(0))?;
+    let log_path = o.out.join("train_log.jsonl");
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(o.out.join("train_log.jsonl"))
+        .open(&log_path)
         .map_err(|source| TrainError::Io {
-            path: o.out.join("train_log.jsonl"),
+            path: log_path.clone(),
             source,
         })?;
     let save = |dir: &Path,
@@ -1133,12 +1134,18 @@ pub fn train(
                 eta_s: eta,
             });
         }
+        // A log line that cannot be written (a full disk) ends the run, but
+        // only after this step's checkpoint is saved, so no step is lost.
+        let mut logged = Ok(());
         if (o.eval_every > 0 && done % o.eval_every == 0) || done == o.steps {
             let eval = frozen_model(&params, &cfg, &device)
                 .and_then(|frozen| evaluate(&frozen, &eval_ids, o, &mask, o.eval_batches))
                 .map_err(step_err(step))?;
             let line = serde_json::json!({"step": done, "train_loss": last_loss, "eval_loss": eval, "lr": lr, "seconds": started.elapsed().as_secs_f64()});
-            let _ = writeln!(log, "{line}");
+            logged = writeln!(log, "{line}").map_err(|source| TrainError::Io {
+                path: log_path.clone(),
+                source,
+            });
             on_progress(TrainProgress::Eval {
                 step: done,
                 loss: eval,
@@ -1147,9 +1154,13 @@ pub fn train(
         let interrupted = (o.stop_after.is_some_and(|n| done - start_step >= n)
             || o.stop.is_requested())
             && done < o.steps;
-        if (o.checkpoint_every > 0 && done % o.checkpoint_every == 0) || interrupted {
+        if (o.checkpoint_every > 0 && done % o.checkpoint_every == 0)
+            || interrupted
+            || logged.is_err()
+        {
             save(&ckpt_dir, DType::F32, Some((&opt, &rng, tokens_seen)))?;
         }
+        logged?;
         if interrupted {
             on_progress(TrainProgress::Stopped { step: done });
             break;
