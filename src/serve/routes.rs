@@ -141,8 +141,21 @@ struct PoemRequest {
 
 /// The body as JSON of type `T`, or a 400 that says what is wrong.
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad(format!("the request body is not valid: {e}")))
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        // The path is "." when the body as a whole is wrong (not JSON, an
+        // unknown field); else the field the bad value is in.
+        let field = e.path().to_string();
+        let field = if field == "." {
+            String::new()
+        } else {
+            format!("field `{field}`: ")
+        };
+        ApiError::bad(format!(
+            "the request body is not valid: {field}{}",
+            e.inner()
+        ))
+    })
 }
 
 /// What the request asks for, checked.
@@ -169,7 +182,7 @@ fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
     let prompt = r.prompt.trim().to_string();
     if prompt.chars().count() > MAX_PROMPT_CHARS {
         return Err(ApiError::bad(format!(
-            "invalid setting prompt: {} characters; at most {MAX_PROMPT_CHARS}",
+            "invalid setting `prompt`: {} characters; at most {MAX_PROMPT_CHARS}",
             prompt.chars().count()
         )));
     }
@@ -190,17 +203,17 @@ fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
     };
     verse
         .rhyme_group()
-        .map_err(|e| ApiError::bad(format!("invalid setting rhyme: {e}")))?;
+        .map_err(|e| ApiError::bad(format!("invalid setting `rhyme`: {e}")))?;
     let variations = r.variations.unwrap_or(1);
     if !(1..=MAX_VARIATIONS).contains(&variations) {
         return Err(ApiError::bad(format!(
-            "invalid setting variations: {variations}; 1 to {MAX_VARIATIONS}"
+            "invalid setting `variations`: {variations}; give 1 to {MAX_VARIATIONS}"
         )));
     }
     let max_tokens = r.max_tokens.unwrap_or(80);
     if !(1..=MAX_TOKENS).contains(&max_tokens) {
         return Err(ApiError::bad(format!(
-            "invalid setting max_tokens: {max_tokens}; 1 to {MAX_TOKENS}"
+            "invalid setting `max_tokens`: {max_tokens}; give 1 to {MAX_TOKENS}"
         )));
     }
     let d = SamplingParams::default();
@@ -504,6 +517,12 @@ async fn completions_inner(
 ) -> Result<Response, ApiError> {
     authorize(state, headers)?;
     let r: CompletionRequest = parse(&body_or_error(body)?)?;
+    // `n` becomes `variations` below; a bad one is named as the client wrote it.
+    if let Some(n) = r.n.filter(|n| !(1..=MAX_VARIATIONS).contains(n)) {
+        return Err(ApiError::bad(format!(
+            "invalid setting `n`: {n}; give 1 to {MAX_VARIATIONS}"
+        )));
+    }
     let checked = check_request(PoemRequest {
         prompt: r.prompt,
         form: Some("free".into()),
@@ -600,7 +619,7 @@ async fn release(
                     .map_err(|e: crate::device::DeviceError| ApiError::bad(e.to_string()))?;
                 if !state.pool.has_device(d) {
                     return Err(ApiError::bad(format!(
-                        "invalid setting device: {d} is not one of this server's devices"
+                        "invalid setting `device`: {d} is not one of this server's devices"
                     )));
                 }
                 Some(d)
@@ -628,19 +647,19 @@ fn model_under(dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf, 
             .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
         return Err(ApiError::bad(format!(
-            "invalid setting model: {name} must be a folder name under the server's --models-dir (no absolute paths, no ..)"
+            "invalid setting `model`: {name} must be a folder name under the server's --models-dir (no absolute paths, no ..)"
         )));
     }
     let resolved = std::fs::canonicalize(dir.join(relative))
-        .map_err(|e| ApiError::bad(format!("invalid setting model: {name}: {e}")))?;
+        .map_err(|e| ApiError::bad(format!("invalid setting `model`: {name}: {e}")))?;
     if !resolved.starts_with(dir) {
         return Err(ApiError::bad(format!(
-            "invalid setting model: {name} leads outside --models-dir (a symlink?)"
+            "invalid setting `model`: {name} leads outside --models-dir (a symlink?)"
         )));
     }
     if !resolved.join("config.json").is_file() {
         return Err(ApiError::bad(format!(
-            "invalid setting model: {name} has no config.json; give a GPT-2 model folder"
+            "invalid setting `model`: {name} has no config.json; give a GPT-2 model folder"
         )));
     }
     Ok(resolved)
