@@ -143,8 +143,9 @@ struct PoemRequest {
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let mut json = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut json).map_err(|e| {
-        // The path is "." when the body as a whole is wrong (not JSON, an
-        // unknown field); else the field the bad value is in.
+        // The path is "." when the body as a whole is wrong (not JSON, a
+        // missing field); else the field the bad value is in (an unknown
+        // field names itself).
         let field = e.path().to_string();
         let field = if field == "." {
             String::new()
