@@ -147,6 +147,12 @@ fn hostile_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
         (huge.as_str(), 413, "at most"),
         (r#"{"prompt": 5}"#, 400, "field `prompt`: invalid type"),
         (
+            r#"{"prompt": "春"} and more"#,
+            400,
+            "not valid: trailing characters",
+        ),
+        (r#"["春"]"#, 400, "give one JSON object"),
+        (
             r#"{"prompt": "春", "seed": "a"}"#,
             400,
             "field `seed`: invalid type",

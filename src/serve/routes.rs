@@ -141,8 +141,16 @@ struct PoemRequest {
 
 /// The body as JSON of type `T`, or a 400 that says what is wrong.
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    // Every request body is one JSON object; anything else (an array, a
+    // string) would otherwise be read as a struct's fields in order and
+    // named `[0]`.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad(
+            "the request body is not valid: give one JSON object, such as {\"prompt\": \"春\"}",
+        ));
+    }
     let mut json = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         // The path is "." when the body as a whole is wrong (not JSON, a
         // missing field); else the field the bad value is in (an unknown
         // field names itself).
@@ -156,7 +164,11 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             "the request body is not valid: {field}{}",
             e.inner()
         ))
-    })
+    })?;
+    // Nothing but whitespace may follow the object.
+    json.end()
+        .map_err(|e| ApiError::bad(format!("the request body is not valid: {e}")))?;
+    Ok(value)
 }
 
 /// What the request asks for, checked.
