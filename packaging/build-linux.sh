@@ -12,6 +12,7 @@
 # Layout (the app finds its model relative to the executable, store::bundled_model):
 #   /usr/bin/versifier
 #   /usr/share/versifier/models/tang-poems/        the bundled model
+#   /usr/share/versifier/models/song-ci/           its 詞 model (--form ci:TUNE)
 #   /usr/share/applications/versifier.desktop      menu entry
 #   /usr/share/icons/hicolor/{16..512}/apps/versifier.png, scalable/apps/versifier.svg
 #   /usr/share/doc/versifier/                      copyright, model card, font licences
@@ -44,7 +45,7 @@ install_tree() {
   install -Dm755 "$binary" "$dest/usr/bin/versifier"
   strip --strip-unneeded "$dest/usr/bin/versifier" 2>/dev/null || true
   mkdir -p "$dest/usr/share/versifier/models"
-  cp -r models/tang-poems "$dest/usr/share/versifier/models/"
+  cp -r models/tang-poems models/song-ci "$dest/usr/share/versifier/models/"
   install -Dm644 packaging/linux/versifier.desktop "$dest/usr/share/applications/versifier.desktop"
   for s in 16 32 48 64 128 256 512; do
     install -Dm644 "assets/icons/versifier-$s.png" "$dest/usr/share/icons/hicolor/${s}x${s}/apps/versifier.png"

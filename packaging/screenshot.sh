@@ -29,7 +29,7 @@ sleep 1
 app=$!
 win=$(xdotool search --sync --name '^Versifier$' | head -n1)
 xdotool windowsize "$win" "$W" "$H"
-sleep 2
+sleep "${READY_S:-2}"
 xdotool windowfocus --sync "$win" 2>/dev/null || true
 if [ "$prompt" != "-" ]; then
   xdotool mousemove --window "$win" "${PX:-170}" "${PY:-44}" click 1

@@ -115,3 +115,36 @@ fn characters_outside_the_vocabulary_are_a_clear_error() {
     assert!(err.contains("no token for") && err.contains('😀'), "{err}");
     assert!(!err.contains("panicked"));
 }
+
+/// A 詞 tune asked of the bundled model is written by the bundled 詞 model
+/// (models/song-ci, the bundled model fine-tuned on Song 詞), in the tune's
+/// pattern, and `--json` names the model that wrote it.
+#[test]
+fn a_ci_tune_is_written_by_the_bundled_ci_model_in_its_pattern() {
+    let out = run_cli(&[
+        "generate",
+        "--prompt",
+        "春",
+        "--form",
+        "ci:浣溪沙",
+        "--seed",
+        "3",
+        "--json",
+        "--max-tokens",
+        "160",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let model = v["model"].as_str().unwrap();
+    assert!(model.ends_with("song-ci"), "{model}");
+    let poem = format!("春{}", v["text"][0].as_str().unwrap());
+    assert!(satisfies(&poem, &"ci:浣溪沙".parse().unwrap()), "{poem}");
+    // A 詩 from the same command line stays with the bundled model.
+    let out = run_cli(&["generate", "--prompt", "春", "--form", "qijue", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["model"].as_str().unwrap().ends_with("tang-poems"), "{v}");
+}

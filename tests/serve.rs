@@ -432,3 +432,29 @@ fn each_engine_releases_after_its_own_idle_time_and_a_restarted_server_serves_ag
     assert_eq!(got, 200, "{v}");
     server.stop().unwrap();
 }
+
+#[test]
+fn a_ci_tune_asked_of_the_bundled_model_is_written_by_the_bundled_ci_model_and_says_so() {
+    let server = start(&options(1, 8)).unwrap();
+    let (got, v, _) = post(
+        &server,
+        "/v1/poems",
+        r#"{"prompt": "春", "form": "ci:浣溪沙", "seed": 4, "max_tokens": 160}"#,
+        None,
+    );
+    assert_eq!(got, 200, "{v}");
+    assert_eq!(v["model"], "song-ci", "{v}");
+    let poem = v["poems"][0]["text"].as_str().unwrap();
+    let form = "ci:浣溪沙".parse().unwrap();
+    assert!(versifier::generate::forms::satisfies(poem, &form), "{poem}");
+    // A 詩 on the same server: the bundled model itself.
+    let (got, v, _) = post(
+        &server,
+        "/v1/poems",
+        r#"{"prompt": "春", "form": "qijue"}"#,
+        None,
+    );
+    assert_eq!(got, 200, "{v}");
+    assert_eq!(v["model"], "tang-poems", "{v}");
+    server.stop().unwrap();
+}

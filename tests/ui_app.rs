@@ -716,6 +716,22 @@ fn a_ci_to_a_chosen_tune_is_written_in_the_tunes_pattern() {
         saved.form,
         "history keeps the tune"
     );
+    // The bundled 詞 model wrote it: the model bar and history name it, and
+    // the bundled model stays the one chosen for the next launch.
+    h.get_by_label_contains("song-ci");
+    assert!(
+        h.state().history[0].model.ends_with("song-ci"),
+        "{}",
+        h.state().history[0].model
+    );
+    assert_eq!(h.state().settings.model, None);
+    assert!(h.state().settings.recent_models.is_empty());
+    // Precision auto reads the 詞 model's own checkpoint (f16, as the bundled
+    // model's), not the chosen folder's.
+    assert_eq!(
+        h.state().load_spec().precision,
+        versifier::engine::Precision::F16
+    );
 }
 
 #[test]

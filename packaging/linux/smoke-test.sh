@@ -24,6 +24,9 @@ for f in ./usr/bin/versifier ./usr/share/applications/versifier.desktop \
          ./usr/share/versifier/models/tang-poems/model.safetensors \
          ./usr/share/versifier/models/tang-poems/config.json \
          ./usr/share/versifier/models/tang-poems/vocab.txt \
+         ./usr/share/versifier/models/song-ci/model.safetensors \
+         ./usr/share/versifier/models/song-ci/config.json \
+         ./usr/share/versifier/models/song-ci/vocab.txt \
          ./usr/share/doc/versifier/copyright; do
   grep -q " $f\$" <<<"$contents" || fail "$f missing from the package"
 done
@@ -66,6 +69,14 @@ while read -r v; do
   [ "${#v}" -eq 7 ] || fail "line '$v' has ${#v} characters, not 7"
 done <<<"$verses"
 [[ $poem == 春* ]] || fail "the poem does not start with the prompt"
+
+echo "== scratch-root install: a 浣溪沙 is written by the installed 詞 model"
+ci=$(run "$root/usr/bin/versifier" generate --prompt 春 --form ci:浣溪沙 --seed 7 --json)
+grep -q "\"model\":\"$root/usr/share/versifier/models/song-ci\"" <<<"$ci" ||
+  fail "the 詞 was not written by the installed song-ci:\n$ci"
+pattern=$(python3 -c 'import json,sys,re; d=json.load(sys.stdin); t=d["prompt"]+d["text"][0]; print(t); print(" ".join(str(len(x)) + m for x, m in re.findall("([^，。]+)([，。])", t)))' <<<"$ci")
+echo "$pattern" | sed 's/^/  /'
+[ "$(tail -n1 <<<"$pattern")" = "7。 7。 7。 7， 7。 7。" ] || fail "not the 浣溪沙 pattern 7。7。7。7，7。7。"
 
 if [ "$system" = --system ]; then
   echo "== system install (dpkg -i)"

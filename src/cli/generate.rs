@@ -21,7 +21,8 @@ use super::{model_or_bundled, DeviceArg};
 #[derive(Args)]
 pub struct GenerateArgs {
     /// Checkpoint folder (or a weights file inside one). Default: the bundled
-    /// Tang model, wherever Versifier is installed.
+    /// Tang model, wherever Versifier is installed (its 詞 model, models/song-ci,
+    /// writes --form ci:TUNE; give a copy of models/tang-poems to have it write them).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Prompt text (empty starts from the model's start token).
@@ -116,6 +117,9 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         bail!("invalid setting `max_tokens`: must be at least 1");
     }
     let form = args.form.clone();
+    // A 詞 tune on the bundled model is written by the bundled 詞 model (the
+    // engine does the same to every job; said here so --json names it).
+    let model = versifier::store::model_for_form(&model, &form);
     let verse = VerseRules {
         mode: args.rules,
         rhyme: args.rhyme.clone(),

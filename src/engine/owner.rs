@@ -152,7 +152,17 @@ impl EngineRemote {
     }
 
     /// Queues a command without blocking; a full queue is an error, not a stall.
+    /// A job for a 詞 tune on the bundled model is given to the bundled 詞
+    /// model here (`store::model_for_form`), so every caller's job names the
+    /// model that will write it.
     pub fn send(&self, cmd: Command) -> Result<(), EngineError> {
+        let cmd = match cmd {
+            Command::Generate(mut job) => {
+                job.spec.model = crate::store::model_for_form(&job.spec.model, &job.form);
+                Command::Generate(job)
+            }
+            other => other,
+        };
         match self.commands.try_send(Inbox::Command(cmd)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(EngineError::QueueFull(self.capacity)),

@@ -46,6 +46,8 @@ pub enum Command {
     /// a no-op when that model is already loaded.
     Prepare(LoadSpec),
     /// Generate, loading the job's model first when needed. Jobs run in order.
+    /// A 詞 tune asked of the bundled model is written by the bundled 詞
+    /// model (`store::model_for_form`, applied when the job is sent).
     Generate(GenerateJob),
     /// Hot swap: load this model beside the current one on a loader thread while
     /// the current one keeps serving, then switch between requests. If the new

@@ -266,7 +266,17 @@ struct PoemAnswer {
     relaxed: Vec<crate::poetry::Relaxed>,
 }
 
-fn answer(c: &Checked, device: DeviceChoice, g: &Generation) -> serde_json::Value {
+/// The folder name of the model that writes `c` (the bundled 詞 model for a
+/// tune asked of the bundled model), as it is when the request is queued.
+fn writing_model(state: &AppState, c: &Checked) -> String {
+    let model = crate::store::model_for_form(&state.pool.model(), &c.form);
+    model.file_name().map_or_else(
+        || model.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn answer(c: &Checked, model: &str, device: DeviceChoice, g: &Generation) -> serde_json::Value {
     let echoed = if matches!(c.form, PoemForm::Acrostic(_)) {
         String::new()
     } else {
@@ -291,6 +301,7 @@ fn answer(c: &Checked, device: DeviceChoice, g: &Generation) -> serde_json::Valu
         .collect();
     json!({
         "poems": poems,
+        "model": model,
         "device": device.to_string(),
         "timing": {
             "first_token_ms": g.timings.first_token_ms,
@@ -371,12 +382,13 @@ async fn poems_inner(
 ) -> Result<Response, ApiError> {
     authorize(state, headers)?;
     let checked = check_request(parse(body)?)?;
+    let model = writing_model(state, &checked);
     let mut ticket = submit(state, &checked)?;
     if checked.stream {
-        return Ok(stream(ticket, checked).into_response());
+        return Ok(stream(ticket, checked, model).into_response());
     }
     let generation = await_generation(&mut ticket).await?;
-    Ok(Json(answer(&checked, ticket.device, &generation)).into_response())
+    Ok(Json(answer(&checked, &model, ticket.device, &generation)).into_response())
 }
 
 /// Waits for the request's result. Dropping this future (the client went
@@ -433,6 +445,7 @@ fn sse_pump(
 fn stream(
     ticket: Ticket,
     checked: Checked,
+    model: String,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
     sse_pump(ticket, move |event, device| match event {
         Event::Token {
@@ -446,7 +459,7 @@ fn stream(
         Event::Done { generation, .. } => Some((
             SseEvent::default()
                 .event("done")
-                .data(answer(&checked, device, &generation).to_string()),
+                .data(answer(&checked, &model, device, &generation).to_string()),
             true,
         )),
         Event::Error { message, .. } => Some((

@@ -101,21 +101,67 @@ pub fn log_dir() -> Option<PathBuf> {
 /// Where the bundled model is: next to the executable, in the installed data
 /// folder, or in the source tree (`cargo run`).
 pub fn bundled_model() -> Option<PathBuf> {
+    bundled_folder("tang-poems")
+}
+
+/// Where the bundled 詞 model is (`models/song-ci`, installed beside the
+/// bundled model): a fine-tune of it on the Song 詞 that writes `--form
+/// ci:TUNE` when the bundled model is the one chosen (`model_for_form`).
+pub fn bundled_ci_model() -> Option<PathBuf> {
+    bundled_folder("song-ci")
+}
+
+/// The model folder that writes `form` when `chosen` is the model asked for:
+/// the bundled 詞 model for a 詞 tune when `chosen` is the bundled model
+/// (however its path is written) and the 詞 model is installed; `chosen`
+/// otherwise. Any other model, a copy of the bundled one included, writes
+/// every form itself.
+pub fn model_for_form(chosen: &Path, form: &crate::poetry::forms::PoemForm) -> PathBuf {
+    if !matches!(form, crate::poetry::forms::PoemForm::Ci(_)) {
+        return chosen.to_path_buf();
+    }
+    match (bundled_model(), bundled_ci_model()) {
+        (Some(shi), Some(ci)) if same_folder(chosen, &shi) => ci,
+        _ => chosen.to_path_buf(),
+    }
+}
+
+/// Whether `model` is one of the bundled models (詩 or 詞).
+pub fn is_bundled(model: &Path) -> bool {
+    [bundled_model(), bundled_ci_model()]
+        .into_iter()
+        .flatten()
+        .any(|b| same_folder(model, &b))
+}
+
+/// Whether two paths name one folder (equal, or equal once canonical).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
+/// The first of the places a bundled model folder `name` is installed that
+/// has a `config.json`, canonical.
+fn bundled_folder(name: &str) -> Option<PathBuf> {
+    let rel = Path::new("models").join(name);
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("models/tang-poems"));
-            candidates.push(dir.join("../share/versifier/models/tang-poems"));
-            candidates.push(dir.join("../lib/versifier/models/tang-poems"));
+            candidates.push(dir.join(&rel));
+            candidates.push(dir.join("../share/versifier").join(&rel));
+            candidates.push(dir.join("../lib/versifier").join(&rel));
             // macOS: Versifier.app/Contents/MacOS/versifier -> Contents/Resources.
-            candidates.push(dir.join("../Resources/models/tang-poems"));
+            candidates.push(dir.join("../Resources").join(&rel));
         }
     }
     if let Some(d) = directories::ProjectDirs::from("org", "Versifier", "versifier") {
-        candidates.push(d.data_dir().join("models/tang-poems"));
+        candidates.push(d.data_dir().join(&rel));
     }
-    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems"));
-    candidates.push(PathBuf::from("models/tang-poems"));
+    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&rel));
+    candidates.push(rel);
     candidates
         .into_iter()
         .find(|p| p.join("config.json").is_file())
@@ -147,5 +193,42 @@ mod tests {
     fn bundled_model_is_found_from_the_source_tree() {
         let p = bundled_model().expect("models/tang-poems in the source tree");
         assert!(p.join("vocab.txt").is_file());
+    }
+
+    #[test]
+    fn a_ci_tune_on_the_bundled_model_is_written_by_the_bundled_ci_model() {
+        use crate::poetry::forms::PoemForm;
+        let shi = bundled_model().expect("models/tang-poems in the source tree");
+        let ci = bundled_ci_model().expect("models/song-ci in the source tree");
+        assert!(ci.join("vocab.txt").is_file());
+        let tune: PoemForm = "ci:浣溪沙".parse().unwrap();
+        assert_eq!(model_for_form(&shi, &tune), ci);
+        // However the bundled model's path is written.
+        let roundabout = shi.join("../tang-poems");
+        assert_eq!(model_for_form(&roundabout, &tune), ci);
+        // 詩 stay with the bundled model; the 詞 model asked for itself stays.
+        for form in [
+            PoemForm::Free,
+            PoemForm::QiJue,
+            PoemForm::Acrostic(vec!['春']),
+        ] {
+            assert_eq!(model_for_form(&shi, &form), shi, "{form}");
+        }
+        assert_eq!(model_for_form(&ci, &tune), ci);
+        assert!(is_bundled(&shi) && is_bundled(&ci) && is_bundled(&roundabout));
+    }
+
+    #[test]
+    fn any_other_model_writes_ci_tunes_itself_a_copy_of_the_bundled_one_included() {
+        let shi = bundled_model().expect("models/tang-poems in the source tree");
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "vocab.txt"] {
+            std::fs::copy(shi.join(f), dir.path().join(f)).unwrap();
+        }
+        let tune: crate::poetry::forms::PoemForm = "ci:浣溪沙".parse().unwrap();
+        assert_eq!(model_for_form(dir.path(), &tune), dir.path());
+        assert!(!is_bundled(dir.path()));
+        let missing = Path::new("/no/such/model");
+        assert_eq!(model_for_form(missing, &tune), missing);
     }
 }

@@ -13,7 +13,8 @@ use crate::engine::{
 use crate::generate::forms::{layout, PoemForm};
 use crate::meter::{MarkerKind, MemorySampler, DEFAULT_CAPACITY, DEFAULT_INTERVAL};
 use crate::store::{
-    bundled_model, PoemRecord, Settings, SettingsWriter, Store, SETTINGS_SAVE_INTERVAL,
+    bundled_model, is_bundled, model_for_form, PoemRecord, Settings, SettingsWriter, Store,
+    SETTINGS_SAVE_INTERVAL,
 };
 
 /// The poems' type size on the cards (points).
@@ -329,8 +330,11 @@ impl VersifierApp {
             .and_then(|s| s.history().latest().cloned())
     }
 
+    /// What the engine is asked to load: the chosen model, or for a 詞 tune
+    /// on the bundled model the bundled 詞 model (`store::model_for_form`), so
+    /// the model bar, preloading and the fit check name the model that writes.
     pub fn load_spec(&self) -> LoadSpec {
-        let model = self.chosen_model();
+        let model = self.writing_model();
         let precision = if self.settings.precision_auto {
             let measured = self
                 .gpu_name(self.settings.device)
@@ -407,6 +411,12 @@ impl VersifierApp {
             .push(crate::store::MeasuredPrecision { gpu, model, speeds });
     }
 
+    /// The model that writes the chosen form: the chosen one, or the bundled
+    /// 詞 model for a tune on the bundled model (`store::model_for_form`).
+    fn writing_model(&self) -> PathBuf {
+        model_for_form(&self.chosen_model(), &self.settings.form)
+    }
+
     fn chosen_model(&self) -> PathBuf {
         if self.model_field.trim().is_empty() {
             bundled_model().unwrap_or_else(|| PathBuf::from("models/tang-poems"))
@@ -418,7 +428,7 @@ impl VersifierApp {
     /// Reads (once per model) the precision the checkpoint stores its weights
     /// in, from the safetensors header, for Precision "auto".
     fn refresh_stored_precision(&mut self) {
-        let model = self.chosen_model();
+        let model = self.writing_model();
         if self
             .stored_precision
             .as_ref()
@@ -606,7 +616,9 @@ impl VersifierApp {
         let same = |a: &std::path::Path, b: &std::path::Path| {
             a == b || std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
         };
-        if bundled_model().is_some_and(|b| same(&b, model)) {
+        // The bundled 詞 model loads when a tune is asked of the bundled model:
+        // that is still the bundled model's choice.
+        if is_bundled(model) {
             self.settings.model = None;
             return;
         }
@@ -925,9 +937,15 @@ impl VersifierApp {
             } else {
                 // The model's name and size; the full path on hover, a click edits it.
                 let name = self.model_name();
+                let writes = self.writing_model();
+                let by_ci_model = if writes == self.chosen_model() {
+                    ""
+                } else {
+                    "\n詞 to a tune are written by the bundled 詞 model (the bundled model fine-tuned on Song 詞)"
+                };
                 if ui
                     .button(name)
-                    .on_hover_text(format!("{}\nClick to type another folder", self.load_spec().model.display()))
+                    .on_hover_text(format!("{}{by_ci_model}\nClick to type another folder", writes.display()))
                     .clicked()
                 {
                     self.model_editing = true;
