@@ -734,6 +734,54 @@ fn a_ci_to_a_chosen_tune_is_written_in_the_tunes_pattern() {
     );
 }
 
+/// Re-run writes a record with the model its form goes to, not the one the
+/// form chosen now goes to: a 詞 from history while 七絕 is chosen is written
+/// by the bundled 詞 model again, and a 七絕 while a tune is chosen by the
+/// bundled model.
+#[test]
+fn rerun_writes_with_the_model_of_the_records_form() {
+    for (chosen, rerun_form, writer) in [
+        ("qijue", "ci:浣溪沙", "song-ci"),
+        ("ci:浣溪沙", "qijue", "tang-poems"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_dir(dir.path());
+        store
+            .save_settings(&Settings {
+                form: chosen.parse().unwrap(),
+                variations: 1,
+                ..Settings::default()
+            })
+            .unwrap();
+        let mut h = harness(app(&store));
+        start_poem(&mut h, "春");
+        pump(&mut h, "poem", |a| {
+            a.error.is_some() || (!a.cards.is_empty() && a.cards.iter().all(|c| c.done))
+        });
+        assert!(h.state().error.is_none(), "{:?}", h.state().error);
+        let mut record = h.state().cards[0].record.clone().expect("a record");
+        record.form = rerun_form.parse().unwrap();
+        h.state_mut().rerun(&record);
+        h.run_steps(1);
+        pump(&mut h, "re-run", |a| {
+            a.error.is_some() || (a.cards.len() == 1 && a.cards[0].done && a.history.len() == 2)
+        });
+        assert!(h.state().error.is_none(), "{:?}", h.state().error);
+        let newest = h.state().history.last().unwrap().clone();
+        assert_eq!(newest.form, record.form);
+        assert!(
+            newest.model.ends_with(writer),
+            "{rerun_form} re-run while {chosen} is chosen: written by {}",
+            newest.model
+        );
+        let poem = format!("{}{}", h.state().cards[0].prompt, h.state().cards[0].text);
+        assert!(
+            versifier::generate::forms::satisfies(&poem, &record.form),
+            "{poem}"
+        );
+    }
+}
+
 #[test]
 fn clicking_the_model_name_opens_its_field_ready_for_typing() {
     let dir = tempfile::tempdir().unwrap();

@@ -145,8 +145,9 @@ pub struct VersifierApp {
     model_editing: bool,
     /// The model field was just opened by a click: give it the keyboard.
     model_focus_pending: bool,
-    /// The chosen model's storage precision (for Precision "auto"), per path.
-    stored_precision: Option<(PathBuf, Option<Precision>)>,
+    /// The storage precision of the models that write the chosen form and
+    /// re-runs (for Precision "auto"), per path.
+    stored_precision: Vec<(PathBuf, Option<Precision>)>,
     pub state: EngineState,
     pub cards: Vec<Card>,
     /// The cards a new run replaced, kept until it writes something: a run
@@ -291,7 +292,7 @@ impl VersifierApp {
             model_field,
             model_editing: false,
             model_focus_pending: false,
-            stored_precision: None,
+            stored_precision: Vec::new(),
             state: EngineState::Unloaded,
             cards: Vec::new(),
             replaced_cards: None,
@@ -334,7 +335,12 @@ impl VersifierApp {
     /// on the bundled model the bundled 詞 model (`store::model_for_form`), so
     /// the model bar, preloading and the fit check name the model that writes.
     pub fn load_spec(&self) -> LoadSpec {
-        let model = self.writing_model();
+        self.load_spec_for(&self.settings.form)
+    }
+
+    /// [`Self::load_spec`] for a poem of `form` (a history record's, on Re-run).
+    fn load_spec_for(&self, form: &PoemForm) -> LoadSpec {
+        let model = self.writing_model(form);
         let precision = if self.settings.precision_auto {
             let measured = self
                 .gpu_name(self.settings.device)
@@ -342,8 +348,9 @@ impl VersifierApp {
             auto_precision(
                 self.settings.device,
                 self.stored_precision
-                    .as_ref()
-                    .and_then(|(p, s)| (*p == model).then_some(*s).flatten()),
+                    .iter()
+                    .find(|(p, _)| *p == model)
+                    .and_then(|(_, s)| *s),
                 measured,
             )
         } else {
@@ -411,10 +418,10 @@ impl VersifierApp {
             .push(crate::store::MeasuredPrecision { gpu, model, speeds });
     }
 
-    /// The model that writes the chosen form: the chosen one, or the bundled
-    /// 詞 model for a tune on the bundled model (`store::model_for_form`).
-    fn writing_model(&self) -> PathBuf {
-        model_for_form(&self.chosen_model(), &self.settings.form)
+    /// The model that writes `form`: the chosen one, or the bundled 詞 model
+    /// for a tune on the bundled model (`store::model_for_form`).
+    fn writing_model(&self, form: &PoemForm) -> PathBuf {
+        model_for_form(&self.chosen_model(), form)
     }
 
     fn chosen_model(&self) -> PathBuf {
@@ -425,15 +432,12 @@ impl VersifierApp {
         }
     }
 
-    /// Reads (once per model) the precision the checkpoint stores its weights
-    /// in, from the safetensors header, for Precision "auto".
-    fn refresh_stored_precision(&mut self) {
-        let model = self.writing_model();
-        if self
-            .stored_precision
-            .as_ref()
-            .is_some_and(|(p, _)| *p == model)
-        {
+    /// Reads (once per model) the precision the checkpoint of the model that
+    /// writes `form` stores its weights in, from the safetensors header, for
+    /// Precision "auto".
+    fn refresh_stored_precision(&mut self, form: &PoemForm) {
+        let model = self.writing_model(form);
+        if self.stored_precision.iter().any(|(p, _)| *p == model) {
             return;
         }
         let stored = crate::model::ModelFiles::locate(&model)
@@ -451,7 +455,11 @@ impl VersifierApp {
                         _ => None,
                     })
             });
-        self.stored_precision = Some((model, stored));
+        // A handful of folders in a session; the oldest goes past eight.
+        if self.stored_precision.len() >= 8 {
+            self.stored_precision.remove(0);
+        }
+        self.stored_precision.push((model, stored));
     }
 
     fn form(&self) -> PoemForm {
@@ -540,7 +548,9 @@ impl VersifierApp {
         }
         self.current = Some(id);
         self.error = None;
-        let spec = self.load_spec();
+        // The model that writes this form (a Re-run's may not be the one chosen now).
+        self.refresh_stored_precision(&form);
+        let spec = self.load_spec_for(&form);
         self.measure_precision_if_new(&spec, variations);
         let job = GenerateJob {
             id,
@@ -885,8 +895,8 @@ impl VersifierApp {
     /// One frame: events in, then the whole window.
     pub fn show(&mut self, ui: &mut egui::Ui) {
         self.process_events();
-        self.refresh_stored_precision();
         self.settings.form = self.form();
+        self.refresh_stored_precision(&self.settings.form.clone());
         let theme = match self.settings.theme.as_str() {
             "light" => egui::ThemePreference::Light,
             "dark" => egui::ThemePreference::Dark,
@@ -937,7 +947,7 @@ impl VersifierApp {
             } else {
                 // The model's name and size; the full path on hover, a click edits it.
                 let name = self.model_name();
-                let writes = self.writing_model();
+                let writes = self.writing_model(&self.settings.form);
                 let by_ci_model = if writes == self.chosen_model() {
                     ""
                 } else {
