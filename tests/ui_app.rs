@@ -783,6 +783,20 @@ fn rerun_writes_with_the_model_of_the_records_form() {
 }
 
 #[test]
+fn the_ci_model_opened_by_itself_is_remembered_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let ci = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/song-ci");
+    let mut h = harness(app(&store));
+    enter_model(&mut h, &ci.display().to_string());
+    pump(&mut h, "load", |a| {
+        a.error.is_some() || a.settings.model.is_some()
+    });
+    assert_eq!(h.state().settings.model.as_deref(), Some(ci.as_path()));
+    assert_eq!(h.state().settings.recent_models, [ci]);
+}
+
+#[test]
 fn clicking_the_model_name_opens_its_field_ready_for_typing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::in_dir(dir.path());

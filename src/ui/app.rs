@@ -626,9 +626,12 @@ impl VersifierApp {
         let same = |a: &std::path::Path, b: &std::path::Path| {
             a == b || std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
         };
-        // The bundled 詞 model loads when a tune is asked of the bundled model:
-        // that is still the bundled model's choice.
-        if is_bundled(model) {
+        // The bundled model, or the bundled 詞 model loaded for a tune asked of
+        // it: still the bundled model's choice. (Opened by itself, the 詞
+        // model is remembered like any other.)
+        let chosen_bundled = bundled_model().is_some_and(|b| same(&b, &self.chosen_model()));
+        if bundled_model().is_some_and(|b| same(&b, model)) || (chosen_bundled && is_bundled(model))
+        {
             self.settings.model = None;
             return;
         }
