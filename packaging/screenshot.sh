@@ -8,7 +8,10 @@
 # '{"variations":3,"device":"Cpu","precision":"f16","form":"QiJue"}'; `none`
 # is a first launch). A PROMPT is typed into the prompt box and Ctrl+Enter
 # pressed; `-` takes the picture without generating. PX/PY move the click on
-# the prompt box, WAIT_S the wait before the picture.
+# the prompt box, WAIT_S the wait before the picture, READY_S the wait for the
+# window before the click. Where xdotool cannot type CJK (a bare Xvfb), click a
+# first-launch example instead: PX=401 PY=45 is 春 at 1280 wide (ci-tune.png:
+# READY_S=4 WAIT_S=12 PX=401 PY=45 ... '{"variations":2,"device":"Cpu","form":{"Ci":"鹧鸪天"}}' 1280 820 春).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x target/release/versifier ] || cargo build --release
