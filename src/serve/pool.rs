@@ -377,6 +377,11 @@ fn dispatch(engine: Engine, routes: &Routes, status: &Mutex<SlotState>, counters
             Event::Loaded(r) => st.last_load = Some(r.clone()),
             Event::Released(r) => {
                 st.last_release = Some(r.clone());
+                // The report comes once everything is freed, just before the
+                // engine's `State(Unloaded)`: say so now, under the same lock
+                // as the count, so a status read after the count has moved
+                // never shows "releasing" beside the release it reports.
+                st.state = Some(EngineState::Unloaded);
                 counters.releases.fetch_add(1, Ordering::Relaxed);
             }
             Event::IdleDeadline(d) => st.idle_deadline = d.map(|d| Instant::now() + d),
