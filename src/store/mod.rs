@@ -101,14 +101,34 @@ pub fn log_dir() -> Option<PathBuf> {
 /// Where the bundled model is: next to the executable, in the installed data
 /// folder, or in the source tree (`cargo run`).
 pub fn bundled_model() -> Option<PathBuf> {
-    bundled_folder("tang-poems")
+    let rel = Path::new("models/tang-poems");
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join(rel));
+            candidates.push(dir.join("../share/versifier").join(rel));
+            candidates.push(dir.join("../lib/versifier").join(rel));
+            // macOS: Versifier.app/Contents/MacOS/versifier -> Contents/Resources.
+            candidates.push(dir.join("../Resources").join(rel));
+        }
+    }
+    if let Some(d) = directories::ProjectDirs::from("org", "Versifier", "versifier") {
+        candidates.push(d.data_dir().join(rel));
+    }
+    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel));
+    candidates.push(rel.to_path_buf());
+    candidates
+        .into_iter()
+        .find(|p| p.join("config.json").is_file())
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
 }
 
 /// Where the bundled 詞 model is (`models/song-ci`, installed beside the
 /// bundled model): a fine-tune of it on the Song 詞 that writes `--form
 /// ci:TUNE` when the bundled model is the one chosen (`model_for_form`).
 pub fn bundled_ci_model() -> Option<PathBuf> {
-    bundled_folder("song-ci")
+    let beside = bundled_model()?.parent()?.join("song-ci");
+    beside.join("config.json").is_file().then_some(beside)
 }
 
 /// The model folder that writes `form` when `chosen` is the model asked for:
@@ -141,31 +161,6 @@ fn same_folder(a: &Path, b: &Path) -> bool {
             (std::fs::canonicalize(a), std::fs::canonicalize(b)),
             (Ok(x), Ok(y)) if x == y
         )
-}
-
-/// The first of the places a bundled model folder `name` is installed that
-/// has a `config.json`, canonical.
-fn bundled_folder(name: &str) -> Option<PathBuf> {
-    let rel = Path::new("models").join(name);
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join(&rel));
-            candidates.push(dir.join("../share/versifier").join(&rel));
-            candidates.push(dir.join("../lib/versifier").join(&rel));
-            // macOS: Versifier.app/Contents/MacOS/versifier -> Contents/Resources.
-            candidates.push(dir.join("../Resources").join(&rel));
-        }
-    }
-    if let Some(d) = directories::ProjectDirs::from("org", "Versifier", "versifier") {
-        candidates.push(d.data_dir().join(&rel));
-    }
-    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&rel));
-    candidates.push(rel);
-    candidates
-        .into_iter()
-        .find(|p| p.join("config.json").is_file())
-        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
 }
 
 #[cfg(test)]
