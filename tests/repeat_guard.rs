@@ -44,7 +44,10 @@ fn repeats_over_requests(repeats: Repeats) -> (usize, usize, usize) {
     let (mut triples, mut lines, mut poems) = (0, 0, 0);
     let forms = ["free", "wujue", "qijue", "wulv", "qilv", "ci:浣溪沙"];
     for (i, form) in forms.iter().enumerate() {
-        let cap = if form.starts_with("ci:") { 3 } else { 2 };
+        // A 詞's cap is its tune's (from the data: 2 for 浣溪沙).
+        let cap = form.strip_prefix("ci:").map_or(2, |t| {
+            versifier::poetry::tunes::find_tune(t).unwrap().repeat_cap
+        });
         let form: PoemForm = form.parse().unwrap();
         for (j, start) in ["月", "山", "江", "花"].iter().enumerate() {
             let prompt = Prompt::Text((*start).into());

@@ -8,7 +8,11 @@ line lengths is the tune's pattern; at each line the mark most of those poems
 use, normalised to `，` (，、；：) or `。` (。？！), is its punctuation. Kept:
 tunes with at least 50 such poems whose pattern at least 25% of them follow
 (many tunes have variants; the share is in the file). `失调名` (tune lost) is
-left out.
+left out. The repeat cap of a tune is how many times the repeat guard lets
+one character stand in a poem of it: the smallest count (at least 2, as in a
+詩) that at least 90% of its poems in the pattern stay within, so the guard
+forbids only what fewer than 1 in 10 of them has (長相思 repeats lines by rule;
+浣溪沙 hardly ever holds a character three times).
 
 Usage: python packaging/corpus/make_ci_tunes.py <chinese-poetry package folder>
 (npm pack chinese-poetry@2.0.1, unpacked; the collection is MIT-licensed).
@@ -26,6 +30,7 @@ import opencc
 MARKS = {"，": "，", "、": "，", "；": "，", "：": "，", "。": "。", "？": "。", "！": "。"}
 MIN_POEMS = 50
 MIN_SHARE = 0.25
+WITHIN_CAP = 0.90
 
 
 def is_hanzi(c):
@@ -55,30 +60,36 @@ for path in sorted(glob.glob(os.path.join(source, "ci.song.*.json"))):
     for poem in json.load(open(path, encoding="utf-8")):
         lines = lines_of(poem.get("paragraphs", []))
         if lines and poem.get("rhythmic") and poem["rhythmic"] != "失调名":
-            by_tune[poem["rhythmic"]].append(lines)
+            counts = collections.Counter(c for c in "".join(poem["paragraphs"]) if is_hanzi(c))
+            by_tune[poem["rhythmic"]].append((lines, max(counts.values())))
 
 rows = []
 for tune, poems in by_tune.items():
     if len(poems) < MIN_POEMS:
         continue
-    lengths = collections.Counter(tuple(n for n, _ in p) for p in poems)
+    lengths = collections.Counter(tuple(n for n, _ in p) for p, _ in poems)
     pattern, count = lengths.most_common(1)[0]
     share = count / len(poems)
     if share < MIN_SHARE:
         continue
     marks = [collections.Counter() for _ in pattern]
-    for p in poems:
+    most = []
+    for p, top in poems:
         if tuple(n for n, _ in p) == pattern:
+            most.append(top)
             for i, (_, m) in enumerate(p):
                 marks[i][m] += 1
     text = "".join(f"{n}{m.most_common(1)[0][0]}" for n, m in zip(pattern, marks))
-    rows.append((len(poems), tune, text, share))
+    cap = 2
+    while sum(t <= cap for t in most) < WITHIN_CAP * len(most):
+        cap += 1
+    rows.append((len(poems), tune, text, share, cap))
 
 rows.sort(key=lambda r: (-r[0], r[1]))
 with open(os.path.join(here, "ci-tunes.tsv"), "w", encoding="utf-8") as out:
-    out.write("# tune\ttraditional\tpattern (line length + mark)\tpoems\tshare following the pattern\n")
+    out.write("# tune\ttraditional\tpattern (line length + mark)\tpoems\tshare following the pattern\trepeat cap\n")
     out.write("# made by packaging/corpus/make_ci_tunes.py from chinese-poetry@2.0.1 songci (MIT)\n")
     s2t = opencc.OpenCC("s2t")
-    for poems, tune, text, share in rows:
-        out.write(f"{tune}\t{s2t.convert(tune)}\t{text}\t{poems}\t{share:.2f}\n")
+    for poems, tune, text, share, cap in rows:
+        out.write(f"{tune}\t{s2t.convert(tune)}\t{text}\t{poems}\t{share:.2f}\t{cap}\n")
 print(f"{len(rows)} tunes")

@@ -28,6 +28,7 @@ pub fn run_forms(args: FormsArgs) -> Result<()> {
                     "characters": t.characters(),
                     "poems": t.poems,
                     "share": t.share,
+                    "repeat_cap": t.repeat_cap,
                 })
             })
             .collect();

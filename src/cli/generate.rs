@@ -75,7 +75,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "any")]
     template: TemplateStart,
     /// guard: no character three times in a row, no line twice, and no
-    /// character more than twice in a poem (three times in a 詞), in any form;
+    /// character more than twice in a poem (in a 詞, the tune's cap from the data: 2 to 4), in any form;
     /// allow: decode as before the guard existed.
     #[arg(long, default_value = "guard")]
     repeats: Repeats,

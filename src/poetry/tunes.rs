@@ -23,6 +23,10 @@ pub struct CiTune {
     pub poems: usize,
     /// Share of them that follow `lines`' lengths.
     pub share: f32,
+    /// How many times the repeat guard lets one character stand in a poem of
+    /// this tune: the smallest count, at least 2, that 90% of its poems in the
+    /// pattern stay within (長相思, whose lines repeat by rule, needs 4).
+    pub repeat_cap: usize,
 }
 
 impl CiTune {
@@ -65,12 +69,13 @@ pub fn ci_tunes() -> &'static [CiTune] {
             .filter_map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
                 match f.as_slice() {
-                    [name, traditional, pattern, poems, share] => Some(CiTune {
+                    [name, traditional, pattern, poems, share, cap] => Some(CiTune {
                         name: (*name).to_string(),
                         traditional: (*traditional).to_string(),
                         lines: parse_pattern(pattern)?,
                         poems: poems.parse().ok()?,
                         share: share.parse().ok()?,
+                        repeat_cap: cap.parse().ok().filter(|c| *c >= 2)?,
                     }),
                     _ => None,
                 }
@@ -112,6 +117,12 @@ mod tests {
             "7。7。7，7。3，3。7。7，7。"
         );
         assert!(find_tune("沒有這個詞牌").is_none());
+        // Repeat caps from the data: 浣溪沙 hardly ever holds a character three
+        // times, 菩薩蠻 often, 長相思 repeats its lines by rule.
+        assert_eq!(huanxisha.repeat_cap, 2);
+        assert_eq!(find_tune("菩萨蛮").unwrap().repeat_cap, 3);
+        assert_eq!(find_tune("长相思").unwrap().repeat_cap, 4);
+        assert!(ci_tunes().iter().all(|t| (2..=4).contains(&t.repeat_cap)));
         assert!(ci_tunes().windows(2).all(|w| w[0].poems >= w[1].poems));
     }
 }
