@@ -14,6 +14,17 @@ fn bundled() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems")
 }
 
+/// `versifier generate ARGS --json`'s answer, the command having succeeded.
+fn json_from_cli(args: &[&str]) -> serde_json::Value {
+    let out = run_cli(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn poem_from_cli(args: &[&str]) -> String {
     let model = bundled();
     let mut all = vec!["generate", "--model", model.to_str().unwrap()];
@@ -56,7 +67,7 @@ fn every_constrained_form_is_well_formed() {
 #[test]
 fn free_form_mostly_writes_regular_verse() {
     let model = bundled();
-    let out = run_cli(&[
+    let v = json_from_cli(&[
         "generate",
         "--model",
         model.to_str().unwrap(),
@@ -70,12 +81,6 @@ fn free_form_mostly_writes_regular_verse() {
         "--max-tokens",
         "80",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let texts: Vec<String> = v["text"]
         .as_array()
         .unwrap()
@@ -121,7 +126,7 @@ fn characters_outside_the_vocabulary_are_a_clear_error() {
 /// pattern, and `--json` names the model that wrote it.
 #[test]
 fn a_ci_tune_is_written_by_the_bundled_ci_model_in_its_pattern() {
-    let out = run_cli(&[
+    let v = json_from_cli(&[
         "generate",
         "--prompt",
         "春",
@@ -133,18 +138,11 @@ fn a_ci_tune_is_written_by_the_bundled_ci_model_in_its_pattern() {
         "--max-tokens",
         "160",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let model = v["model"].as_str().unwrap();
     assert!(model.ends_with("song-ci"), "{model}");
     let poem = format!("春{}", v["text"][0].as_str().unwrap());
     assert!(satisfies(&poem, &"ci:浣溪沙".parse().unwrap()), "{poem}");
     // A 詩 from the same command line stays with the bundled model.
-    let out = run_cli(&["generate", "--prompt", "春", "--form", "qijue", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_from_cli(&["generate", "--prompt", "春", "--form", "qijue", "--json"]);
     assert!(v["model"].as_str().unwrap().ends_with("tang-poems"), "{v}");
 }

@@ -136,26 +136,38 @@ pub fn bundled_ci_model() -> Option<PathBuf> {
 /// (however its path is written) and the 詞 model is installed; `chosen`
 /// otherwise. Any other model, a copy of the bundled one included, writes
 /// every form itself.
+///
+/// Called for every job and every frame of the window while a tune is
+/// chosen, so where the bundled models are is looked up once a process.
 pub fn model_for_form(chosen: &Path, form: &crate::poetry::forms::PoemForm) -> PathBuf {
     if !matches!(form, crate::poetry::forms::PoemForm::Ci(_)) {
         return chosen.to_path_buf();
     }
-    match (bundled_model(), bundled_ci_model()) {
-        (Some(shi), Some(ci)) if same_folder(chosen, &shi) => ci,
+    match bundled_pair() {
+        (Some(shi), Some(ci)) if same_folder(chosen, shi) => ci.clone(),
         _ => chosen.to_path_buf(),
     }
 }
 
 /// Whether `model` is one of the bundled models (詩 or 詞).
 pub fn is_bundled(model: &Path) -> bool {
-    [bundled_model(), bundled_ci_model()]
+    let (shi, ci) = bundled_pair();
+    [shi, ci]
         .into_iter()
         .flatten()
-        .any(|b| same_folder(model, &b))
+        .any(|b| same_folder(model, b))
+}
+
+/// `bundled_model()` and `bundled_ci_model()`, found once: an install does
+/// not move while it runs.
+fn bundled_pair() -> &'static (Option<PathBuf>, Option<PathBuf>) {
+    static PAIR: std::sync::OnceLock<(Option<PathBuf>, Option<PathBuf>)> =
+        std::sync::OnceLock::new();
+    PAIR.get_or_init(|| (bundled_model(), bundled_ci_model()))
 }
 
 /// Whether two paths name one folder (equal, or equal once canonical).
-fn same_folder(a: &Path, b: &Path) -> bool {
+pub fn same_folder(a: &Path, b: &Path) -> bool {
     a == b
         || matches!(
             (std::fs::canonicalize(a), std::fs::canonicalize(b)),

@@ -13,8 +13,8 @@ use crate::engine::{
 use crate::generate::forms::{layout, PoemForm};
 use crate::meter::{MarkerKind, MemorySampler, DEFAULT_CAPACITY, DEFAULT_INTERVAL};
 use crate::store::{
-    bundled_model, is_bundled, model_for_form, PoemRecord, Settings, SettingsWriter, Store,
-    SETTINGS_SAVE_INTERVAL,
+    bundled_model, is_bundled, model_for_form, same_folder, PoemRecord, Settings, SettingsWriter,
+    Store, SETTINGS_SAVE_INTERVAL,
 };
 
 /// The poems' type size on the cards (points).
@@ -623,21 +623,21 @@ impl VersifierApp {
     /// A model that loaded: the next launch starts on it, and Recent lists it
     /// (the bundled model is not listed: it has its own button and comes first).
     fn remember_model(&mut self, model: &std::path::Path) {
-        let same = |a: &std::path::Path, b: &std::path::Path| {
-            a == b || std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
-        };
         // The bundled model, or the bundled 詞 model loaded for a tune asked of
         // it: still the bundled model's choice. (Opened by itself, the 詞
         // model is remembered like any other.)
-        let chosen_bundled = bundled_model().is_some_and(|b| same(&b, &self.chosen_model()));
-        if bundled_model().is_some_and(|b| same(&b, model)) || (chosen_bundled && is_bundled(model))
+        let chosen_bundled = bundled_model().is_some_and(|b| same_folder(&b, &self.chosen_model()));
+        if bundled_model().is_some_and(|b| same_folder(&b, model))
+            || (chosen_bundled && is_bundled(model))
         {
             self.settings.model = None;
             return;
         }
         let model = model.to_path_buf();
         self.settings.model = Some(model.clone());
-        self.settings.recent_models.retain(|p| !same(p, &model));
+        self.settings
+            .recent_models
+            .retain(|p| !same_folder(p, &model));
         self.settings.recent_models.insert(0, model);
         self.settings
             .recent_models
