@@ -9,7 +9,9 @@
 #   packaging/cuda/gpu-carry.sh CORPUS_DIR [BINARY] [CORPUS_MIB]
 #
 # BINARY defaults to target-cuda/release/versifier (packaging/cuda/build.sh).
-# Then: run(command="packaging/cuda/gpu-session.sh .gpu \$OUT", carry=[".gpu"]).
+# The tracked tree alone is over the limit: run packaging/cuda/slim-tree.sh on
+# first, then run(command="packaging/cuda/gpu-session.sh .gpu \$OUT", carry=[".gpu"]),
+# then packaging/cuda/slim-tree.sh off.
 set -euo pipefail
 corpus=${1:?corpus folder from versifier corpus (train.txt, eval.txt)}
 bin=${2:-target-cuda/release/versifier}; mib=${3:-16}
@@ -29,12 +31,16 @@ with open(path, "rb") as f:
 PY
 cp "$corpus/eval.txt" .gpu/corpus/
 du -sh .gpu/* .gpu/corpus/*
-# What travels: tracked files, untracked ones git does not ignore, and the carry.
-tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 -r du -cb 2>/dev/null | awk '$2 == "total" {n += $1} END {print n + 0}')
+# What travels: the working tree (counted as slim-tree.sh counts it) and the carry.
+tree=$(bash packaging/cuda/slim-tree.sh bytes)
 carried=$(du -sb .gpu | cut -f1)
 limit=$((64 << 20))
 echo "travels: working tree $((tree >> 20)) MiB + .gpu $((carried >> 20)) MiB = $(((tree + carried) >> 20)) MiB of $((limit >> 20))"
 if [ $((tree + carried)) -gt "$limit" ]; then
-  echo "too large for a device call: carry a smaller corpus (CORPUS_MIB, now $mib) or none" >&2
+  if bash packaging/cuda/slim-tree.sh status | grep -q '^slim tree: off'; then
+    echo "too large for a device call: run packaging/cuda/slim-tree.sh on (and off after the call)" >&2
+  else
+    echo "too large for a device call: carry a smaller corpus (CORPUS_MIB, now $mib) or none" >&2
+  fi
   exit 1
 fi
