@@ -61,6 +61,8 @@ case "${1:-status}" in
     fi
     before=$(bytes)
     mkdir -p "$(dirname "$exclude")" "$(dirname "$hook")"
+    # A last line without its newline would swallow the block's first line.
+    if [ -s "$exclude" ] && [ -n "$(tail -c 1 "$exclude")" ]; then echo >> "$exclude"; fi
     {
       echo "$begin"
       for p in "${slim_paths[@]}"; do echo "/$p/"; done
@@ -74,7 +76,7 @@ exit 1
 HOOK
     chmod +x "$hook"
     printf '%s\n' "${slim_paths[@]}" > "$marker"
-    git rm -r -q --cached -- "${slim_paths[@]}"
+    git rm -r -q --cached --ignore-unmatch -- "${slim_paths[@]}"
     echo "slim tree: on; the working tree travels as $(mib "$(bytes)") (was $(mib "$before")); packaging/cuda/slim-tree.sh off puts it back"
     ;;
   off)
