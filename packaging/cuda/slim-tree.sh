@@ -8,7 +8,7 @@
 # 27 MiB, a font of 7 MiB), so no call could go, whatever the carry. No device
 # step reads those files: the GPU runs use models/tang-poems and a random 124M
 # checkpoint, and the font and icon are compiled into the binary. `on` takes
-# SLIM_PATHS out of git's index only (the files stay on disk, untouched) and
+# slim_paths (below) out of git's index only (the files stay on disk, untouched) and
 # ignores them in .git/info/exclude, so they do not travel; `off` puts the
 # index back from HEAD and drops the exclusion. While it is on, a pre-commit
 # hook refuses commits, since one would delete those files from the repository.
@@ -31,7 +31,7 @@ end='# <<< slim-tree.sh'
 
 # What a device call takes from the checkout: tracked files that are on disk,
 # and untracked ones git does not ignore; with an argument, as it would be
-# with the slim tree on (pathspecs that leave SLIM_PATHS out).
+# with the slim tree on (pathspecs that leave slim_paths out).
 bytes() {
   local spec=(.)
   if [ $# -gt 0 ]; then for p in "${slim_paths[@]}"; do spec+=(":(exclude)$p"); done; fi
