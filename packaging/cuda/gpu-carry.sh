@@ -16,6 +16,12 @@ set -euo pipefail
 corpus=${1:?corpus folder from versifier corpus (train.txt, eval.txt)}
 bin=${2:-target-cuda/release/versifier}; mib=${3:-16}
 cd "$(dirname "$0")/../.."
+limit=$((64 << 20))
+# A tree too large for any carry fails now, not after minutes of compression.
+if [ "$(bash packaging/cuda/slim-tree.sh bytes)" -gt $((limit - (8 << 20))) ]; then
+  echo "too large for a device call: run packaging/cuda/slim-tree.sh on (and off after the call)" >&2
+  exit 1
+fi
 rm -rf .gpu && mkdir -p .gpu/corpus
 strip -o .gpu/versifier "$bin" && xz -9e -T0 .gpu/versifier
 # Every k-th poem, so the slice holds every form and tune in proportion (the
@@ -34,7 +40,6 @@ du -sh .gpu/* .gpu/corpus/*
 # What travels: the working tree (counted as slim-tree.sh counts it) and the carry.
 tree=$(bash packaging/cuda/slim-tree.sh bytes)
 carried=$(du -sb .gpu | cut -f1)
-limit=$((64 << 20))
 echo "travels: working tree $((tree >> 20)) MiB + .gpu $((carried >> 20)) MiB = $(((tree + carried) >> 20)) MiB of $((limit >> 20))"
 if [ $((tree + carried)) -gt "$limit" ]; then
   if bash packaging/cuda/slim-tree.sh status | grep -q '^slim tree: off'; then
