@@ -153,6 +153,7 @@ fn history_survives_a_simulated_crash_mid_save() {
         unix_ms: 1,
         unfinished: false,
         verse: Default::default(),
+        ci_rhymes: true,
     };
     store.save_history(std::slice::from_ref(&poem)).unwrap();
     // A crash while writing the next save leaves a half-written temp file beside it.
@@ -179,6 +180,7 @@ fn history_panel_searches_deletes_and_exports() {
         unix_ms: 1,
         unfinished: false,
         verse: Default::default(),
+        ci_rhymes: true,
     };
     store
         .save_history(&[

@@ -14,6 +14,11 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Check it as a 詞 to this tune (浣溪沙, or ci:浣溪沙; `versifier forms`
+    /// lists the tunes): its rhymes, where the tune's Song 詞 rhyme, in the
+    /// 詞林正韻.
+    #[arg(long)]
+    tune: Option<String>,
 }
 
 pub fn run_check(args: CheckArgs) -> Result<()> {
@@ -29,7 +34,29 @@ pub fn run_check(args: CheckArgs) -> Result<()> {
     if !text.chars().any(versifier::poetry::forms::is_hanzi) {
         bail!("no Chinese characters to check: give the poem as an argument or on standard input");
     }
-    let report = versifier::poetry::check_poem(&text);
+    let report = match &args.tune {
+        None => versifier::poetry::check_poem(&text),
+        Some(name) => {
+            let bare = name.trim().trim_start_matches("ci:");
+            let Some(tune) = versifier::poetry::tunes::find_tune(bare) else {
+                bail!("invalid setting `--tune`: no tune `{bare}`; `versifier forms` lists the 70 tunes");
+            };
+            let shape: Vec<String> = versifier::poetry::check::poem_lines(&text)
+                .iter()
+                .map(|l| l.len().to_string())
+                .collect();
+            match versifier::poetry::ci_rhyme::check_ci(&text, tune) {
+                Some(report) => report,
+                None => bail!(
+                    "the poem's lines ({}) are not {}'s pattern {}: a 詞 to it has {} lines of those lengths",
+                    shape.join("/"),
+                    tune.traditional,
+                    tune.pattern_text(),
+                    tune.lines.len()
+                ),
+            }
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -125,6 +125,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         rhyme: args.rhyme.clone(),
         template: args.template,
         repeats: args.repeats,
+        ..VerseRules::default()
     };
     // A bad rhyme name fails before paying for a load.
     verse.rhyme_group()?;

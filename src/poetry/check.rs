@@ -315,6 +315,20 @@ pub fn check_poem(text: &str) -> CheckReport {
     }
 }
 
+/// Checks a poem written in `form`: a 詞 in its tune's line lengths against
+/// the tune's rhymes ([`super::ci_rhyme::check_ci`]); anything else as
+/// [`check_poem`] does.
+pub fn check_in_form(text: &str, form: &super::forms::PoemForm) -> CheckReport {
+    if let super::forms::PoemForm::Ci(name) = form {
+        if let Some(report) =
+            super::tunes::find_tune(name).and_then(|tune| super::ci_rhyme::check_ci(text, tune))
+        {
+            return report;
+        }
+    }
+    check_poem(text)
+}
+
 impl CheckReport {
     /// The report as text: each line with its marks under it, then the
     /// problems and the verdict.

@@ -471,6 +471,8 @@ pub struct FormConstraint {
     /// Free verse under strict rules: the rules of the shape its first line
     /// chooses.
     free: Option<Box<FreeVerseRules>>,
+    /// A 詞 under strict rules: its tune's rhymes.
+    ci: Option<super::ci_rhyme::CiRhymeRules>,
 }
 
 /// Free verse under strict rules. The model chooses the shape with its first
@@ -576,6 +578,7 @@ pub struct VocabChars {
     hanzi: Vec<bool>,
     char_ids: std::collections::HashMap<char, u32>,
     tones: std::sync::Arc<TokenTones>,
+    ci: std::sync::Arc<super::ci_rhyme::CiTokens>,
 }
 
 impl VocabChars {
@@ -599,6 +602,7 @@ impl VocabChars {
         Self {
             hanzi,
             char_ids,
+            ci: std::sync::Arc::new(super::ci_rhyme::CiTokens::new(char_of.clone())),
             tones: std::sync::Arc::new(TokenTones::new(char_of)),
         }
     }
@@ -648,6 +652,19 @@ impl FormConstraint {
             }
             _ => None,
         };
+        let ci = match (verse.mode, &form) {
+            (RulesMode::Strict, PoemForm::Ci(name)) if verse.ci_rhymes => {
+                match super::tunes::find_tune(name) {
+                    Some(tune) => Some(super::ci_rhyme::CiRhymeRules::new(
+                        tune,
+                        std::sync::Arc::clone(&chars.ci),
+                        verse.rhyme_group().map_err(RulesError::from)?,
+                    )),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         Ok(Self {
             chars,
             stop,
@@ -655,6 +672,7 @@ impl FormConstraint {
             repeats: verse.repeats,
             plan: form.line_plan(),
             free,
+            ci,
             form,
         })
     }
@@ -743,7 +761,7 @@ impl FormConstraint {
     /// Whether rhyme and tones are enforced (strict rules, a regulated form or
     /// free verse once its first line has set a regulated shape).
     pub fn enforces_verse_rules(&self) -> bool {
-        self.rules.is_some() || self.free.is_some()
+        self.rules.is_some() || self.free.is_some() || self.ci.is_some()
     }
 
     /// The first line (1-based) the verse rules hold: free verse's first
@@ -796,6 +814,9 @@ impl FormConstraint {
                 }
                 if let Some(rules) = rules {
                     rules.apply(written, logits);
+                }
+                if let (Some(ci), Some(plan)) = (&self.ci, plan) {
+                    ci.apply(plan, written, logits);
                 }
                 self.guard_repeats(plan, written, logits);
             }

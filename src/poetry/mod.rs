@@ -3,12 +3,13 @@
 //! token strings, not tensors or devices.
 
 pub mod check;
+pub mod ci_rhyme;
 pub mod forms;
 pub mod rhyme;
 pub mod rules;
 pub mod tonal;
 pub mod tunes;
 
-pub use check::{check_poem, CheckReport, Problem, Rule};
+pub use check::{check_in_form, check_poem, CheckReport, Problem, Rule};
 pub use rules::{Relaxed, Repeats, RulesMode, VerseRules};
 pub use tonal::TemplateStart;

@@ -97,16 +97,40 @@ impl std::fmt::Display for Repeats {
 }
 
 /// The verse rules a request asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VerseRules {
     pub mode: RulesMode,
-    /// A 平聲 group by name or by a character in it (`東`, `一先`, `红`).
+    /// A 平聲 group by name or by a character in it (`東`, `一先`, `红`); a
+    /// 詞's first rhyme takes its 部 of the 詞林正韻.
     pub rhyme: Option<String>,
     /// 平起, 仄起 or either.
     pub template: TemplateStart,
     /// No character three times in a row, no line twice.
     pub repeats: Repeats,
+    /// Whether strict rules hold a 詞 to its tune's rhymes (see
+    /// [`super::ci_rhyme`]). Always on for a new request; never saved here
+    /// (settings written before it existed still get it): a history record
+    /// keeps it beside these rules, false in records written before, so a
+    /// re-run writes their 詞 as they were written.
+    #[serde(skip, default = "ci_rhymes_on")]
+    pub ci_rhymes: bool,
+}
+
+fn ci_rhymes_on() -> bool {
+    true
+}
+
+impl Default for VerseRules {
+    fn default() -> Self {
+        Self {
+            mode: RulesMode::default(),
+            rhyme: None,
+            template: TemplateStart::default(),
+            repeats: Repeats::default(),
+            ci_rhymes: true,
+        }
+    }
 }
 
 impl VerseRules {
@@ -392,29 +416,35 @@ impl ToneRules {
                 tone_ok && rhyme_ok
             })
         };
-        // Probability the model gives the allowed characters, as a share of what
-        // it gives all characters the form allows here.
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        if !max.is_finite() {
-            return;
-        }
-        let (mut all, mut kept) = (0f32, 0f32);
-        for (id, l) in logits.iter().enumerate() {
-            if l.is_finite() {
-                let p = (l - max).exp();
-                all += p;
-                if allowed(id) {
-                    kept += p;
-                }
+        mask_unless_relaxed(logits, allowed);
+    }
+}
+
+/// Masks every token `allowed` refuses, unless the tokens it allows hold no
+/// more than [`RELAX_BELOW`] of the probability the model gives the tokens
+/// still open (those the form allows here): then the verse rules are relaxed
+/// at this position and the form's mask alone stands.
+pub(crate) fn mask_unless_relaxed(logits: &mut [f32], allowed: impl Fn(usize) -> bool) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return;
+    }
+    let (mut all, mut kept) = (0f32, 0f32);
+    for (id, l) in logits.iter().enumerate() {
+        if l.is_finite() {
+            let p = (l - max).exp();
+            all += p;
+            if allowed(id) {
+                kept += p;
             }
         }
-        if kept <= all * RELAX_BELOW {
-            return; // relaxed: the form's mask alone stands at this position
-        }
-        for (id, l) in logits.iter_mut().enumerate() {
-            if l.is_finite() && !allowed(id) {
-                *l = f32::NEG_INFINITY;
-            }
+    }
+    if kept <= all * RELAX_BELOW {
+        return;
+    }
+    for (id, l) in logits.iter_mut().enumerate() {
+        if l.is_finite() && !allowed(id) {
+            *l = f32::NEG_INFINITY;
         }
     }
 }

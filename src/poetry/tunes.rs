@@ -7,6 +7,7 @@
 
 use std::sync::OnceLock;
 
+use super::ci_rhyme::{parse_rhymes, RhymeSlot};
 use super::forms::{COMMA, PERIOD};
 
 const CI_TUNES_TSV: &str = include_str!("data/ci-tunes.tsv");
@@ -27,6 +28,9 @@ pub struct CiTune {
     /// this tune: the smallest count, at least 2, that 90% of its poems in the
     /// pattern stay within (長相思, whose lines repeat by rule, needs 4).
     pub repeat_cap: usize,
+    /// Per line: whether its last character rhymes, in which of the tune's
+    /// rhymes and tone (see [`super::ci_rhyme`]).
+    pub rhymes: Vec<Option<RhymeSlot>>,
 }
 
 impl CiTune {
@@ -69,14 +73,18 @@ pub fn ci_tunes() -> &'static [CiTune] {
             .filter_map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
                 match f.as_slice() {
-                    [name, traditional, pattern, poems, share, cap] => Some(CiTune {
-                        name: (*name).to_string(),
-                        traditional: (*traditional).to_string(),
-                        lines: parse_pattern(pattern)?,
-                        poems: poems.parse().ok()?,
-                        share: share.parse().ok()?,
-                        repeat_cap: cap.parse().ok().filter(|c| *c >= 2)?,
-                    }),
+                    [name, traditional, pattern, poems, share, cap, rhymes] => {
+                        let lines = parse_pattern(pattern)?;
+                        Some(CiTune {
+                            name: (*name).to_string(),
+                            traditional: (*traditional).to_string(),
+                            rhymes: parse_rhymes(rhymes, lines.len())?,
+                            lines,
+                            poems: poems.parse().ok()?,
+                            share: share.parse().ok()?,
+                            repeat_cap: cap.parse().ok().filter(|c| *c >= 2)?,
+                        })
+                    }
                     _ => None,
                 }
             })
@@ -124,5 +132,17 @@ mod tests {
         assert_eq!(find_tune("长相思").unwrap().repeat_cap, 4);
         assert!(ci_tunes().iter().all(|t| (2..=4).contains(&t.repeat_cap)));
         assert!(ci_tunes().windows(2).all(|w| w[0].poems >= w[1].poems));
+        // Where each tune rhymes, from the data: 浣溪沙 all but its fourth
+        // line, in 平; every tune somewhere, and always on its last line.
+        let words: Vec<String> = huanxisha
+            .rhymes
+            .iter()
+            .map(|s| s.map_or("-".into(), |s| format!("{}{}", (b'a' + s.rhyme) as char, s.tone.mark())))
+            .collect();
+        assert_eq!(words.join(" "), "a平 a平 a平 - a平 a平");
+        assert!(ci_tunes().iter().all(|t| t.rhymes.last().is_some_and(Option::is_some)));
+        let pusaman = find_tune("菩薩蠻").unwrap();
+        let changes: Vec<u8> = pusaman.rhymes.iter().flatten().map(|s| s.rhyme).collect();
+        assert_eq!(changes, [0, 0, 1, 1, 2, 2, 3, 3]);
     }
 }

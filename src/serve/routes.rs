@@ -21,7 +21,7 @@ use super::{AppState, MAX_BODY_BYTES};
 use crate::engine::{DeviceChoice, ErrorKind, Event, GenerateJob, Prompt};
 use crate::generate::forms::PoemForm;
 use crate::generate::{Generation, SamplingParams, MAX_VARIATIONS};
-use crate::poetry::{check_poem, Repeats, RulesMode, TemplateStart, VerseRules};
+use crate::poetry::{check_in_form, Repeats, RulesMode, TemplateStart, VerseRules};
 
 /// The longest prompt accepted, in characters.
 const MAX_PROMPT_CHARS: usize = 64;
@@ -213,6 +213,7 @@ fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
         rhyme: r.rhyme,
         template,
         repeats,
+        ..VerseRules::default()
     };
     verse
         .rhyme_group()
@@ -288,7 +289,7 @@ fn answer(c: &Checked, model: &str, device: DeviceChoice, g: &Generation) -> ser
         .enumerate()
         .map(|(i, v)| {
             let text = format!("{echoed}{}", v.text);
-            let report = check_poem(&text);
+            let report = check_in_form(&text, &c.form);
             PoemAnswer {
                 verdict: report.form.is_some().then_some(report.verdict),
                 text,

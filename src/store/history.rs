@@ -22,6 +22,11 @@ pub struct PoemRecord {
     /// Rhyme and tones it was written with.
     #[serde(default)]
     pub verse: crate::poetry::VerseRules,
+    /// Whether the rules held a 詞 to its tune's rhymes
+    /// ([`crate::poetry::VerseRules::ci_rhymes`], which `verse` does not
+    /// save): false in records written before they could.
+    #[serde(default)]
+    pub ci_rhymes: bool,
 }
 
 /// `unix_ms` as local date and time, `2026-12-01 14:05` (UTC where the
@@ -48,6 +53,15 @@ pub fn model_name(model: &str) -> &str {
 }
 
 impl PoemRecord {
+    /// The verse rules a re-run of this poem writes with: the ones it was
+    /// written with.
+    pub fn verse_rules(&self) -> crate::poetry::VerseRules {
+        crate::poetry::VerseRules {
+            ci_rhymes: self.ci_rhymes,
+            ..self.verse.clone()
+        }
+    }
+
     /// One poem as a document: the poem, then its form, model, seed and date
     /// (Markdown or plain text).
     pub fn document(&self, markdown: bool) -> String {
@@ -117,6 +131,7 @@ mod tests {
             unix_ms: 0,
             unfinished: false,
             verse: crate::poetry::VerseRules::default(),
+            ci_rhymes: true,
         };
         for query in ["西楼", "西樓", "", "  月满 "] {
             assert!(record.matches(query), "{query}");
@@ -138,6 +153,7 @@ mod tests {
             unix_ms: 0,
             unfinished: false,
             verse: crate::poetry::VerseRules::default(),
+            ci_rhymes: true,
         };
         let md = export_text(std::slice::from_ref(&record), true);
         assert!(md.starts_with("## "), "{md}");

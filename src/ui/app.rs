@@ -517,7 +517,7 @@ impl VersifierApp {
             record.form.clone(),
             record.sampling.clone(),
             1,
-            record.verse.clone(),
+            record.verse_rules(),
         );
     }
 
@@ -819,6 +819,7 @@ impl VersifierApp {
                         unix_ms,
                         unfinished: card.unfinished,
                         verse: job.verse.clone(),
+                        ci_rhymes: job.verse.ci_rhymes,
                     };
                     card.record = Some(record.clone());
                     self.history.push(record);
@@ -1184,7 +1185,10 @@ impl VersifierApp {
                                         )
                                     };
                                     if self.settings.show_marks && card.done {
-                                        let report = crate::poetry::check_poem(&full);
+                                        let report = match &card.record {
+                                            Some(r) => crate::poetry::check_in_form(&full, &r.form),
+                                            None => crate::poetry::check_poem(&full),
+                                        };
                                         super::poem_marks::show(
                                             ui,
                                             &report,

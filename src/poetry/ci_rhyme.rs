@@ -1,0 +1,666 @@
+//! The rhyme of a 詞 (ci): the 19 部 of the 詞林正韻 (`data/cilin.tsv`, each
+//! a set of the 平水韻 groups of [`super::rhyme`]), each character's readings
+//! in them, and, per tune, where it rhymes ([`super::tunes::CiTune::rhymes`],
+//! derived from the Song 詞 by `packaging/corpus/make_ci_tunes.py`).
+//!
+//! Owns: the 部 table, the decoder's mask at a tune's rhyme positions
+//! ([`CiRhymeRules`]) and the checker's judgment of a 詞 ([`check_ci`]). Both
+//! judge by one rule: the line ends of one rhyme (a tune may change rhyme:
+//! 菩薩蠻 has four) share a 部, each in the tone its position takes (平, 仄, or
+//! either), and no rhyme character comes twice in one rhyme. The 部 is the
+//! one most of the rhyme's characters so far fit, so a character that broke
+//! the rhyme (a relaxed position) does not steer the rest. Must not: know
+//! tensors or devices, or enforce the line pattern (that is `forms`').
+//!
+//! A group 戈載 splits between two 部 (灰, 佳, 元 and their 仄 groups) counts
+//! in both, so a rhyme on one of its characters is accepted in either: the
+//! table does not say which half a character belongs to.
+
+use std::sync::OnceLock;
+
+use super::check::{poem_lines, CharMark, CheckReport, Problem, Rule};
+use super::forms::{COMMA, PERIOD};
+use super::rhyme::{table, Tone};
+use super::tunes::CiTune;
+
+const CILIN_TSV: &str = include_str!("data/cilin.tsv");
+
+/// How many 部 the 詞林正韻 has.
+pub const BU_COUNT: usize = 19;
+
+/// A set of 部: bit `b - 1` for 第b部.
+pub type BuSet = u32;
+
+/// The tone a tune's rhyme position takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RhymeTone {
+    /// 平聲.
+    Ping,
+    /// 上, 去 or 入聲.
+    Ze,
+    /// Either: the tune's poems disagree (柳梢青 has a 平 and a 仄 form).
+    Either,
+}
+
+impl RhymeTone {
+    /// 平, 仄 or 中, as `ci-tunes.tsv` writes it.
+    pub fn mark(self) -> char {
+        match self {
+            Self::Ping => '平',
+            Self::Ze => '仄',
+            Self::Either => '中',
+        }
+    }
+
+    fn from_mark(c: char) -> Option<Self> {
+        match c {
+            '平' => Some(Self::Ping),
+            '仄' => Some(Self::Ze),
+            '中' => Some(Self::Either),
+            _ => None,
+        }
+    }
+}
+
+/// A line of a tune that ends in a rhyme: which rhyme (0 for the tune's first,
+/// `a` in the data) and its tone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RhymeSlot {
+    pub rhyme: u8,
+    pub tone: RhymeTone,
+}
+
+/// The data file's rhyme column: one word per line, `-` or a letter and a
+/// tone mark (`a平 a平 a平 - a平 a平`). `None` when a word is malformed or the
+/// count is not `lines`.
+pub fn parse_rhymes(text: &str, lines: usize) -> Option<Vec<Option<RhymeSlot>>> {
+    let slots: Vec<Option<RhymeSlot>> = text
+        .split_whitespace()
+        .map(|word| {
+            if word == "-" {
+                return Some(None);
+            }
+            let mut chars = word.chars();
+            match (chars.next(), chars.next(), chars.next()) {
+                (Some(letter @ 'a'..='z'), Some(mark), None) => Some(Some(RhymeSlot {
+                    rhyme: letter as u8 - b'a',
+                    tone: RhymeTone::from_mark(mark)?,
+                })),
+                _ => None,
+            }
+        })
+        .collect::<Option<_>>()?;
+    (slots.len() == lines).then_some(slots)
+}
+
+/// A character's 部: those where it has a 平 reading, and those where it has
+/// a 仄 one (both empty when the 平水韻 table does not hold it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readings {
+    pub ping: BuSet,
+    pub ze: BuSet,
+}
+
+impl Readings {
+    /// The 部 in which this character may stand at a position of `tone`.
+    pub fn fitting(self, tone: RhymeTone) -> BuSet {
+        match tone {
+            RhymeTone::Ping => self.ping,
+            RhymeTone::Ze => self.ze,
+            RhymeTone::Either => self.ping | self.ze,
+        }
+    }
+}
+
+/// The 部 of each 平水韻 group, by group id.
+fn bu_of_group() -> &'static [BuSet] {
+    static BU: OnceLock<Vec<BuSet>> = OnceLock::new();
+    BU.get_or_init(|| {
+        let rows: Vec<(usize, Vec<&str>)> = CILIN_TSV
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let mut fields = l.split('\t');
+                let bu: usize = fields.next()?.parse().ok()?;
+                (1..=BU_COUNT)
+                    .contains(&bu)
+                    .then(|| (bu, fields.collect()))
+            })
+            .collect();
+        table()
+            .groups()
+            .iter()
+            .map(|g| {
+                // 平聲 groups are in the first column, 上聲 and 去聲 in the
+                // second, 入聲 in the third.
+                let column = match g.tone {
+                    Tone::Ping => 0,
+                    Tone::Ze if g.name.starts_with('入') => 2,
+                    Tone::Ze => 1,
+                };
+                rows.iter()
+                    .filter(|(_, cols)| cols.get(column).is_some_and(|c| c.contains(g.key)))
+                    .fold(0, |set, (bu, _)| set | 1 << (bu - 1))
+            })
+            .collect()
+    })
+}
+
+/// `c`'s readings in the 詞林正韻 (simplified characters through their
+/// traditional forms, as the 平水韻 table reads them).
+pub fn readings(c: char) -> Readings {
+    let t = table();
+    let bu = bu_of_group();
+    let mut r = Readings::default();
+    for g in t.iter_set(t.groups_of(c)) {
+        let set = bu.get(g.id as usize).copied().unwrap_or(0);
+        match g.tone {
+            Tone::Ping => r.ping |= set,
+            Tone::Ze => r.ze |= set,
+        }
+    }
+    r
+}
+
+/// `第七部`.
+pub fn bu_name(bu: usize) -> String {
+    const DIGITS: [&str; 10] = ["", "一", "二", "三", "四", "五", "六", "七", "八", "九"];
+    let tens = match bu / 10 {
+        0 => "",
+        1 => "十",
+        _ => "二十",
+    };
+    format!("第{tens}{}部", DIGITS[bu % 10])
+}
+
+/// The names of a set's 部, joined with `、`.
+fn bu_names(set: BuSet) -> String {
+    (1..=BU_COUNT)
+        .filter(|b| set & (1 << (b - 1)) != 0)
+        .map(bu_name)
+        .collect::<Vec<_>>()
+        .join("、")
+}
+
+/// The 部 most of `fits` hold (all of them on a tie), and how many hold it.
+fn best_bu(fits: &[BuSet]) -> (BuSet, usize) {
+    let mut counts = [0usize; BU_COUNT];
+    for f in fits {
+        for (b, n) in counts.iter_mut().enumerate() {
+            *n += usize::from(f & (1 << b) != 0);
+        }
+    }
+    let most = counts.iter().copied().max().unwrap_or(0);
+    if most == 0 {
+        return (0, 0);
+    }
+    let set = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n == most)
+        .fold(0, |set, (b, _)| set | 1 << b);
+    (set, most)
+}
+
+/// The ideograph lines written so far: finished lines and the current one.
+fn lines_so_far(written: &str) -> (Vec<Vec<char>>, Vec<char>) {
+    let mut done = Vec::new();
+    let mut cur = Vec::new();
+    for c in written.chars() {
+        if c == COMMA || c == PERIOD {
+            done.push(std::mem::take(&mut cur));
+        } else if super::forms::is_hanzi(c) {
+            cur.push(c);
+        }
+    }
+    (done, cur)
+}
+
+/// A vocabulary's tokens in the 詞林正韻: each token's character and
+/// readings, and how many tokens each (部, tone) holds. Worked out once per
+/// tokenizer, with the form tables.
+#[derive(Debug)]
+pub struct CiTokens {
+    readings: Vec<Readings>,
+    char_of: Vec<Option<char>>,
+    /// Tokens with a 平 reading in each 部, then with a 仄 one.
+    members: [[usize; BU_COUNT]; 2],
+}
+
+impl CiTokens {
+    /// The tokens of a vocabulary whose token `id` is the single ideograph
+    /// `char_of[id]` (or none).
+    pub fn new(char_of: Vec<Option<char>>) -> Self {
+        let readings: Vec<Readings> = char_of
+            .iter()
+            .map(|c| c.map(readings).unwrap_or_default())
+            .collect();
+        let mut members = [[0usize; BU_COUNT]; 2];
+        for r in &readings {
+            for b in 0..BU_COUNT {
+                members[0][b] += usize::from(r.ping & (1 << b) != 0);
+                members[1][b] += usize::from(r.ze & (1 << b) != 0);
+            }
+        }
+        Self {
+            readings,
+            char_of,
+            members,
+        }
+    }
+
+    /// The 部 with at least `needed` tokens that may stand at a position of `tone`.
+    fn eligible(&self, tone: RhymeTone, needed: usize) -> BuSet {
+        (0..BU_COUNT)
+            .filter(|&b| {
+                let n = match tone {
+                    RhymeTone::Ping => self.members[0][b],
+                    RhymeTone::Ze => self.members[1][b],
+                    RhymeTone::Either => self.members[0][b] + self.members[1][b],
+                };
+                n >= needed
+            })
+            .fold(0, |set, b| set | 1 << b)
+    }
+}
+
+/// A tune's rhymes for one vocabulary: at each rhyme position only the
+/// characters that keep the rhyme stay possible.
+#[derive(Debug, Clone)]
+pub struct CiRhymeRules {
+    /// Per line of the tune.
+    slots: Vec<Option<RhymeSlot>>,
+    tokens: std::sync::Arc<CiTokens>,
+    /// The 部 asked for (from the rules' `rhyme`, a 平聲 group), held by the
+    /// tune's first rhyme.
+    asked: Option<BuSet>,
+}
+
+impl CiRhymeRules {
+    /// The rules of `tune`; `asked` narrows its first rhyme to the 部 of a
+    /// 平水韻 group (by id).
+    pub fn new(tune: &CiTune, tokens: std::sync::Arc<CiTokens>, asked: Option<u8>) -> Self {
+        let asked = asked.map(|g| bu_of_group().get(g as usize).copied().unwrap_or(0));
+        Self {
+            slots: tune.rhymes.clone(),
+            tokens,
+            asked,
+        }
+    }
+
+    /// Masks `logits` (already limited to the ideographs the form allows) at
+    /// a rhyme position of the tune whose lines are `plan`; elsewhere nothing.
+    /// Relaxed as the 詩 rules are (see [`super::rules::RELAX_BELOW`]) when the
+    /// characters that keep the rhyme are all but impossible.
+    pub fn apply(&self, plan: &[(usize, char)], written: &str, logits: &mut [f32]) {
+        let (done, cur) = lines_so_far(written);
+        let line = done.len();
+        let Some((len, _)) = plan.get(line) else {
+            return;
+        };
+        if cur.len() + 1 != *len {
+            return;
+        }
+        let Some(Some(slot)) = self.slots.get(line) else {
+            return;
+        };
+        let t = table();
+        // The same rhyme's earlier line ends.
+        let mut fits = Vec::new();
+        let mut used = Vec::new();
+        for (i, end) in done.iter().enumerate().filter_map(|(i, l)| Some((i, *l.last()?))) {
+            if let Some(Some(s)) = self.slots.get(i) {
+                if s.rhyme == slot.rhyme {
+                    fits.push(readings(end).fitting(s.tone));
+                    used.push(t.to_traditional(end));
+                }
+            }
+        }
+        let (best, held) = best_bu(&fits);
+        let allowed_bu = if held > 0 {
+            best
+        } else {
+            let positions = self.slots.iter().flatten().filter(|s| s.rhyme == slot.rhyme);
+            let eligible = self.tokens.eligible(slot.tone, 4 * positions.count());
+            match self.asked {
+                Some(asked) if slot.rhyme == 0 => asked,
+                _ => eligible,
+            }
+        };
+        let allowed = |id: usize| -> bool {
+            let fit = self
+                .tokens
+                .readings
+                .get(id)
+                .map_or(0, |r| r.fitting(slot.tone));
+            fit & allowed_bu != 0
+                && self
+                    .tokens
+                    .char_of
+                    .get(id)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|c| !used.contains(&t.to_traditional(c)))
+        };
+        super::rules::mask_unless_relaxed(logits, allowed);
+    }
+}
+
+/// Checks `text` as a 詞 of `tune`: `None` when its lines are not the tune's
+/// line lengths (then it is no 詞 of this tune to judge). Each character
+/// gets its tone class; each rhyme's line ends are judged against the 部 most
+/// of them share. The tones inside a line are not judged (a tune's 詞譜 is
+/// not in the data), and the verdict says so.
+pub fn check_ci(text: &str, tune: &CiTune) -> Option<CheckReport> {
+    let t = table();
+    let lines = poem_lines(text);
+    if lines.len() != tune.lines.len()
+        || lines.iter().zip(&tune.lines).any(|(l, (n, _))| l.len() != *n)
+    {
+        return None;
+    }
+    let marks: Vec<Vec<CharMark>> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let rhyme_line = tune.rhymes.get(i).is_some_and(Option::is_some);
+            line.iter()
+                .enumerate()
+                .map(|(col, &ch)| CharMark {
+                    ch,
+                    class: t.tone_class(ch),
+                    required: None,
+                    free: true,
+                    rhyme: rhyme_line && col + 1 == line.len(),
+                })
+                .collect()
+        })
+        .collect();
+    let mut problems = Vec::new();
+    let mut names = Vec::new();
+    let rhymes = tune.rhymes.iter().flatten().map(|s| s.rhyme).max();
+    for rhyme in 0..rhymes.map_or(0, |r| r + 1) {
+        let ends: Vec<(usize, char, RhymeTone)> = tune
+            .rhymes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = (*s)?;
+                (s.rhyme == rhyme).then_some((i, *lines[i].last()?, s.tone))
+            })
+            .collect();
+        let fits: Vec<BuSet> = ends
+            .iter()
+            .map(|(_, c, tone)| readings(*c).fitting(*tone))
+            .collect();
+        let (best, _) = best_bu(&fits);
+        // Judged by the first 部 of a tie; named by every 部 all its
+        // keeping characters share (杯臺回 are 灰: 第三部／第五部).
+        let bu = best.trailing_zeros() as usize + 1;
+        let judged = if best == 0 { 0 } else { 1 << (bu - 1) };
+        if judged != 0 {
+            let shared = fits
+                .iter()
+                .filter(|f| *f & judged != 0)
+                .fold(best, |set, f| set & f);
+            names.push(
+                (1..=BU_COUNT)
+                    .filter(|b| shared & (1 << (b - 1)) != 0)
+                    .map(bu_name)
+                    .collect::<Vec<_>>()
+                    .join("／"),
+            );
+        }
+        let mut seen = Vec::new();
+        for ((i, c, tone), fit) in ends.iter().zip(&fits) {
+            let (line, column) = (i + 1, lines[*i].len());
+            if fit & judged == 0 {
+                let all = readings(*c).fitting(RhymeTone::Either);
+                let belongs = if all == 0 {
+                    "韻書未收".to_string()
+                } else if all & judged != 0 {
+                    format!("是{}聲", if *tone == RhymeTone::Ping { '仄' } else { '平' })
+                } else {
+                    format!("屬{}", bu_names(all))
+                };
+                let wanted = if judged == 0 {
+                    "韻".to_string()
+                } else {
+                    bu_name(bu)
+                };
+                let tone_word = match tone {
+                    RhymeTone::Ping => "平聲",
+                    RhymeTone::Ze => "仄聲",
+                    RhymeTone::Either => "",
+                };
+                problems.push(Problem {
+                    line,
+                    column,
+                    rule: Rule::Rhyme,
+                    message: format!("韻腳 {c} 不押{wanted}{tone_word}（{belongs}）"),
+                });
+            }
+            let trad = t.to_traditional(*c);
+            if seen.contains(&trad) {
+                problems.push(Problem {
+                    line,
+                    column,
+                    rule: Rule::RepeatedRhyme,
+                    message: format!("韻腳 {c} 重複"),
+                });
+            }
+            seen.push(trad);
+        }
+    }
+    problems.sort_by_key(|p| (p.line, p.column));
+    let rhyme_kept = problems.is_empty();
+    let group = (!names.is_empty()).then(|| names.join("、"));
+    let verdict = format!(
+        "{}；句中平仄不論",
+        match (&group, rhyme_kept) {
+            (Some(g), true) => format!("押詞林正韻{g}"),
+            (Some(g), false) => format!("出韻 {} 處（{g}）", problems.len()),
+            (None, _) => "不押韻".to_string(),
+        }
+    );
+    Some(CheckReport {
+        form: Some(format!("詞·{}", tune.traditional)),
+        template: None,
+        lines: marks,
+        rhyme_group: group,
+        problems,
+        rhyme_kept,
+        tones_kept: true,
+        verdict,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::poetry::tunes::find_tune;
+
+    fn bu(n: usize) -> BuSet {
+        1 << (n - 1)
+    }
+
+    #[test]
+    fn every_pingshui_group_has_a_bu_and_the_split_ones_have_two() {
+        let t = table();
+        let of = bu_of_group();
+        assert_eq!(of.len(), 106);
+        for g in t.groups() {
+            let n = of[g.id as usize].count_ones();
+            let split = "灰賄泰隊佳卦元阮願".contains(g.key);
+            assert_eq!(n, if split { 2 } else { 1 }, "{}", g.name);
+        }
+        // 入聲 groups are in 部 15 to 19 only, the others in 1 to 14.
+        for g in t.groups() {
+            let low = of[g.id as usize] & 0x3fff != 0;
+            assert_eq!(!low, g.name.starts_with('入'), "{}", g.name);
+        }
+    }
+
+    #[test]
+    fn readings_put_characters_in_their_bu_and_tone() {
+        assert_eq!(readings('東'), Readings { ping: bu(1), ze: 0 });
+        assert_eq!(readings('送').ze, bu(1));
+        assert_eq!(readings('天'), Readings { ping: bu(7), ze: 0 });
+        assert_eq!(readings('月').ze, bu(18));
+        assert_eq!(readings('月').ping, 0);
+        // Simplified, through the traditional form.
+        assert_eq!(readings('红'), readings('紅'));
+        assert_eq!(readings('A'), Readings::default());
+        assert_eq!(bu_name(7), "第七部");
+        assert_eq!(bu_name(10), "第十部");
+        assert_eq!(bu_name(19), "第十九部");
+    }
+
+    #[test]
+    fn the_rhyme_column_parses_and_rejects_what_is_malformed() {
+        let slots = parse_rhymes("a平 a平 - b仄", 4).unwrap();
+        assert_eq!(
+            slots[0],
+            Some(RhymeSlot {
+                rhyme: 0,
+                tone: RhymeTone::Ping
+            })
+        );
+        assert_eq!(slots[2], None);
+        assert_eq!(slots[3].map(|s| (s.rhyme, s.tone)), Some((1, RhymeTone::Ze)));
+        assert!(parse_rhymes("a平 a平", 3).is_none(), "count");
+        assert!(parse_rhymes("a平 A平", 2).is_none());
+        assert!(parse_rhymes("a平 a上", 2).is_none());
+        assert!(parse_rhymes("a平 a平平", 2).is_none());
+    }
+
+    #[test]
+    fn a_song_ci_that_keeps_its_rhyme_is_judged_so() {
+        // 晏殊《浣溪沙》: 杯臺回來徊, all of 上平十灰, which 戈載 splits
+        // between 第三部 and 第五部.
+        let tune = find_tune("浣溪沙").unwrap();
+        let yanshu = "一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回？無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。";
+        let r = check_ci(yanshu, tune).unwrap();
+        assert!(r.rhyme_kept, "{r:?}");
+        assert_eq!(r.rhyme_group.as_deref(), Some("第三部／第五部"));
+        assert_eq!(r.verdict, "押詞林正韻第三部／第五部；句中平仄不論");
+        assert_eq!(r.form.as_deref(), Some("詞·浣溪沙"));
+        let rhymes: Vec<char> = r.lines.iter().flatten().filter(|m| m.rhyme).map(|m| m.ch).collect();
+        assert_eq!(rhymes, ['杯', '臺', '回', '來', '徊']);
+        // Simplified script reads the same.
+        assert!(check_ci("一曲新词酒一杯，去年天气旧亭台。夕阳西下几时回？无可奈何花落去，似曾相识燕归来。小园香径独徘徊。", tune).unwrap().rhyme_kept);
+        // 菩薩蠻 changes rhyme: 織碧 (入), 樓愁 (平), 立急 (入), 程亭 (平).
+        let pusaman = find_tune("菩薩蠻").unwrap();
+        let r = check_ci(
+            "平林漠漠煙如織。寒山一帶傷心碧。暝色入高樓。有人樓上愁。玉階空佇立。宿鳥歸飛急。何處是歸程。長亭更短亭。",
+            pusaman,
+        )
+        .unwrap();
+        assert!(r.rhyme_kept, "{r:?}");
+        assert_eq!(r.rhyme_group.as_deref(), Some("第十七部、第十二部、第十七部、第十一部"));
+    }
+
+    #[test]
+    fn a_broken_rhyme_is_named_with_its_line_and_why() {
+        let tune = find_tune("浣溪沙").unwrap();
+        // 蘇軾's: 泥西雞 are 第三部 (溪 and 啼 are not in the table, so
+        // neither counts). Line 3 ends in 月 (入聲, 第十八部) here, line 5
+        // in 紅 (第一部), line 6 repeats 泥.
+        let r = check_ci(
+            "山下蘭芽短浸西。松間沙路淨無泥。蕭蕭暮雨子規月。誰道人生無再少，門前流水尚能紅。休將白髮唱黃泥。",
+            tune,
+        )
+        .unwrap();
+        assert!(!r.rhyme_kept);
+        let at: Vec<(usize, usize, Rule)> = r.problems.iter().map(|p| (p.line, p.column, p.rule)).collect();
+        assert_eq!(
+            at,
+            [(3, 7, Rule::Rhyme), (5, 7, Rule::Rhyme), (6, 7, Rule::RepeatedRhyme)]
+        );
+        assert!(r.problems[0].message.contains("第十八部"), "{:?}", r.problems[0]);
+        assert!(r.verdict.starts_with("出韻 3 處"), "{}", r.verdict);
+        // 細 is 第三部 but 去聲 where the tune wants 平.
+        let r = check_ci(
+            "山下蘭芽短浸西。松間沙路淨無泥。蕭蕭暮雨子規齊。誰道人生無再少，門前流水尚能低。休將白髮唱黃細。",
+            tune,
+        )
+        .unwrap();
+        assert_eq!(r.problems.len(), 1, "{r:?}");
+        assert!(r.problems[0].message.contains("是仄聲"), "{:?}", r.problems[0]);
+        assert_eq!(r.problems[0].line, 6);
+        // Not the tune's lines: nothing to judge.
+        assert!(check_ci("春眠不覺曉，處處聞啼鳥。", tune).is_none());
+    }
+
+    /// A vocabulary: a few characters of 第一部 (平 and 仄), 第七部, 第十八部.
+    fn tokens() -> (std::sync::Arc<CiTokens>, Vec<char>) {
+        let chars: Vec<char> = "東紅風中空同送夢動天年前然煙山間寒月雪別說節春花".chars().collect();
+        (
+            std::sync::Arc::new(CiTokens::new(chars.iter().copied().map(Some).collect())),
+            chars,
+        )
+    }
+
+    fn allowed(rules: &CiRhymeRules, plan: &[(usize, char)], written: &str, chars: &[char]) -> String {
+        let mut logits = vec![0f32; chars.len()];
+        rules.apply(plan, written, &mut logits);
+        chars
+            .iter()
+            .zip(&logits)
+            .filter(|(_, l)| l.is_finite())
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    #[test]
+    fn the_decoder_keeps_a_rhyme_in_its_bu_and_tone_and_leaves_other_positions_alone() {
+        let (tokens, chars) = tokens();
+        let tune = find_tune("浣溪沙").unwrap();
+        let mut rules = CiRhymeRules::new(tune, tokens, None);
+        // The test vocabulary is small: let every 部 it has be eligible.
+        rules.tokens = std::sync::Arc::new(CiTokens {
+            members: [[100; BU_COUNT]; 2],
+            ..CiTokens::new(chars.iter().copied().map(Some).collect())
+        });
+        let plan = &tune.lines;
+        // Not a line's last character: nothing masked.
+        assert_eq!(allowed(&rules, plan, "春", &chars).chars().count(), chars.len());
+        // The first rhyme: any 平 character with a 部.
+        let first = allowed(&rules, plan, "一二三四五六", &chars);
+        assert_eq!(first, "東紅風中空同夢天年前然煙山間寒春花");
+        // After 東 (第一部, 平): the rest of 第一部's 平 characters, not 東 again.
+        let second = allowed(&rules, plan, "一二三四五六東。一二三四五六", &chars);
+        assert_eq!(second, "紅風中空同夢");
+        // Line 4 does not rhyme.
+        let fourth = allowed(&rules, plan, "一二三四五六東。一二三四五六紅。一二三四五六風。一二三四五六", &chars);
+        assert_eq!(fourth.chars().count(), chars.len());
+        // A relaxed first rhyme (月) does not steer the rest: the majority does.
+        let later = allowed(
+            &rules,
+            plan,
+            "一二三四五六月。一二三四五六天。一二三四五六年。一二三四五六雪，一二三四五六",
+            &chars,
+        );
+        assert_eq!(later, "前然煙山間寒");
+        // 菩薩蠻's first rhyme is 仄.
+        let pusaman = find_tune("菩薩蠻").unwrap();
+        let rules = CiRhymeRules::new(pusaman, std::sync::Arc::clone(&rules.tokens), None);
+        let ze = allowed(&rules, &pusaman.lines, "一二三四五六", &chars);
+        // 中, 空 and 間 have 去聲 readings too.
+        assert_eq!(ze, "中空送夢動間月雪別說節");
+    }
+
+    #[test]
+    fn an_asked_rhyme_holds_the_first_rhyme_and_nothing_likely_is_relaxed() {
+        let (tokens, chars) = tokens();
+        let tune = find_tune("浣溪沙").unwrap();
+        let xian = table().find_ping_group("先").unwrap();
+        let rules = CiRhymeRules::new(tune, tokens, Some(xian));
+        assert_eq!(allowed(&rules, &tune.lines, "一二三四五六", &chars), "天年前然煙山間寒");
+        // All the model's weight on 東 where 第七部 is asked: relaxed, not emptied.
+        let mut logits = vec![-1e4f32; chars.len()];
+        logits[0] = 0.0;
+        rules.apply(&tune.lines, "一二三四五六", &mut logits);
+        assert!(logits[0].is_finite());
+    }
+}
