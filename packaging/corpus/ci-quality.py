@@ -10,10 +10,16 @@ over the poems) and distinct-2 (distinct character bigrams over all bigrams, the
 prompt included). Also counts the 詞 that ended by themselves with every line's
 length and mark as in the tune's pattern (`versifier forms`).
 
-Usage: packaging/corpus/ci-quality.py VERSIFIER_BIN MODEL_DIR OUT.json [--large SEED]
+Each 詞 that kept its pattern is also judged by `versifier check --tune` for
+its tune's rhymes (the 詞林正韻, where the tune's Song 詞 rhyme): `rhyme_kept`.
+
+Usage: packaging/corpus/ci-quality.py VERSIFIER_BIN MODEL_DIR OUT.json [--large SEED] [--rules strict|off] [--tunes 20]
   --large SEED: 8 tunes x 8 prompts (春月風花雪山水夜) x 8 variations (512 詞)
   with that seed, the protocol the 詞 model (models/song-ci) was confirmed on:
   128 詞 leave a standard error of about 0.2 on the repeated characters.
+  --rules off: the form alone (for a 詞, what strict rules were before they
+  held its rhymes). --tunes 20: the 20 most common tunes (`versifier forms`)
+  instead of the 8 above.
 Held-out 詞 perplexity is a separate command:
   versifier bench --quality --model MODEL_DIR --corpus FT_CORPUS/ci-eval
 """
@@ -52,12 +58,16 @@ def lines_of(text):
     return out if n == 0 else None
 
 
-def patterns(binary):
-    """Simplified tune name -> [(length, mark)] from `versifier forms`."""
+def patterns(binary, top=None):
+    """Simplified tune name -> [(length, mark)] from `versifier forms` (the
+    first `top` tunes it lists, most poems first, when given)."""
+    global TUNES
     listing = subprocess.run([binary, "forms"], check=True, capture_output=True, text=True).stdout
+    rows = [r.strip().split("\t") for r in listing.splitlines() if r.startswith("  ") and "\t" in r]
+    if top:
+        TUNES = [cols[0] for cols in rows[:top]]
     found = {}
-    for row in listing.splitlines():
-        cols = row.strip().split("\t")
+    for cols in rows:
         if len(cols) >= 3 and cols[0] in TUNES:
             pattern = []
             n = ""
@@ -74,24 +84,46 @@ def patterns(binary):
     return found
 
 
+def rhyme_kept(binary, tune, poem):
+    """Whether `versifier check --tune` finds the 詞's rhymes kept."""
+    run = subprocess.run([binary, "--log-dir", "none", "check", "--tune", tune, "--json", poem],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"versifier check --tune {tune} {poem}: {run.stderr.strip()}")
+    return json.loads(run.stdout)["rhyme_kept"]
+
+
 def main():
     global PROMPTS, VARIATIONS, SEED
-    if len(sys.argv) == 6 and sys.argv[4] == "--large" and sys.argv[5].isdigit():
-        PROMPTS = ["春", "月", "風", "花", "雪", "山", "水", "夜"]
-        VARIATIONS, SEED = 8, int(sys.argv[5])
-    elif len(sys.argv) != 4:
+    args, rules, top = sys.argv[1:], "strict", None
+    if "--rules" in args:
+        i = args.index("--rules")
+        rules = args[i + 1] if i + 1 < len(args) else ""
+        del args[i:i + 2]
+    if "--tunes" in args:
+        i = args.index("--tunes")
+        top = int(args[i + 1]) if i + 1 < len(args) and args[i + 1].isdigit() else 0
+        del args[i:i + 2]
+        if not top:
+            sys.exit(__doc__)
+    if rules not in ("strict", "off"):
         sys.exit(__doc__)
-    binary, model, out_path = sys.argv[1:4]
-    tune_patterns = patterns(binary)
+    if len(args) == 5 and args[3] == "--large" and args[4].isdigit():
+        PROMPTS = ["春", "月", "風", "花", "雪", "山", "水", "夜"]
+        VARIATIONS, SEED = 8, int(args[4])
+    elif len(args) != 3:
+        sys.exit(__doc__)
+    binary, model, out_path = args[:3]
+    tune_patterns = patterns(binary, top)
     poems, per_tune = [], {}
     for tune in TUNES:
-        kept = 0
+        kept = rhymed = 0
         for prompt in PROMPTS:
             cmd = [
                 binary, "generate", "--model", model, "--device", "cpu", "--log-dir", "none",
                 "--form", f"ci:{tune}", "--prompt", prompt, "--variations", str(VARIATIONS),
                 "--seed", str(SEED), "--temperature", "0.8", "--top-k", "40",
-                "--max-tokens", "160", "--json",
+                "--max-tokens", "160", "--rules", rules, "--json",
             ]
             run = subprocess.run(cmd, capture_output=True, text=True)
             if run.returncode != 0:
@@ -100,9 +132,12 @@ def main():
             for text, stop in zip(result["text"], result["stop"]):
                 poem = result["prompt"] + text
                 ok = stop == "stop" and lines_of(poem) == tune_patterns[tune]
+                rhyme = ok and rhyme_kept(binary, tune, poem)
                 kept += int(ok)
-                poems.append({"tune": tune, "prompt": prompt, "text": poem, "stop": stop, "pattern_kept": ok})
-        per_tune[tune] = {"samples": len(PROMPTS) * VARIATIONS, "pattern_kept": kept}
+                rhymed += int(rhyme)
+                poems.append({"tune": tune, "prompt": prompt, "text": poem, "stop": stop,
+                              "pattern_kept": ok, "rhyme_kept": rhyme})
+        per_tune[tune] = {"samples": len(PROMPTS) * VARIATIONS, "pattern_kept": kept, "rhyme_kept": rhymed}
 
     texts = [p["text"] for p in poems]
     repeated = sum(
@@ -112,9 +147,10 @@ def main():
     report = {
         "model": model,
         "settings": f"{len(TUNES)} tunes x {len(PROMPTS)} prompts ({''.join(PROMPTS)}) x "
-        f"{VARIATIONS} variations, seed {SEED}, temperature 0.8, top-k 40, rules strict, repeat guard",
+        f"{VARIATIONS} variations, seed {SEED}, temperature 0.8, top-k 40, rules {rules}, repeat guard",
         "samples": len(texts),
         "pattern_kept": sum(p["pattern_kept"] for p in poems),
+        "rhyme_kept": sum(p["rhyme_kept"] for p in poems),
         "repeated_chars_per_poem": round(repeated, 3),
         "distinct_2": round(len(set(bigrams)) / max(1, len(bigrams)), 3),
         "per_tune": per_tune,

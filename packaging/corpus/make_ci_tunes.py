@@ -24,7 +24,9 @@ way form one rhyme (a, b, ...: 菩薩蠻 changes rhyme three times). A rhyme
 position is 平 when at least 80% of the poems' unambiguous characters there
 are 平, 仄 (上, 去 or 入) when 80% are 仄, else 中 (either). The column reads
 one word per line: `-` for no rhyme, else the rhyme's letter and tone, so
-浣溪沙 is `a平 a平 a平 - a平 a平`.
+浣溪沙 is `a平 a平 a平 - a平 a平`. The last column is the share of the
+tune's poems in the pattern that end two lines of one rhyme on the same
+character: near 0 for most tunes, 1.00 for 如夢令 (如夢，如夢 by rule).
 
 Usage: python packaging/corpus/make_ci_tunes.py <chinese-poetry package folder>
 (npm pack chinese-poetry@2.0.1, unpacked; the collection is MIT-licensed).
@@ -102,6 +104,19 @@ def rhyme_readings():
         return set().union(*(of_char.get(t, set()) for t in s2t.get(c, "")))
 
     return readings
+
+
+def repeated_rhyme_share(pattern_poems, rhymes):
+    """Share of the poems that end two lines of one rhyme on one character."""
+    words = rhymes.split()
+    repeats = 0
+    for ends in pattern_poems:
+        by_rhyme = collections.defaultdict(list)
+        for end, word in zip(ends, words):
+            if word != "-":
+                by_rhyme[word[0]].append(end)
+        repeats += any(len(v) != len(set(v)) for v in by_rhyme.values())
+    return repeats / len(pattern_poems)
 
 
 def rhymes_of(pattern_poems, n, readings):
@@ -182,13 +197,14 @@ for tune, poems in by_tune.items():
     while sum(t <= cap for t in most) < WITHIN_CAP * len(most):
         cap += 1
     rhymes = rhymes_of(in_pattern, len(pattern), readings)
-    rows.append((len(poems), tune, text, share, cap, rhymes))
+    repeats = repeated_rhyme_share(in_pattern, rhymes)
+    rows.append((len(poems), tune, text, share, cap, rhymes, repeats))
 
 rows.sort(key=lambda r: (-r[0], r[1]))
 with open(os.path.join(here, "ci-tunes.tsv"), "w", encoding="utf-8") as out:
-    out.write("# tune\ttraditional\tpattern (line length + mark)\tpoems\tshare following the pattern\trepeat cap\trhymes (per line: - or rhyme letter + 平/仄/中)\n")
+    out.write("# tune\ttraditional\tpattern (line length + mark)\tpoems\tshare following the pattern\trepeat cap\trhymes (per line: - or rhyme letter + 平/仄/中)\tshare repeating a rhyme character\n")
     out.write("# made by packaging/corpus/make_ci_tunes.py from chinese-poetry@2.0.1 songci (MIT)\n")
     s2t = opencc.OpenCC("s2t")
-    for poems, tune, text, share, cap, rhymes in rows:
-        out.write(f"{tune}\t{s2t.convert(tune)}\t{text}\t{poems}\t{share:.2f}\t{cap}\t{rhymes}\n")
+    for poems, tune, text, share, cap, rhymes, repeats in rows:
+        out.write(f"{tune}\t{s2t.convert(tune)}\t{text}\t{poems}\t{share:.2f}\t{cap}\t{rhymes}\t{repeats:.2f}\n")
 print(f"{len(rows)} tunes")

@@ -122,9 +122,7 @@ fn bu_of_group() -> &'static [BuSet] {
             .filter_map(|l| {
                 let mut fields = l.split('\t');
                 let bu: usize = fields.next()?.parse().ok()?;
-                (1..=BU_COUNT)
-                    .contains(&bu)
-                    .then(|| (bu, fields.collect()))
+                (1..=BU_COUNT).contains(&bu).then(|| (bu, fields.collect()))
             })
             .collect();
         table()
@@ -274,6 +272,8 @@ pub struct CiRhymeRules {
     /// The 部 asked for (from the rules' `rhyme`, a 平聲 group), held by the
     /// tune's first rhyme.
     asked: Option<BuSet>,
+    /// The tune repeats rhyme characters by rule (如夢令): used ones stay open.
+    repeats: bool,
 }
 
 impl CiRhymeRules {
@@ -285,6 +285,7 @@ impl CiRhymeRules {
             slots: tune.rhymes.clone(),
             tokens,
             asked,
+            repeats: tune.repeats_rhymes_by_rule(),
         }
     }
 
@@ -308,7 +309,11 @@ impl CiRhymeRules {
         // The same rhyme's earlier line ends.
         let mut fits = Vec::new();
         let mut used = Vec::new();
-        for (i, end) in done.iter().enumerate().filter_map(|(i, l)| Some((i, *l.last()?))) {
+        for (i, end) in done
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some((i, *l.last()?)))
+        {
             if let Some(Some(s)) = self.slots.get(i) {
                 if s.rhyme == slot.rhyme {
                     fits.push(readings(end).fitting(s.tone));
@@ -320,7 +325,11 @@ impl CiRhymeRules {
         let allowed_bu = if held > 0 {
             best
         } else {
-            let positions = self.slots.iter().flatten().filter(|s| s.rhyme == slot.rhyme);
+            let positions = self
+                .slots
+                .iter()
+                .flatten()
+                .filter(|s| s.rhyme == slot.rhyme);
             let eligible = self.tokens.eligible(slot.tone, 4 * positions.count());
             match self.asked {
                 Some(asked) if slot.rhyme == 0 => asked,
@@ -334,13 +343,14 @@ impl CiRhymeRules {
                 .get(id)
                 .map_or(0, |r| r.fitting(slot.tone));
             fit & allowed_bu != 0
-                && self
-                    .tokens
-                    .char_of
-                    .get(id)
-                    .copied()
-                    .flatten()
-                    .is_none_or(|c| !used.contains(&t.to_traditional(c)))
+                && (self.repeats
+                    || self
+                        .tokens
+                        .char_of
+                        .get(id)
+                        .copied()
+                        .flatten()
+                        .is_none_or(|c| !used.contains(&t.to_traditional(c))))
         };
         super::rules::mask_unless_relaxed(logits, allowed);
     }
@@ -355,7 +365,10 @@ pub fn check_ci(text: &str, tune: &CiTune) -> Option<CheckReport> {
     let t = table();
     let lines = poem_lines(text);
     if lines.len() != tune.lines.len()
-        || lines.iter().zip(&tune.lines).any(|(l, (n, _))| l.len() != *n)
+        || lines
+            .iter()
+            .zip(&tune.lines)
+            .any(|(l, (n, _))| l.len() != *n)
     {
         return None;
     }
@@ -419,7 +432,14 @@ pub fn check_ci(text: &str, tune: &CiTune) -> Option<CheckReport> {
                 let belongs = if all == 0 {
                     "韻書未收".to_string()
                 } else if all & judged != 0 {
-                    format!("是{}聲", if *tone == RhymeTone::Ping { '仄' } else { '平' })
+                    format!(
+                        "是{}聲",
+                        if *tone == RhymeTone::Ping {
+                            '仄'
+                        } else {
+                            '平'
+                        }
+                    )
                 } else {
                     format!("屬{}", bu_names(all))
                 };
@@ -441,7 +461,7 @@ pub fn check_ci(text: &str, tune: &CiTune) -> Option<CheckReport> {
                 });
             }
             let trad = t.to_traditional(*c);
-            if seen.contains(&trad) {
+            if seen.contains(&trad) && !tune.repeats_rhymes_by_rule() {
                 problems.push(Problem {
                     line,
                     column,
@@ -527,7 +547,10 @@ mod tests {
             })
         );
         assert_eq!(slots[2], None);
-        assert_eq!(slots[3].map(|s| (s.rhyme, s.tone)), Some((1, RhymeTone::Ze)));
+        assert_eq!(
+            slots[3].map(|s| (s.rhyme, s.tone)),
+            Some((1, RhymeTone::Ze))
+        );
         assert!(parse_rhymes("a平 a平", 3).is_none(), "count");
         assert!(parse_rhymes("a平 A平", 2).is_none());
         assert!(parse_rhymes("a平 a上", 2).is_none());
@@ -545,7 +568,13 @@ mod tests {
         assert_eq!(r.rhyme_group.as_deref(), Some("第三部／第五部"));
         assert_eq!(r.verdict, "押詞林正韻第三部／第五部；句中平仄不論");
         assert_eq!(r.form.as_deref(), Some("詞·浣溪沙"));
-        let rhymes: Vec<char> = r.lines.iter().flatten().filter(|m| m.rhyme).map(|m| m.ch).collect();
+        let rhymes: Vec<char> = r
+            .lines
+            .iter()
+            .flatten()
+            .filter(|m| m.rhyme)
+            .map(|m| m.ch)
+            .collect();
         assert_eq!(rhymes, ['杯', '臺', '回', '來', '徊']);
         // Simplified script reads the same.
         assert!(check_ci("一曲新词酒一杯，去年天气旧亭台。夕阳西下几时回？无可奈何花落去，似曾相识燕归来。小园香径独徘徊。", tune).unwrap().rhyme_kept);
@@ -557,7 +586,10 @@ mod tests {
         )
         .unwrap();
         assert!(r.rhyme_kept, "{r:?}");
-        assert_eq!(r.rhyme_group.as_deref(), Some("第十七部、第十二部、第十七部、第十一部"));
+        assert_eq!(
+            r.rhyme_group.as_deref(),
+            Some("第十七部、第十二部、第十七部、第十一部")
+        );
     }
 
     #[test]
@@ -572,12 +604,24 @@ mod tests {
         )
         .unwrap();
         assert!(!r.rhyme_kept);
-        let at: Vec<(usize, usize, Rule)> = r.problems.iter().map(|p| (p.line, p.column, p.rule)).collect();
+        let at: Vec<(usize, usize, Rule)> = r
+            .problems
+            .iter()
+            .map(|p| (p.line, p.column, p.rule))
+            .collect();
         assert_eq!(
             at,
-            [(3, 7, Rule::Rhyme), (5, 7, Rule::Rhyme), (6, 7, Rule::RepeatedRhyme)]
+            [
+                (3, 7, Rule::Rhyme),
+                (5, 7, Rule::Rhyme),
+                (6, 7, Rule::RepeatedRhyme)
+            ]
         );
-        assert!(r.problems[0].message.contains("第十八部"), "{:?}", r.problems[0]);
+        assert!(
+            r.problems[0].message.contains("第十八部"),
+            "{:?}",
+            r.problems[0]
+        );
         assert!(r.verdict.starts_with("出韻 3 處"), "{}", r.verdict);
         // 細 is 第三部 but 去聲 where the tune wants 平.
         let r = check_ci(
@@ -586,22 +630,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.problems.len(), 1, "{r:?}");
-        assert!(r.problems[0].message.contains("是仄聲"), "{:?}", r.problems[0]);
+        assert!(
+            r.problems[0].message.contains("是仄聲"),
+            "{:?}",
+            r.problems[0]
+        );
         assert_eq!(r.problems[0].line, 6);
+        // 如夢令 repeats its rhyme by rule: 如夢，如夢 (李清照).
+        let rumeng = find_tune("如夢令").unwrap();
+        let r = check_ci(
+            "常記溪亭日暮。沉醉不知歸路。興盡晚回舟，誤入藕花深處。爭渡。爭渡。驚起一灘鷗鷺。",
+            rumeng,
+        )
+        .unwrap();
+        assert!(
+            !r.problems.iter().any(|p| p.rule == Rule::RepeatedRhyme),
+            "{r:?}"
+        );
         // Not the tune's lines: nothing to judge.
         assert!(check_ci("春眠不覺曉，處處聞啼鳥。", tune).is_none());
     }
 
     /// A vocabulary: a few characters of 第一部 (平 and 仄), 第七部, 第十八部.
     fn tokens() -> (std::sync::Arc<CiTokens>, Vec<char>) {
-        let chars: Vec<char> = "東紅風中空同送夢動天年前然煙山間寒月雪別說節春花".chars().collect();
+        let chars: Vec<char> = "東紅風中空同送夢動天年前然煙山間寒月雪別說節春花"
+            .chars()
+            .collect();
         (
             std::sync::Arc::new(CiTokens::new(chars.iter().copied().map(Some).collect())),
             chars,
         )
     }
 
-    fn allowed(rules: &CiRhymeRules, plan: &[(usize, char)], written: &str, chars: &[char]) -> String {
+    fn allowed(
+        rules: &CiRhymeRules,
+        plan: &[(usize, char)],
+        written: &str,
+        chars: &[char],
+    ) -> String {
         let mut logits = vec![0f32; chars.len()];
         rules.apply(plan, written, &mut logits);
         chars
@@ -624,7 +690,10 @@ mod tests {
         });
         let plan = &tune.lines;
         // Not a line's last character: nothing masked.
-        assert_eq!(allowed(&rules, plan, "春", &chars).chars().count(), chars.len());
+        assert_eq!(
+            allowed(&rules, plan, "春", &chars).chars().count(),
+            chars.len()
+        );
         // The first rhyme: any 平 character with a 部.
         let first = allowed(&rules, plan, "一二三四五六", &chars);
         assert_eq!(first, "東紅風中空同夢天年前然煙山間寒春花");
@@ -632,7 +701,12 @@ mod tests {
         let second = allowed(&rules, plan, "一二三四五六東。一二三四五六", &chars);
         assert_eq!(second, "紅風中空同夢");
         // Line 4 does not rhyme.
-        let fourth = allowed(&rules, plan, "一二三四五六東。一二三四五六紅。一二三四五六風。一二三四五六", &chars);
+        let fourth = allowed(
+            &rules,
+            plan,
+            "一二三四五六東。一二三四五六紅。一二三四五六風。一二三四五六",
+            &chars,
+        );
         assert_eq!(fourth.chars().count(), chars.len());
         // A relaxed first rhyme (月) does not steer the rest: the majority does.
         let later = allowed(
@@ -656,7 +730,10 @@ mod tests {
         let tune = find_tune("浣溪沙").unwrap();
         let xian = table().find_ping_group("先").unwrap();
         let rules = CiRhymeRules::new(tune, tokens, Some(xian));
-        assert_eq!(allowed(&rules, &tune.lines, "一二三四五六", &chars), "天年前然煙山間寒");
+        assert_eq!(
+            allowed(&rules, &tune.lines, "一二三四五六", &chars),
+            "天年前然煙山間寒"
+        );
         // All the model's weight on 東 where 第七部 is asked: relaxed, not emptied.
         let mut logits = vec![-1e4f32; chars.len()];
         logits[0] = 0.0;

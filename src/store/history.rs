@@ -121,6 +121,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_record_from_before_ci_rhymes_re_runs_without_them_and_a_new_one_with() {
+        let old = r#"{"prompt":"月","form":{"Ci":"菩薩蠻"},"text":"月","model":"m",
+            "sampling":{"seed":3},"unix_ms":1,"verse":{"mode":"strict"}}"#;
+        let record: PoemRecord = serde_json::from_str(old).unwrap();
+        assert!(!record.ci_rhymes);
+        assert!(!record.verse_rules().ci_rhymes);
+        assert!(record.verse.ci_rhymes, "the rules alone default to on");
+        let new = PoemRecord {
+            ci_rhymes: true,
+            ..record
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        let back: PoemRecord = serde_json::from_str(&json).unwrap();
+        assert!(back.verse_rules().ci_rhymes, "{json}");
+        // Settings saved with the rules never turn them off.
+        assert!(!serde_json::to_string(&new.verse)
+            .unwrap()
+            .contains("ci_rhymes"));
+    }
+
+    #[test]
     fn history_search_finds_traditional_text_typed_in_simplified() {
         let record = PoemRecord {
             prompt: "月".into(),
