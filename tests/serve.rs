@@ -447,6 +447,9 @@ fn a_ci_tune_asked_of_the_bundled_model_is_written_by_the_bundled_ci_model_and_s
     let poem = v["poems"][0]["text"].as_str().unwrap();
     let form = "ci:浣溪沙".parse().unwrap();
     assert!(versifier::generate::forms::satisfies(poem, &form), "{poem}");
+    // Its verdict judges the tune's rhymes, which strict rules kept.
+    let verdict = v["poems"][0]["verdict"].as_str().unwrap();
+    assert!(verdict.starts_with("押詞林正韻第"), "{v}");
     // A 詩 on the same server: the bundled model itself.
     let (got, v, _) = post(
         &server,

@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// Samples per constrained form.
     #[arg(long, default_value_t = 20)]
     constrained_samples: usize,
+    /// The constrained forms of --quality, comma-separated (default: wujue,
+    /// qijue, wulv, qilv and two acrostics); a 詞 such as ci:浣溪沙 is judged
+    /// by its tune's rhymes.
+    #[arg(long, value_delimiter = ',')]
+    forms: Vec<versifier::poetry::forms::PoemForm>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Drive a server on loopback in this process with concurrent clients:
@@ -84,6 +89,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             constrained_samples: args.constrained_samples,
             seed: args.seed,
             corpus: args.corpus,
+            forms: args.forms,
         })?)?
     } else if args.lifecycle {
         serde_json::to_value(run_lifecycle(&LifecycleOptions {

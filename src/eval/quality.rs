@@ -18,7 +18,7 @@ use crate::generate::{
     generate, poem_prompt, GenerateError, GenerateRequest, SamplingParams, StopReason,
 };
 use crate::model::{load_model, Gpt2, LoadError, LoadedModel, TokenBatch};
-use crate::poetry::{check_poem, VerseRules};
+use crate::poetry::{check_in_form, check_poem, VerseRules};
 
 /// The one-character prompts of the quality benchmark.
 pub const QUALITY_PROMPTS: [&str; 20] = [
@@ -48,6 +48,9 @@ pub struct QualityOptions {
     pub seed: u64,
     /// A corpus folder (`train.txt`, `eval.txt`) to measure held-out perplexity on.
     pub corpus: Option<PathBuf>,
+    /// The constrained forms measured ([`QUALITY_FORMS`] when empty); a 詞
+    /// (`ci:浣溪沙`) is judged by its tune's rhymes.
+    pub forms: Vec<PoemForm>,
 }
 
 /// Rhyme and tones over a set of samples.
@@ -183,10 +186,12 @@ fn distinct_2<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
     bigrams.len() as f64 / total.max(1) as f64
 }
 
-/// Figures over `samples`; `keeps_form` says which are well-formed.
+/// Figures over `samples`; `keeps_form` says which are well-formed, and
+/// `form` (when constrained) how they are checked.
 fn figure(
     model: &Gpt2,
     samples: &[Sample],
+    form: Option<&PoemForm>,
     keeps_form: impl Fn(&str) -> bool,
 ) -> Result<VerseFigure, BenchError> {
     let mut f = VerseFigure {
@@ -200,7 +205,7 @@ fn figure(
             continue;
         }
         f.well_formed += 1;
-        let r = check_poem(&s.text);
+        let r = form.map_or_else(|| check_poem(&s.text), |form| check_in_form(&s.text, form));
         f.rhyme_kept += usize::from(r.rhyme_kept);
         f.tones_kept += usize::from(r.tones_kept);
         f.both += usize::from(r.rhyme_kept && r.tones_kept);
@@ -358,27 +363,34 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
     let model = &loaded.model;
     let regular = |t: &str| regular_form(t).is_some();
     let free = free_samples(&loaded, opts, None)?;
-    let free_figure = figure(model, &free, regular)?;
+    let free_figure = figure(model, &free, None, regular)?;
     // Rules off keeps the repeat guard (its default).
     let free_guarded = free_samples(&loaded, opts, Some(&VerseRules::off()))?;
-    let free_guarded = figure(model, &free_guarded, regular)?;
+    let free_guarded = figure(model, &free_guarded, None, regular)?;
     let free_ruled = free_samples(&loaded, opts, Some(&VerseRules::default()))?;
-    let free_ruled = figure(model, &free_ruled, regular)?;
+    let free_ruled = figure(model, &free_ruled, None, regular)?;
     let mut constrained = Vec::new();
     let mut regulated: Vec<(VerseFigure, VerseFigure)> = Vec::new();
     let mut regulated_texts: (Vec<Sample>, Vec<Sample>) = (Vec::new(), Vec::new());
-    for (fi, form) in QUALITY_FORMS
-        .iter()
-        .filter_map(|f| f.parse::<PoemForm>().ok())
-        .enumerate()
-    {
+    let forms: Vec<PoemForm> = if opts.forms.is_empty() {
+        QUALITY_FORMS
+            .iter()
+            .filter_map(|f| f.parse::<PoemForm>().ok())
+            .collect()
+    } else {
+        opts.forms.clone()
+    };
+    for (fi, form) in forms.into_iter().enumerate() {
         let (strict, relaxed) =
             constrained_samples(&loaded, &form, fi, &VerseRules::default(), opts)?;
         let (off, _) = constrained_samples(&loaded, &form, fi, &VerseRules::off(), opts)?;
         let keeps = |t: &str| satisfies(t, &form);
-        let sf = figure(model, &strict, keeps)?;
-        let of = figure(model, &off, keeps)?;
-        if !matches!(form, PoemForm::Acrostic(_)) {
+        let sf = figure(model, &strict, Some(&form), keeps)?;
+        let of = figure(model, &off, Some(&form), keeps)?;
+        if matches!(
+            form,
+            PoemForm::WuJue | PoemForm::QiJue | PoemForm::WuLv | PoemForm::QiLv
+        ) {
             regulated.push((sf.clone(), of.clone()));
             regulated_texts.0.extend(strict.iter().cloned());
             regulated_texts.1.extend(off.iter().cloned());

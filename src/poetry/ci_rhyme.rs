@@ -9,7 +9,9 @@
 //! 菩薩蠻 has four) share a 部, each in the tone its position takes (平, 仄, or
 //! either), and no rhyme character comes twice in one rhyme. The 部 is the
 //! one most of the rhyme's characters so far fit, so a character that broke
-//! the rhyme (a relaxed position) does not steer the rest. Must not: know
+//! the rhyme (a relaxed position) does not steer the rest. The decoder is
+//! stricter than the checker in one place, as the 詩 rules are: at a 仄
+//! rhyme it takes only characters 仄 in every reading. Must not: know
 //! tensors or devices, or enforce the line pattern (that is `forms`').
 //!
 //! A group 戈載 splits between two 部 (灰, 佳, 元 and their 仄 groups) counts
@@ -235,9 +237,10 @@ impl CiTokens {
             .collect();
         let mut members = [[0usize; BU_COUNT]; 2];
         for r in &readings {
-            for b in 0..BU_COUNT {
-                members[0][b] += usize::from(r.ping & (1 << b) != 0);
-                members[1][b] += usize::from(r.ze & (1 << b) != 0);
+            for (set, counts) in [r.ping, r.ze].into_iter().zip(members.iter_mut()) {
+                for (b, n) in counts.iter_mut().enumerate() {
+                    *n += usize::from(set & (1 << b) != 0);
+                }
             }
         }
         Self {
@@ -337,11 +340,12 @@ impl CiRhymeRules {
             }
         };
         let allowed = |id: usize| -> bool {
-            let fit = self
-                .tokens
-                .readings
-                .get(id)
-                .map_or(0, |r| r.fitting(slot.tone));
+            // At a 仄 rhyme only characters 仄 in every reading: one with a
+            // 平 reading too (搖, 龍, 中) would be heard as 平 by most readers.
+            let fit = self.tokens.readings.get(id).map_or(0, |r| match slot.tone {
+                RhymeTone::Ze if r.ping != 0 => 0,
+                tone => r.fitting(tone),
+            });
             fit & allowed_bu != 0
                 && (self.repeats
                     || self
@@ -720,8 +724,8 @@ mod tests {
         let pusaman = find_tune("菩薩蠻").unwrap();
         let rules = CiRhymeRules::new(pusaman, std::sync::Arc::clone(&rules.tokens), None);
         let ze = allowed(&rules, &pusaman.lines, "一二三四五六", &chars);
-        // 中, 空 and 間 have 去聲 readings too.
-        assert_eq!(ze, "中空送夢動間月雪別說節");
+        // 中, 空, 夢 and 間 have 去聲 readings too, but 平 ones as well: left out.
+        assert_eq!(ze, "送動月雪別說節");
     }
 
     #[test]

@@ -1669,7 +1669,7 @@ fn verse_rules_row(ui: &mut egui::Ui, verse: &mut crate::poetry::VerseRules) {
                 ui.selectable_value(&mut verse.mode, RulesMode::Off, "off (form only)");
             })
             .response
-            .on_hover_text("Regulated forms (五絕 七絕 五律 七律, acrostics of 4 or 8) keep 平水韻 rhyme and tones while writing; free verse too, from its second line on, once its first line has set 五言 or 七言");
+            .on_hover_text("Regulated forms (五絕 七絕 五律 七律, acrostics of 4 or 8) keep 平水韻 rhyme and tones while writing; free verse too, from its second line on, once its first line has set 五言 or 七言; a 詞 rhymes where its tune does (詞林正韻)");
         let enabled = verse.mode == RulesMode::Strict;
         ui.add_enabled_ui(enabled, |ui| {
             let mut rhyme = verse.rhyme.clone().unwrap_or_default();
@@ -1679,7 +1679,7 @@ fn verse_rules_row(ui: &mut egui::Ui, verse: &mut crate::poetry::VerseRules) {
                         .desired_width(60.0)
                         .hint_text("any"),
                 )
-                .on_hover_text("A 平聲 rhyme group by name (東, 一先) or by a character in it (紅)")
+                .on_hover_text("A 平聲 rhyme group by name (東, 一先) or by a character in it (紅); a 詞's first rhyme takes its 部 of the 詞林正韻")
                 .changed()
             {
                 verse.rhyme = (!rhyme.trim().is_empty()).then_some(rhyme);
