@@ -11,7 +11,7 @@
 # the prompt box, WAIT_S the wait before the picture, READY_S the wait for the
 # window before the click. Where xdotool cannot type CJK (a bare Xvfb), click a
 # first-launch example instead: PX=401 PY=45 is 春 at 1280 wide (ci-tune.png:
-# READY_S=4 WAIT_S=12 PX=401 PY=45 ... '{"variations":2,"device":"Cpu","form":{"Ci":"鹧鸪天"}}' 1280 820 春).
+# READY_S=4 WAIT_S=10 PX=401 PY=45 ... '{"variations":2,"device":"Cpu","form":{"Ci":"鹧鸪天"},"show_marks":true}' 1280 820 春).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x target/release/versifier ] || cargo build --release

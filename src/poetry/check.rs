@@ -87,6 +87,10 @@ pub struct CheckReport {
     pub rhyme_kept: bool,
     pub tones_kept: bool,
     pub verdict: String,
+    /// The mark that closes each line in the text, `，` or `。` (`？` and
+    /// `！` read as `。`, `、` `；` `：` as `，`); a line closed by a line
+    /// break or nothing takes `，` then `。` in turn, as a 詩's lines do.
+    pub line_ends: Vec<char>,
 }
 
 /// The lines of a poem: runs of ideographs between punctuation or line breaks.
@@ -104,6 +108,34 @@ pub fn poem_lines(text: &str) -> Vec<Vec<char>> {
         lines.push(cur);
     }
     lines
+}
+
+/// The mark closing each of the text's lines (see [`CheckReport::line_ends`]).
+pub fn line_ends(text: &str) -> Vec<char> {
+    let mut ends: Vec<Option<char>> = Vec::new();
+    let mut in_line = false;
+    for c in text.chars() {
+        if is_hanzi(c) {
+            if !in_line {
+                ends.push(None);
+                in_line = true;
+            }
+            continue;
+        }
+        in_line = false;
+        let mark = match c {
+            '。' | '？' | '！' | '.' | '?' | '!' => Some('。'),
+            '，' | '、' | '；' | '：' | ',' | ';' | ':' => Some('，'),
+            _ => None,
+        };
+        if let (Some(m), Some(last @ None)) = (mark, ends.last_mut()) {
+            *last = Some(m);
+        }
+    }
+    ends.iter()
+        .enumerate()
+        .map(|(i, m)| m.unwrap_or(if i % 2 == 0 { '，' } else { '。' }))
+        .collect()
 }
 
 /// Why `class` cannot stand in `slot` of `pattern` at `col` of a `chars`-wide
@@ -265,6 +297,7 @@ pub fn check_poem(text: &str) -> CheckReport {
             problems: Vec::new(),
             rhyme_kept: false,
             tones_kept: false,
+            line_ends: line_ends(text),
             verdict: format!(
                 "不是近體詩的格式（{n} 句，每句 {} 字）：只標平仄",
                 if shape.is_empty() {
@@ -312,6 +345,7 @@ pub fn check_poem(text: &str) -> CheckReport {
         rhyme_kept,
         tones_kept: tone_problems == 0,
         verdict,
+        line_ends: line_ends(text),
     }
 }
 
@@ -362,6 +396,25 @@ mod tests {
 
     fn verdict(text: &str) -> CheckReport {
         check_poem(text)
+    }
+
+    #[test]
+    fn each_line_keeps_the_mark_that_closes_it() {
+        assert_eq!(
+            line_ends("春眠不覺曉，處處聞啼鳥。夜來風雨聲？花落知多少！"),
+            ['，', '。', '。', '。'],
+            "？ and ！ close as 。"
+        );
+        // A 鷓鴣天's 7。7。7，7。: not the alternation of a 詩.
+        assert_eq!(
+            line_ends("一二三四五六七。一二三四五六七。一二三四五六七，一二三四五六七。"),
+            ['。', '。', '，', '。']
+        );
+        // Line breaks and no mark at the end: a 詩's alternation.
+        assert_eq!(
+            line_ends("床前明月光\n疑是地上霜\n舉頭望明月"),
+            ['，', '。', '，']
+        );
     }
 
     #[test]

@@ -496,6 +496,7 @@ pub fn check_ci(text: &str, tune: &CiTune) -> Option<CheckReport> {
         rhyme_kept,
         tones_kept: true,
         verdict,
+        line_ends: super::check::line_ends(text),
     })
 }
 

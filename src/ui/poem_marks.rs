@@ -73,13 +73,16 @@ fn character(
     response.on_hover_text(hover);
 }
 
-/// The mark that closes line `line` (0-based): `，` then `。`.
-fn line_mark(line: usize) -> &'static str {
-    if line % 2 == 0 {
-        "，"
-    } else {
-        "。"
-    }
+/// The mark that closes line `line` (0-based), as the poem has it (a 詞's
+/// `7。7。7，` too), else `，` then `。`.
+fn line_mark(report: &CheckReport, line: usize) -> String {
+    let alternate = if line % 2 == 0 { '，' } else { '。' };
+    report
+        .line_ends
+        .get(line)
+        .copied()
+        .unwrap_or(alternate)
+        .to_string()
 }
 
 /// Draws the poem of `report` with its marks and the verdict.
@@ -103,7 +106,7 @@ pub fn show(ui: &mut egui::Ui, report: &CheckReport, vertical: bool, size: f32) 
                 for col in 0..report.lines[line].len() {
                     character(ui, report, line, col, size, false);
                 }
-                ui.label(RichText::new(line_mark(line)).size(size));
+                ui.label(RichText::new(line_mark(report, line)).size(size));
             });
         }
     }
