@@ -242,3 +242,50 @@ fn the_command_line_writes_a_ci_and_lists_the_tunes() {
         "{text}"
     );
 }
+
+#[test]
+fn a_rhyme_named_for_a_ci_holds_its_first_rhyme_and_one_the_tune_cannot_take_is_refused() {
+    // 蝶戀花 rhymes in 仄 throughout: 月 names 第十八部 (入聲).
+    let out = common::run_cli(&[
+        "generate",
+        "--prompt",
+        "春",
+        "--form",
+        "ci:蝶戀花",
+        "--rhyme",
+        "月",
+        "--seed",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let poem: String = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect();
+    let report = check_in_form(&poem, &"ci:蝶戀花".parse().unwrap());
+    assert!(report.rhyme_kept, "{poem}: {:?}", report.problems);
+    assert_eq!(report.rhyme_group.as_deref(), Some("第十八部"), "{poem}");
+    // 浣溪沙 rhymes in 平, and 第十八部 has no 平 characters.
+    let out = common::run_cli(&[
+        "generate",
+        "--prompt",
+        "春",
+        "--form",
+        "ci:浣溪沙",
+        "--rhyme",
+        "月",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid setting `rhyme`") && err.contains("第十八部（平聲）"),
+        "{err}"
+    );
+    // A name that is no group at all says what a 詞 takes.
+    let out = common::run_cli(&["generate", "--form", "ci:浣溪沙", "--rhyme", "xyz"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("詞林正韻"), "{err}");
+}

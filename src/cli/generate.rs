@@ -63,12 +63,15 @@ pub struct GenerateArgs {
     form: PoemForm,
     /// Rhyme (平水韻) and tones (平仄) for the regulated forms (wujue, qijue,
     /// wulv, qilv, acrostic of 4 or 8 heads) and for free verse from its second
-    /// line on, once its first line has set 5 or 7 characters: strict keeps both
-    /// while decoding; off is the form alone.
+    /// line on, once its first line has set 5 or 7 characters, and a 詞's
+    /// rhymes where its tune rhymes (詞林正韻): strict keeps them while
+    /// decoding; off is the form alone.
     #[arg(long, default_value = "strict")]
     rules: RulesMode,
     /// The rhyme group: a 平聲 group by name (東, 一先, 下平一先) or by any
-    /// character in it (紅); simplified accepted. Default: the poem chooses.
+    /// character in it (紅); simplified accepted. For a 詞 any group (一董,
+    /// 入聲六月) or character (月): its first rhyme keeps that group's 部 of
+    /// the 詞林正韻. Default: the poem chooses.
     #[arg(long)]
     rhyme: Option<String>,
     /// The tonal template: pingqi (平起), zeqi (仄起) or any.
@@ -128,7 +131,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         ..VerseRules::default()
     };
     // A bad rhyme name fails before paying for a load.
-    verse.rhyme_group()?;
+    verse.check_rhyme_for(&form)?;
     let prompt = match &args.prompt_ids {
         Some(ids) => Prompt::Ids(ids.clone()),
         None => Prompt::Text(args.prompt.clone()),

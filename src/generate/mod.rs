@@ -242,7 +242,11 @@ pub fn poem_prompt(
         tok.stop_ids().first().copied(),
         verse,
     )
-    .map_err(|e| invalid("form", e.to_string()))?;
+    .map_err(|e| match e {
+        // The rules refuse the rhyme asked for, not the form.
+        forms::ConstraintError::Rules(rules) => invalid("rhyme", rules.to_string()),
+        other => invalid("form", other.to_string()),
+    })?;
     Ok((ids, Some((constraint, text))))
 }
 

@@ -162,6 +162,17 @@ pub fn readings(c: char) -> Readings {
     r
 }
 
+/// The 部 a rhyme named for a 詞 stands for: those of the 平水韻 group it
+/// names (`東`, `一董`, `入聲六月`), or of every group of the character it is
+/// (`月`: 第十八部).
+pub fn named_bu(text: &str) -> Result<BuSet, super::rhyme::RhymeError> {
+    let bu = bu_of_group();
+    let groups = table().find_any_group(text)?;
+    Ok(table().iter_set(groups).fold(0, |set, g| {
+        set | bu.get(g.id as usize).copied().unwrap_or(0)
+    }))
+}
+
 /// `第七部`.
 pub fn bu_name(bu: usize) -> String {
     const DIGITS: [&str; 10] = ["", "一", "二", "三", "四", "五", "六", "七", "八", "九"];
@@ -280,16 +291,44 @@ pub struct CiRhymeRules {
 }
 
 impl CiRhymeRules {
-    /// The rules of `tune`; `asked` narrows its first rhyme to the 部 of a
-    /// 平水韻 group (by id).
-    pub fn new(tune: &CiTune, tokens: std::sync::Arc<CiTokens>, asked: Option<u8>) -> Self {
-        let asked = asked.map(|g| bu_of_group().get(g as usize).copied().unwrap_or(0));
-        Self {
+    /// The rules of `tune`; `asked` (see [`named_bu`]) narrows its first
+    /// rhyme to those 部. Refused when the vocabulary holds too few
+    /// characters of them in the first rhyme's tone to fill its positions.
+    pub fn new(
+        tune: &CiTune,
+        tokens: std::sync::Arc<CiTokens>,
+        asked: Option<BuSet>,
+    ) -> Result<Self, super::rules::RulesError> {
+        let first: Vec<RhymeSlot> = tune
+            .rhymes
+            .iter()
+            .flatten()
+            .filter(|s| s.rhyme == 0)
+            .copied()
+            .collect();
+        if let (Some(asked), Some(slot)) = (asked, first.first()) {
+            let found = tokens
+                .readings
+                .iter()
+                .filter(|r| match slot.tone {
+                    RhymeTone::Ze if r.ping != 0 => false,
+                    tone => r.fitting(tone) & asked != 0,
+                })
+                .count();
+            if found <= first.len() {
+                return Err(super::rules::RulesError::NarrowGroup {
+                    group: format!("{}（{}聲）", bu_names(asked), slot.tone.mark()),
+                    found,
+                    needed: first.len(),
+                });
+            }
+        }
+        Ok(Self {
             slots: tune.rhymes.clone(),
             tokens,
             asked,
             repeats: tune.repeats_rhymes_by_rule(),
-        }
+        })
     }
 
     /// Masks `logits` (already limited to the ideographs the form allows) at
@@ -687,7 +726,7 @@ mod tests {
     fn the_decoder_keeps_a_rhyme_in_its_bu_and_tone_and_leaves_other_positions_alone() {
         let (tokens, chars) = tokens();
         let tune = find_tune("浣溪沙").unwrap();
-        let mut rules = CiRhymeRules::new(tune, tokens, None);
+        let mut rules = CiRhymeRules::new(tune, tokens, None).unwrap();
         // The test vocabulary is small: let every 部 it has be eligible.
         rules.tokens = std::sync::Arc::new(CiTokens {
             members: [[100; BU_COUNT]; 2],
@@ -723,7 +762,7 @@ mod tests {
         assert_eq!(later, "前然煙山間寒");
         // 菩薩蠻's first rhyme is 仄.
         let pusaman = find_tune("菩薩蠻").unwrap();
-        let rules = CiRhymeRules::new(pusaman, std::sync::Arc::clone(&rules.tokens), None);
+        let rules = CiRhymeRules::new(pusaman, std::sync::Arc::clone(&rules.tokens), None).unwrap();
         let ze = allowed(&rules, &pusaman.lines, "一二三四五六", &chars);
         // 中, 空, 夢 and 間 have 去聲 readings too, but 平 ones as well: left out.
         assert_eq!(ze, "送動月雪別說節");
@@ -733,8 +772,12 @@ mod tests {
     fn an_asked_rhyme_holds_the_first_rhyme_and_nothing_likely_is_relaxed() {
         let (tokens, chars) = tokens();
         let tune = find_tune("浣溪沙").unwrap();
-        let xian = table().find_ping_group("先").unwrap();
-        let rules = CiRhymeRules::new(tune, tokens, Some(xian));
+        let rules = CiRhymeRules::new(
+            tune,
+            std::sync::Arc::clone(&tokens),
+            Some(named_bu("先").unwrap()),
+        )
+        .unwrap();
         assert_eq!(
             allowed(&rules, &tune.lines, "一二三四五六", &chars),
             "天年前然煙山間寒"
@@ -744,5 +787,25 @@ mod tests {
         logits[0] = 0.0;
         rules.apply(&tune.lines, "一二三四五六", &mut logits);
         assert!(logits[0].is_finite());
+        // A 部 the vocabulary barely has in the tune's tone is refused, with numbers.
+        let err = CiRhymeRules::new(tune, tokens, Some(named_bu("月").unwrap())).unwrap_err();
+        assert!(err.to_string().contains("第十八部（平聲）"), "{err}");
+    }
+
+    #[test]
+    fn a_rhyme_for_a_ci_is_named_by_any_group_or_character() {
+        assert_eq!(named_bu("東").unwrap(), bu(1));
+        assert_eq!(named_bu("一董").unwrap(), bu(1));
+        assert_eq!(named_bu("上聲一董").unwrap(), bu(1));
+        assert_eq!(named_bu("入聲六月").unwrap(), bu(18));
+        assert_eq!(named_bu("月").unwrap(), bu(18));
+        assert_eq!(named_bu("红").unwrap(), bu(1));
+        assert_eq!(
+            named_bu("灰").unwrap(),
+            bu(3) | bu(5),
+            "a split group: both"
+        );
+        let err = named_bu("xyz").unwrap_err().to_string();
+        assert!(err.contains("詞林正韻") && err.contains("xyz"), "{err}");
     }
 }

@@ -658,8 +658,8 @@ impl FormConstraint {
                     Some(tune) => Some(super::ci_rhyme::CiRhymeRules::new(
                         tune,
                         std::sync::Arc::clone(&chars.ci),
-                        verse.rhyme_group().map_err(RulesError::from)?,
-                    )),
+                        verse.ci_rhyme().map_err(RulesError::from)?,
+                    )?),
                     None => None,
                 }
             }

@@ -93,6 +93,8 @@ pub enum RhymeError {
     NotPing { name: String, group: String },
     #[error("`{ch}` belongs to more than one 平聲 group ({groups}); name the group instead")]
     Ambiguous { ch: char, groups: String },
+    #[error("unknown rhyme `{0}`: for a 詞 give a 平水韻 group of any tone by its name (東, 一董, 入聲六月) or a character in it (紅, 月); the 詞 rhymes in its 部 of the 詞林正韻")]
+    UnknownForCi(String),
 }
 
 /// The parsed table.
@@ -336,6 +338,37 @@ impl RhymeTable {
     /// `text` with each simplified character in its traditional form.
     pub fn traditional_text(&self, text: &str) -> String {
         text.chars().map(|c| self.to_traditional(c)).collect()
+    }
+
+    /// The groups `text` names, of any tone: one group by its name (`一董`,
+    /// `上聲一董`, `入聲六月`, or a 平聲 one as [`Self::find_ping_group`]
+    /// takes it: `東`), else every group of a character (`月`, `红`).
+    pub fn find_any_group(&self, text: &str) -> Result<GroupSet, RhymeError> {
+        let wanted = text.trim();
+        let unknown = || RhymeError::UnknownForCi(wanted.to_string());
+        match self.find_ping_group(wanted) {
+            Ok(g) => return Ok(1u128 << g),
+            Err(RhymeError::Ambiguous { .. }) => {}
+            Err(
+                RhymeError::NotPing { .. } | RhymeError::Unknown(_) | RhymeError::UnknownForCi(_),
+            ) => {}
+        }
+        let bare: String = wanted
+            .chars()
+            .map(|c| self.to_traditional(c))
+            .filter(|c| *c != '聲' && *c != '韻' && *c != '部')
+            .collect();
+        if let Some(g) = self.groups.iter().find(|g| {
+            let short = g.name.trim_start_matches(|c| "上下平去入聲".contains(c));
+            g.name.replace('聲', "") == bare || (short == bare && short.chars().count() > 1)
+        }) {
+            return Ok(1u128 << g.id);
+        }
+        let mut chars = bare.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) if self.groups_of(c) != 0 => Ok(self.groups_of(c)),
+            _ => Err(unknown()),
+        }
     }
 
     /// A 平聲 group by name (`東`, `一東`, `上平一東`, `上平聲一東`) or by a

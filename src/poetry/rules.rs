@@ -142,6 +142,25 @@ impl VerseRules {
         }
     }
 
+    /// The 部 asked for a 詞's first rhyme (`None`: any); a 平水韻 group of
+    /// any tone or a character names it (see [`super::ci_rhyme::named_bu`]).
+    pub fn ci_rhyme(&self) -> Result<Option<super::ci_rhyme::BuSet>, RhymeError> {
+        self.rhyme
+            .as_deref()
+            .filter(|r| !r.trim().is_empty())
+            .map(super::ci_rhyme::named_bu)
+            .transpose()
+    }
+
+    /// Checks the rhyme asked for as `form` reads it: a 詞's by
+    /// [`Self::ci_rhyme`], any other form's by [`Self::rhyme_group`].
+    pub fn check_rhyme_for(&self, form: &super::forms::PoemForm) -> Result<(), RhymeError> {
+        match form {
+            super::forms::PoemForm::Ci(_) => self.ci_rhyme().map(|_| ()),
+            _ => self.rhyme_group().map(|_| ()),
+        }
+    }
+
     /// The rhyme group asked for, checked (`None`: any).
     pub fn rhyme_group(&self) -> Result<Option<u8>, RhymeError> {
         self.rhyme
@@ -163,9 +182,9 @@ pub struct Relaxed {
 /// Why rules cannot be enforced for a request.
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
-    #[error("invalid setting `rhyme`: {0}")]
+    #[error(transparent)]
     Rhyme(#[from] RhymeError),
-    #[error("invalid setting `rhyme`: the model's vocabulary has only {found} characters of {group} ({needed} rhyme positions); choose a wider group or leave the rhyme open")]
+    #[error("the model's vocabulary has only {found} characters of {group} ({needed} rhyme positions); choose a wider group or leave the rhyme open")]
     NarrowGroup {
         group: String,
         found: usize,

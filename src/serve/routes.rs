@@ -216,7 +216,7 @@ fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
         ..VerseRules::default()
     };
     verse
-        .rhyme_group()
+        .check_rhyme_for(&form)
         .map_err(|e| ApiError::bad(format!("invalid setting `rhyme`: {e}")))?;
     let variations = r.variations.unwrap_or(1);
     if !(1..=MAX_VARIATIONS).contains(&variations) {

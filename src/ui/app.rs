@@ -1125,6 +1125,7 @@ impl VersifierApp {
                     .on_hover_text("KV cache of one more variation at the model's full context");
             }
         });
+        let form = self.form();
         egui::CollapsingHeader::new("Advanced").show(ui, |ui| {
             let s = &mut self.settings;
             ui.add(egui::Slider::new(&mut s.sampling.temperature, 0.1..=2.0).text("temperature"));
@@ -1135,7 +1136,7 @@ impl VersifierApp {
                     .text("repetition penalty"),
             );
             ui.add(egui::Slider::new(&mut s.max_tokens, 8..=256).text("max tokens"));
-            verse_rules_row(ui, &mut s.verse);
+            verse_rules_row(ui, &mut s.verse, &form);
             ui.horizontal(|ui| {
                 ui.add(egui::DragValue::new(&mut s.sampling.seed).prefix("seed "));
                 ui.checkbox(&mut s.lock_seed, "lock seed");
@@ -1655,8 +1656,13 @@ fn tune_picker(ui: &mut egui::Ui, tune: &mut String) {
         .labelled_by(tune_label.id);
 }
 
-/// The verse-rule controls under Advanced: rules, rhyme, template.
-fn verse_rules_row(ui: &mut egui::Ui, verse: &mut crate::poetry::VerseRules) {
+/// The verse-rule controls under Advanced: rules, rhyme, template; the
+/// rhyme checked as `form` reads it (a 詞's names a 部).
+fn verse_rules_row(
+    ui: &mut egui::Ui,
+    verse: &mut crate::poetry::VerseRules,
+    form: &crate::poetry::forms::PoemForm,
+) {
     use crate::poetry::{RulesMode, TemplateStart};
     ui.horizontal(|ui| {
         egui::ComboBox::from_label("rules")
@@ -1679,7 +1685,7 @@ fn verse_rules_row(ui: &mut egui::Ui, verse: &mut crate::poetry::VerseRules) {
                         .desired_width(60.0)
                         .hint_text("any"),
                 )
-                .on_hover_text("A 平聲 rhyme group by name (東, 一先) or by a character in it (紅); a 詞's first rhyme takes its 部 of the 詞林正韻")
+                .on_hover_text("A 平聲 rhyme group by name (東, 一先) or by a character in it (紅); for a 詞 any group (一董, 入聲六月) or character (月): its first rhyme takes that 部 of the 詞林正韻")
                 .changed()
             {
                 verse.rhyme = (!rhyme.trim().is_empty()).then_some(rhyme);
@@ -1710,7 +1716,7 @@ fn verse_rules_row(ui: &mut egui::Ui, verse: &mut crate::poetry::VerseRules) {
             crate::poetry::Repeats::Allow
         };
     }
-    if let Err(e) = verse.rhyme_group() {
+    if let Err(e) = verse.check_rhyme_for(form) {
         ui.colored_label(ui.visuals().error_fg_color, e.to_string());
     }
 }
