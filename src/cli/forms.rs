@@ -29,6 +29,8 @@ pub fn run_forms(args: FormsArgs) -> Result<()> {
                     "poems": t.poems,
                     "share": t.share,
                     "repeat_cap": t.repeat_cap,
+                    "rhymes": t.rhymes_text(),
+                    "rhyme_repeats": t.rhyme_repeats,
                 })
             })
             .collect();
@@ -49,18 +51,19 @@ pub fn run_forms(args: FormsArgs) -> Result<()> {
     )?;
     writeln!(
         text,
-        "ci:<tune>       詞 to a tune ({} tunes; simplified or traditional name):",
+        "ci:<tune>       詞 to a tune ({} tunes; simplified or traditional name; rhymes per line: - none, else the rhyme's letter and tone, 中 either):",
         ci_tunes().len()
     )?;
     for t in ci_tunes() {
         writeln!(
             text,
-            "  {}\t{}\t{}\t{} poems, {:.0}% in this pattern",
+            "  {}\t{}\t{}\t{} poems, {:.0}% in this pattern\t{}",
             t.name,
             t.traditional,
             t.pattern_text(),
             t.poems,
-            t.share * 100.0
+            t.share * 100.0,
+            t.rhymes_text()
         )?;
     }
     print(&text)

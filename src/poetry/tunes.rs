@@ -49,6 +49,19 @@ impl CiTune {
         self.rhyme_repeats >= 0.25
     }
 
+    /// Where it rhymes, as the data file writes it: `a平 a平 a平 - a平 a平`.
+    pub fn rhymes_text(&self) -> String {
+        self.rhymes
+            .iter()
+            .map(|s| {
+                s.map_or("-".into(), |s| {
+                    format!("{}{}", char::from(b'a' + s.rhyme), s.tone.mark())
+                })
+            })
+            .collect::<Vec<String>>()
+            .join(" ")
+    }
+
     /// The pattern as the data file writes it: `7。7。7。7，7。7。`.
     pub fn pattern_text(&self) -> String {
         self.lines.iter().map(|(n, m)| format!("{n}{m}")).collect()
@@ -145,16 +158,12 @@ mod tests {
         assert!(ci_tunes().windows(2).all(|w| w[0].poems >= w[1].poems));
         // Where each tune rhymes, from the data: 浣溪沙 all but its fourth
         // line, in 平; every tune somewhere, and always on its last line.
-        let words: Vec<String> = huanxisha
-            .rhymes
-            .iter()
-            .map(|s| {
-                s.map_or("-".into(), |s| {
-                    format!("{}{}", (b'a' + s.rhyme) as char, s.tone.mark())
-                })
-            })
-            .collect();
-        assert_eq!(words.join(" "), "a平 a平 a平 - a平 a平");
+        assert_eq!(huanxisha.rhymes_text(), "a平 a平 a平 - a平 a平");
+        // The text parses back to the same rhymes, for every tune.
+        for t in ci_tunes() {
+            let again = crate::poetry::ci_rhyme::parse_rhymes(&t.rhymes_text(), t.lines.len());
+            assert_eq!(again.as_ref(), Some(&t.rhymes), "{}", t.name);
+        }
         assert!(ci_tunes()
             .iter()
             .all(|t| t.rhymes.last().is_some_and(Option::is_some)));
