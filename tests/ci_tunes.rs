@@ -214,8 +214,7 @@ fn tune_names_parse_in_either_script_and_unknown_tunes_are_named() {
 #[test]
 fn the_command_line_writes_a_ci_and_lists_the_tunes() {
     let model = bundled();
-    let out = common::run_cli(&[
-        "generate",
+    let poem = written_by_cli(&[
         "--model",
         model.to_str().unwrap(),
         "--prompt",
@@ -225,14 +224,6 @@ fn the_command_line_writes_a_ci_and_lists_the_tunes() {
         "--seed",
         "3",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let poem: String = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .collect();
     assert!(satisfies(&poem, &"ci:浣溪沙".parse().unwrap()), "{poem}");
     let list = common::run_cli(&["forms"]);
     assert!(list.status.success());
@@ -246,8 +237,7 @@ fn the_command_line_writes_a_ci_and_lists_the_tunes() {
 #[test]
 fn a_rhyme_named_for_a_ci_holds_its_first_rhyme_and_one_the_tune_cannot_take_is_refused() {
     // 蝶戀花 rhymes in 仄 throughout: 月 names 第十八部 (入聲).
-    let out = common::run_cli(&[
-        "generate",
+    let poem = written_by_cli(&[
         "--prompt",
         "春",
         "--form",
@@ -257,14 +247,6 @@ fn a_rhyme_named_for_a_ci_holds_its_first_rhyme_and_one_the_tune_cannot_take_is_
         "--seed",
         "2",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let poem: String = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .collect();
     let report = check_in_form(&poem, &"ci:蝶戀花".parse().unwrap());
     assert!(report.rhyme_kept, "{poem}: {:?}", report.problems);
     assert_eq!(report.rhyme_group.as_deref(), Some("第十八部"), "{poem}");
@@ -288,4 +270,17 @@ fn a_rhyme_named_for_a_ci_holds_its_first_rhyme_and_one_the_tune_cannot_take_is_
     let out = common::run_cli(&["generate", "--form", "ci:浣溪沙", "--rhyme", "xyz"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("詞林正韻"), "{err}");
+}
+
+/// The poem `versifier generate ARGS` prints, its line breaks taken out.
+fn written_by_cli(args: &[&str]) -> String {
+    let out = common::run_cli(&[&["generate"], args].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect()
 }

@@ -21,7 +21,6 @@
 use std::sync::OnceLock;
 
 use super::check::{poem_lines, CharMark, CheckReport, Problem, Rule};
-use super::forms::{COMMA, PERIOD};
 use super::rhyme::{table, Tone};
 use super::tunes::CiTune;
 
@@ -213,20 +212,6 @@ fn best_bu(fits: &[BuSet]) -> (BuSet, usize) {
     (set, most)
 }
 
-/// The ideograph lines written so far: finished lines and the current one.
-fn lines_so_far(written: &str) -> (Vec<Vec<char>>, Vec<char>) {
-    let mut done = Vec::new();
-    let mut cur = Vec::new();
-    for c in written.chars() {
-        if c == COMMA || c == PERIOD {
-            done.push(std::mem::take(&mut cur));
-        } else if super::forms::is_hanzi(c) {
-            cur.push(c);
-        }
-    }
-    (done, cur)
-}
-
 /// A vocabulary's tokens in the 詞林正韻: each token's character and
 /// readings, and how many tokens each (部, tone) holds. Worked out once per
 /// tokenizer, with the form tables.
@@ -336,7 +321,7 @@ impl CiRhymeRules {
     /// Relaxed as the 詩 rules are (see [`super::rules::RELAX_BELOW`]) when the
     /// characters that keep the rhyme are all but impossible.
     pub fn apply(&self, plan: &[(usize, char)], written: &str, logits: &mut [f32]) {
-        let (done, cur) = lines_so_far(written);
+        let (done, cur) = super::rules::written_lines(written);
         let line = done.len();
         let Some((len, _)) = plan.get(line) else {
             return;

@@ -262,7 +262,7 @@ pub struct ToneRules {
 }
 
 /// The lines written so far: finished lines and the current one.
-fn written_lines(written: &str) -> (Vec<Vec<char>>, Vec<char>) {
+pub(crate) fn written_lines(written: &str) -> (Vec<Vec<char>>, Vec<char>) {
     let mut done = Vec::new();
     let mut cur = Vec::new();
     for c in written.chars() {
