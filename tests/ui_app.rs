@@ -784,6 +784,91 @@ fn rerun_writes_with_the_model_of_the_records_form() {
     }
 }
 
+/// A 詞 in the history from before strict rules held a tune's rhymes (its
+/// record has no `ci_rhymes`) is written again as it was, unrhymed; one
+/// written now keeps its rhymes, and the record says so.
+#[test]
+fn rerun_of_a_ci_from_before_its_rhymes_were_held_writes_it_as_it_was() {
+    use versifier::generate::{generate, prepare_request, Prompt, RequestSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let settings = Settings {
+        form: "ci:菩薩蠻".parse().unwrap(),
+        variations: 1,
+        device: versifier::device::DeviceChoice::Cpu,
+        precision_auto: false,
+        precision: versifier::engine::Precision::F32,
+        ..Settings::default()
+    };
+    store.save_settings(&settings).unwrap();
+    let mut h = harness(app(&store));
+    start_poem(&mut h, "月");
+    pump(&mut h, "poem", |a| {
+        a.error.is_some() || (!a.cards.is_empty() && a.cards.iter().all(|c| c.done))
+    });
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let record = h.state().cards[0].record.clone().expect("a record");
+    assert!(record.ci_rhymes, "written now: rhymes held");
+    let form = record.form.clone();
+    assert!(
+        versifier::poetry::check_in_form(&record.text, &form).rhyme_kept,
+        "{}",
+        record.text
+    );
+    // The same record as a build before 2026-12-06 saved it.
+    let mut json = serde_json::to_value(&record).unwrap();
+    json.as_object_mut().unwrap().remove("ci_rhymes");
+    let old: PoemRecord = serde_json::from_value(json).unwrap();
+    h.state_mut().rerun(&old);
+    h.run_steps(1);
+    pump(&mut h, "re-run", |a| {
+        a.error.is_some() || (a.cards.len() == 1 && a.cards[0].done && a.history.len() == 2)
+    });
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    let again = h.state().history.last().unwrap().clone();
+    assert!(
+        !again.ci_rhymes,
+        "the re-run's record keeps the rules it ran under"
+    );
+    // What that build wrote: the same request with the tune's rhymes not held.
+    let model = versifier::model::load_model(
+        std::path::Path::new(&again.model),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let verse = old.verse_rules();
+    let req = prepare_request(
+        &model,
+        &RequestSettings {
+            prompt: &Prompt::Text(old.prompt.clone()),
+            form: &form,
+            variations: 1,
+            max_new_tokens: settings.max_tokens,
+            sampling: &old.sampling,
+            verse: &verse,
+        },
+    )
+    .unwrap();
+    let tok = model.tokenizer.as_ref().unwrap();
+    let g = generate(
+        &model.model,
+        &req,
+        |id| tok.token_bytes(id),
+        &|| false,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        again.text,
+        format!("{}{}", old.prompt, g.variations[0].text)
+    );
+    assert_ne!(
+        again.text, record.text,
+        "rhymes held or not, two different 詞"
+    );
+}
+
 #[test]
 fn the_ci_model_opened_by_itself_is_remembered_like_any_other() {
     let dir = tempfile::tempdir().unwrap();
