@@ -252,6 +252,35 @@ fn check_reports_marks_rhyme_problems_and_a_verdict_for_any_poem() {
 }
 
 #[test]
+fn check_names_the_tune_a_ci_could_be_and_judges_its_rhymes_with_tune() {
+    // 晏殊's 浣溪沙, simplified: no 詩, but a 浣溪沙's line lengths.
+    let ci = "一曲新词酒一杯，去年天气旧亭台。夕阳西下几时回？无可奈何花落去，似曾相识燕归来。小园香径独徘徊。";
+    let out = run_cli(&["check", ci]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("--tune 浣溪沙"),
+        "{text}"
+    );
+    let out = run_cli(&["check", "--json", "--tune", "ci:浣溪沙", ci]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rhyme_kept"], true, "{v}");
+    assert_eq!(v["verdict"], "押詞林正韻第三部／第五部；句中平仄不論");
+    assert_eq!(v["line_ends"][0], "，");
+    assert_eq!(v["line_ends"][2], "。", "？ closes as 。");
+    // Not the tune's lines, or no such tune: a clear refusal naming it.
+    for (tune, said) in [("西江月", "6，6。7。6。"), ("無此調", "no tune `無此調`")] {
+        let out = run_cli(&["check", "--tune", tune, ci]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(said), "{tune}: {err}");
+    }
+}
+
+#[test]
 fn the_vocabulary_is_scanned_once_per_tokenizer_and_shared_constraints_mask_as_fresh_ones() {
     use versifier::generate::forms::FormConstraint;
     use versifier::generate::vocab_chars;

@@ -61,6 +61,30 @@ pub fn run_check(args: CheckArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{}", report.to_text());
+        if report.form.is_none() {
+            if let Some(hint) = tune_hint(&text) {
+                println!("{hint}");
+            }
+        }
     }
     Ok(())
+}
+
+/// For a poem that is no 詩 but has a tune's line lengths: which tunes, and
+/// the command that checks its rhymes.
+fn tune_hint(text: &str) -> Option<String> {
+    let lengths: Vec<usize> = versifier::poetry::check::poem_lines(text)
+        .iter()
+        .map(Vec::len)
+        .collect();
+    let tunes: Vec<&str> = versifier::poetry::tunes::ci_tunes()
+        .iter()
+        .filter(|t| t.lines.iter().map(|(n, _)| *n).eq(lengths.iter().copied()))
+        .map(|t| t.traditional.as_str())
+        .collect();
+    let first = tunes.first()?;
+    Some(format!(
+        "its lines are those of the tune {}: `versifier check --tune {first}` checks its rhymes",
+        tunes.join(" / ")
+    ))
 }

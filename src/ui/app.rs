@@ -1632,7 +1632,8 @@ impl VersifierApp {
     }
 }
 
-/// The 詞 tune picker: every tune by its traditional name, its pattern on hover.
+/// The 詞 tune picker: every tune by its traditional name, its pattern and
+/// rhymes on hover.
 fn tune_picker(ui: &mut egui::Ui, tune: &mut String) {
     let tune_label = ui.label("Tune");
     let shown = crate::poetry::tunes::find_tune(tune)
@@ -1644,11 +1645,12 @@ fn tune_picker(ui: &mut egui::Ui, tune: &mut String) {
             for t in crate::poetry::tunes::ci_tunes() {
                 ui.selectable_value(tune, t.name.clone(), &t.traditional)
                     .on_hover_text(format!(
-                        "{}: {} ({} Song 詞, {:.0}% of them in this pattern)",
+                        "{}: {} ({} Song 詞, {:.0}% of them in this pattern)\nrhymes by line (- none, a b … each rhyme, 平 仄 中 its tone): {}",
                         t.traditional,
                         t.pattern_text(),
                         t.poems,
-                        t.share * 100.0
+                        t.share * 100.0,
+                        t.rhymes_text()
                     ));
             }
         })
