@@ -219,7 +219,8 @@ fn best_bu(fits: &[BuSet]) -> (BuSet, usize) {
 pub struct CiTokens {
     readings: Vec<Readings>,
     char_of: Vec<Option<char>>,
-    /// Tokens with a 平 reading in each 部, then with a 仄 one.
+    /// Tokens with a 平 reading in each 部, then tokens 仄 in every reading
+    /// with a 仄 one there (what a 仄 rhyme may take, see [`CiRhymeRules::apply`]).
     members: [[usize; BU_COUNT]; 2],
 }
 
@@ -233,7 +234,8 @@ impl CiTokens {
             .collect();
         let mut members = [[0usize; BU_COUNT]; 2];
         for r in &readings {
-            for (set, counts) in [r.ping, r.ze].into_iter().zip(members.iter_mut()) {
+            let ze_only = if r.ping == 0 { r.ze } else { 0 };
+            for (set, counts) in [r.ping, ze_only].into_iter().zip(members.iter_mut()) {
                 for (b, n) in counts.iter_mut().enumerate() {
                     *n += usize::from(set & (1 << b) != 0);
                 }
