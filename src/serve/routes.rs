@@ -113,8 +113,12 @@ struct PoemRequest {
     prompt: String,
     #[serde(default)]
     form: Option<String>,
+    /// "strict" (the default: rhyme and tones of the regulated forms, a
+    /// 詞's rhymes where its tune rhymes) or "off" (the form alone).
     #[serde(default)]
     rules: Option<String>,
+    /// A 平聲 group or a character in it ("東", "紅"); for a 詞 any group
+    /// or character ("月"), whose 部 its first rhyme keeps.
     #[serde(default)]
     rhyme: Option<String>,
     #[serde(default)]
