@@ -796,3 +796,85 @@ mod tests {
         assert!(err.contains("詞林正韻") && err.contains("xyz"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::poetry::tunes::ci_tunes;
+
+    /// A vocabulary of the first eight characters of every 平水韻 group.
+    fn pool() -> Vec<char> {
+        let mut seen = std::collections::HashSet::new();
+        table()
+            .groups()
+            .iter()
+            .flat_map(|g| g.members.iter().take(8).copied())
+            .filter(|c| seen.insert(*c))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever the decoder lets stand at the rhyme positions, the checker
+        /// finds the rhymes kept: the two judge by one rule.
+        #[test]
+        fn what_the_decoder_allows_the_checker_accepts(
+            tune_index in 0..20usize,
+            seed in any::<u64>(),
+        ) {
+            let chars = pool();
+            let tune = &ci_tunes()[tune_index];
+            let tokens = std::sync::Arc::new(CiTokens::new(chars.iter().copied().map(Some).collect()));
+            let rules = CiRhymeRules::new(tune, tokens, None).unwrap();
+            let mut state = seed | 1;
+            let mut next = move || {
+                // xorshift: the logits and the characters off the rhyme positions.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let mut written = String::new();
+            for (len, mark) in &tune.lines {
+                for _ in 0..*len {
+                    let mut logits: Vec<f32> = (0..chars.len()).map(|_| (next() % 1000) as f32 / 100.0).collect();
+                    rules.apply(&tune.lines, &written, &mut logits);
+                    let best = logits
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, l)| l.is_finite())
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map(|(i, _)| i);
+                    prop_assert!(best.is_some(), "every token masked after {written}");
+                    written.push(chars[best.unwrap_or(0)]);
+                }
+                written.push(*mark);
+            }
+            let report = check_ci(&written, tune).unwrap();
+            prop_assert!(report.rhyme_kept, "{}: {written}: {:?}", tune.name, report.problems);
+        }
+
+        /// Any text, any rhyme name: no panic, and a report whose problems
+        /// lie inside the poem.
+        #[test]
+        fn hostile_text_and_rhyme_names_never_panic(
+            text in "[\\PC春月東紅，。？！a-z\\n ]{0,80}",
+            name in "\\PC{0,8}",
+            tune_index in 0..70usize,
+        ) {
+            let _ = named_bu(&name);
+            let tune = &ci_tunes()[tune_index % ci_tunes().len()];
+            if let Some(r) = check_ci(&text, tune) {
+                prop_assert_eq!(r.lines.len(), tune.lines.len());
+                prop_assert_eq!(r.rhyme_kept, r.problems.is_empty());
+                for p in &r.problems {
+                    prop_assert!(p.line >= 1 && p.line <= r.lines.len());
+                    prop_assert!(p.column >= 1 && p.column <= r.lines[p.line - 1].len());
+                }
+            }
+        }
+    }
+}
