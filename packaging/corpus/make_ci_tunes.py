@@ -28,6 +28,13 @@ one word per line: `-` for no rhyme, else the rhyme's letter and tone, so
 tune's poems in the pattern that end two lines of one rhyme on the same
 character: near 0 for most tunes, 1.00 for 如夢令 (如夢，如夢 by rule).
 
+The tones inside the lines (the tune's 詞譜) come from the same poems: a
+position is 平 or 仄 when at least 90% of the poems' characters there whose
+every reading has one tone agree, else 中 (either). The column holds one word
+of 平/仄/中 per line: 浣溪沙 begins `中仄平平仄仄平 中平中仄仄平平`. At 0.9, 65%
+of the 20 most common tunes' positions are fixed and 80% of their Song 詞
+keep every one of them.
+
 Usage: python packaging/corpus/make_ci_tunes.py <chinese-poetry package folder>
 (npm pack chinese-poetry@2.0.1, unpacked; the collection is MIT-licensed).
 The traditional form of each name comes from OpenCC (`pip install opencc`,
@@ -44,6 +51,7 @@ import opencc
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "src", "poetry", "data")
 RHYME_SHARE = 0.75
+TONES_SHARE = 0.90
 TONE_SHARE = 0.80
 MARKS = {"，": "，", "、": "，", "；": "，", "：": "，", "。": "。", "？": "。", "！": "。"}
 MIN_POEMS = 50
@@ -119,6 +127,25 @@ def repeated_rhyme_share(pattern_poems, rhymes):
     return repeats / len(pattern_poems)
 
 
+def tones_of(pattern_texts, lengths, readings):
+    """One word per line: 平, 仄 or 中 at each position (see the module doc)."""
+    words, at = [], 0
+    for length in lengths:
+        word = ""
+        for i in range(at, at + length):
+            counts = collections.Counter()
+            for text in pattern_texts:
+                kinds = {t for _, t in readings(text[i])}
+                if len(kinds) == 1:
+                    counts[kinds.pop()] += 1
+            total = sum(counts.values())
+            top, count = counts.most_common(1)[0] if counts else ("中", 0)
+            word += top if total and count / total >= TONES_SHARE else "中"
+        words.append(word)
+        at += length
+    return " ".join(words)
+
+
 def rhymes_of(pattern_poems, n, readings):
     """One word per line: `-`, or the rhyme's letter and its tone (平, 仄, 中)."""
     ends = [[readings(p[i][-1]) for i in range(n)] for p in pattern_poems]
@@ -173,23 +200,25 @@ for path in sorted(glob.glob(os.path.join(source, "ci.song.*.json"))):
             text = "".join(poem["paragraphs"])
             counts = collections.Counter(c for c in text if is_hanzi(c))
             ends = [run[-1] for run in re.split("[" + "".join(MARKS) + "]", text) if run]
-            by_tune[poem["rhythmic"]].append((lines, max(counts.values()), ends))
+            chars = "".join(c for c in text if is_hanzi(c))
+            by_tune[poem["rhythmic"]].append((lines, max(counts.values()), ends, chars))
 
 rows = []
 for tune, poems in by_tune.items():
     if len(poems) < MIN_POEMS:
         continue
-    lengths = collections.Counter(tuple(n for n, _ in p) for p, _, _ in poems)
+    lengths = collections.Counter(tuple(n for n, _ in p) for p, _, _, _ in poems)
     pattern, count = lengths.most_common(1)[0]
     share = count / len(poems)
     if share < MIN_SHARE:
         continue
     marks = [collections.Counter() for _ in pattern]
-    most, in_pattern = [], []
-    for p, top, ends in poems:
+    most, in_pattern, texts = [], [], []
+    for p, top, ends, chars in poems:
         if tuple(n for n, _ in p) == pattern:
             most.append(top)
             in_pattern.append(ends)
+            texts.append(chars)
             for i, (_, m) in enumerate(p):
                 marks[i][m] += 1
     text = "".join(f"{n}{m.most_common(1)[0][0]}" for n, m in zip(pattern, marks))
@@ -198,13 +227,14 @@ for tune, poems in by_tune.items():
         cap += 1
     rhymes = rhymes_of(in_pattern, len(pattern), readings)
     repeats = repeated_rhyme_share(in_pattern, rhymes)
-    rows.append((len(poems), tune, text, share, cap, rhymes, repeats))
+    tones = tones_of(texts, pattern, readings)
+    rows.append((len(poems), tune, text, share, cap, rhymes, repeats, tones))
 
 rows.sort(key=lambda r: (-r[0], r[1]))
 with open(os.path.join(here, "ci-tunes.tsv"), "w", encoding="utf-8") as out:
-    out.write("# tune\ttraditional\tpattern (line length + mark)\tpoems\tshare following the pattern\trepeat cap\trhymes (per line: - or rhyme letter + 平/仄/中)\tshare repeating a rhyme character\n")
+    out.write("# tune\ttraditional\tpattern (line length + mark)\tpoems\tshare following the pattern\trepeat cap\trhymes (per line: - or rhyme letter + 平/仄/中)\tshare repeating a rhyme character\ttones (per line: 平/仄/中 at each position)\n")
     out.write("# made by packaging/corpus/make_ci_tunes.py from chinese-poetry@2.0.1 songci (MIT)\n")
     s2t = opencc.OpenCC("s2t")
-    for poems, tune, text, share, cap, rhymes, repeats in rows:
-        out.write(f"{tune}\t{s2t.convert(tune)}\t{text}\t{poems}\t{share:.2f}\t{cap}\t{rhymes}\t{repeats:.2f}\n")
+    for poems, tune, text, share, cap, rhymes, repeats, tones in rows:
+        out.write(f"{tune}\t{s2t.convert(tune)}\t{text}\t{poems}\t{share:.2f}\t{cap}\t{rhymes}\t{repeats:.2f}\t{tones}\n")
 print(f"{len(rows)} tunes")

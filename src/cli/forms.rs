@@ -31,6 +31,7 @@ pub fn run_forms(args: FormsArgs) -> Result<()> {
                     "repeat_cap": t.repeat_cap,
                     "rhymes": t.rhymes_text(),
                     "rhyme_repeats": t.rhyme_repeats,
+                    "tones": t.tones_text(),
                 })
             })
             .collect();

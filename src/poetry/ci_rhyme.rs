@@ -32,7 +32,8 @@ pub const BU_COUNT: usize = 19;
 /// A set of 部: bit `b - 1` for 第b部.
 pub type BuSet = u32;
 
-/// The tone a tune's rhyme position takes.
+/// The tone a tune asks of a position: of a rhyme, or of a character inside
+/// a line (its 詞譜, [`CiTune::tones`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RhymeTone {
     /// 平聲.
@@ -92,6 +93,21 @@ pub fn parse_rhymes(text: &str, lines: usize) -> Option<Vec<Option<RhymeSlot>>> 
         })
         .collect::<Option<_>>()?;
     (slots.len() == lines).then_some(slots)
+}
+
+/// The data file's tones column: one word of 平/仄/中 per line, as long as
+/// the line (`lines`: the tune's line lengths). `None` when malformed.
+pub fn parse_tones(text: &str, lines: &[usize]) -> Option<Vec<Vec<RhymeTone>>> {
+    let words: Vec<Vec<RhymeTone>> = text
+        .split_whitespace()
+        .map(|word| {
+            word.chars()
+                .map(RhymeTone::from_mark)
+                .collect::<Option<Vec<_>>>()
+        })
+        .collect::<Option<_>>()?;
+    (words.len() == lines.len() && words.iter().zip(lines).all(|(w, n)| w.len() == *n))
+        .then_some(words)
 }
 
 /// A character's 部: those where it has a 平 reading, and those where it has

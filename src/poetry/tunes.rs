@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use super::ci_rhyme::{parse_rhymes, RhymeSlot};
+use super::ci_rhyme::{parse_rhymes, parse_tones, RhymeSlot, RhymeTone};
 use super::forms::{COMMA, PERIOD};
 
 const CI_TUNES_TSV: &str = include_str!("data/ci-tunes.tsv");
@@ -34,6 +34,9 @@ pub struct CiTune {
     /// Share of its poems in the pattern that end two lines of one rhyme on
     /// the same character (如夢令 1.0: 如夢，如夢 by rule; most tunes near 0).
     pub rhyme_repeats: f32,
+    /// Per line, the tone each position takes (its 詞譜): 平 or 仄 where 90%
+    /// of the tune's Song 詞 in the pattern agree, else either.
+    pub tones: Vec<Vec<RhymeTone>>,
 }
 
 impl CiTune {
@@ -59,6 +62,15 @@ impl CiTune {
                 })
             })
             .collect::<Vec<String>>()
+            .join(" ")
+    }
+
+    /// Its 詞譜 as the data file writes it: `中仄平平仄仄平 中平中仄仄平平 …`.
+    pub fn tones_text(&self) -> String {
+        self.tones
+            .iter()
+            .map(|line| line.iter().map(|t| t.mark()).collect::<String>())
+            .collect::<Vec<_>>()
             .join(" ")
     }
 
@@ -96,8 +108,9 @@ pub fn ci_tunes() -> &'static [CiTune] {
             .filter_map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
                 match f.as_slice() {
-                    [name, traditional, pattern, poems, share, cap, rhymes, repeats] => {
+                    [name, traditional, pattern, poems, share, cap, rhymes, repeats, tones] => {
                         let lines = parse_pattern(pattern)?;
+                        let lengths: Vec<usize> = lines.iter().map(|(n, _)| *n).collect();
                         Some(CiTune {
                             name: (*name).to_string(),
                             traditional: (*traditional).to_string(),
@@ -107,6 +120,7 @@ pub fn ci_tunes() -> &'static [CiTune] {
                             share: share.parse().ok()?,
                             repeat_cap: cap.parse().ok().filter(|c| *c >= 2)?,
                             rhyme_repeats: repeats.parse().ok()?,
+                            tones: parse_tones(tones, &lengths)?,
                         })
                     }
                     _ => None,
@@ -159,6 +173,23 @@ mod tests {
         // Where each tune rhymes, from the data: 浣溪沙 all but its fourth
         // line, in 平; every tune somewhere, and always on its last line.
         assert_eq!(huanxisha.rhymes_text(), "a平 a平 a平 - a平 a平");
+        // Its 詞譜 from the data: the canonical one (中 where either tone stands).
+        assert!(
+            huanxisha
+                .tones_text()
+                .starts_with("中仄平平仄仄平 中平中仄仄平平"),
+            "{}",
+            huanxisha.tones_text()
+        );
+        for t in ci_tunes() {
+            let lengths: Vec<usize> = t.lines.iter().map(|(n, _)| *n).collect();
+            assert_eq!(
+                parse_tones(&t.tones_text(), &lengths).as_ref(),
+                Some(&t.tones)
+            );
+        }
+        assert!(parse_tones("平仄 平", &[2, 2]).is_none(), "length");
+        assert!(parse_tones("平上", &[2]).is_none(), "mark");
         // The text parses back to the same rhymes, for every tune.
         for t in ci_tunes() {
             let again = crate::poetry::ci_rhyme::parse_rhymes(&t.rhymes_text(), t.lines.len());

@@ -1645,12 +1645,13 @@ fn tune_picker(ui: &mut egui::Ui, tune: &mut String) {
             for t in crate::poetry::tunes::ci_tunes() {
                 ui.selectable_value(tune, t.name.clone(), &t.traditional)
                     .on_hover_text(format!(
-                        "{}: {} ({} Song 詞, {:.0}% of them in this pattern)\nrhymes by line (- none, a b … each rhyme, 平 仄 中 its tone): {}",
+                        "{}: {} ({} Song 詞, {:.0}% of them in this pattern)\nrhymes by line (- none, a b … each rhyme, 平 仄 中 its tone): {}\ntones (中 either): {}",
                         t.traditional,
                         t.pattern_text(),
                         t.poems,
                         t.share * 100.0,
-                        t.rhymes_text()
+                        t.rhymes_text(),
+                        t.tones_text()
                     ));
             }
         })
