@@ -23,7 +23,7 @@ fn poem(i: usize) -> PoemRecord {
         unix_ms: i as u64,
         unfinished: false,
         verse: Default::default(),
-        ci_rhymes: true,
+        ci_rules: true,
     }
 }
 

@@ -153,7 +153,7 @@ fn history_survives_a_simulated_crash_mid_save() {
         unix_ms: 1,
         unfinished: false,
         verse: Default::default(),
-        ci_rhymes: true,
+        ci_rules: true,
     };
     store.save_history(std::slice::from_ref(&poem)).unwrap();
     // A crash while writing the next save leaves a half-written temp file beside it.
@@ -180,7 +180,7 @@ fn history_panel_searches_deletes_and_exports() {
         unix_ms: 1,
         unfinished: false,
         verse: Default::default(),
-        ci_rhymes: true,
+        ci_rules: true,
     };
     store
         .save_history(&[
@@ -784,9 +784,9 @@ fn rerun_writes_with_the_model_of_the_records_form() {
     }
 }
 
-/// A 詞 in the history from before strict rules held a tune's rhymes (its
-/// record has no `ci_rhymes`) is written again as it was, unrhymed; one
-/// written now keeps its rhymes, and the record says so.
+/// A 詞 in the history from before strict rules held a tune's rhymes and
+/// 詞譜 (its record has no `ci_rules`) is written again as it was; one
+/// written now keeps them, and the record says so.
 #[test]
 fn rerun_of_a_ci_from_before_its_rhymes_were_held_writes_it_as_it_was() {
     use versifier::generate::{generate, prepare_request, Prompt, RequestSettings};
@@ -808,16 +808,19 @@ fn rerun_of_a_ci_from_before_its_rhymes_were_held_writes_it_as_it_was() {
     });
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
     let record = h.state().cards[0].record.clone().expect("a record");
-    assert!(record.ci_rhymes, "written now: rhymes held");
+    assert!(record.ci_rules, "written now: rhymes and tones held");
     let form = record.form.clone();
     assert!(
-        versifier::poetry::check_in_form(&record.text, &form).rhyme_kept,
+        {
+            let r = versifier::poetry::check_in_form(&record.text, &form);
+            r.rhyme_kept && r.tones_kept
+        },
         "{}",
         record.text
     );
     // The same record as a build before 2026-12-06 saved it.
     let mut json = serde_json::to_value(&record).unwrap();
-    json.as_object_mut().unwrap().remove("ci_rhymes");
+    json.as_object_mut().unwrap().remove("ci_rules");
     let old: PoemRecord = serde_json::from_value(json).unwrap();
     h.state_mut().rerun(&old);
     h.run_steps(1);
@@ -827,10 +830,10 @@ fn rerun_of_a_ci_from_before_its_rhymes_were_held_writes_it_as_it_was() {
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
     let again = h.state().history.last().unwrap().clone();
     assert!(
-        !again.ci_rhymes,
+        !again.ci_rules,
         "the re-run's record keeps the rules it ran under"
     );
-    // What that build wrote: the same request with the tune's rhymes not held.
+    // What that build wrote: the same request with the tune's rules not held.
     let model = versifier::model::load_model(
         std::path::Path::new(&again.model),
         &candle_core::Device::Cpu,

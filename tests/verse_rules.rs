@@ -269,7 +269,7 @@ fn check_names_the_tune_a_ci_could_be_and_judges_its_rhymes_with_tune() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rhyme_kept"], true, "{v}");
-    assert_eq!(v["verdict"], "押詞林正韻第三部／第五部；句中平仄不論");
+    assert_eq!(v["verdict"], "押詞林正韻第三部／第五部；平仄合譜");
     assert_eq!(v["line_ends"][0], "，");
     assert_eq!(v["line_ends"][2], "。", "？ closes as 。");
     // Not the tune's lines, or no such tune: a clear refusal naming it.

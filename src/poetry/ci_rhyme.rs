@@ -21,7 +21,7 @@
 use std::sync::OnceLock;
 
 use super::check::{poem_lines, CharMark, CheckReport, Problem, Rule};
-use super::rhyme::{table, Tone};
+use super::rhyme::{table, Tone, ToneClass};
 use super::tunes::CiTune;
 
 const CILIN_TSV: &str = include_str!("data/cilin.tsv");
@@ -235,6 +235,9 @@ fn best_bu(fits: &[BuSet]) -> (BuSet, usize) {
 pub struct CiTokens {
     readings: Vec<Readings>,
     char_of: Vec<Option<char>>,
+    /// The tone class the table itself lists for each token (what a fixed
+    /// position of a 詞譜 trusts, as a 詩's strict position does).
+    listed: Vec<ToneClass>,
     /// Tokens with a 平 reading in each 部, then tokens 仄 in every reading
     /// with a 仄 one there (what a 仄 rhyme may take, see [`CiRhymeRules::apply`]).
     members: [[usize; BU_COUNT]; 2],
@@ -257,9 +260,14 @@ impl CiTokens {
                 }
             }
         }
+        let listed = char_of
+            .iter()
+            .map(|c| c.map_or(ToneClass::Unknown, |c| table().listed_class(c)))
+            .collect();
         Self {
             readings,
             char_of,
+            listed,
             members,
         }
     }
@@ -291,6 +299,8 @@ pub struct CiRhymeRules {
     asked: Option<BuSet>,
     /// The tune repeats rhyme characters by rule (如夢令): used ones stay open.
     repeats: bool,
+    /// The tune's 詞譜 (per line, per position), when its tones are held too.
+    tones: Option<Vec<Vec<RhymeTone>>>,
 }
 
 impl CiRhymeRules {
@@ -301,6 +311,7 @@ impl CiRhymeRules {
         tune: &CiTune,
         tokens: std::sync::Arc<CiTokens>,
         asked: Option<BuSet>,
+        hold_tones: bool,
     ) -> Result<Self, super::rules::RulesError> {
         let first: Vec<RhymeSlot> = tune
             .rhymes
@@ -331,6 +342,7 @@ impl CiRhymeRules {
             tokens,
             asked,
             repeats: tune.repeats_rhymes_by_rule(),
+            tones: hold_tones.then(|| tune.tones.clone()),
         })
     }
 
@@ -344,11 +356,26 @@ impl CiRhymeRules {
         let Some((len, _)) = plan.get(line) else {
             return;
         };
-        if cur.len() + 1 != *len {
-            return;
-        }
-        let Some(Some(slot)) = self.slots.get(line) else {
-            return;
+        let slot = match self.slots.get(line) {
+            Some(Some(slot)) if cur.len() + 1 == *len => *slot,
+            // Inside a line (or an unrhymed line end): the 詞譜's tone, if held.
+            _ => {
+                let tone = self
+                    .tones
+                    .as_ref()
+                    .and_then(|t| t.get(line))
+                    .and_then(|l| l.get(cur.len()));
+                let required = match tone {
+                    Some(RhymeTone::Ping) => Tone::Ping,
+                    Some(RhymeTone::Ze) => Tone::Ze,
+                    _ => return,
+                };
+                let listed = &self.tokens.listed;
+                super::rules::mask_unless_relaxed(logits, |id| {
+                    listed.get(id).is_some_and(|c| c.fits(required))
+                });
+                return;
+            }
         };
         let t = table();
         // The same rhyme's earlier line ends.
@@ -403,10 +430,10 @@ impl CiRhymeRules {
 }
 
 /// Checks `text` as a 詞 of `tune`: `None` when its lines are not the tune's
-/// line lengths (then it is no 詞 of this tune to judge). Each character
-/// gets its tone class; each rhyme's line ends are judged against the 部 most
-/// of them share. The tones inside a line are not judged (a tune's 詞譜 is
-/// not in the data), and the verdict says so.
+/// line lengths (then it is no 詞 of this tune to judge). Each rhyme's line
+/// ends are judged against the 部 most of them share, and every other
+/// character against the tune's 詞譜 ([`CiTune::tones`]) where it fixes a
+/// tone.
 pub fn check_ci(text: &str, tune: &CiTune) -> Option<CheckReport> {
     let t = table();
     let lines = poem_lines(text);
@@ -418,24 +445,48 @@ pub fn check_ci(text: &str, tune: &CiTune) -> Option<CheckReport> {
     {
         return None;
     }
-    let marks: Vec<Vec<CharMark>> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, line)| {
-            let rhyme_line = tune.rhymes.get(i).is_some_and(Option::is_some);
-            line.iter()
-                .enumerate()
-                .map(|(col, &ch)| CharMark {
-                    ch,
-                    class: t.tone_class(ch),
-                    required: None,
-                    free: true,
-                    rhyme: rhyme_line && col + 1 == line.len(),
-                })
-                .collect()
-        })
-        .collect();
     let mut problems = Vec::new();
+    let mut marks: Vec<Vec<CharMark>> = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let rhyme_line = tune.rhymes.get(i).is_some_and(Option::is_some);
+        let mut row = Vec::with_capacity(line.len());
+        for (col, &ch) in line.iter().enumerate() {
+            let rhyme = rhyme_line && col + 1 == line.len();
+            let class = t.tone_class(ch);
+            // The 詞譜's tone here; a rhyme's tone is the rhyme's to judge.
+            let required = match tune.tones.get(i).and_then(|l| l.get(col)) {
+                Some(RhymeTone::Ping) if !rhyme => Some(Tone::Ping),
+                Some(RhymeTone::Ze) if !rhyme => Some(Tone::Ze),
+                _ => None,
+            };
+            if let Some(tone) = required.filter(|tone| !class.fits(*tone)) {
+                let rule = if class == ToneClass::Unknown {
+                    Rule::UnknownTone
+                } else {
+                    Rule::Tone
+                };
+                problems.push(Problem {
+                    line: i + 1,
+                    column: col + 1,
+                    rule,
+                    message: format!(
+                        "{ch} 是{}，詞譜此處應{}（{}）",
+                        class.mark(),
+                        tone.mark(),
+                        rule.label()
+                    ),
+                });
+            }
+            row.push(CharMark {
+                ch,
+                class,
+                required,
+                free: required.is_none(),
+                rhyme,
+            });
+        }
+        marks.push(row);
+    }
     let mut names = Vec::new();
     let rhymes = tune.rhymes.iter().flatten().map(|s| s.rhyme).max();
     for rhyme in 0..rhymes.map_or(0, |r| r + 1) {
@@ -519,14 +570,21 @@ pub fn check_ci(text: &str, tune: &CiTune) -> Option<CheckReport> {
         }
     }
     problems.sort_by_key(|p| (p.line, p.column));
-    let rhyme_kept = problems.is_empty();
+    let rhyme_faults = problems.iter().filter(|p| p.rule.is_rhyme()).count();
+    let tone_faults = problems.len() - rhyme_faults;
+    let rhyme_kept = rhyme_faults == 0;
     let group = (!names.is_empty()).then(|| names.join("、"));
     let verdict = format!(
-        "{}；句中平仄不論",
+        "{}；{}",
         match (&group, rhyme_kept) {
             (Some(g), true) => format!("押詞林正韻{g}"),
-            (Some(g), false) => format!("出韻 {} 處（{g}）", problems.len()),
+            (Some(g), false) => format!("出韻 {rhyme_faults} 處（{g}）"),
             (None, _) => "不押韻".to_string(),
+        },
+        if tone_faults == 0 {
+            "平仄合譜".to_string()
+        } else {
+            format!("平仄不合譜 {tone_faults} 處")
         }
     );
     Some(CheckReport {
@@ -536,7 +594,7 @@ pub fn check_ci(text: &str, tune: &CiTune) -> Option<CheckReport> {
         rhyme_group: group,
         problems,
         rhyme_kept,
-        tones_kept: true,
+        tones_kept: tone_faults == 0,
         verdict,
         line_ends: super::check::line_ends(text),
     })
@@ -613,7 +671,18 @@ mod tests {
         let r = check_ci(yanshu, tune).unwrap();
         assert!(r.rhyme_kept, "{r:?}");
         assert_eq!(r.rhyme_group.as_deref(), Some("第三部／第五部"));
-        assert_eq!(r.verdict, "押詞林正韻第三部／第五部；句中平仄不論");
+        assert_eq!(r.verdict, "押詞林正韻第三部／第五部；平仄合譜");
+        assert!(r.tones_kept);
+        // 曲 turned 平 where the 詞譜 (中仄平平仄仄平) wants 仄: one tone fault.
+        let r = check_ci(&yanshu.replacen('曲', "天", 1), tune).unwrap();
+        assert!(r.rhyme_kept && !r.tones_kept, "{r:?}");
+        assert_eq!(
+            (r.problems[0].line, r.problems[0].column, r.problems[0].rule),
+            (1, 2, Rule::Tone)
+        );
+        assert_eq!(r.verdict, "押詞林正韻第三部／第五部；平仄不合譜 1 處");
+        assert_eq!(r.lines[0][1].required, Some(Tone::Ze));
+        assert!(r.lines[0][0].free, "中: either tone");
         assert_eq!(r.form.as_deref(), Some("詞·浣溪沙"));
         let rhymes: Vec<char> = r
             .lines
@@ -729,7 +798,7 @@ mod tests {
     fn the_decoder_keeps_a_rhyme_in_its_bu_and_tone_and_leaves_other_positions_alone() {
         let (tokens, chars) = tokens();
         let tune = find_tune("浣溪沙").unwrap();
-        let mut rules = CiRhymeRules::new(tune, tokens, None).unwrap();
+        let mut rules = CiRhymeRules::new(tune, tokens, None, false).unwrap();
         // The test vocabulary is small: let every 部 it has be eligible.
         rules.tokens = std::sync::Arc::new(CiTokens {
             members: [[100; BU_COUNT]; 2],
@@ -765,7 +834,8 @@ mod tests {
         assert_eq!(later, "前然煙山間寒");
         // 菩薩蠻's first rhyme is 仄.
         let pusaman = find_tune("菩薩蠻").unwrap();
-        let rules = CiRhymeRules::new(pusaman, std::sync::Arc::clone(&rules.tokens), None).unwrap();
+        let rules =
+            CiRhymeRules::new(pusaman, std::sync::Arc::clone(&rules.tokens), None, false).unwrap();
         let ze = allowed(&rules, &pusaman.lines, "一二三四五六", &chars);
         // 中, 空, 夢 and 間 have 去聲 readings too, but 平 ones as well: left out.
         assert_eq!(ze, "送動月雪別說節");
@@ -779,6 +849,7 @@ mod tests {
             tune,
             std::sync::Arc::clone(&tokens),
             Some(named_bu("先").unwrap()),
+            false,
         )
         .unwrap();
         assert_eq!(
@@ -791,7 +862,8 @@ mod tests {
         rules.apply(&tune.lines, "一二三四五六", &mut logits);
         assert!(logits[0].is_finite());
         // A 部 the vocabulary barely has in the tune's tone is refused, with numbers.
-        let err = CiRhymeRules::new(tune, tokens, Some(named_bu("月").unwrap())).unwrap_err();
+        let err =
+            CiRhymeRules::new(tune, tokens, Some(named_bu("月").unwrap()), false).unwrap_err();
         assert!(err.to_string().contains("第十八部（平聲）"), "{err}");
     }
 
@@ -834,8 +906,8 @@ mod properties {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
-        /// Whatever the decoder lets stand at the rhyme positions, the checker
-        /// finds the rhymes kept: the two judge by one rule.
+        /// Whatever the decoder lets stand, holding rhymes and tones, the
+        /// checker finds kept: the two judge by one rule.
         #[test]
         fn what_the_decoder_allows_the_checker_accepts(
             tune_index in 0..20usize,
@@ -844,7 +916,7 @@ mod properties {
             let chars = pool();
             let tune = &ci_tunes()[tune_index];
             let tokens = std::sync::Arc::new(CiTokens::new(chars.iter().copied().map(Some).collect()));
-            let rules = CiRhymeRules::new(tune, tokens, None).unwrap();
+            let rules = CiRhymeRules::new(tune, tokens, None, true).unwrap();
             let mut state = seed | 1;
             let mut next = move || {
                 // xorshift: the logits and the characters off the rhyme positions.
@@ -870,7 +942,7 @@ mod properties {
                 written.push(*mark);
             }
             let report = check_ci(&written, tune).unwrap();
-            prop_assert!(report.rhyme_kept, "{}: {written}: {:?}", tune.name, report.problems);
+            prop_assert!(report.rhyme_kept && report.tones_kept, "{}: {written}: {:?}", tune.name, report.problems);
         }
 
         /// Any text, any rhyme name: no panic, and a report whose problems

@@ -471,7 +471,7 @@ pub struct FormConstraint {
     /// Free verse under strict rules: the rules of the shape its first line
     /// chooses.
     free: Option<Box<FreeVerseRules>>,
-    /// A 詞 under strict rules: its tune's rhymes.
+    /// A 詞 under strict rules: its tune's rhymes and 詞譜.
     ci: Option<super::ci_rhyme::CiRhymeRules>,
 }
 
@@ -653,12 +653,13 @@ impl FormConstraint {
             _ => None,
         };
         let ci = match (verse.mode, &form) {
-            (RulesMode::Strict, PoemForm::Ci(name)) if verse.ci_rhymes => {
+            (RulesMode::Strict, PoemForm::Ci(name)) if verse.ci_rules => {
                 match super::tunes::find_tune(name) {
                     Some(tune) => Some(super::ci_rhyme::CiRhymeRules::new(
                         tune,
                         std::sync::Arc::clone(&chars.ci),
                         verse.ci_rhyme().map_err(RulesError::from)?,
+                        true,
                     )?),
                     None => None,
                 }

@@ -108,16 +108,16 @@ pub struct VerseRules {
     pub template: TemplateStart,
     /// No character three times in a row, no line twice.
     pub repeats: Repeats,
-    /// Whether strict rules hold a 詞 to its tune's rhymes (see
+    /// Whether strict rules hold a 詞 to its tune's rhymes and 詞譜 (see
     /// [`super::ci_rhyme`]). Always on for a new request; never saved here
     /// (settings written before it existed still get it): a history record
     /// keeps it beside these rules, false in records written before, so a
     /// re-run writes their 詞 as they were written.
-    #[serde(skip, default = "ci_rhymes_on")]
-    pub ci_rhymes: bool,
+    #[serde(skip, default = "ci_rules_on")]
+    pub ci_rules: bool,
 }
 
-fn ci_rhymes_on() -> bool {
+fn ci_rules_on() -> bool {
     true
 }
 
@@ -128,7 +128,7 @@ impl Default for VerseRules {
             rhyme: None,
             template: TemplateStart::default(),
             repeats: Repeats::default(),
-            ci_rhymes: true,
+            ci_rules: true,
         }
     }
 }

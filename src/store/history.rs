@@ -22,11 +22,11 @@ pub struct PoemRecord {
     /// Rhyme and tones it was written with.
     #[serde(default)]
     pub verse: crate::poetry::VerseRules,
-    /// Whether the rules held a 詞 to its tune's rhymes
-    /// ([`crate::poetry::VerseRules::ci_rhymes`], which `verse` does not
+    /// Whether the rules held a 詞 to its tune's rhymes and 詞譜
+    /// ([`crate::poetry::VerseRules::ci_rules`], which `verse` does not
     /// save): false in records written before they could.
     #[serde(default)]
-    pub ci_rhymes: bool,
+    pub ci_rules: bool,
 }
 
 /// `unix_ms` as local date and time, `2026-12-01 14:05` (UTC where the
@@ -57,7 +57,7 @@ impl PoemRecord {
     /// written with.
     pub fn verse_rules(&self) -> crate::poetry::VerseRules {
         crate::poetry::VerseRules {
-            ci_rhymes: self.ci_rhymes,
+            ci_rules: self.ci_rules,
             ..self.verse.clone()
         }
     }
@@ -121,24 +121,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_from_before_ci_rhymes_re_runs_without_them_and_a_new_one_with() {
+    fn a_record_from_before_ci_rules_re_runs_without_them_and_a_new_one_with() {
         let old = r#"{"prompt":"月","form":{"Ci":"菩薩蠻"},"text":"月","model":"m",
             "sampling":{"seed":3},"unix_ms":1,"verse":{"mode":"strict"}}"#;
         let record: PoemRecord = serde_json::from_str(old).unwrap();
-        assert!(!record.ci_rhymes);
-        assert!(!record.verse_rules().ci_rhymes);
-        assert!(record.verse.ci_rhymes, "the rules alone default to on");
+        assert!(!record.ci_rules);
+        assert!(!record.verse_rules().ci_rules);
+        assert!(record.verse.ci_rules, "the rules alone default to on");
         let new = PoemRecord {
-            ci_rhymes: true,
+            ci_rules: true,
             ..record
         };
         let json = serde_json::to_string(&new).unwrap();
         let back: PoemRecord = serde_json::from_str(&json).unwrap();
-        assert!(back.verse_rules().ci_rhymes, "{json}");
+        assert!(back.verse_rules().ci_rules, "{json}");
         // Settings saved with the rules never turn them off.
         assert!(!serde_json::to_string(&new.verse)
             .unwrap()
-            .contains("ci_rhymes"));
+            .contains("ci_rules"));
     }
 
     #[test]
@@ -152,7 +152,7 @@ mod tests {
             unix_ms: 0,
             unfinished: false,
             verse: crate::poetry::VerseRules::default(),
-            ci_rhymes: true,
+            ci_rules: true,
         };
         for query in ["西楼", "西樓", "", "  月满 "] {
             assert!(record.matches(query), "{query}");
@@ -174,7 +174,7 @@ mod tests {
             unix_ms: 0,
             unfinished: false,
             verse: crate::poetry::VerseRules::default(),
-            ci_rhymes: true,
+            ci_rules: true,
         };
         let md = export_text(std::slice::from_ref(&record), true);
         assert!(md.starts_with("## "), "{md}");

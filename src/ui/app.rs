@@ -819,7 +819,7 @@ impl VersifierApp {
                         unix_ms,
                         unfinished: card.unfinished,
                         verse: job.verse.clone(),
-                        ci_rhymes: job.verse.ci_rhymes,
+                        ci_rules: job.verse.ci_rules,
                     };
                     card.record = Some(record.clone());
                     self.history.push(record);
