@@ -11,7 +11,8 @@ prompt included). Also counts the 詞 that ended by themselves with every line's
 length and mark as in the tune's pattern (`versifier forms`).
 
 Each 詞 that kept its pattern is also judged by `versifier check --tune` for
-its tune's rhymes (the 詞林正韻, where the tune's Song 詞 rhyme): `rhyme_kept`.
+its tune's rhymes (the 詞林正韻, where the tune's Song 詞 rhyme) and 詞譜
+(the tones the data fixes): `rhyme_kept`, `tones_kept`.
 
 Usage: packaging/corpus/ci-quality.py VERSIFIER_BIN MODEL_DIR OUT.json [--large SEED] [--rules strict|off] [--tunes 20]
   --large SEED: 8 tunes x 8 prompts (春月風花雪山水夜) x 8 variations (512 詞)
@@ -84,13 +85,14 @@ def patterns(binary, top=None):
     return found
 
 
-def rhyme_kept(binary, tune, poem):
-    """Whether `versifier check --tune` finds the 詞's rhymes kept."""
+def rules_kept(binary, tune, poem):
+    """Whether `versifier check --tune` finds the 詞's rhymes, and its tones, kept."""
     run = subprocess.run([binary, "--log-dir", "none", "check", "--tune", tune, "--json", poem],
                          capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"versifier check --tune {tune} {poem}: {run.stderr.strip()}")
-    return json.loads(run.stdout)["rhyme_kept"]
+    report = json.loads(run.stdout)
+    return report["rhyme_kept"], report["tones_kept"]
 
 
 def main():
@@ -117,7 +119,7 @@ def main():
     tune_patterns = patterns(binary, top)
     poems, per_tune = [], {}
     for tune in TUNES:
-        kept = rhymed = 0
+        kept = rhymed = toned = 0
         for prompt in PROMPTS:
             cmd = [
                 binary, "generate", "--model", model, "--device", "cpu", "--log-dir", "none",
@@ -132,12 +134,14 @@ def main():
             for text, stop in zip(result["text"], result["stop"]):
                 poem = result["prompt"] + text
                 ok = stop == "stop" and lines_of(poem) == tune_patterns[tune]
-                rhyme = ok and rhyme_kept(binary, tune, poem)
+                rhyme, tones = rules_kept(binary, tune, poem) if ok else (False, False)
                 kept += int(ok)
                 rhymed += int(rhyme)
+                toned += int(tones)
                 poems.append({"tune": tune, "prompt": prompt, "text": poem, "stop": stop,
-                              "pattern_kept": ok, "rhyme_kept": rhyme})
-        per_tune[tune] = {"samples": len(PROMPTS) * VARIATIONS, "pattern_kept": kept, "rhyme_kept": rhymed}
+                              "pattern_kept": ok, "rhyme_kept": rhyme, "tones_kept": tones})
+        per_tune[tune] = {"samples": len(PROMPTS) * VARIATIONS, "pattern_kept": kept,
+                          "rhyme_kept": rhymed, "tones_kept": toned}
 
     texts = [p["text"] for p in poems]
     repeated = sum(
@@ -151,6 +155,7 @@ def main():
         "samples": len(texts),
         "pattern_kept": sum(p["pattern_kept"] for p in poems),
         "rhyme_kept": sum(p["rhyme_kept"] for p in poems),
+        "tones_kept": sum(p["tones_kept"] for p in poems),
         "repeated_chars_per_poem": round(repeated, 3),
         "distinct_2": round(len(set(bigrams)) / max(1, len(bigrams)), 3),
         "per_tune": per_tune,

@@ -64,8 +64,8 @@ pub struct GenerateArgs {
     /// Rhyme (平水韻) and tones (平仄) for the regulated forms (wujue, qijue,
     /// wulv, qilv, acrostic of 4 or 8 heads) and for free verse from its second
     /// line on, once its first line has set 5 or 7 characters, and a 詞's
-    /// rhymes where its tune rhymes (詞林正韻): strict keeps them while
-    /// decoding; off is the form alone.
+    /// rhymes where its tune rhymes (詞林正韻) and its tune's tones (詞譜):
+    /// strict keeps them while decoding; off is the form alone.
     #[arg(long, default_value = "strict")]
     rules: RulesMode,
     /// The rhyme group: a 平聲 group by name (東, 一先, 下平一先) or by any

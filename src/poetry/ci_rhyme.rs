@@ -1,11 +1,15 @@
-//! The rhyme of a 詞 (ci): the 19 部 of the 詞林正韻 (`data/cilin.tsv`, each
-//! a set of the 平水韻 groups of [`super::rhyme`]), each character's readings
-//! in them, and, per tune, where it rhymes ([`super::tunes::CiTune::rhymes`],
-//! derived from the Song 詞 by `packaging/corpus/make_ci_tunes.py`).
+//! The rhyme and tones of a 詞 (ci): the 19 部 of the 詞林正韻
+//! (`data/cilin.tsv`, each a set of the 平水韻 groups of [`super::rhyme`]),
+//! each character's readings in them, and, per tune, where it rhymes
+//! ([`super::tunes::CiTune::rhymes`]) and which tone each position takes (its
+//! 詞譜, [`super::tunes::CiTune::tones`]), both derived from the Song 詞 by
+//! `packaging/corpus/make_ci_tunes.py`.
 //!
-//! Owns: the 部 table, the decoder's mask at a tune's rhyme positions
-//! ([`CiRhymeRules`]) and the checker's judgment of a 詞 ([`check_ci`]). Both
-//! judge by one rule: the line ends of one rhyme (a tune may change rhyme:
+//! Owns: the 部 table, the decoder's mask at a tune's positions
+//! ([`CiRhymeRules`]) and the checker's judgment of a 詞 ([`check_ci`]). A
+//! position the 詞譜 fixes takes a character of that tone (the decoder trusts
+//! only the tone the table itself lists, as a 詩's strict position does).
+//! Rhymes are judged by one rule: the line ends of one rhyme (a tune may change rhyme:
 //! 菩薩蠻 has four) share a 部, each in the tone its position takes (平, 仄, or
 //! either), and no rhyme character comes twice in one rhyme. The 部 is the
 //! one most of the rhyme's characters so far fit, so a character that broke

@@ -114,7 +114,7 @@ struct PoemRequest {
     #[serde(default)]
     form: Option<String>,
     /// "strict" (the default: rhyme and tones of the regulated forms, a
-    /// 詞's rhymes where its tune rhymes) or "off" (the form alone).
+    /// 詞's rhymes and tones as its tune has them) or "off" (the form alone).
     #[serde(default)]
     rules: Option<String>,
     /// A 平聲 group or a character in it ("東", "紅"); for a 詞 any group

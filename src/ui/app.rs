@@ -1678,7 +1678,7 @@ fn verse_rules_row(
                 ui.selectable_value(&mut verse.mode, RulesMode::Off, "off (form only)");
             })
             .response
-            .on_hover_text("Regulated forms (五絕 七絕 五律 七律, acrostics of 4 or 8) keep 平水韻 rhyme and tones while writing; free verse too, from its second line on, once its first line has set 五言 or 七言; a 詞 rhymes where its tune does (詞林正韻)");
+            .on_hover_text("Regulated forms (五絕 七絕 五律 七律, acrostics of 4 or 8) keep 平水韻 rhyme and tones while writing; free verse too, from its second line on, once its first line has set 五言 or 七言; a 詞 rhymes where its tune does (詞林正韻) and keeps the tones its Song 詞 agree on (its 詞譜)");
         let enabled = verse.mode == RulesMode::Strict;
         ui.add_enabled_ui(enabled, |ui| {
             let mut rhyme = verse.rhyme.clone().unwrap_or_default();
