@@ -10,9 +10,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use versifier::generate::forms::{satisfies, split_lines, PoemForm};
-use versifier::generate::{
-    generate, prepare_request, Prompt, RequestSettings, SamplingParams, StopReason,
-};
+use versifier::generate::{prepare_request, Prompt, RequestSettings, SamplingParams, StopReason};
 use versifier::poetry::tunes::{ci_tunes, find_tune};
 use versifier::poetry::{check_in_form, VerseRules};
 
@@ -36,7 +34,6 @@ fn the_twenty_most_common_tunes_are_written_in_their_pattern_every_time() {
 
 fn twenty_most_common_tunes_in_their_pattern(model: &std::path::Path) {
     let model = versifier::model::load_model(model, &Device::Cpu, DType::F32).unwrap();
-    let tok = model.tokenizer.as_ref().unwrap();
     let prompts = ["春", "月", "江", "秋"];
     let (mut written, mut rhymed) = (0, 0);
     for (i, tune) in ci_tunes().iter().take(20).enumerate() {
@@ -55,15 +52,7 @@ fn twenty_most_common_tunes_in_their_pattern(model: &std::path::Path) {
             sampling: &sampling,
             verse: &VerseRules::default(),
         };
-        let req = prepare_request(&model, &settings).unwrap();
-        let g = generate(
-            &model.model,
-            &req,
-            |id| tok.token_bytes(id),
-            &|| false,
-            |_| {},
-        )
-        .unwrap();
+        let g = common::write_poems(&model, &settings);
         for v in &g.variations {
             let poem = format!("{}{}", prompts[i % prompts.len()], v.text);
             assert_eq!(v.stop, Some(StopReason::Stop), "{}: {poem}", tune.name);
@@ -107,7 +96,6 @@ fn twenty_most_common_tunes_in_their_pattern(model: &std::path::Path) {
 fn rules_off_and_a_record_from_before_ci_rules_write_the_same_ci_and_strict_rules_hold_its_rhymes_and_tones(
 ) {
     let model = versifier::model::load_model(&bundled_ci(), &Device::Cpu, DType::F32).unwrap();
-    let tok = model.tokenizer.as_ref().unwrap();
     let form: PoemForm = "ci:菩薩蠻".parse().unwrap();
     let prompt = Prompt::Text("月".into());
     let sampling = SamplingParams {
@@ -123,19 +111,11 @@ fn rules_off_and_a_record_from_before_ci_rules_write_the_same_ci_and_strict_rule
             sampling: &sampling,
             verse,
         };
-        let req = prepare_request(&model, &settings).unwrap();
-        generate(
-            &model.model,
-            &req,
-            |id| tok.token_bytes(id),
-            &|| false,
-            |_| {},
-        )
-        .unwrap()
-        .variations
-        .into_iter()
-        .map(|v| format!("月{}", v.text))
-        .collect::<Vec<String>>()
+        common::write_poems(&model, &settings)
+            .variations
+            .into_iter()
+            .map(|v| format!("月{}", v.text))
+            .collect::<Vec<String>>()
     };
     let off = write(&VerseRules::off());
     let before = write(&VerseRules {

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
 
+mod common;
+
 use std::time::Duration;
 
 use egui_kittest::kittest::Queryable;
@@ -789,7 +791,7 @@ fn rerun_writes_with_the_model_of_the_records_form() {
 /// written now keeps them, and the record says so.
 #[test]
 fn rerun_of_a_ci_from_before_its_rhymes_were_held_writes_it_as_it_was() {
-    use versifier::generate::{generate, prepare_request, Prompt, RequestSettings};
+    use versifier::generate::{Prompt, RequestSettings};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::in_dir(dir.path());
     let settings = Settings {
@@ -841,7 +843,7 @@ fn rerun_of_a_ci_from_before_its_rhymes_were_held_writes_it_as_it_was() {
     )
     .unwrap();
     let verse = old.verse_rules();
-    let req = prepare_request(
+    let g = common::write_poems(
         &model,
         &RequestSettings {
             prompt: &Prompt::Text(old.prompt.clone()),
@@ -851,17 +853,7 @@ fn rerun_of_a_ci_from_before_its_rhymes_were_held_writes_it_as_it_was() {
             sampling: &old.sampling,
             verse: &verse,
         },
-    )
-    .unwrap();
-    let tok = model.tokenizer.as_ref().unwrap();
-    let g = generate(
-        &model.model,
-        &req,
-        |id| tok.token_bytes(id),
-        &|| false,
-        |_| {},
-    )
-    .unwrap();
+    );
     assert_eq!(
         again.text,
         format!("{}{}", old.prompt, g.variations[0].text)

@@ -346,12 +346,8 @@ impl RhymeTable {
     pub fn find_any_group(&self, text: &str) -> Result<GroupSet, RhymeError> {
         let wanted = text.trim();
         let unknown = || RhymeError::UnknownForCi(wanted.to_string());
-        match self.find_ping_group(wanted) {
-            Ok(g) => return Ok(1u128 << g),
-            Err(RhymeError::Ambiguous { .. }) => {}
-            Err(
-                RhymeError::NotPing { .. } | RhymeError::Unknown(_) | RhymeError::UnknownForCi(_),
-            ) => {}
+        if let Ok(g) = self.find_ping_group(wanted) {
+            return Ok(1u128 << g);
         }
         let bare: String = wanted
             .chars()

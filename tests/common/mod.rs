@@ -143,3 +143,21 @@ pub fn decode_request(
         rows: Vec::new(),
     }
 }
+
+/// Prepares `settings` for `model` and generates it whole on the model's
+/// device (no cancel, no streaming): the library path the engine takes.
+pub fn write_poems(
+    model: &versifier::model::LoadedModel,
+    settings: &versifier::generate::RequestSettings,
+) -> versifier::generate::Generation {
+    let req = versifier::generate::prepare_request(model, settings).expect("a valid request");
+    let tok = model.tokenizer.as_ref().expect("a tokenizer");
+    versifier::generate::generate(
+        &model.model,
+        &req,
+        |id| tok.token_bytes(id),
+        &|| false,
+        |_| {},
+    )
+    .expect("generation succeeds")
+}
