@@ -14,6 +14,7 @@ use versifier::engine::{
 };
 use versifier::generate::forms::{layout, PoemForm};
 use versifier::generate::{SamplingParams, StopReason};
+use versifier::poetry::keywords::parse_theme;
 use versifier::poetry::{Repeats, RulesMode, TemplateStart, VerseRules};
 
 use super::{model_or_bundled, DeviceArg};
@@ -25,9 +26,17 @@ pub struct GenerateArgs {
     /// writes --form ci:TUNE; give a copy of models/tang-poems to have it write them).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Prompt text (empty starts from the model's start token).
+    /// Prompt text (empty starts from the model's start token): the poem's
+    /// first characters, or whole lines with their marks to keep them and
+    /// have the rest rewritten (春風入律作花時，).
     #[arg(long, default_value = "")]
     prompt: String,
+    /// What the poem is about: 1 to 4 words, each held in every poem at a
+    /// place where it keeps the form's rules ("秋江 夜雨", 秋江,夜雨, 秋江、夜雨;
+    /// simplified or traditional). A sentence (寫一首關於秋夜思鄉的詩) is
+    /// reduced to the words of classical verse in it. Combines with --prompt.
+    #[arg(long, default_value = "")]
+    keywords: String,
     /// Prompt as comma-separated token ids (overrides --prompt).
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
@@ -123,15 +132,25 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     // A 詞 tune on the bundled model is written by the bundled 詞 model (the
     // engine does the same to every job; said here so --json names it).
     let model = versifier::store::model_for_form(&model, &form);
+    let theme = parse_theme(&args.keywords)
+        .map_err(|e| anyhow::anyhow!("invalid setting `keywords`: {e}"))?;
+    if theme.reduced {
+        eprintln!(
+            "note: keywords taken from the theme: {}",
+            theme.words.join(" ")
+        );
+    }
     let verse = VerseRules {
         mode: args.rules,
         rhyme: args.rhyme.clone(),
         template: args.template,
         repeats: args.repeats,
+        keywords: theme.words,
         ..VerseRules::default()
     };
     // A bad rhyme name fails before paying for a load.
     verse.check_rhyme_for(&form)?;
+    let verse_keywords = verse.keywords.clone();
     let prompt = match &args.prompt_ids {
         Some(ids) => Prompt::Ids(ids.clone()),
         None => Prompt::Text(args.prompt.clone()),
@@ -251,6 +270,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         let out = json!({
             "model": model.display().to_string(),
             "prompt": echoed,
+            "keywords": verse_keywords,
             "prompt_ids": gen.prompt_ids,
             "truncated_prompt_tokens": gen.truncated_prompt_tokens,
             "ids": gen.variations.iter().map(|v| v.ids.clone()).collect::<Vec<_>>(),

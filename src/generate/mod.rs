@@ -11,11 +11,13 @@ mod detok;
 pub mod device_draw;
 /// The poem forms live in [`crate::poetry`]; re-exported where decoding uses them.
 pub use crate::poetry::forms;
+mod poem_start;
 mod prepare;
 mod sampling;
 
 pub use detok::Utf8Stream;
 pub use device_draw::{DeviceSampler, DrawRow, DrawSettings};
+pub use poem_start::{check_start, vocab_keywords};
 pub use prepare::{prepare_request, PrepareError, Prompt, RequestSettings};
 pub use sampling::{SamplingParams, TokenSampler};
 
@@ -225,29 +227,35 @@ pub fn poem_prompt(
     if *form == forms::PoemForm::Free {
         return Ok((ids, None));
     }
-    if let Some(&(per_line, _)) = form.line_plan().as_ref().and_then(|p| p.first()) {
-        if text.chars().filter(|c| forms::is_hanzi(*c)).count() >= per_line {
-            return Err(invalid(
-                "prompt",
-                format!(
-                    "is longer than one line of {} ({per_line} characters)",
-                    form.label()
-                ),
-            ));
-        }
+    if let Some(plan) = form.line_plan() {
+        check_start(&text, &plan, &form.label()).map_err(|e| invalid("prompt", e))?;
     }
-    let constraint = forms::FormConstraint::with_chars(
+    let constraint = form_constraint(tok, form, verse, &text)?;
+    Ok((ids, Some((constraint, text))))
+}
+
+/// The constraint of `form` for `tok`'s vocabulary, holding the request's
+/// keywords after `start`; a refusal names the setting at fault.
+pub fn form_constraint(
+    tok: &crate::model::TextTokenizer,
+    form: &forms::PoemForm,
+    verse: &crate::poetry::VerseRules,
+    start: &str,
+) -> Result<forms::FormConstraint, GenerateError> {
+    let invalid = |field: &'static str, problem: String| GenerateError::Invalid { field, problem };
+    forms::FormConstraint::with_chars(
         form.clone(),
         vocab_chars(tok),
         tok.stop_ids().first().copied(),
         verse,
     )
+    .and_then(|c| c.hold_keywords(&vocab_keywords(tok, &verse.keywords), start, verse))
     .map_err(|e| match e {
         // The rules refuse the rhyme asked for, not the form.
         forms::ConstraintError::Rules(rules) => invalid("rhyme", rules.to_string()),
+        forms::ConstraintError::Keywords(k) => invalid("keywords", k.to_string()),
         other => invalid("form", other.to_string()),
-    })?;
-    Ok((ids, Some((constraint, text))))
+    })
 }
 
 /// The form constraint's tables of `tok`'s vocabulary: worked out on its

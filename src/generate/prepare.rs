@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use super::forms::{FormConstraint, PoemForm};
-use super::{poem_prompt, vocab_chars, GenerateRequest, SamplingParams};
+use super::{form_constraint, poem_prompt, vocab_chars, GenerateRequest, SamplingParams};
 use crate::model::LoadedModel;
 use crate::poetry::{Repeats, RulesMode, VerseRules};
 
@@ -58,6 +58,15 @@ pub fn prepare_request(
                 constraint = c;
                 ids
             }
+            Some(t) if !settings.verse.keywords.is_empty() => {
+                // Free verse with keywords: refusals say why (see
+                // `FormConstraint::hold_keywords`).
+                let start = t.to_vocab_chars(text.trim());
+                let c = form_constraint(t, &PoemForm::Free, settings.verse, &start)
+                    .map_err(|e| bad(&e))?;
+                constraint = Some((c, start));
+                t.prompt_ids(text).map_err(|e| bad(&e))?
+            }
             Some(t) => {
                 let ids = t.prompt_ids(text).map_err(|e| bad(&e))?;
                 // Free verse gets the repeat guard and, under strict rules, the
@@ -99,8 +108,7 @@ pub fn prepare_request(
     // character and mark, one for the stop.
     let form_tokens = constraint
         .as_ref()
-        .and_then(|(c, _): &(crate::poetry::forms::FormConstraint, String)| c.form.line_plan())
-        .map_or(0, |plan| plan.iter().map(|(n, _)| n + 1).sum::<usize>() + 1);
+        .map_or(0, |(c, _): &(FormConstraint, String)| c.planned_tokens());
     Ok(GenerateRequest {
         prompt_ids,
         variations: settings.variations,

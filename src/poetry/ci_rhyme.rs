@@ -304,7 +304,13 @@ pub struct CiRhymeRules {
     /// The tune repeats rhyme characters by rule (如夢令): used ones stay open.
     repeats: bool,
     /// The tune's 詞譜 (per line, per position), when its tones are held too.
-    tones: Option<Vec<Vec<RhymeTone>>>,
+    pub(crate) tones: Option<Vec<Vec<RhymeTone>>>,
+    /// The 部 each rhyme (by letter) may take where keywords hold some of its
+    /// characters ([`super::keywords`]); empty: any.
+    held_bu: Vec<BuSet>,
+    /// Rhyme characters held for a keyword's place: no other position of
+    /// their rhyme takes them.
+    reserved: Vec<char>,
 }
 
 impl CiRhymeRules {
@@ -347,7 +353,57 @@ impl CiRhymeRules {
             asked,
             repeats: tune.repeats_rhymes_by_rule(),
             tones: hold_tones.then(|| tune.tones.clone()),
+            held_bu: Vec::new(),
+            reserved: Vec::new(),
         })
+    }
+
+    /// Where the tune rhymes: per line, the rhyme its end takes.
+    pub(crate) fn slots(&self) -> &[Option<RhymeSlot>] {
+        &self.slots
+    }
+
+    /// The 部 in which `chars` (each held at a position of rhyme `rhyme`, in
+    /// that position's tone) can all stand, within what that rhyme may take;
+    /// empty when a character repeats where the tune does not repeat rhymes.
+    pub(crate) fn keyword_bu(&self, rhyme: u8, chars: &[(char, RhymeTone)]) -> BuSet {
+        let t = table();
+        let positions: Vec<RhymeSlot> = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.rhyme == rhyme)
+            .copied()
+            .collect();
+        let tone = positions.first().map_or(RhymeTone::Either, |s| s.tone);
+        let mut bu = match self.asked {
+            Some(asked) if rhyme == 0 => asked,
+            _ => self.tokens.eligible(tone, 4 * positions.len()),
+        };
+        let mut seen: Vec<char> = Vec::new();
+        for &(c, tone) in chars {
+            let trad = t.to_traditional(c);
+            if !self.repeats && seen.contains(&trad) {
+                return 0;
+            }
+            seen.push(trad);
+            let r = readings(c);
+            bu &= match tone {
+                RhymeTone::Ze if r.ping != 0 => 0,
+                tone => r.fitting(tone),
+            };
+        }
+        bu
+    }
+
+    /// Holds keywords' places: rhyme `i` in the 部 `bu[i]`, and the rhyme
+    /// characters `reserved` left for the places that hold them.
+    pub(crate) fn hold_keywords(&mut self, bu: Vec<BuSet>, reserved: Vec<char>) {
+        self.held_bu = bu;
+        self.reserved = reserved
+            .iter()
+            .map(|c| table().to_traditional(*c))
+            .collect();
     }
 
     /// Masks `logits` (already limited to the ideographs the form allows) at
@@ -411,7 +467,11 @@ impl CiRhymeRules {
                 Some(asked) if slot.rhyme == 0 => asked,
                 _ => eligible,
             }
-        };
+        } & self
+            .held_bu
+            .get(usize::from(slot.rhyme))
+            .copied()
+            .unwrap_or(BuSet::MAX);
         let allowed = |id: usize| -> bool {
             // At a 仄 rhyme only characters 仄 in every reading: one with a
             // 平 reading too (搖, 龍, 中) would be heard as 平 by most readers.
@@ -420,14 +480,16 @@ impl CiRhymeRules {
                 tone => r.fitting(tone),
             });
             fit & allowed_bu != 0
-                && (self.repeats
-                    || self
-                        .tokens
-                        .char_of
-                        .get(id)
-                        .copied()
-                        .flatten()
-                        .is_none_or(|c| !used.contains(&t.to_traditional(c))))
+                && self
+                    .tokens
+                    .char_of
+                    .get(id)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|c| {
+                        let trad = t.to_traditional(c);
+                        (self.repeats || !used.contains(&trad)) && !self.reserved.contains(&trad)
+                    })
         };
         super::rules::mask_unless_relaxed(logits, allowed);
     }

@@ -313,14 +313,9 @@ pub fn next_token(form: &PoemForm, written: &str) -> NextToken {
     next_token_in(form, form.line_plan().as_deref(), written)
 }
 
-/// [`next_token`] with the form's line plan worked out already (the decoder
-/// asks every token; the plan is fixed for the request).
-fn next_token_in(form: &PoemForm, plan: Option<&[(usize, char)]>, written: &str) -> NextToken {
-    let Some(plan) = plan else {
-        return NextToken::Any;
-    };
-    let mut line = 0usize;
-    let mut col = 0usize;
+/// The line and column (0-based) the next character of `written` takes.
+pub fn next_place(written: &str) -> (usize, usize) {
+    let (mut line, mut col) = (0usize, 0usize);
     for c in written.chars() {
         if c == COMMA || c == PERIOD {
             line += 1;
@@ -329,6 +324,25 @@ fn next_token_in(form: &PoemForm, plan: Option<&[(usize, char)]>, written: &str)
             col += 1;
         }
     }
+    (line, col)
+}
+
+/// A character a form holds at one place (0-based line and column): a
+/// keyword's ([`super::keywords`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin {
+    pub line: usize,
+    pub column: usize,
+    pub ch: char,
+}
+
+/// [`next_token`] with the form's line plan worked out already (the decoder
+/// asks every token; the plan is fixed for the request).
+fn next_token_in(form: &PoemForm, plan: Option<&[(usize, char)]>, written: &str) -> NextToken {
+    let Some(plan) = plan else {
+        return NextToken::Any;
+    };
+    let (line, col) = next_place(written);
     let Some(&(per_line, mark)) = plan.get(line) else {
         return NextToken::Stop;
     };
@@ -460,19 +474,25 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct FormConstraint {
     pub form: PoemForm,
-    chars: std::sync::Arc<VocabChars>,
+    pub(super) chars: std::sync::Arc<VocabChars>,
     stop: u32,
     /// Rhyme and tones, when the rules are strict and the form is regulated.
-    rules: Option<ToneRules>,
+    pub(super) rules: Option<ToneRules>,
     /// No character three times in a row, no line twice.
     repeats: Repeats,
     /// `form.line_plan()`, worked out once for the request.
-    plan: Option<Vec<(usize, char)>>,
+    pub(super) plan: Option<Vec<(usize, char)>>,
     /// Free verse under strict rules: the rules of the shape its first line
     /// chooses.
-    free: Option<Box<FreeVerseRules>>,
+    pub(super) free: Option<Box<FreeVerseRules>>,
     /// A 詞 under strict rules: its tune's rhymes and 詞譜.
-    ci: Option<super::ci_rhyme::CiRhymeRules>,
+    pub(super) ci: Option<super::ci_rhyme::CiRhymeRules>,
+    /// Keyword characters held at their places
+    /// (`FormConstraint::hold_keywords`, in `keyword_form.rs`).
+    pub(super) pins: Vec<Pin>,
+    /// Free verse given keywords: `plan` is eight lines, and the poem may end
+    /// after four.
+    pub(super) may_end_after_four: bool,
 }
 
 /// Free verse under strict rules. The model chooses the shape with its first
@@ -485,7 +505,7 @@ pub struct FormConstraint {
 /// character's tone at either length. Any other first line leaves the poem
 /// free.
 #[derive(Debug, Clone)]
-struct FreeVerseRules {
+pub(super) struct FreeVerseRules {
     /// 五言: eight lines of five, and their rules.
     five: (Vec<(usize, char)>, ToneRules),
     /// 七言: eight lines of seven, and their rules.
@@ -567,6 +587,8 @@ pub enum ConstraintError {
     NoStop,
     #[error(transparent)]
     Rules(#[from] RulesError),
+    #[error(transparent)]
+    Keywords(#[from] super::keywords::KeywordError),
 }
 
 /// What a form constraint needs of a vocabulary: which tokens are one
@@ -576,8 +598,8 @@ pub enum ConstraintError {
 #[derive(Debug)]
 pub struct VocabChars {
     hanzi: Vec<bool>,
-    char_ids: std::collections::HashMap<char, u32>,
-    tones: std::sync::Arc<TokenTones>,
+    pub(super) char_ids: std::collections::HashMap<char, u32>,
+    pub(super) tones: std::sync::Arc<TokenTones>,
     ci: std::sync::Arc<super::ci_rhyme::CiTokens>,
 }
 
@@ -675,6 +697,8 @@ impl FormConstraint {
             free,
             ci,
             form,
+            pins: Vec::new(),
+            may_end_after_four: false,
         })
     }
 
@@ -711,6 +735,11 @@ impl FormConstraint {
         let mut counts: std::collections::HashMap<char, usize> = std::collections::HashMap::new();
         for c in written.chars().filter(|c| is_hanzi(*c)) {
             *counts.entry(c).or_default() += 1;
+        }
+        // Keyword characters still to come count as written.
+        let here = next_place(written);
+        for pin in self.pins.iter().filter(|p| (p.line, p.column) > here) {
+            *counts.entry(pin.ch).or_default() += 1;
         }
         banned.extend(
             counts
@@ -759,6 +788,14 @@ impl FormConstraint {
         }
     }
 
+    /// The tokens a poem of this form takes when its lines are fixed: one
+    /// per character and mark, one for the stop (0 for free verse).
+    pub fn planned_tokens(&self) -> usize {
+        self.plan
+            .as_ref()
+            .map_or(0, |plan| plan.iter().map(|(n, _)| n + 1).sum::<usize>() + 1)
+    }
+
     /// Whether rhyme and tones are enforced (strict rules, a regulated form or
     /// free verse once its first line has set a regulated shape).
     pub fn enforces_verse_rules(&self) -> bool {
@@ -779,7 +816,29 @@ impl FormConstraint {
     pub fn apply(&self, written: &str, logits: &mut [f32]) {
         match &self.free {
             Some(free) => self.apply_free(free, written, logits),
+            None if self.may_end_after_four => {
+                self.apply_may_end(self.plan.as_deref(), self.rules.as_ref(), written, logits);
+            }
             None => self.apply_planned(self.plan.as_deref(), self.rules.as_ref(), written, logits),
+        }
+    }
+
+    /// [`Self::apply_planned`] for free verse in a regulated shape: after
+    /// four lines the model chooses, a 絕句 ends, a 律詩 goes on.
+    fn apply_may_end(
+        &self,
+        plan: Option<&[(usize, char)]>,
+        rules: Option<&ToneRules>,
+        written: &str,
+        logits: &mut [f32],
+    ) {
+        let stop = self.stop as usize;
+        let may_end = (next_place(written) == (4, 0))
+            .then(|| logits.get(stop).copied())
+            .flatten();
+        self.apply_planned(plan, rules, written, logits);
+        if let (Some(l), Some(slot)) = (may_end, logits.get_mut(stop)) {
+            *slot = l;
         }
     }
 
@@ -808,6 +867,17 @@ impl FormConstraint {
                 }
             }
             NextToken::Hanzi => {
+                let (line, column) = next_place(written);
+                if let Some(pin) = self
+                    .pins
+                    .iter()
+                    .find(|p| p.line == line && p.column == column)
+                {
+                    if let Some(&id) = self.chars.char_ids.get(&pin.ch) {
+                        keep_only(logits, id);
+                        return;
+                    }
+                }
                 for (i, l) in logits.iter_mut().enumerate() {
                     if !self.chars.hanzi.get(i).copied().unwrap_or(false) {
                         *l = f32::NEG_INFINITY;
@@ -827,21 +897,9 @@ impl FormConstraint {
     /// [`Self::apply`] for free verse under strict rules ([`FreeVerseRules`]).
     fn apply_free(&self, free: &FreeVerseRules, written: &str, logits: &mut [f32]) {
         match free_shape(written) {
-            FreeShape::Regulated {
-                chars,
-                lines_closed,
-                column,
-            } => {
+            FreeShape::Regulated { chars, .. } => {
                 let (plan, rules) = if chars == 5 { &free.five } else { &free.seven };
-                // After four lines the model chooses: a 絕句 ends, a 律詩 goes on.
-                let stop = self.stop as usize;
-                let may_end = (lines_closed == 4 && column == 0)
-                    .then(|| logits.get(stop).copied())
-                    .flatten();
-                self.apply_planned(Some(plan), Some(rules), written, logits);
-                if let (Some(l), Some(slot)) = (may_end, logits.get_mut(stop)) {
-                    *slot = l;
-                }
+                self.apply_may_end(Some(plan), Some(rules), written, logits);
             }
             FreeShape::FirstLine { column: 1 } if free.start_set => {
                 // 平起 / 仄起: the second character's tone, at either length.

@@ -5,6 +5,8 @@
 pub mod check;
 pub mod ci_rhyme;
 pub mod forms;
+mod keyword_form;
+pub mod keywords;
 pub mod rhyme;
 pub mod rules;
 pub mod tonal;

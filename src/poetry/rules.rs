@@ -108,6 +108,10 @@ pub struct VerseRules {
     pub template: TemplateStart,
     /// No character three times in a row, no line twice.
     pub repeats: Repeats,
+    /// Words every poem holds, each at a place where it keeps the rules
+    /// ([`super::keywords`]; traditional script, as [`super::keywords::parse_theme`]
+    /// reads them); empty: none.
+    pub keywords: Vec<String>,
     /// Whether strict rules hold a 詞 to its tune's rhymes and 詞譜 (see
     /// [`super::ci_rhyme`]). Always on for a new request; never saved here
     /// (settings written before it existed still get it): a history record
@@ -128,6 +132,7 @@ impl Default for VerseRules {
             rhyme: None,
             template: TemplateStart::default(),
             repeats: Repeats::default(),
+            keywords: Vec::new(),
             ci_rules: true,
         }
     }
@@ -259,6 +264,9 @@ pub struct ToneRules {
     tones: std::sync::Arc<TokenTones>,
     /// Groups the first rhyme may take.
     eligible: GroupSet,
+    /// Rhyme characters held for a keyword's place
+    /// ([`super::keywords`]): no other rhyme position takes them.
+    reserved: Vec<char>,
 }
 
 /// The lines written so far: finished lines and the current one.
@@ -342,7 +350,45 @@ impl ToneRules {
             templates,
             tones,
             eligible,
+            reserved: Vec::new(),
         })
+    }
+
+    /// The templates a poem may still follow.
+    pub(crate) fn templates(&self) -> &[Template] {
+        &self.templates
+    }
+
+    /// Whether `chars`, held at rhyme positions, rhyme in a group the first
+    /// rhyme may take (and are no character twice): the groups they share.
+    pub(crate) fn keyword_groups(&self, chars: &[char]) -> GroupSet {
+        let t = table();
+        let mut seen: Vec<char> = Vec::new();
+        let mut groups = self.eligible;
+        for &c in chars {
+            let trad = t.to_traditional(c);
+            if t.listed_class(c) == ToneClass::Unknown || seen.contains(&trad) {
+                return 0;
+            }
+            seen.push(trad);
+            groups &= t.ping_only(t.groups_of(c));
+        }
+        groups
+    }
+
+    /// Holds keywords' places: only the templates `keep` (indices into
+    /// [`Self::templates`]), the rhyme in one of `groups`, and the rhyme
+    /// characters `reserved` left for the places that hold them.
+    pub(crate) fn hold_keywords(&mut self, keep: &[usize], groups: GroupSet, reserved: Vec<char>) {
+        self.templates = keep
+            .iter()
+            .filter_map(|&i| self.templates.get(i).cloned())
+            .collect();
+        self.eligible &= groups;
+        self.reserved = reserved
+            .iter()
+            .map(|c| table().to_traditional(*c))
+            .collect();
     }
 
     /// How far `written` strays from `tpl` (0 when it keeps it), and what the
@@ -429,8 +475,10 @@ impl ToneRules {
                 let rhyme_ok = r.rhyme.as_ref().is_none_or(|(groups, used)| {
                     let own = self.tones.ping_groups.get(id).copied().unwrap_or(0);
                     own & groups != 0
-                        && self.tones.char_of[id]
-                            .is_none_or(|c| !used.contains(&table().to_traditional(c)))
+                        && self.tones.char_of[id].is_none_or(|c| {
+                            let trad = table().to_traditional(c);
+                            !used.contains(&trad) && !self.reserved.contains(&trad)
+                        })
                 });
                 tone_ok && rhyme_ok
             })
