@@ -311,3 +311,67 @@ fn sets_of_words_of_verse_are_placed_in_quatrains_under_strict_rules() {
         "{placed} of {asked} sets placed"
     );
 }
+
+#[test]
+fn generate_keywords_on_the_command_line_in_every_form() {
+    for form in [
+        "wujue",
+        "qijue",
+        "wulv",
+        "qilv",
+        "acrostic:春夏秋冬",
+        "free",
+        "ci:浣溪沙",
+    ] {
+        let out = common::run_cli(&[
+            "generate",
+            "--form",
+            form,
+            "--keywords",
+            "秋江，夜雨",
+            "--seed",
+            "11",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{form}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["keywords"], serde_json::json!(["秋江", "夜雨"]), "{v}");
+        let poem = v["text"][0].as_str().unwrap();
+        assert!(
+            poem.contains("秋江") && poem.contains("夜雨"),
+            "{form}: {poem}"
+        );
+        let form: PoemForm = form.parse().unwrap();
+        let report = check_in_form(poem, &form);
+        assert!(
+            report.rhyme_kept && report.tones_kept,
+            "{form}: {poem}: {:?}",
+            report.problems
+        );
+    }
+    // A sentence is reduced, and the command says which words it took.
+    let out = common::run_cli(&[
+        "generate",
+        "--form",
+        "qijue",
+        "--keywords",
+        "寫一首關於秋夜思鄉的詩",
+    ]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("秋夜 思鄉"), "{err}");
+    let poem = String::from_utf8_lossy(&out.stdout);
+    assert!(poem.contains("秋夜") && poem.contains("思鄉"), "{poem}");
+    // Refusals name the setting and the word, before any load.
+    let out = common::run_cli(&["generate", "--form", "qijue", "--keywords", "moon river"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`keywords`") && err.contains("`moon`"),
+        "{err}"
+    );
+}

@@ -461,3 +461,64 @@ fn a_ci_tune_asked_of_the_bundled_model_is_written_by_the_bundled_ci_model_and_s
     assert_eq!(v["model"], "tang-poems", "{v}");
     server.stop().unwrap();
 }
+
+#[test]
+fn keywords_in_the_api_are_in_every_poem_and_kept_lines_stay_as_sent() {
+    let server = start(&options(1, 8)).unwrap();
+    // Simplified words, a sentence reduced to its words, in 七絕 and a 詞.
+    for (body, words) in [
+        (
+            r#"{"prompt": "", "form": "qijue", "keywords": ["秋江", "夜雨"], "variations": 2, "seed": 3}"#,
+            vec!["秋江", "夜雨"],
+        ),
+        (
+            r#"{"prompt": "", "form": "wulv", "keywords": ["写一首关于秋夜思乡的诗"], "seed": 5}"#,
+            vec!["秋夜", "思鄉"],
+        ),
+        (
+            r#"{"prompt": "春", "form": "ci:浣溪沙", "keywords": ["明月"], "seed": 4, "max_tokens": 160}"#,
+            vec!["明月"],
+        ),
+    ] {
+        let (got, v, _) = post(&server, "/v1/poems", body, None);
+        assert_eq!(got, 200, "{v}");
+        assert_eq!(v["keywords"], json!(words), "{v}");
+        for poem in v["poems"].as_array().unwrap() {
+            let text = poem["text"].as_str().unwrap();
+            for w in &words {
+                assert!(text.contains(w), "{w} not in {text}");
+            }
+            let verdict = poem["verdict"].as_str().unwrap();
+            assert!(
+                verdict.contains("押") && !verdict.contains("不"),
+                "{verdict}"
+            );
+        }
+    }
+    // Lines kept as the prompt: the answer begins with them, unchanged.
+    let kept = "秋江夜雨送行舟，";
+    let (got, v, _) = post(
+        &server,
+        "/v1/poems",
+        &json!({"prompt": kept, "form": "qijue", "keywords": ["明月"], "seed": 9}).to_string(),
+        None,
+    );
+    assert_eq!(got, 200, "{v}");
+    let text = v["poems"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with(kept) && text.contains("明月"), "{text}");
+    // A keyword no place takes, or not in Chinese: a 400 naming it.
+    for (keywords, says) in [
+        (json!(["月落白日"]), "`月落白日`"),
+        (json!(["moon"]), "`moon`"),
+    ] {
+        let body = json!({"prompt": "", "form": "wujue", "keywords": keywords}).to_string();
+        let (got, v, _) = post(&server, "/v1/poems", &body, None);
+        assert_eq!(got, 400, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`keywords`") && message.contains(says),
+            "{v}"
+        );
+    }
+    server.stop().unwrap();
+}

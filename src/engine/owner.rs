@@ -369,6 +369,8 @@ fn joinable(first: &GenerateJob, next: &GenerateJob) -> bool {
     first.spec == next.spec
         && first.form == next.form
         && first.verse == next.verse
+        // Keywords are placed after the prompt: one plan, one prompt.
+        && (first.verse.keywords.is_empty() || first.prompt == next.prompt)
         && first.max_new_tokens == next.max_new_tokens
         && SamplingParams {
             seed: first.sampling.seed,

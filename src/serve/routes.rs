@@ -110,9 +110,16 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PoemRequest {
+    /// The poem's first characters, or lines kept from an earlier poem with
+    /// their marks (`"春風入律作花時，"`): the rest is written after them.
     prompt: String,
     #[serde(default)]
     form: Option<String>,
+    /// 1 to 4 words every poem holds where they keep the rules (`["秋江",
+    /// "夜雨"]`, simplified or traditional); a sentence among them is reduced
+    /// to the words of verse in it.
+    #[serde(default)]
+    keywords: Option<Vec<String>>,
     /// "strict" (the default: rhyme and tones of the regulated forms, a
     /// 詞's rhymes and tones as its tune has them) or "off" (the form alone).
     #[serde(default)]
@@ -212,11 +219,14 @@ fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
     let mode: RulesMode = setting(r.rules.as_deref(), "strict")?;
     let template: TemplateStart = setting(r.template.as_deref(), "any")?;
     let repeats: Repeats = setting(r.repeats.as_deref(), "guard")?;
+    let keywords = crate::poetry::keywords::parse_theme(&r.keywords.unwrap_or_default().join(" "))
+        .map_err(|e| ApiError::bad(format!("invalid setting `keywords`: {e}")))?;
     let verse = VerseRules {
         mode,
         rhyme: r.rhyme,
         template,
         repeats,
+        keywords: keywords.words,
         ..VerseRules::default()
     };
     verse
@@ -306,6 +316,7 @@ fn answer(c: &Checked, model: &str, device: DeviceChoice, g: &Generation) -> ser
         .collect();
     json!({
         "poems": poems,
+        "keywords": c.verse.keywords,
         "model": model,
         "device": device.to_string(),
         "timing": {
@@ -557,6 +568,7 @@ async fn completions_inner(
     let checked = check_request(PoemRequest {
         prompt: r.prompt,
         form: Some("free".into()),
+        keywords: None,
         rules: Some("off".into()),
         rhyme: None,
         template: None,
