@@ -5,52 +5,16 @@
 #![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
 
 mod common;
+mod ui_harness;
 
 use std::time::Duration;
 
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
+use ui_harness::{app, harness, pump, start_poem};
 use versifier::engine::{EngineState, ErrorKind};
 use versifier::store::{PoemRecord, Settings, Store};
 use versifier::ui::VersifierApp;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn app(store: &Store) -> VersifierApp {
-    let ctx = egui::Context::default();
-    VersifierApp::new(&ctx, Some(store.clone())).expect("engine starts")
-}
-
-fn harness(app: VersifierApp) -> Harness<'static, VersifierApp> {
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1200.0, 800.0))
-        .with_context_setup(versifier::ui::install_fonts)
-        .build_ui_state(|ui, app: &mut VersifierApp| app.show(ui), app);
-    h.run_steps(2);
-    h
-}
-
-/// Applies engine events until `done` says so (bounded), rendering in between.
-fn pump(h: &mut Harness<'static, VersifierApp>, what: &str, done: impl Fn(&VersifierApp) -> bool) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !done(h.state()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {what} within {WAIT:?}"
-        );
-        h.state_mut()
-            .process_one_event_blocking(Duration::from_millis(200));
-        h.run_steps(1);
-    }
-}
-
-/// Types `prompt` and presses Generate, as a user would.
-fn start_poem(h: &mut Harness<'static, VersifierApp>, prompt: &str) {
-    h.state_mut().prompt = prompt.into();
-    h.run_steps(1);
-    h.get_by_label("Generate  (Ctrl+Enter)").click();
-    h.run_steps(1);
-}
 
 #[test]
 fn type_a_prompt_generate_on_the_bundled_model_and_see_the_poem() {

@@ -186,8 +186,8 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let stream = !args.json && args.variations == 1;
     let mut stdout = std::io::stdout();
     // The prompt's text opens the output (an acrostic's heads come from the form).
-    let echoed = if args.prompt_ids.is_none() && !matches!(form, PoemForm::Acrostic(_)) {
-        args.prompt.trim().to_string()
+    let echoed = if args.prompt_ids.is_none() {
+        versifier::generate::echoed_prompt(&args.prompt, &form)
     } else {
         String::new()
     };

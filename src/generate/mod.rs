@@ -17,7 +17,7 @@ mod sampling;
 
 pub use detok::Utf8Stream;
 pub use device_draw::{DeviceSampler, DrawRow, DrawSettings};
-pub use poem_start::{check_start, vocab_keywords};
+pub use poem_start::{acrostic_keeps, check_heads, check_start, echoed_prompt, vocab_keywords};
 pub use prepare::{prepare_request, PrepareError, Prompt, RequestSettings};
 pub use sampling::{SamplingParams, TokenSampler};
 
@@ -200,12 +200,13 @@ pub fn poem_prompt(
     verse: &crate::poetry::VerseRules,
 ) -> Result<(Vec<u32>, Option<FormStart>), GenerateError> {
     let invalid = |field: &'static str, problem: String| GenerateError::Invalid { field, problem };
-    let text = if matches!(form, forms::PoemForm::Acrostic(_)) {
-        String::new()
-    } else {
+    let text = match form {
+        // An acrostic's prompt is used only when it holds kept lines (it
+        // begins with the first head); else the heads lead.
+        forms::PoemForm::Acrostic(heads) if !acrostic_keeps(prompt, heads) => String::new(),
         // The characters the model writes (simplified ones mapped), so the
         // verse rules read the prompt as the poem's start.
-        tok.to_vocab_chars(prompt.trim())
+        _ => tok.to_vocab_chars(prompt.trim()),
     };
     // Acrostic heads typed in simplified script are mapped the same way.
     let form = &match form {
@@ -229,6 +230,9 @@ pub fn poem_prompt(
     }
     if let Some(plan) = form.line_plan() {
         check_start(&text, &plan, &form.label()).map_err(|e| invalid("prompt", e))?;
+    }
+    if let forms::PoemForm::Acrostic(heads) = form {
+        check_heads(&text, heads).map_err(|e| invalid("prompt", e))?;
     }
     let constraint = form_constraint(tok, form, verse, &text)?;
     Ok((ids, Some((constraint, text))))

@@ -45,6 +45,42 @@ pub fn check_start(text: &str, plan: &[(usize, char)], form: &str) -> Result<(),
     Ok(())
 }
 
+/// Whether `prompt` holds lines kept from an acrostic with these `heads`: it
+/// begins with the first head. Otherwise an acrostic's prompt is not used
+/// (the heads lead).
+pub fn acrostic_keeps(prompt: &str, heads: &[char]) -> bool {
+    let t = crate::poetry::rhyme::table();
+    match (prompt.trim().chars().next(), heads.first()) {
+        (Some(p), Some(h)) => t.to_traditional(p) == t.to_traditional(*h),
+        _ => false,
+    }
+}
+
+/// The prompt as the poem's opening, for showing the poem whole: the prompt
+/// itself, except an acrostic's that holds no kept lines (its heads lead).
+pub fn echoed_prompt(prompt: &str, form: &crate::poetry::forms::PoemForm) -> String {
+    match form {
+        crate::poetry::forms::PoemForm::Acrostic(heads) if !acrostic_keeps(prompt, heads) => {
+            String::new()
+        }
+        _ => prompt.trim().to_string(),
+    }
+}
+
+/// Why the kept lines of `start` do not begin with the acrostic's `heads`.
+pub fn check_heads(start: &str, heads: &[char]) -> Result<(), String> {
+    let lines = start.split([COMMA, PERIOD]).filter(|l| !l.is_empty());
+    for (i, (line, head)) in lines.zip(heads).enumerate() {
+        if let Some(first) = line.chars().next().filter(|c| c != head) {
+            return Err(format!(
+                "line {} begins with {first}; the acrostic's head there is {head}",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `words` in the characters of `tok`'s vocabulary (simplified ones mapped).
 pub fn vocab_keywords(tok: &crate::model::TextTokenizer, words: &[String]) -> Vec<String> {
     words.iter().map(|w| tok.to_vocab_chars(w.trim())).collect()

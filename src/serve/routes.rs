@@ -292,11 +292,7 @@ fn writing_model(state: &AppState, c: &Checked) -> String {
 }
 
 fn answer(c: &Checked, model: &str, device: DeviceChoice, g: &Generation) -> serde_json::Value {
-    let echoed = if matches!(c.form, PoemForm::Acrostic(_)) {
-        String::new()
-    } else {
-        c.prompt.clone()
-    };
+    let echoed = crate::generate::echoed_prompt(&c.prompt, &c.form);
     let poems: Vec<PoemAnswer> = g
         .variations
         .iter()

@@ -46,6 +46,9 @@ pub struct Settings {
     pub window_size: Option<[f32; 2]>,
     /// "system", "light" or "dark".
     pub theme: String,
+    /// The Theme field as typed: what the poems are about (words or a
+    /// sentence, read by `poetry::keywords::parse_theme` when Generate is pressed).
+    pub poem_theme: String,
 }
 
 /// One speed measurement of Precision "auto".
@@ -90,6 +93,7 @@ impl Default for Settings {
             vertical_layout: false,
             window_size: None,
             theme: "system".into(),
+            poem_theme: String::new(),
         }
     }
 }

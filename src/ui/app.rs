@@ -479,6 +479,27 @@ impl VersifierApp {
         }
     }
 
+    /// Shows `form` in the form picker (with its heads or tune).
+    fn choose_form(&mut self, form: &PoemForm) {
+        self.form_choice = FormChoice::of(form);
+        if let PoemForm::Acrostic(h) = form {
+            self.acrostic_heads = h.iter().collect();
+        }
+        if let PoemForm::Ci(tune) = form {
+            self.ci_tune = tune.clone();
+        }
+    }
+
+    /// Keeps the first `lines` lines of `record`'s poem as the prompt (where
+    /// the user may edit them) and writes the rest again in its form, with
+    /// its theme.
+    pub fn keep_lines(&mut self, record: &PoemRecord, lines: usize) {
+        self.prompt = super::keep_lines::kept_text(&record.text, lines);
+        self.choose_form(&record.form);
+        self.settings.poem_theme = record.verse.keywords.join(" ");
+        self.generate();
+    }
+
     fn send(&mut self, cmd: Command) {
         if let Err(e) = self.engine.send(cmd) {
             self.error = Some((ErrorKind::QueueFull, e.to_string()));
@@ -505,7 +526,20 @@ impl VersifierApp {
             self.settings.sampling.clone(),
             self.settings.variations.clamp(1, 8),
         );
-        let verse = self.settings.verse.clone();
+        let theme = match crate::poetry::keywords::parse_theme(&self.settings.poem_theme) {
+            Ok(theme) => theme,
+            Err(e) => {
+                self.error = Some((
+                    ErrorKind::BadRequest,
+                    format!("invalid setting `keywords`: {e}"),
+                ));
+                return;
+            }
+        };
+        let verse = crate::poetry::VerseRules {
+            keywords: theme.words,
+            ..self.settings.verse.clone()
+        };
         self.start_job(prompt, form, sampling, variations, verse);
     }
 
@@ -530,11 +564,7 @@ impl VersifierApp {
         verse: crate::poetry::VerseRules,
     ) {
         let id = self.engine.next_request_id();
-        let echoed = if matches!(form, PoemForm::Acrostic(_)) {
-            String::new()
-        } else {
-            prompt.clone()
-        };
+        let echoed = crate::generate::echoed_prompt(&prompt, &form);
         let fresh = vec![
             Card {
                 prompt: echoed,
@@ -1063,6 +1093,12 @@ impl VersifierApp {
                         self.prompt = example.to_string();
                     }
                 }
+                ui.label("or a theme:");
+                for theme in super::theme_field::EXAMPLE_THEMES {
+                    if ui.button(egui::RichText::new(theme).size(18.0)).clicked() {
+                        self.settings.poem_theme = theme.to_string();
+                    }
+                }
             });
         }
         ui.horizontal_wrapped(|ui| {
@@ -1080,6 +1116,8 @@ impl VersifierApp {
                 self.send(Command::Prepare(spec));
             }
             self.prompt_had_focus = focused;
+            // Read again when Generate is pressed; here only shown.
+            let _ = super::theme_field::show(ui, &mut self.settings.poem_theme);
             let form_label = ui.label("Form");
             egui::ComboBox::from_id_salt("form")
                 .selected_text(self.form_choice.label())
@@ -1146,7 +1184,7 @@ impl VersifierApp {
                 "load the model when the prompt box gets focus",
             );
             ui.checkbox(&mut s.vertical_layout, "vertical layout");
-            egui::ComboBox::from_label("Theme")
+            egui::ComboBox::from_label("Colours")
                 .selected_text(s.theme.clone())
                 .show_ui(ui, |ui| {
                     for t in ["system", "light", "dark"] {
@@ -1161,6 +1199,7 @@ impl VersifierApp {
         );
         egui::ScrollArea::vertical().show(ui, |ui| {
             let mut rerun: Option<PoemRecord> = None;
+            let mut keep: Option<(PoemRecord, usize)> = None;
             // Cards two to a row, each with its buttons under the poem.
             let cards = self.cards.clone();
             let width = ((ui.available_width() - 40.0) / 2.0).max(220.0);
@@ -1253,6 +1292,13 @@ impl VersifierApp {
                                             {
                                                 rerun = Some(record.clone());
                                             }
+                                            if card.done {
+                                                if let Some(n) =
+                                                    super::keep_lines::keep_menu(ui, &record.text)
+                                                {
+                                                    keep = Some((record.clone(), n));
+                                                }
+                                            }
                                         }
                                         if card.unfinished && card.done {
                                             ui.label(egui::RichText::new("stopped").small().weak());
@@ -1265,6 +1311,9 @@ impl VersifierApp {
             }
             if let Some(record) = rerun {
                 self.rerun(&record);
+            }
+            if let Some((record, lines)) = keep {
+                self.keep_lines(&record, lines);
             }
             if !self.history.is_empty() || self.deleted.is_some() {
                 ui.separator();
@@ -1434,13 +1483,7 @@ impl VersifierApp {
         if let Some(i) = rerun {
             let r = self.history[i].clone();
             self.prompt = r.prompt.clone();
-            self.form_choice = FormChoice::of(&r.form);
-            if let PoemForm::Acrostic(h) = &r.form {
-                self.acrostic_heads = h.iter().collect();
-            }
-            if let PoemForm::Ci(tune) = &r.form {
-                self.ci_tune = tune.clone();
-            }
+            self.choose_form(&r.form);
             self.rerun(&r);
         }
         if let Some(i) = delete {

@@ -5,10 +5,12 @@
 //! and reads `meter/` snapshots), or block on either.
 
 mod app;
+mod keep_lines;
 mod messages;
 mod meter_panel;
 mod poem_marks;
 pub mod snapshot;
+mod theme_field;
 pub mod yield_mode;
 
 pub use app::{Card, VersifierApp};

@@ -1,0 +1,46 @@
+//! The Theme field: what the poems are about, typed as words (秋江 夜雨) or a
+//! sentence (寫一首關於秋夜思鄉的詩), with the words it was read as shown
+//! beside it, or why it cannot be read. Every poem holds every word
+//! (`poetry::keywords`).
+
+use crate::poetry::keywords::{parse_theme, KeywordError, Theme};
+
+/// Themes offered on first launch, beside the example prompts.
+pub const EXAMPLE_THEMES: [&str; 3] = ["秋夜 思鄉", "江南 春雨", "邊塞 明月"];
+
+/// Draws the field over `text` (the theme as typed) and returns it as read.
+pub fn show(ui: &mut egui::Ui, text: &mut String) -> Result<Theme, KeywordError> {
+    let label = ui.label("Theme");
+    ui.add(
+        egui::TextEdit::singleline(text)
+            .hint_text("秋江 夜雨 … or a sentence")
+            .desired_width(180.0)
+            .font(egui::TextStyle::Heading),
+    )
+    .labelled_by(label.id)
+    .on_hover_text(
+        "What the poems are about: 1 to 4 words, each written into every poem \
+         where it keeps the form's rhyme and tones. A sentence is read for the words of \
+         classical verse in it.",
+    );
+    let read = parse_theme(text);
+    match &read {
+        Ok(theme) if theme.words.is_empty() => {}
+        Ok(theme) => {
+            let how = if theme.reduced {
+                "read from your sentence"
+            } else {
+                "in every poem"
+            };
+            ui.label(egui::RichText::new(format!("{} ({how})", theme.words.join(" · "))).small());
+        }
+        Err(e) => {
+            ui.label(
+                egui::RichText::new(e.to_string())
+                    .small()
+                    .color(ui.visuals().error_fg_color),
+            );
+        }
+    }
+    read
+}
