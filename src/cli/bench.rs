@@ -7,6 +7,7 @@ use clap::Args;
 
 use versifier::engine::{DeviceChoice, Precision};
 use versifier::eval::bench::{run_bench, run_lifecycle, BenchOptions, LifecycleOptions};
+use versifier::eval::keyword_bench::{run_keyword_bench, KeywordBenchOptions};
 use versifier::eval::quality::{run_quality, QualityOptions};
 
 #[derive(Args)]
@@ -58,6 +59,16 @@ pub struct BenchArgs {
     forms: Vec<versifier::poetry::forms::PoemForm>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Keywords held in poems (needs --model): for each set of this file
+    /// (id, form, words; packaging/bench/keywords-heldout.tsv), a poem with
+    /// the keywords placed, one with the first keyword as the prompt, and one
+    /// with neither: coverage, every-keyword share, rules kept, fluency cost,
+    /// distinct-2, time per token.
+    #[arg(long, value_name = "FILE", requires = "model", conflicts_with_all = ["lifecycle", "quality"])]
+    keywords: Option<PathBuf>,
+    /// At most this many keyword sets (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
     /// Drive a server on loopback in this process with concurrent clients:
     /// requests/s, latency percentiles, tokens/s and the batching check.
     #[arg(long, conflicts_with_all = ["lifecycle", "quality"])]
@@ -81,6 +92,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 requests_per_client: args.requests_per_client,
             },
         )?)?
+    } else if let Some(sets) = args.keywords {
+        serde_json::to_value(run_keyword_bench(&KeywordBenchOptions {
+            model: args.model.context("--keywords needs --model")?,
+            device: args.device,
+            sets,
+            limit: args.limit,
+            seed: args.seed,
+        })?)?
     } else if args.quality {
         serde_json::to_value(run_quality(&QualityOptions {
             model: args.model.context("--quality needs --model")?,

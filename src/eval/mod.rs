@@ -7,5 +7,6 @@
 //! bench uses the trainer's held-out perplexity); nothing below imports it.
 
 pub mod bench;
+pub mod keyword_bench;
 pub mod quality;
 pub mod selftest;

@@ -113,14 +113,14 @@ pub struct QualityReport {
 
 /// One generated sample: its full text (prompt included) and ids.
 #[derive(Clone)]
-struct Sample {
-    text: String,
-    prompt_ids: Vec<u32>,
-    ids: Vec<u32>,
-    finished: bool,
+pub(super) struct Sample {
+    pub(super) text: String,
+    pub(super) prompt_ids: Vec<u32>,
+    pub(super) ids: Vec<u32>,
+    pub(super) finished: bool,
 }
 
-fn sampling(seed: u64) -> SamplingParams {
+pub(super) fn sampling(seed: u64) -> SamplingParams {
     SamplingParams {
         greedy: false,
         temperature: 0.8,
@@ -132,7 +132,7 @@ fn sampling(seed: u64) -> SamplingParams {
 }
 
 /// Mean log-probability per generated token of `s` under `model`, unmasked.
-fn mean_logprob(model: &Gpt2, s: &Sample) -> Result<f64, BenchError> {
+pub(super) fn mean_logprob(model: &Gpt2, s: &Sample) -> Result<f64, BenchError> {
     if s.ids.is_empty() {
         return Ok(0.0);
     }
@@ -159,7 +159,7 @@ fn mean_logprob(model: &Gpt2, s: &Sample) -> Result<f64, BenchError> {
     Ok(total / s.ids.len() as f64)
 }
 
-fn repeated_chars_per_poem<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
+pub(super) fn repeated_chars_per_poem<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
     let (mut repeated, mut poems) = (0usize, 0usize);
     for t in texts {
         let hanzi: Vec<char> = t
@@ -173,7 +173,7 @@ fn repeated_chars_per_poem<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
     repeated as f64 / poems.max(1) as f64
 }
 
-fn distinct_2<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
+pub(super) fn distinct_2<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
     let mut bigrams = std::collections::HashSet::new();
     let mut total = 0usize;
     for t in texts {
@@ -238,7 +238,7 @@ fn merge(figures: &[&VerseFigure], texts: &[&Sample]) -> VerseFigure {
 
 /// One batch: `variations` samples of `prompt_ids` (their text starting with
 /// `start`), and how many positions the verse rules relaxed.
-fn sample_batch(
+pub(super) fn sample_batch(
     loaded: &LoadedModel,
     tok: &crate::model::TextTokenizer,
     (prompt_ids, constraint): (Vec<u32>, Option<crate::generate::FormStart>),
@@ -303,7 +303,7 @@ fn constrained_samples(
     Ok((out, relaxed))
 }
 
-fn tokenizer<'m>(
+pub(super) fn tokenizer<'m>(
     loaded: &'m LoadedModel,
     opts: &QualityOptions,
 ) -> Result<&'m crate::model::TextTokenizer, BenchError> {

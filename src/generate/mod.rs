@@ -17,7 +17,9 @@ mod sampling;
 
 pub use detok::Utf8Stream;
 pub use device_draw::{DeviceSampler, DrawRow, DrawSettings};
-pub use poem_start::{acrostic_keeps, check_heads, check_start, echoed_prompt, vocab_keywords};
+pub use poem_start::{
+    acrostic_keeps, check_heads, check_start, echoed_prompt, keyword_prefix, vocab_keywords,
+};
 pub use prepare::{prepare_request, PrepareError, Prompt, RequestSettings};
 pub use sampling::{SamplingParams, TokenSampler};
 
@@ -220,6 +222,12 @@ pub fn poem_prompt(
     let mut ids: Vec<u32> = tok.start_id().into_iter().collect();
     if let Some(tag) = form.tag_token().and_then(|t| tok.token_id(&t)) {
         ids.push(tag);
+    }
+    if let Some(prefix) = keyword_prefix(tok, &verse.keywords) {
+        ids.extend(
+            tok.encode(&prefix)
+                .map_err(|e| invalid("keywords", e.to_string()))?,
+        );
     }
     ids.extend(
         tok.encode(&text)

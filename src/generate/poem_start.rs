@@ -81,6 +81,14 @@ pub fn check_heads(start: &str, heads: &[char]) -> Result<(), String> {
     Ok(())
 }
 
+/// The keywords as a model trained with them in front of each poem expects
+/// them (`〈秋江、夜雨〉`, `packaging/corpus/make_keyword_corpus.py`): for a
+/// vocabulary that has `〈` and `〉`, when there are keywords; else `None`.
+pub fn keyword_prefix(tok: &crate::model::TextTokenizer, words: &[String]) -> Option<String> {
+    let expects = tok.token_id("〈").is_some() && tok.token_id("〉").is_some();
+    (expects && !words.is_empty()).then(|| format!("〈{}〉", vocab_keywords(tok, words).join("、")))
+}
+
 /// `words` in the characters of `tok`'s vocabulary (simplified ones mapped).
 pub fn vocab_keywords(tok: &crate::model::TextTokenizer, words: &[String]) -> Vec<String> {
     words.iter().map(|w| tok.to_vocab_chars(w.trim())).collect()

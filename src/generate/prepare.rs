@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use super::forms::{FormConstraint, PoemForm};
-use super::{form_constraint, poem_prompt, vocab_chars, GenerateRequest, SamplingParams};
+use super::{
+    form_constraint, keyword_prefix, poem_prompt, vocab_chars, GenerateRequest, SamplingParams,
+};
 use crate::model::LoadedModel;
 use crate::poetry::{Repeats, RulesMode, VerseRules};
 
@@ -65,7 +67,14 @@ pub fn prepare_request(
                 let c = form_constraint(t, &PoemForm::Free, settings.verse, &start)
                     .map_err(|e| bad(&e))?;
                 constraint = Some((c, start));
-                t.prompt_ids(text).map_err(|e| bad(&e))?
+                let mut ids = t.prompt_ids(text).map_err(|e| bad(&e))?;
+                if let Some(prefix) = keyword_prefix(t, &settings.verse.keywords) {
+                    let after_start =
+                        usize::from(ids.first().is_some() && ids.first() == t.start_id().as_ref());
+                    let prefix = t.encode(&prefix).map_err(|e| bad(&e))?;
+                    ids.splice(after_start..after_start, prefix);
+                }
+                ids
             }
             Some(t) => {
                 let ids = t.prompt_ids(text).map_err(|e| bad(&e))?;

@@ -1117,7 +1117,11 @@ impl VersifierApp {
             }
             self.prompt_had_focus = focused;
             // Read again when Generate is pressed; here only shown.
-            let _ = super::theme_field::show(ui, &mut self.settings.poem_theme);
+            ui.horizontal(|ui| {
+                let _ = super::theme_field::show(ui, &mut self.settings.poem_theme);
+            });
+        });
+        ui.horizontal_wrapped(|ui| {
             let form_label = ui.label("Form");
             egui::ComboBox::from_id_salt("form")
                 .selected_text(self.form_choice.label())

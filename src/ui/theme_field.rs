@@ -14,7 +14,7 @@ pub fn show(ui: &mut egui::Ui, text: &mut String) -> Result<Theme, KeywordError>
     ui.add(
         egui::TextEdit::singleline(text)
             .hint_text("秋江 夜雨 … or a sentence")
-            .desired_width(180.0)
+            .desired_width((ui.available_width() - 8.0).clamp(100.0, 180.0))
             .font(egui::TextStyle::Heading),
     )
     .labelled_by(label.id)
