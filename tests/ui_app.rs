@@ -7,7 +7,6 @@
 mod common;
 mod ui_harness;
 
-use std::time::Duration;
 
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;

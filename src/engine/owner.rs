@@ -124,6 +124,9 @@ pub enum EngineError {
 
 /// What arrives on the owner thread: client commands, and the result of a hot
 /// swap's background load.
+// A command is moved once, through a bounded channel; boxing each would
+// allocate per command for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Inbox {
     Command(Command),
     SwapLoaded(Box<Result<Resident, JobFailure>>),

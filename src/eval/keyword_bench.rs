@@ -194,7 +194,10 @@ fn run_way(
         run.arm.keywords_asked += set.words.len();
         let (ids, constraint) = match poem_prompt(tok, &prompt, &form, &verse) {
             Ok(p) => p,
-            Err(GenerateError::Invalid { field, problem }) if field == "keywords" => {
+            Err(GenerateError::Invalid {
+                field: "keywords",
+                problem,
+            }) => {
                 run.arm.refused += 1;
                 run.refusals.push((set.id.clone(), problem));
                 continue;

@@ -70,7 +70,7 @@ pub fn prepare_request(
                 let mut ids = t.prompt_ids(text).map_err(|e| bad(&e))?;
                 if let Some(prefix) = keyword_prefix(t, &settings.verse.keywords) {
                     let after_start =
-                        usize::from(ids.first().is_some() && ids.first() == t.start_id().as_ref());
+                        usize::from(!ids.is_empty() && ids.first() == t.start_id().as_ref());
                     let prefix = t.encode(&prefix).map_err(|e| bad(&e))?;
                     ids.splice(after_start..after_start, prefix);
                 }

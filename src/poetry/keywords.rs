@@ -188,6 +188,10 @@ impl Need {
     }
 }
 
+/// Whether characters held at one rhyme's positions (each with its
+/// position's tone) can rhyme together: see [`PlanGrid::rhymes_agree`].
+pub type RhymesAgree<'a> = &'a dyn Fn(u8, &[(char, RhymeTone)]) -> bool;
+
 /// A form's positions as the planner sees them.
 pub struct PlanGrid<'a> {
     /// The form's name, for refusals (`七絕`).
@@ -203,7 +207,7 @@ pub struct PlanGrid<'a> {
     /// Whether these characters, held at positions of rhyme `rhyme` (each
     /// with its position's tone), can all rhyme in one group (and are not one
     /// character twice).
-    pub rhymes_agree: &'a dyn Fn(u8, &[(char, RhymeTone)]) -> bool,
+    pub rhymes_agree: RhymesAgree<'a>,
     /// The first place open to a keyword: after the prompt's characters.
     pub open_from: (usize, usize),
 }
@@ -524,7 +528,7 @@ mod tests {
         assert!(e.contains("嗎呢吧啊哦"), "{e}");
     }
 
-    fn quatrain_grid(agree: &dyn Fn(u8, &[(char, RhymeTone)]) -> bool) -> PlanGrid<'_> {
+    fn quatrain_grid(agree: RhymesAgree<'_>) -> PlanGrid<'_> {
         let variants = crate::poetry::tonal::Template::all(4, 7)
             .iter()
             .map(|tpl| {

@@ -1085,21 +1085,11 @@ impl VersifierApp {
             )
         });
         if self.cards.iter().all(|c| c.text.is_empty()) && self.history.is_empty() {
-            // First launch: one line of hint and a row of example prompts.
-            ui.horizontal_wrapped(|ui| {
-                ui.label("Type a character or two, pick a form, press Generate. Try:");
-                for example in ["月", "春", "江", "山", "秋"] {
-                    if ui.button(egui::RichText::new(example).size(18.0)).clicked() {
-                        self.prompt = example.to_string();
-                    }
-                }
-                ui.label("or a theme:");
-                for theme in super::theme_field::EXAMPLE_THEMES {
-                    if ui.button(egui::RichText::new(theme).size(18.0)).clicked() {
-                        self.settings.poem_theme = theme.to_string();
-                    }
-                }
-            });
+            super::theme_field::first_launch_examples(
+                ui,
+                &mut self.prompt,
+                &mut self.settings.poem_theme,
+            );
         }
         ui.horizontal_wrapped(|ui| {
             ui.label("Prompt");
@@ -1117,9 +1107,7 @@ impl VersifierApp {
             }
             self.prompt_had_focus = focused;
             // Read again when Generate is pressed; here only shown.
-            ui.horizontal(|ui| {
-                let _ = super::theme_field::show(ui, &mut self.settings.poem_theme);
-            });
+            super::theme_field::show(ui, &mut self.settings.poem_theme);
         });
         ui.horizontal_wrapped(|ui| {
             let form_label = ui.label("Form");

@@ -1,15 +1,39 @@
-//! The Theme field: what the poems are about, typed as words (秋江 夜雨) or a
-//! sentence (寫一首關於秋夜思鄉的詩), with the words it was read as shown
-//! beside it, or why it cannot be read. Every poem holds every word
-//! (`poetry::keywords`).
+//! The Theme field: what the poems are about, typed as words (秋江 夜雨) or
+//! a sentence (寫一首關於秋夜思鄉的詩), with the words it was read as shown
+//! beside it, or why it cannot be read; every poem holds every word
+//! (`poetry::keywords`). Also the first launch's example prompts and themes.
 
-use crate::poetry::keywords::{parse_theme, KeywordError, Theme};
+use crate::poetry::keywords::parse_theme;
 
 /// Themes offered on first launch, beside the example prompts.
 pub const EXAMPLE_THEMES: [&str; 3] = ["秋夜 思鄉", "江南 春雨", "邊塞 明月"];
 
-/// Draws the field over `text` (the theme as typed) and returns it as read.
-pub fn show(ui: &mut egui::Ui, text: &mut String) -> Result<Theme, KeywordError> {
+/// First launch: one line of hint, a row of example prompts and of example
+/// themes; a click fills the prompt or the theme.
+pub fn first_launch_examples(ui: &mut egui::Ui, prompt: &mut String, theme: &mut String) {
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Type a character or two, pick a form, press Generate. Try:");
+        for example in ["月", "春", "江", "山", "秋"] {
+            if ui.button(egui::RichText::new(example).size(18.0)).clicked() {
+                *prompt = example.to_string();
+            }
+        }
+        ui.label("or a theme:");
+        for example in EXAMPLE_THEMES {
+            if ui.button(egui::RichText::new(example).size(18.0)).clicked() {
+                *theme = example.to_string();
+            }
+        }
+    });
+}
+
+/// Draws the field over `text` (the theme as typed), with the words it is
+/// read as, in one group that wraps as a whole.
+pub fn show(ui: &mut egui::Ui, text: &mut String) {
+    ui.horizontal(|ui| field(ui, text));
+}
+
+fn field(ui: &mut egui::Ui, text: &mut String) {
     let label = ui.label("Theme");
     ui.add(
         egui::TextEdit::singleline(text)
@@ -42,5 +66,4 @@ pub fn show(ui: &mut egui::Ui, text: &mut String) -> Result<Theme, KeywordError>
             );
         }
     }
-    read
 }
