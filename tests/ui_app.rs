@@ -7,7 +7,6 @@
 mod common;
 mod ui_harness;
 
-
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use ui_harness::{app, harness, pump, start_poem};

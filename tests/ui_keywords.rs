@@ -58,7 +58,7 @@ fn the_theme_fields_words_are_in_every_poem_and_keep_rewrites_only_the_rest() {
     // Keep the first card's first two lines: the menu, then its second entry.
     h.get_all_by_label("Keep…").next().unwrap().click();
     h.run_steps(2);
-    h.get_by_label(&format!("2  {}", lines[1])).click();
+    h.get_by_label(&format!("1–2  {}", lines[1])).click();
     h.run_steps(1);
     assert_eq!(
         h.state().prompt,

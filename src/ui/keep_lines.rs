@@ -27,6 +27,15 @@ pub fn kept_text(poem: &str, n: usize) -> String {
     lines_with_marks(poem).into_iter().take(n).collect()
 }
 
+/// `1` for the first line, `1–3` for the first three.
+pub fn range_label(lines: usize) -> String {
+    if lines == 1 {
+        "1".into()
+    } else {
+        format!("1–{lines}")
+    }
+}
+
 /// Draws a card's "Keep…" menu over its finished `poem`; returns how many of
 /// its first lines to keep when the user chooses.
 pub fn keep_menu(ui: &mut egui::Ui, poem: &str) -> Option<usize> {
@@ -36,7 +45,10 @@ pub fn keep_menu(ui: &mut egui::Ui, poem: &str) -> Option<usize> {
         ui.label(egui::RichText::new("Keep the lines up to … and rewrite the rest").small());
         // Keeping every line would leave nothing to rewrite.
         for (i, line) in lines.iter().enumerate().take(lines.len().saturating_sub(1)) {
-            if ui.button(format!("{}  {line}", i + 1)).clicked() {
+            if ui
+                .button(format!("{}  {line}", range_label(i + 1)))
+                .clicked()
+            {
                 chosen = Some(i + 1);
                 ui.close();
             }

@@ -27,10 +27,12 @@ pub fn first_launch_examples(ui: &mut egui::Ui, prompt: &mut String, theme: &mut
     });
 }
 
-/// Draws the field over `text` (the theme as typed), with the words it is
-/// read as, in one group that wraps as a whole.
+/// Draws the field over `text` (the theme as typed) and the words it is
+/// read as.
 pub fn show(ui: &mut egui::Ui, text: &mut String) {
     ui.horizontal(|ui| field(ui, text));
+    // Beside it where there is room, else wrapped under it.
+    reading(ui, text);
 }
 
 fn field(ui: &mut egui::Ui, text: &mut String) {
@@ -47,8 +49,11 @@ fn field(ui: &mut egui::Ui, text: &mut String) {
          where it keeps the form's rhyme and tones. A sentence is read for the words of \
          classical verse in it.",
     );
-    let read = parse_theme(text);
-    match &read {
+}
+
+/// The words the theme is read as, or why it cannot be read.
+fn reading(ui: &mut egui::Ui, text: &str) {
+    match &parse_theme(text) {
         Ok(theme) if theme.words.is_empty() => {}
         Ok(theme) => {
             let how = if theme.reduced {
@@ -56,14 +61,10 @@ fn field(ui: &mut egui::Ui, text: &mut String) {
             } else {
                 "in every poem"
             };
-            ui.label(egui::RichText::new(format!("{} ({how})", theme.words.join(" · "))).small());
+            ui.label(format!("{} ({how})", theme.words.join(" · ")));
         }
         Err(e) => {
-            ui.label(
-                egui::RichText::new(e.to_string())
-                    .small()
-                    .color(ui.visuals().error_fg_color),
-            );
+            ui.label(egui::RichText::new(e.to_string()).color(ui.visuals().error_fg_color));
         }
     }
 }
