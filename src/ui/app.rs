@@ -1092,6 +1092,8 @@ impl VersifierApp {
             );
         }
         ui.horizontal_wrapped(|ui| {
+            // As tall as the fields are with any text, so typing moves nothing.
+            ui.set_min_height(28.0);
             ui.label("Prompt");
             let prompt = ui.add(
                 egui::TextEdit::singleline(&mut self.prompt)
