@@ -1076,6 +1076,24 @@ impl VersifierApp {
         });
     }
 
+    /// The prompt box; its first focus preloads the model.
+    fn prompt_field(&mut self, ui: &mut egui::Ui) {
+        ui.label("Prompt");
+        let prompt = ui.add(
+            egui::TextEdit::singleline(&mut self.prompt)
+                .hint_text("春, 月, 山水 …")
+                .desired_width(220.0)
+                .font(egui::TextStyle::Heading),
+        );
+        let focused = prompt.has_focus();
+        if focused && !self.prompt_had_focus && self.settings.preload_on_focus {
+            // Preload so the first Generate does not wait.
+            let spec = self.load_spec();
+            self.send(Command::Prepare(spec));
+        }
+        self.prompt_had_focus = focused;
+    }
+
     fn writer(&mut self, ui: &mut egui::Ui, generating: bool) {
         // Taken before any text field can swallow them.
         let shortcuts = ui.input_mut(|i| {
@@ -1094,20 +1112,7 @@ impl VersifierApp {
         ui.horizontal_wrapped(|ui| {
             // As tall as the fields are with any text, so typing moves nothing.
             ui.set_min_height(28.0);
-            ui.label("Prompt");
-            let prompt = ui.add(
-                egui::TextEdit::singleline(&mut self.prompt)
-                    .hint_text("春, 月, 山水 …")
-                    .desired_width(220.0)
-                    .font(egui::TextStyle::Heading),
-            );
-            let focused = prompt.has_focus();
-            if focused && !self.prompt_had_focus && self.settings.preload_on_focus {
-                // Preload so the first Generate does not wait.
-                let spec = self.load_spec();
-                self.send(Command::Prepare(spec));
-            }
-            self.prompt_had_focus = focused;
+            self.prompt_field(ui);
             // Read again when Generate is pressed; here only shown.
             super::theme_field::show(ui, &mut self.settings.poem_theme);
         });
