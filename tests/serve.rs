@@ -101,6 +101,7 @@ fn two_cpu_engines_answer_200_concurrent_requests_and_share_the_work() {
                     .to_string();
                 let mut resp = agent()
                     .post(format!("http://{addr}/v1/poems"))
+                    .header("Content-Type", "application/json")
                     .send(&body)
                     .unwrap();
                 let status = resp.status().as_u16();
@@ -210,6 +211,7 @@ fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() {
                     json!({"prompt": "山", "form": "qilv", "seed": i, "variations": 4}).to_string();
                 let mut resp = agent()
                     .post(format!("http://{addr}/v1/poems"))
+                    .header("Content-Type", "application/json")
                     .send(&body)
                     .unwrap();
                 let status = resp.status().as_u16();
@@ -243,6 +245,7 @@ fn a_client_that_goes_away_has_its_request_cancelled() {
         .to_string();
     let mut resp = agent()
         .post(format!("http://{}/v1/poems", server.addr))
+        .header("Content-Type", "application/json")
         .send(&body)
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
@@ -373,6 +376,7 @@ fn a_model_swap_under_load_takes_only_folders_under_models_dir_and_fails_no_requ
                 let body = json!({"prompt": "月", "seed": i, "max_tokens": 24}).to_string();
                 agent()
                     .post(format!("http://{addr}/v1/poems"))
+                    .header("Content-Type", "application/json")
                     .send(&body)
                     .unwrap()
                     .status()
@@ -520,5 +524,100 @@ fn keywords_in_the_api_are_in_every_poem_and_kept_lines_stay_as_sent() {
             "{v}"
         );
     }
+    server.stop().unwrap();
+}
+
+/// Sends `request` (raw HTTP/1.1, `Connection: close`) and returns the
+/// response's status line, headers and body as text.
+fn raw_http(server: &RunningServer, request: &str) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn a_page_that_rebinds_its_name_to_loopback_gets_nothing_from_a_loopback_server() {
+    let server = start(&options(1, 8)).unwrap();
+    let port = server.addr.port();
+    let ask = |host: &str| {
+        raw_http(
+            &server,
+            &format!("GET /v1/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    for evil in [
+        format!("evil.example:{port}"),
+        format!("localhost:{}", port.wrapping_add(1)),
+    ] {
+        let answer = ask(&evil);
+        assert!(answer.starts_with("HTTP/1.1 403"), "{evil}: {answer}");
+        assert!(
+            answer.contains("forbidden_host") && !answer.contains("engines"),
+            "{answer}"
+        );
+    }
+    for good in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let answer = ask(&good);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{good}: {answer}");
+    }
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_cross_origin_form_or_text_post_writes_no_poem_and_releases_nothing() {
+    let server = start(&options(1, 8)).unwrap();
+    let port = server.addr.port();
+    for (path, content_type) in [
+        ("/v1/poems", "text/plain"),
+        ("/v1/poems", "application/x-www-form-urlencoded"),
+        ("/v1/release", "text/plain"),
+        ("/v1/model", "multipart/form-data; boundary=x"),
+    ] {
+        let body = r#"{"prompt": "月"}"#;
+        let answer = raw_http(
+            &server,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: http://evil.example\r\n\
+                 Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 415"),
+            "{path} {content_type}: {answer}"
+        );
+        assert!(
+            answer.contains("Content-Type: application/json"),
+            "{answer}"
+        );
+    }
+    // No CORS: a browser's preflight gets no leave to send JSON from a page.
+    let answer = raw_http(
+        &server,
+        &format!(
+            "OPTIONS /v1/poems HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: http://evil.example\r\n\
+             Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(
+        !answer
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "{answer}"
+    );
+    // Nothing was written and nothing loaded.
+    let status: Value = serde_json::from_str(&get(&server, "/v1/status")).unwrap();
+    assert_eq!(status["engines"][0]["served"], 0, "{status}");
+    assert!(status["engines"][0]["last_load"].is_null(), "{status}");
     server.stop().unwrap();
 }

@@ -81,6 +81,7 @@ fn answer(addr: std::net::SocketAddr, body: &Value) -> Option<(Duration, Value)>
     let started = Instant::now();
     let mut resp = agent
         .post(format!("http://{addr}/v1/poems"))
+        .header("Content-Type", "application/json")
         .send(body.to_string())
         .ok()?;
     let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()?;

@@ -10,6 +10,7 @@
 //! model or open a device (the engines do), or be used by anything below it.
 
 pub mod bench;
+pub mod guard;
 mod pool;
 mod routes;
 
@@ -164,7 +165,10 @@ pub fn start(opts: &ServeOptions) -> Result<RunningServer, ServeError> {
         addr: opts.bind,
         source,
     })?;
-    let app = routes::router(state(opts));
+    let guard = guard::GuardConfig {
+        loopback_port: addr.ip().is_loopback().then_some(addr.port()),
+    };
+    let app = routes::router(state(opts), guard);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("versifier-serve-main".into())

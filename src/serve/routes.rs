@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::guard::{token_matches, GuardConfig};
 use super::pool::{PoolError, Ticket};
 use super::{AppState, MAX_BODY_BYTES};
 use crate::engine::{DeviceChoice, ErrorKind, Event, GenerateJob, Prompt};
@@ -28,7 +29,7 @@ const MAX_PROMPT_CHARS: usize = 64;
 /// The most tokens one request may ask for.
 const MAX_TOKENS: usize = 256;
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, guard: GuardConfig) -> Router {
     Router::new()
         .route("/v1/poems", post(poems))
         .route("/v1/completions", post(completions))
@@ -37,6 +38,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/model", post(swap_model))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            super::guard::guard,
+        ))
         .with_state(state)
 }
 
@@ -95,7 +100,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|g| g.as_bytes() == token.as_bytes()) {
+    if given.is_some_and(|g| token_matches(g, token)) {
         Ok(())
     } else {
         Err(ApiError {
