@@ -399,7 +399,8 @@ fn a_model_swap_under_load_takes_only_folders_under_models_dir_and_fails_no_requ
         );
         assert_eq!(got, 200, "{v}");
     }
-    let status: Value = serde_json::from_str(&get(&server, "/v1/status")).unwrap();
+    let status = swap_settled(&server);
+    assert_eq!(status["swap"]["state"], "done", "{status}");
     assert!(
         status["model"].as_str().unwrap().ends_with("tang-copy"),
         "{status}"
@@ -619,5 +620,87 @@ fn a_cross_origin_form_or_text_post_writes_no_poem_and_releases_nothing() {
     let status: Value = serde_json::from_str(&get(&server, "/v1/status")).unwrap();
     assert_eq!(status["engines"][0]["served"], 0, "{status}");
     assert!(status["engines"][0]["last_load"].is_null(), "{status}");
+    server.stop().unwrap();
+}
+
+/// Polls `/v1/status` (bounded) until the last swap is no longer under way.
+fn swap_settled(server: &RunningServer) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value = serde_json::from_str(&get(server, "/v1/status")).unwrap();
+        if status["swap"]["state"] != "swapping" || Instant::now() > deadline {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_swap_to_a_broken_model_keeps_the_old_one_serving_and_says_why() {
+    let models = tempfile::tempdir().unwrap();
+    let bundled = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems");
+    let broken = models.path().join("truncated");
+    std::fs::create_dir(&broken).unwrap();
+    for f in ["config.json", "vocab.txt", "s2t.tsv"] {
+        std::fs::copy(bundled.join(f), broken.join(f)).unwrap();
+    }
+    let weights = std::fs::read(bundled.join("model.safetensors")).unwrap();
+    std::fs::write(
+        broken.join("model.safetensors"),
+        &weights[..weights.len() / 2],
+    )
+    .unwrap();
+    let mut opts = options(1, 32);
+    opts.models_dir = Some(models.path().to_path_buf());
+    let server = start(&opts).unwrap();
+    // Requests in flight while the swap fails: none hears of it.
+    let addr = server.addr;
+    let load: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = json!({"prompt": "月", "seed": i, "max_tokens": 24}).to_string();
+                agent()
+                    .post(format!("http://{addr}/v1/poems"))
+                    .header("Content-Type", "application/json")
+                    .send(&body)
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let (got, v, _) = post(&server, "/v1/model", r#"{"model": "truncated"}"#, None);
+    assert_eq!(got, 200, "{v}");
+    for c in load {
+        assert_eq!(
+            c.join().unwrap(),
+            200,
+            "a request failed during the failed swap"
+        );
+    }
+    let status = swap_settled(&server);
+    assert_eq!(status["swap"]["state"], "failed", "{status}");
+    assert!(
+        status["swap"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("model.safetensors"),
+        "{status}"
+    );
+    assert!(
+        status["model"].as_str().unwrap().ends_with("tang-poems"),
+        "{status}"
+    );
+    // After it, the old model still writes every poem.
+    for seed in 0..4 {
+        let (got, v, _) = post(
+            &server,
+            "/v1/poems",
+            &json!({"prompt": "月", "seed": seed}).to_string(),
+            None,
+        );
+        assert_eq!(got, 200, "{v}");
+        assert_eq!(v["model"], "tang-poems", "{v}");
+    }
     server.stop().unwrap();
 }

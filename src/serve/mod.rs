@@ -13,6 +13,7 @@ pub mod bench;
 pub mod guard;
 mod pool;
 mod routes;
+pub mod swap;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use super::swap::{SwapOutcome, SwapState};
 use crate::engine::{
     Command, DeviceChoice, Engine, EngineError, EngineOptions, EngineRemote, EngineState, Event,
     GenerateJob, LoadReport, LoadSpec, Precision, ReleaseReport, RequestId,
@@ -67,6 +68,15 @@ struct Slot {
     in_flight: Arc<AtomicUsize>,
 }
 
+impl Slot {
+    fn is_running(&self) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+}
+
 #[derive(Debug, Default)]
 struct SlotState {
     state: Option<EngineState>,
@@ -94,8 +104,9 @@ pub enum PoolError {
 /// The engines of a server, one per device.
 pub struct EnginePool {
     slots: Vec<Slot>,
-    /// The model new requests use; a swap changes it once every engine has it.
-    model: Mutex<PathBuf>,
+    /// The model new requests use; a swap changes it once every engine
+    /// asked has loaded it, and never when one could not.
+    swaps: Arc<SwapState>,
     precision: Precision,
     idle: Option<Duration>,
     max_queue: usize,
@@ -155,7 +166,7 @@ impl EnginePool {
             .collect();
         Self {
             slots,
-            model: Mutex::new(model),
+            swaps: Arc::new(SwapState::new(model)),
             precision,
             idle,
             max_queue: max_queue.max(1),
@@ -165,18 +176,29 @@ impl EnginePool {
 
     /// The model every engine serves.
     pub fn model(&self) -> PathBuf {
-        self.model
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.swaps.model()
     }
 
-    /// Hot swap: every started engine loads `model` beside the one it serves
-    /// and switches between requests (requests in flight finish on the old
-    /// one; a model that fails to load leaves the old one in place and is
-    /// reported by the engine). New requests ask for `model` from now on.
+    /// How the last swap went.
+    pub fn swap_outcome(&self) -> Option<SwapOutcome> {
+        self.swaps.outcome()
+    }
+
+    /// Hot swap: every started engine (the first, started now, when none
+    /// runs) loads `model` beside the one it serves and switches between
+    /// requests; requests in flight finish on the old one. New requests ask
+    /// for `model` once every engine asked has it; one that cannot load it
+    /// keeps the old one, and so does the server ([`SwapState`]).
     pub fn swap(&self, model: PathBuf) -> Vec<String> {
         let mut asked = Vec::new();
+        if self.slots.iter().all(|s| !s.is_running()) {
+            if let Some(first) = self.slots.first() {
+                let mut running = first.running.lock().unwrap_or_else(PoisonError::into_inner);
+                if running.is_none() {
+                    *running = self.start(first).ok();
+                }
+            }
+        }
         for slot in &self.slots {
             let running = slot.running.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(r) = running.as_ref() {
@@ -190,7 +212,9 @@ impl EnginePool {
                 }
             }
         }
-        *self.model.lock().unwrap_or_else(PoisonError::into_inner) = model;
+        if !asked.is_empty() {
+            self.swaps.begin(model, &asked);
+        }
         asked
     }
 
@@ -274,11 +298,22 @@ impl EnginePool {
         let routes: Routes = Arc::default();
         let status = Arc::clone(&slot.status);
         let counters = Arc::clone(&self.counters);
+        let swaps = Arc::clone(&self.swaps);
+        let device = slot.device.to_string();
         let thread_routes = Arc::clone(&routes);
         let name = format!("versifier-serve-events-{}", slot.device);
         let dispatcher = std::thread::Builder::new()
             .name(name)
-            .spawn(move || dispatch(engine, &thread_routes, &status, &counters))
+            .spawn(move || {
+                let shared = Dispatch {
+                    routes: &thread_routes,
+                    status: &status,
+                    counters: &counters,
+                    swaps: &swaps,
+                    device: &device,
+                };
+                dispatch(engine, &shared);
+            })
             .map_err(|e| PoolError::Start {
                 device: slot.device.to_string(),
                 source: EngineError::Spawn(e),
@@ -361,8 +396,19 @@ impl Drop for EnginePool {
     }
 }
 
+/// What one engine's dispatcher updates.
+struct Dispatch<'a> {
+    routes: &'a Routes,
+    status: &'a Mutex<SlotState>,
+    counters: &'a Counters,
+    swaps: &'a SwapState,
+    /// The engine's device, as the swap names it.
+    device: &'a str,
+}
+
 /// Reads one engine's events until it stops, routing each to its request.
-fn dispatch(engine: Engine, routes: &Routes, status: &Mutex<SlotState>, counters: &Counters) {
+fn dispatch(engine: Engine, d: &Dispatch) {
+    let (routes, status, counters) = (d.routes, d.status, d.counters);
     while let Some(event) = engine.recv() {
         let route = |id: RequestId| {
             routes
@@ -374,7 +420,10 @@ fn dispatch(engine: Engine, routes: &Routes, status: &Mutex<SlotState>, counters
         let mut st = status.lock().unwrap_or_else(PoisonError::into_inner);
         match &event {
             Event::State(s) => st.state = Some(*s),
-            Event::Loaded(r) => st.last_load = Some(r.clone()),
+            Event::Loaded(r) => {
+                d.swaps.loaded(d.device, &r.spec.model);
+                st.last_load = Some(r.clone());
+            }
             Event::Released(r) => {
                 st.last_release = Some(r.clone());
                 // The report comes once everything is freed, just before the
@@ -397,6 +446,12 @@ fn dispatch(engine: Engine, routes: &Routes, status: &Mutex<SlotState>, counters
                     let _ = tx.send(event.clone());
                 }
             }
+            // A failed swap: the engine kept its model; no request hears it.
+            Event::Error {
+                request: None,
+                message,
+                ..
+            } if d.swaps.failed(d.device, message) => {}
             Event::Error { request, .. } => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
                 let targets: Vec<UnboundedSender<Event>> = match request {

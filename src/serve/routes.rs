@@ -629,6 +629,7 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     Json(json!({
         "model": state.pool.model().display().to_string(),
         "engines": state.pool.status(),
+        "swap": state.pool.swap_outcome(),
         "gpus": gpus,
         "process_rss_bytes": crate::meter::process_memory().map(|m| m.rss_bytes),
     }))
