@@ -704,3 +704,43 @@ fn a_swap_to_a_broken_model_keeps_the_old_one_serving_and_says_why() {
     }
     server.stop().unwrap();
 }
+
+#[test]
+fn probes_find_health_and_readiness_and_clients_find_the_model_list() {
+    let server = start(&options(1, 8)).unwrap();
+    let health: Value = serde_json::from_str(&get(&server, "/health")).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    let ready: Value = serde_json::from_str(&get(&server, "/ready")).unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    let models: Value = serde_json::from_str(&get(&server, "/v1/models")).unwrap();
+    assert_eq!(models["object"], "list", "{models}");
+    assert_eq!(models["data"][0]["id"], "tang-poems", "{models}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn completion_ids_never_repeat_and_a_vanishing_temperature_is_a_400_not_a_500() {
+    let server = start(&options(1, 8)).unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for seed in 0..3 {
+        let body = json!({"prompt": "春", "max_tokens": 4, "seed": seed}).to_string();
+        let (got, v, _) = post(&server, "/v1/completions", &body, None);
+        assert_eq!(got, 200, "{v}");
+        assert!(ids.insert(v["id"].as_str().unwrap().to_string()), "{v}");
+    }
+    for path in ["/v1/poems", "/v1/completions"] {
+        let (got, v, _) = post(
+            &server,
+            path,
+            r#"{"prompt": "春", "temperature": 1e-300}"#,
+            None,
+        );
+        assert_eq!(got, 400, "{path}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`temperature`") && message.contains("0.001"),
+            "{v}"
+        );
+    }
+    server.stop().unwrap();
+}

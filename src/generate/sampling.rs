@@ -12,13 +12,17 @@ use serde::{Deserialize, Serialize};
 
 use super::GenerateError;
 
+/// The lowest temperature: logits divided by less overflow `f32` (1e-300
+/// made every logit infinite); for the most likely token, use greedy.
+pub const MIN_TEMPERATURE: f64 = 1e-3;
+
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SamplingParams {
     /// Always take the most likely token (temperature and the filters are ignored).
     pub greedy: bool,
-    /// Softmax temperature, > 0.
+    /// Softmax temperature, at least [`MIN_TEMPERATURE`].
     pub temperature: f64,
     /// Keep the `top_k` most likely tokens; 0 keeps all.
     pub top_k: usize,
@@ -56,10 +60,14 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<(), GenerateError> {
         let invalid =
             |field: &'static str, problem: String| Err(GenerateError::Invalid { field, problem });
-        if !(self.greedy || self.temperature.is_finite() && self.temperature > 0.0) {
+        if !(self.greedy || self.temperature.is_finite() && self.temperature >= MIN_TEMPERATURE) {
             return invalid(
                 "temperature",
-                format!("must be a positive number, found {}", self.temperature),
+                format!(
+                    "must be a number of at least {MIN_TEMPERATURE} (below it the logits overflow; \
+                     greedy takes the most likely token), found {}",
+                    self.temperature
+                ),
             );
         }
         if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {

@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod guard;
 mod pool;
+mod probes;
 mod routes;
 pub mod swap;
 

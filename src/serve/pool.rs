@@ -179,6 +179,13 @@ impl EnginePool {
         self.swaps.model()
     }
 
+    /// Whether some engine has room in its queue for a request now.
+    pub fn can_take_work(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.in_flight.load(Ordering::Relaxed) < self.max_queue)
+    }
+
     /// How the last swap went.
     pub fn swap_outcome(&self) -> Option<SwapOutcome> {
         self.swaps.outcome()

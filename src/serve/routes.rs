@@ -37,6 +37,9 @@ pub fn router(state: Arc<AppState>, guard: GuardConfig) -> Router {
         .route("/v1/release", post(release))
         .route("/v1/model", post(swap_model))
         .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/health", get(super::probes::health))
+        .route("/ready", get(super::probes::ready))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             guard,
@@ -533,7 +536,7 @@ fn completion_answer(state: &AppState, g: &Generation, prompt_tokens: usize) -> 
         .collect();
     let completion = g.generated_tokens();
     json!({
-        "id": format!("cmpl-{created}-{}", g.prompt_ids.len()),
+        "id": super::probes::completion_id(created),
         "object": "text_completion",
         "created": created,
         "model": state.pool.model().file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
@@ -730,6 +733,23 @@ async fn swap_model(
         Ok(Json(json!({"model": model.display().to_string(), "swapping": asked})).into_response())
     };
     run().unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /v1/models`: the OpenAI list shape, naming the model requests use.
+async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    let name = state
+        .pool
+        .model()
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    Json(json!({
+        "object": "list",
+        "data": [{"id": name, "object": "model", "owned_by": "versifier"}],
+    }))
+    .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
