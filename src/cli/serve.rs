@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use versifier::engine::{DeviceChoice, Precision};
-use versifier::serve::{run_until_ctrl_c, ServeOptions};
+use versifier::serve::{run_until_signal, ServeOptions, Stopped};
 
 use super::{model_or_bundled, DeviceArg};
 
@@ -38,23 +38,28 @@ pub struct ServeArgs {
     /// on the command line); or set VERSIFIER_TOKEN.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// On SIGTERM, SIGINT or SIGHUP: how long requests in flight may take to
+    /// be answered before the process exits anyway (90s, 5m, or never to wait
+    /// for them all); a second signal exits at once.
+    #[arg(long, default_value = "30s")]
+    drain_timeout: String,
 }
 
 /// `90s`, `5m`, `1h`, a number of seconds, or `never`.
-fn idle(text: &str) -> Result<Option<Duration>> {
+fn duration(setting: &str, text: &str) -> Result<Option<Duration>> {
     let t = text.trim();
     if t == "never" {
         return Ok(None);
     }
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("invalid setting `idle`: `{text}`; give 90s, 5m, 1h or never"))?;
+    let n: u64 = num.parse().with_context(|| {
+        format!("invalid setting `{setting}`: `{text}`; give 90s, 5m, 1h or never")
+    })?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => bail!("invalid setting `idle`: `{text}`; give 90s, 5m, 1h or never"),
+        _ => bail!("invalid setting `{setting}`: `{text}`; give 90s, 5m, 1h or never"),
     };
     Ok(Some(Duration::from_secs(secs)))
 }
@@ -75,15 +80,29 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         devices,
         model: model_or_bundled(args.model)?,
         precision: args.dtype,
-        idle: idle(&args.idle)?,
+        idle: duration("idle", &args.idle)?,
         max_queue: args.max_queue,
         token,
         models_dir: args.models_dir,
     };
-    run_until_ctrl_c(&opts, |addr| {
-        eprintln!("versifier serve: listening on http://{addr} (Ctrl+C stops)");
+    let drain = duration("drain-timeout", &args.drain_timeout)?.unwrap_or(Duration::MAX);
+    let stopped = run_until_signal(&opts, drain, |addr| {
+        eprintln!("versifier serve: listening on http://{addr} (Ctrl+C or SIGTERM stops)");
     })?;
-    Ok(())
+    match stopped {
+        Stopped::Drained => Ok(()),
+        Stopped::DrainTimedOut => {
+            eprintln!(
+                "versifier serve: connections still open after the drain timeout ({}); exiting",
+                args.drain_timeout
+            );
+            std::process::exit(0)
+        }
+        Stopped::Interrupted => {
+            eprintln!("versifier serve: second signal; exiting without waiting");
+            std::process::exit(130)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -91,14 +110,14 @@ mod tests {
     #[test]
     fn idle_durations_parse_with_units_and_never() {
         assert_eq!(
-            super::idle("90s").unwrap(),
+            super::duration("idle", "90s").unwrap(),
             Some(std::time::Duration::from_secs(90))
         );
         assert_eq!(
-            super::idle("5m").unwrap(),
+            super::duration("idle", "5m").unwrap(),
             Some(std::time::Duration::from_secs(300))
         );
-        assert_eq!(super::idle("never").unwrap(), None);
-        assert!(super::idle("5 weeks").is_err());
+        assert_eq!(super::duration("idle", "never").unwrap(), None);
+        assert!(super::duration("idle", "5 weeks").is_err());
     }
 }

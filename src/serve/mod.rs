@@ -128,6 +128,45 @@ impl RunningServer {
         self.stop_inner()
     }
 
+    /// [`Self::stop`], waiting at most `drain_timeout` and only until a
+    /// message on `interrupt`; a server not stopped by then is left to the
+    /// process's exit.
+    pub fn stop_within(
+        mut self,
+        drain_timeout: Duration,
+        interrupt: &std::sync::mpsc::Receiver<()>,
+    ) -> Result<Stopped, ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        // `None`: no deadline (a timeout too long to add to now).
+        let deadline = std::time::Instant::now().checked_add(drain_timeout);
+        loop {
+            if self
+                .thread
+                .as_ref()
+                .is_none_or(std::thread::JoinHandle::is_finished)
+            {
+                return self.stop_inner().map(|()| Stopped::Drained);
+            }
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+            });
+            if left.is_zero() {
+                // Not joined: the process exits with the thread still running.
+                drop(self.thread.take());
+                return Ok(Stopped::DrainTimedOut);
+            }
+            match interrupt.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    drop(self.thread.take());
+                    return Ok(Stopped::Interrupted);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
     fn stop_inner(&mut self) -> Result<(), ServeError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -194,11 +233,26 @@ pub fn start(opts: &ServeOptions) -> Result<RunningServer, ServeError> {
     })
 }
 
-/// Runs the server until Ctrl+C (the command line's `versifier serve`).
-pub fn run_until_ctrl_c(
+/// How a server stopped after a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every request in flight was answered and the server thread joined.
+    Drained,
+    /// Connections were still open when the drain timeout passed.
+    DrainTimedOut,
+    /// A second signal came while draining.
+    Interrupted,
+}
+
+/// Runs the server until SIGINT, SIGTERM or SIGHUP (the command line's
+/// `versifier serve`), then drains: the listener closes and the requests in
+/// flight are answered, for at most `drain_timeout`; a second signal stops
+/// the wait. The caller exits the process after anything but `Drained`.
+pub fn run_until_signal(
     opts: &ServeOptions,
+    drain_timeout: Duration,
     on_listening: impl FnOnce(SocketAddr),
-) -> Result<(), ServeError> {
+) -> Result<Stopped, ServeError> {
     let server = start(opts)?;
     on_listening(server.addr);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -207,5 +261,5 @@ pub fn run_until_ctrl_c(
         let _ = tx.send(());
     });
     let _ = rx.recv();
-    server.stop()
+    server.stop_within(drain_timeout, &rx)
 }
