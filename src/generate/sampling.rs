@@ -64,7 +64,7 @@ impl SamplingParams {
             return invalid(
                 "temperature",
                 format!(
-                    "must be a number of at least {MIN_TEMPERATURE} (below it the logits overflow; \
+                    "must be a positive number, at least {MIN_TEMPERATURE} (below it the logits overflow; \
                      greedy takes the most likely token), found {}",
                     self.temperature
                 ),
