@@ -744,3 +744,26 @@ fn completion_ids_never_repeat_and_a_vanishing_temperature_is_a_400_not_a_500() 
     }
     server.stop().unwrap();
 }
+
+#[test]
+fn a_burst_of_128_on_one_engine_with_the_default_queue_is_answered_without_a_503() {
+    let server = start(&options(1, versifier::serve::DEFAULT_MAX_QUEUE)).unwrap();
+    let addr = server.addr;
+    let clients: Vec<_> = (0..128)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = json!({"prompt": "月", "form": "wujue", "seed": i}).to_string();
+                agent()
+                    .post(format!("http://{addr}/v1/poems"))
+                    .header("Content-Type", "application/json")
+                    .send(&body)
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    server.stop().unwrap();
+}

@@ -29,7 +29,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "5m")]
     idle: String,
     /// Requests accepted per engine before answering 503 with Retry-After.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = versifier::serve::DEFAULT_MAX_QUEUE)]
     max_queue: usize,
     /// Folder whose model folders `POST /v1/model` may switch to (no swaps without it).
     #[arg(long)]

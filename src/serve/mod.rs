@@ -25,6 +25,11 @@ pub use pool::{EnginePool, EngineStatus, PoolError};
 
 use crate::engine::{DeviceChoice, Precision};
 
+/// Requests accepted per engine by default: a burst of 128 is queued and
+/// answered, not turned into 503s that all retry at once (the engine batches
+/// up to 8 rows, so 128 short poems take seconds on a CPU).
+pub const DEFAULT_MAX_QUEUE: usize = 128;
+
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
