@@ -370,20 +370,11 @@ fn a_model_swap_under_load_takes_only_folders_under_models_dir_and_fails_no_requ
     }
     // A swap under load: 12 requests in flight while the model changes; none fails.
     let addr = server.addr;
-    let load: Vec<_> = (0..12)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let body = json!({"prompt": "月", "seed": i, "max_tokens": 24}).to_string();
-                agent()
-                    .post(format!("http://{addr}/v1/poems"))
-                    .header("Content-Type", "application/json")
-                    .send(&body)
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
+    let load = poem_requests(
+        addr,
+        12,
+        |i| json!({"prompt": "月", "seed": i, "max_tokens": 24}),
+    );
     let (got, v, _) = post(&server, "/v1/model", r#"{"model": "tang-copy"}"#, None);
     assert_eq!(got, 200, "{v}");
     for c in load {
@@ -655,20 +646,11 @@ fn a_swap_to_a_broken_model_keeps_the_old_one_serving_and_says_why() {
     let server = start(&opts).unwrap();
     // Requests in flight while the swap fails: none hears of it.
     let addr = server.addr;
-    let load: Vec<_> = (0..8)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let body = json!({"prompt": "月", "seed": i, "max_tokens": 24}).to_string();
-                agent()
-                    .post(format!("http://{addr}/v1/poems"))
-                    .header("Content-Type", "application/json")
-                    .send(&body)
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
+    let load = poem_requests(
+        addr,
+        8,
+        |i| json!({"prompt": "月", "seed": i, "max_tokens": 24}),
+    );
     let (got, v, _) = post(&server, "/v1/model", r#"{"model": "truncated"}"#, None);
     assert_eq!(got, 200, "{v}");
     for c in load {
@@ -749,10 +731,27 @@ fn completion_ids_never_repeat_and_a_vanishing_temperature_is_a_400_not_a_500() 
 fn a_burst_of_128_on_one_engine_with_the_default_queue_is_answered_without_a_503() {
     let server = start(&options(1, versifier::serve::DEFAULT_MAX_QUEUE)).unwrap();
     let addr = server.addr;
-    let clients: Vec<_> = (0..128)
+    let clients = poem_requests(
+        addr,
+        128,
+        |i| json!({"prompt": "月", "form": "wujue", "seed": i}),
+    );
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    server.stop().unwrap();
+}
+
+/// `n` clients on threads of their own, each POSTing `body(i)` to `/v1/poems`
+/// once; each thread returns the status it got.
+fn poem_requests(
+    addr: std::net::SocketAddr,
+    n: usize,
+    body: impl Fn(usize) -> Value,
+) -> Vec<std::thread::JoinHandle<u16>> {
+    (0..n)
         .map(|i| {
+            let body = body(i).to_string();
             std::thread::spawn(move || {
-                let body = json!({"prompt": "月", "form": "wujue", "seed": i}).to_string();
                 agent()
                     .post(format!("http://{addr}/v1/poems"))
                     .header("Content-Type", "application/json")
@@ -762,8 +761,5 @@ fn a_burst_of_128_on_one_engine_with_the_default_queue_is_answered_without_a_503
                     .as_u16()
             })
         })
-        .collect();
-    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    server.stop().unwrap();
+        .collect()
 }
