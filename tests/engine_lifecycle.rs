@@ -996,3 +996,61 @@ fn a_bad_request_that_would_join_a_running_decode_gets_its_own_error_and_the_oth
     assert_eq!(good_rows, 2, "the good one behind it still joined");
     assert!(!good_poem[0].is_empty());
 }
+
+#[test]
+fn a_steady_stream_of_joining_requests_drains_with_a_bounded_cache() {
+    // 96 one-poem requests, queued faster than they decode: each joins the
+    // running decode as a row leaves (the server under steady load). Every
+    // one is answered, and the decode's cache at the end is no bigger than
+    // at the start: rows that left took their columns along.
+    let total = 96;
+    let mut h = Harness::new(total + 8);
+    let jobs: Vec<GenerateJob> = (0..total)
+        .map(|i| GenerateJob {
+            variations: 1,
+            sampling: SamplingParams {
+                seed: 100 + i as u64,
+                ..SamplingParams::default()
+            },
+            ..h.job(24)
+        })
+        .collect();
+    let ids: Vec<RequestId> = jobs.iter().map(|j| j.id).collect();
+    // The first request starts the decode; the rest arrive while it runs,
+    // one with each token written, so they join at different steps.
+    h.engine.send(Command::Generate(jobs[0].clone())).unwrap();
+    h.until("the first token", |e| matches!(e, Event::Token { .. }));
+    let rest = Mutex::new(jobs[1..].to_vec().into_iter());
+    h.set_hook(move |remote, _| {
+        if let Some(job) = rest.lock().unwrap().next() {
+            remote.send(Command::Generate(job)).unwrap();
+        }
+    });
+    // Answers come in the order rows end, not the order requests were sent.
+    let mut cache_bytes = std::collections::BTreeMap::new();
+    while cache_bytes.len() < total {
+        let ev = h.until("an answer", |e| {
+            matches!(e, Event::Done { .. } | Event::Error { .. })
+        });
+        let Event::Done {
+            request,
+            generation,
+        } = ev
+        else {
+            panic!("a request failed: {ev:?}");
+        };
+        assert!(ids.contains(&request));
+        cache_bytes.insert(request, (generation.batch_rows, generation.kv_cache_bytes));
+    }
+    let cache_bytes: Vec<(usize, usize)> = cache_bytes.into_values().collect();
+    assert!(
+        cache_bytes.iter().any(|(rows, _)| *rows >= 4),
+        "requests joined a running decode: {cache_bytes:?}"
+    );
+    let full_early = cache_bytes[..16].iter().map(|c| c.1).max().unwrap();
+    let late = cache_bytes[total - 16..].iter().map(|c| c.1).max().unwrap();
+    assert!(
+        late <= 2 * full_early,
+        "the cache grew with the stream: {late} bytes at the end, {full_early} early ({cache_bytes:?})"
+    );
+}

@@ -335,3 +335,85 @@ fn a_prompt_computed_once_and_copied_to_several_rows_gives_each_the_logits_of_it
         .to_string()
         .contains("row 3 of a cache of 3 rows"));
 }
+
+/// Admits a new row whenever the batch has room, `total` in all, each a
+/// prompt of its own; records each row's cache bytes when it ended.
+struct SteadyStream {
+    prompts: Vec<Vec<u32>>,
+    next: usize,
+    ended_bytes: Vec<(usize, usize)>,
+}
+
+impl RowFeed for SteadyStream {
+    fn admit(&mut self, free: usize, max_prompt_tokens: usize) -> Vec<RowStart> {
+        let mut out = Vec::new();
+        // One joiner per step, as requests trickle in.
+        if free > 0 {
+            if let Some(p) = self.prompts.get(self.next) {
+                if p.len() <= max_prompt_tokens {
+                    out.push(RowStart {
+                        prompt_ids: p.clone(),
+                        seed: 1000 + self.next as u64,
+                        variation: 0,
+                        start: String::new(),
+                    });
+                    self.next += 1;
+                }
+            }
+        }
+        out
+    }
+    fn cancelled(&self, _row: usize) -> bool {
+        false
+    }
+    fn token(&mut self, _ev: &TokenEvent) {}
+    fn finished(&mut self, row: FinishedRow<'_>) {
+        self.ended_bytes.push((row.row, row.kv_cache_bytes));
+    }
+}
+
+#[test]
+fn a_long_stream_of_joiners_keeps_the_cache_bounded_and_each_row_writes_what_it_would_alone() {
+    let cfg = Gpt2Config::small(300, 128, 32, 2, 4);
+    let dir = synthetic_model_dir(&cfg, 5, DType::F32);
+    let m = load_model(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let total = 240;
+    // Prompts of 2 to 6 tokens: joiners are padded to the columns so far.
+    let prompts: Vec<Vec<u32>> = (0..total)
+        .map(|i| {
+            (0..2 + i % 5)
+                .map(|j| ((i * 31 + j * 7) % 290 + 1) as u32)
+                .collect()
+        })
+        .collect();
+    let first = request(&[3, 14, 15, 92, 65], 7, 2);
+    let mut feed = SteadyStream {
+        prompts: prompts.clone(),
+        next: 0,
+        ended_bytes: Vec::new(),
+    };
+    let g = generate_feeding(DecodePath::Growing, &m.model, &first, |_| &[], &mut feed).unwrap();
+    assert_eq!(feed.next, total, "every joiner was admitted");
+    assert_eq!(g.variations.len(), total + 2);
+    // About 240 * 24 / 8 = 720 steps: a cache that kept every column would
+    // end at hundreds of columns. Rows that left took their columns along: the
+    // last rows' cache holds at most 8 rows of twice the first buffer's 64
+    // columns (rows need at most 6 + 24; a buffer grows by doubling).
+    let early = feed.ended_bytes[..16].iter().map(|e| e.1).max().unwrap();
+    let late = feed.ended_bytes[total - 16..]
+        .iter()
+        .map(|e| e.1)
+        .max()
+        .unwrap();
+    let per_column_row = 2 * cfg.n_layer * cfg.n_embd * 4; // keys and values, f32
+    let bound = 8 * 2 * 64 * per_column_row;
+    assert!(
+        late <= bound,
+        "the cache grew with the stream: {late} bytes at the end, {early} early, bound {bound}"
+    );
+    // Dropping columns changed no row's poem.
+    for i in (0..total).step_by(23) {
+        let alone = ids_alone(&m.model, &request(&prompts[i], 1000 + i as u64, 1));
+        assert_eq!(g.variations[i + 2].ids, alone[0], "joiner {i}");
+    }
+}

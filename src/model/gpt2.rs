@@ -169,7 +169,11 @@ impl KvCache {
     }
 
     /// Keeps only the rows whose `keep` is true, in order (rows that finished
-    /// leave the batch instead of being computed and masked to the end).
+    /// leave the batch instead of being computed and masked to the end), and
+    /// drops the leading columns that are padding in every row left. A decode
+    /// that rows keep joining therefore holds as many columns as its longest
+    /// live row, not every column since it began: its step time and memory
+    /// stay bounded under a steady stream of requests.
     pub fn retain_rows(&mut self, keep: &[bool]) -> Result<(), ForwardError> {
         if keep.len() != self.batch() {
             return Err(ForwardError::Shape(format!(
@@ -182,7 +186,28 @@ impl KvCache {
             return Ok(());
         }
         let rows: Vec<usize> = (0..keep.len()).filter(|r| keep[*r]).collect();
-        self.select_rows(&rows)
+        // Columns before every kept row's first real token (rows are
+        // right-aligned, so padding only leads).
+        let lead = rows
+            .iter()
+            .map(|&r| {
+                self.valid[r]
+                    .iter()
+                    .position(|v| *v)
+                    .unwrap_or(self.valid[r].len())
+            })
+            .min()
+            .unwrap_or(0);
+        let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        for layer in &mut self.layers {
+            layer.keep(&index, lead)?;
+        }
+        self.valid = rows
+            .iter()
+            .map(|&r| self.valid[r][lead..].to_vec())
+            .collect();
+        self.real_tokens = rows.iter().map(|&r| self.real_tokens[r]).collect();
+        Ok(())
     }
 
     /// Makes row `i` a copy of row `rows[i]` (rows may repeat: a prompt
@@ -265,6 +290,29 @@ impl LayerKv {
             Tensor::cat(&[mine, &rows], 0) // (B + n, H, columns, hd)
         };
         self.buffers = Some((place(k, ok)?, place(v, ov)?));
+        Ok(())
+    }
+
+    /// Keeps `rows` (in that order) and drops the first `lead` columns, in
+    /// one copy.
+    fn keep(&mut self, rows: &[u32], lead: usize) -> candle_core::Result<()> {
+        let Some((k, v)) = &self.buffers else {
+            return Ok(());
+        };
+        let lead = lead.min(self.len);
+        let capacity = k.dim(2)?;
+        let index = Tensor::new(rows, k.device())?;
+        let cut = |t: &Tensor| -> candle_core::Result<Tensor> {
+            if lead == 0 {
+                return t.index_select(&index, 0); // (B', H, capacity, hd)
+            }
+            // index_select reads a contiguous source.
+            t.narrow(2, lead, capacity - lead)?
+                .contiguous()?
+                .index_select(&index, 0) // (B', H, capacity - lead, hd)
+        };
+        self.buffers = Some((cut(k)?, cut(v)?));
+        self.len -= lead;
         Ok(())
     }
 
