@@ -8,87 +8,13 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use versifier::engine::{DeviceChoice, Precision};
-use versifier::serve::{start, RunningServer, ServeError, ServeOptions};
+use versifier::serve::{start, ServeError};
 
-fn options(devices: usize, max_queue: usize) -> ServeOptions {
-    ServeOptions {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        devices: vec![DeviceChoice::Cpu; devices],
-        model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems"),
-        precision: Precision::F32,
-        idle: None,
-        max_queue,
-        token: None,
-        models_dir: None,
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
-/// POSTs `body` (raw text) and returns the status and the JSON answer.
-fn post(
-    server: &RunningServer,
-    path: &str,
-    body: &str,
-    token: Option<&str>,
-) -> (u16, Value, Option<String>) {
-    let mut req = agent()
-        .post(format!("http://{}{path}", server.addr))
-        .header("Content-Type", "application/json");
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    let mut resp = req.send(body).unwrap();
-    let status = resp.status().as_u16();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    let text = resp.body_mut().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        retry,
-    )
-}
-
-fn get(server: &RunningServer, path: &str) -> String {
-    agent()
-        .get(format!("http://{}{path}", server.addr))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap()
-}
-
-/// Polls `/metrics` (bounded) until `name` reaches `at_least`.
-fn metric_reaches(server: &RunningServer, name: &str, at_least: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let text = get(server, "/metrics");
-        let value = text
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        if value >= at_least {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
+mod serve_harness;
+use serve_harness::*;
 
 #[test]
 fn two_cpu_engines_answer_200_concurrent_requests_and_share_the_work() {
@@ -519,20 +445,6 @@ fn keywords_in_the_api_are_in_every_poem_and_kept_lines_stay_as_sent() {
     server.stop().unwrap();
 }
 
-/// Sends `request` (raw HTTP/1.1, `Connection: close`) and returns the
-/// response's status line, headers and body as text.
-fn raw_http(server: &RunningServer, request: &str) -> String {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-}
-
 #[test]
 fn a_page_that_rebinds_its_name_to_loopback_gets_nothing_from_a_loopback_server() {
     let server = start(&options(1, 8)).unwrap();
@@ -612,18 +524,6 @@ fn a_cross_origin_form_or_text_post_writes_no_poem_and_releases_nothing() {
     assert_eq!(status["engines"][0]["served"], 0, "{status}");
     assert!(status["engines"][0]["last_load"].is_null(), "{status}");
     server.stop().unwrap();
-}
-
-/// Polls `/v1/status` (bounded) until the last swap is no longer under way.
-fn swap_settled(server: &RunningServer) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status: Value = serde_json::from_str(&get(server, "/v1/status")).unwrap();
-        if status["swap"]["state"] != "swapping" || Instant::now() > deadline {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -739,27 +639,4 @@ fn a_burst_of_128_on_one_engine_with_the_default_queue_is_answered_without_a_503
     let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     server.stop().unwrap();
-}
-
-/// `n` clients on threads of their own, each POSTing `body(i)` to `/v1/poems`
-/// once; each thread returns the status it got.
-fn poem_requests(
-    addr: std::net::SocketAddr,
-    n: usize,
-    body: impl Fn(usize) -> Value,
-) -> Vec<std::thread::JoinHandle<u16>> {
-    (0..n)
-        .map(|i| {
-            let body = body(i).to_string();
-            std::thread::spawn(move || {
-                agent()
-                    .post(format!("http://{addr}/v1/poems"))
-                    .header("Content-Type", "application/json")
-                    .send(&body)
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect()
 }

@@ -79,10 +79,45 @@ pub struct BenchArgs {
     /// Requests each --serve client sends, one after another.
     #[arg(long, default_value_t = 4)]
     requests_per_client: usize,
+    /// With --serve: open-loop load instead, this many arrivals per second
+    /// (Poisson) whether or not earlier ones were answered. Without it (but
+    /// with --duration) the rate is --load-share of the capacity measured by
+    /// four closed-loop clients.
+    #[arg(long, requires = "serve")]
+    rate: Option<f64>,
+    /// With --serve: how long the open-loop arrivals last (e.g. 60s).
+    #[arg(long, requires = "serve")]
+    duration: Option<String>,
+    /// The share of the measured capacity an open-loop run arrives at.
+    #[arg(long, default_value_t = 0.6, requires = "serve")]
+    load_share: f64,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let report = if args.serve {
+    let report = if args.serve && (args.rate.is_some() || args.duration.is_some()) {
+        if !(args.load_share > 0.0 && args.load_share <= 4.0) {
+            anyhow::bail!("invalid setting `--load-share {}`: give a share of capacity above 0 and at most 4 (0.6 is 60%)", args.load_share);
+        }
+        if let Some(rate) = args.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+            anyhow::bail!("invalid setting `--rate {rate}`: give arrivals per second above 0 (e.g. --rate 10)");
+        }
+        serde_json::to_value(versifier::serve::open_loop::run(
+            &versifier::serve::open_loop::OpenLoopOptions {
+                model: super::model_or_bundled(args.model)?,
+                device: args.device,
+                precision: args.dtype,
+                rate: args.rate,
+                load_share: args.load_share,
+                duration: match &args.duration {
+                    Some(text) => super::serve::duration("duration", text)?.context(
+                        "invalid setting `duration`: `never`; give a length such as 60s",
+                    )?,
+                    None => std::time::Duration::from_secs(60),
+                },
+                seed: args.seed,
+            },
+        )?)?
+    } else if args.serve {
         serde_json::to_value(versifier::serve::bench::run(
             &versifier::serve::bench::ServeBenchOptions {
                 model: super::model_or_bundled(args.model)?,

@@ -43,10 +43,15 @@ pub struct ServeArgs {
     /// for them all); a second signal exits at once.
     #[arg(long, default_value = "30s")]
     drain_timeout: String,
+    /// How long a request may wait in the queue to start before it is
+    /// answered 503 with a Retry-After from the queue's drain rate (90s, 5m,
+    /// or never).
+    #[arg(long, default_value = "30s")]
+    queue_timeout: String,
 }
 
 /// `90s`, `5m`, `1h`, a number of seconds, or `never`.
-fn duration(setting: &str, text: &str) -> Result<Option<Duration>> {
+pub(super) fn duration(setting: &str, text: &str) -> Result<Option<Duration>> {
     let t = text.trim();
     if t == "never" {
         return Ok(None);
@@ -82,6 +87,7 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         precision: args.dtype,
         idle: duration("idle", &args.idle)?,
         max_queue: args.max_queue,
+        queue_timeout: duration("queue-timeout", &args.queue_timeout)?,
         token,
         models_dir: args.models_dir,
     };

@@ -170,6 +170,7 @@ pub fn run(opts: &ServeBenchOptions) -> Result<ServeBenchReport, ServeError> {
         precision: opts.precision,
         idle: None,
         max_queue: opts.clients.max(8) * opts.requests_per_client.max(1) + 8,
+        queue_timeout: None,
         token: None,
         models_dir: None,
     })?;

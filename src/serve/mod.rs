@@ -9,11 +9,15 @@
 //! Owns: the HTTP surface, request limits, the token check. Must not: hold a
 //! model or open a device (the engines do), or be used by anything below it.
 
+pub mod admission;
 pub mod bench;
 pub mod guard;
+mod metrics;
+pub mod open_loop;
 mod pool;
 mod probes;
 mod routes;
+pub mod shutdown;
 pub mod swap;
 
 use std::net::SocketAddr;
@@ -30,6 +34,13 @@ use crate::engine::{DeviceChoice, Precision};
 /// up to 8 rows, so 128 short poems take seconds on a CPU).
 pub const DEFAULT_MAX_QUEUE: usize = 128;
 
+/// How long a request may wait in the queue to start, by default.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After the drain timeout, how long the requests left have to hear that
+/// they were cancelled before the process exits anyway.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
+
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
@@ -45,6 +56,9 @@ pub struct ServeOptions {
     pub idle: Option<Duration>,
     /// Requests accepted per engine before the server answers 503.
     pub max_queue: usize,
+    /// How long a request may wait to start before it is answered 503
+    /// (`None`: as long as it takes).
+    pub queue_timeout: Option<Duration>,
     /// Bearer token every request must carry; required off loopback.
     pub token: Option<String>,
     /// Folder `POST /v1/model` may choose models from (`None`: no swaps).
@@ -83,6 +97,12 @@ pub struct AppState {
     pub meter: Option<std::sync::Mutex<crate::meter::GpuMeter>>,
     /// `--models-dir`, resolved (symlinks followed) once at start.
     pub models_dir: Option<PathBuf>,
+    /// `--queue-timeout`.
+    pub queue_timeout: Option<Duration>,
+    /// Serving, draining or aborting.
+    pub lifecycle: shutdown::Lifecycle,
+    /// Latencies and response classes, for `/metrics`.
+    pub request_metrics: metrics::RequestMetrics,
 }
 
 fn check(opts: &ServeOptions) -> Result<(), ServeError> {
@@ -101,7 +121,7 @@ fn check(opts: &ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn state(opts: &ServeOptions) -> Arc<AppState> {
+pub(crate) fn state(opts: &ServeOptions) -> Arc<AppState> {
     Arc::new(AppState {
         pool: EnginePool::new(
             &opts.devices,
@@ -116,12 +136,16 @@ fn state(opts: &ServeOptions) -> Arc<AppState> {
             .models_dir
             .as_ref()
             .and_then(|d| std::fs::canonicalize(d).ok()),
+        queue_timeout: opts.queue_timeout,
+        lifecycle: shutdown::Lifecycle::default(),
+        request_metrics: metrics::RequestMetrics::default(),
     })
 }
 
 /// A server running on its own named thread (tests, embedding).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
 }
@@ -158,8 +182,26 @@ impl RunningServer {
                 d.saturating_duration_since(std::time::Instant::now())
             });
             if left.is_zero() {
-                // Not joined: the process exits with the thread still running.
-                drop(self.thread.take());
+                // What is left is cancelled, each request answered why; then
+                // the thread is joined, or left to the process's exit.
+                self.state.lifecycle.enter(shutdown::Phase::Aborting);
+                let grace = std::time::Instant::now() + ABORT_GRACE;
+                while std::time::Instant::now() < grace
+                    && self.thread.as_ref().is_some_and(|t| !t.is_finished())
+                {
+                    if interrupt.recv_timeout(Duration::from_millis(20)).is_ok() {
+                        break;
+                    }
+                }
+                if self
+                    .thread
+                    .as_ref()
+                    .is_some_and(std::thread::JoinHandle::is_finished)
+                {
+                    let _ = self.stop_inner();
+                } else {
+                    drop(self.thread.take());
+                }
                 return Ok(Stopped::DrainTimedOut);
             }
             match interrupt.recv_timeout(left.min(Duration::from_millis(50))) {
@@ -214,15 +256,19 @@ pub fn start(opts: &ServeOptions) -> Result<RunningServer, ServeError> {
     let guard = guard::GuardConfig {
         loopback_port: addr.ip().is_loopback().then_some(addr.port()),
     };
-    let app = routes::router(state(opts), guard);
+    let shared = state(opts);
+    let app = routes::router(Arc::clone(&shared), guard);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let draining = Arc::clone(&shared);
     let thread = std::thread::Builder::new()
         .name("versifier-serve-main".into())
         .spawn(move || {
             let served = runtime.block_on(async move {
                 axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
+                    .with_graceful_shutdown(async move {
                         let _ = rx.await;
+                        // Readiness turns false before the listener closes.
+                        draining.lifecycle.enter(shutdown::Phase::Draining);
                     })
                     .await
             });
@@ -233,6 +279,7 @@ pub fn start(opts: &ServeOptions) -> Result<RunningServer, ServeError> {
         .map_err(ServeError::Runtime)?;
     Ok(RunningServer {
         addr,
+        state: shared,
         shutdown: Some(tx),
         thread: Some(thread),
     })

@@ -36,6 +36,8 @@ pub struct EngineStatus {
     pub idle_release_in_s: Option<f64>,
     /// Requests accepted and not yet answered.
     pub in_flight: usize,
+    /// Of those, the ones being decoded (the rest wait in the queue).
+    pub running: usize,
     /// Requests answered by this engine.
     pub served: u64,
 }
@@ -49,6 +51,10 @@ pub struct Counters {
     pub cancelled: AtomicU64,
     pub tokens: AtomicU64,
     pub releases: AtomicU64,
+    /// Requests refused because they could not start within the queue timeout.
+    pub timed_out_in_queue: AtomicU64,
+    /// How fast requests are answered (for `Retry-After`).
+    pub drain: super::admission::DrainRate,
 }
 
 type Routes = Arc<Mutex<HashMap<RequestId, UnboundedSender<Event>>>>;
@@ -66,6 +72,8 @@ struct Slot {
     running: Mutex<Option<Running>>,
     status: Arc<Mutex<SlotState>>,
     in_flight: Arc<AtomicUsize>,
+    /// Requests that have started (their first event came).
+    started: Arc<AtomicUsize>,
 }
 
 impl Slot {
@@ -118,18 +126,56 @@ pub struct EnginePool {
 pub struct Ticket {
     pub id: RequestId,
     pub device: DeviceChoice,
-    pub events: UnboundedReceiver<Event>,
+    events: UnboundedReceiver<Event>,
     remote: EngineRemote,
     routes: Routes,
     in_flight: Arc<AtomicUsize>,
+    running: Arc<AtomicUsize>,
+    /// Whether its first event came (it counts as running).
+    started: bool,
     counters: Arc<Counters>,
     answered: bool,
+    /// An event read ahead (by the queue timeout's wait), given back first.
+    read_ahead: Option<Event>,
 }
 
 impl Ticket {
     /// Marks the request answered (its drop then cancels nothing).
     pub fn answered(&mut self) {
         self.answered = true;
+    }
+
+    /// The request's next event; `None` once the engine has stopped.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        let ev = match self.read_ahead.take() {
+            Some(ev) => Some(ev),
+            None => self.events.recv().await,
+        };
+        self.mark_started();
+        ev
+    }
+
+    fn mark_started(&mut self) {
+        if !self.started {
+            self.started = true;
+            self.running.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits at most `limit` for the request's first event (it started:
+    /// a token, or its answer); `false` if none came by then.
+    pub async fn started_within(&mut self, limit: Duration) -> bool {
+        if self.read_ahead.is_some() {
+            return true;
+        }
+        match tokio::time::timeout(limit, self.events.recv()).await {
+            Ok(ev) => {
+                self.read_ahead = ev;
+                self.mark_started();
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -144,6 +190,9 @@ impl Drop for Ticket {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.started {
+            self.running.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -162,6 +211,7 @@ impl EnginePool {
                 running: Mutex::new(None),
                 status: Arc::default(),
                 in_flight: Arc::default(),
+                started: Arc::default(),
             })
             .collect();
         Self {
@@ -177,6 +227,14 @@ impl EnginePool {
     /// The model every engine serves.
     pub fn model(&self) -> PathBuf {
         self.swaps.model()
+    }
+
+    /// Requests accepted and not yet answered, over every engine.
+    pub fn waiting(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Whether some engine has room in its queue for a request now.
@@ -264,8 +322,11 @@ impl EnginePool {
             remote: r.remote.clone(),
             routes: Arc::clone(&r.routes),
             in_flight: Arc::clone(&slot.in_flight),
+            running: Arc::clone(&slot.started),
+            started: false,
             counters: Arc::clone(&self.counters),
             answered: false,
+            read_ahead: None,
         };
         let spec = LoadSpec {
             model: self.model(),
@@ -376,6 +437,7 @@ impl EnginePool {
                         .idle_deadline
                         .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64()),
                     in_flight: slot.in_flight.load(Ordering::Relaxed),
+                    running: slot.started.load(Ordering::Relaxed),
                     served: s.served,
                 }
             })
@@ -449,6 +511,7 @@ fn dispatch(engine: Engine, d: &Dispatch) {
             }
             Event::Done { request, .. } => {
                 st.served += 1;
+                counters.drain.record(Instant::now());
                 if let Some(tx) = route(*request) {
                     let _ = tx.send(event.clone());
                 }
@@ -461,6 +524,9 @@ fn dispatch(engine: Engine, d: &Dispatch) {
             } if d.swaps.failed(d.device, message) => {}
             Event::Error { request, .. } => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
+                if request.is_some() {
+                    counters.drain.record(Instant::now());
+                }
                 let targets: Vec<UnboundedSender<Event>> = match request {
                     Some(id) => route(*id).into_iter().collect(),
                     // An error of no request (a failed preload): every waiter hears it.

@@ -19,9 +19,16 @@ pub async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// `GET /ready`: 200 while some engine has room in its queue, else 503.
+/// `GET /ready`: 200 while some engine has room in its queue and the server
+/// is not stopping, else 503.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.pool.can_take_work() {
+    if state.lifecycle.phase() != super::shutdown::Phase::Serving {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "the server is shutting down"})),
+        )
+            .into_response()
+    } else if state.pool.can_take_work() {
         Json(json!({"ready": true})).into_response()
     } else {
         (
@@ -37,4 +44,37 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 pub fn completion_id(created: u64) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!("cmpl-{created}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::shutdown::Phase;
+
+    #[tokio::test]
+    async fn readiness_turns_false_when_the_server_starts_draining() {
+        let opts = crate::serve::ServeOptions {
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            devices: vec![crate::engine::DeviceChoice::Cpu],
+            model: std::path::PathBuf::from("models/tang-poems"),
+            precision: crate::engine::Precision::F32,
+            idle: None,
+            max_queue: 4,
+            queue_timeout: None,
+            token: None,
+            models_dir: None,
+        };
+        let state = crate::serve::state(&opts);
+        assert_eq!(
+            ready(State(Arc::clone(&state))).await.status(),
+            StatusCode::OK
+        );
+        state.lifecycle.enter(Phase::Draining);
+        assert_eq!(
+            ready(State(Arc::clone(&state))).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // Alive all the same.
+        assert_eq!(health().await.status(), StatusCode::OK);
+    }
 }

@@ -2,13 +2,12 @@
 //! check, and turning engine events into JSON or server-sent events.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,8 +41,16 @@ pub fn router(state: Arc<AppState>, guard: GuardConfig) -> Router {
         .route("/ready", get(super::probes::ready))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            super::admission::retry_after,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             guard,
             super::guard::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            super::metrics::observe,
         ))
         .with_state(state)
 }
@@ -67,14 +74,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A 503 gets its Retry-After from the admission layer.
         let body = Json(json!({"error": {"kind": self.kind, "message": self.message}}));
-        let mut response = (self.status, body).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        (self.status, body).into_response()
     }
 }
 
@@ -352,7 +354,34 @@ fn engine_error(kind: ErrorKind, message: String) -> ApiError {
     }
 }
 
-fn submit(state: &AppState, c: &Checked) -> Result<Ticket, ApiError> {
+/// Queues the request, then waits for it to start (its first token or its
+/// answer) for at most `--queue-timeout`; one that cannot start by then is
+/// withdrawn (dropping the ticket cancels it) and answered 503.
+async fn submit(state: &AppState, c: &Checked) -> Result<Ticket, ApiError> {
+    let mut ticket = queue(state, c)?;
+    let Some(limit) = state.queue_timeout else {
+        return Ok(ticket);
+    };
+    if ticket.started_within(limit).await {
+        return Ok(ticket);
+    }
+    state
+        .pool
+        .counters
+        .timed_out_in_queue
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Err(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "queue_timeout",
+        message: format!(
+            "the request could not start within the queue timeout ({} s; --queue-timeout) behind {} others; try again after Retry-After",
+            limit.as_secs_f64(),
+            state.pool.waiting().saturating_sub(1)
+        ),
+    })
+}
+
+fn queue(state: &AppState, c: &Checked) -> Result<Ticket, ApiError> {
     Ok(state.pool.submit(|id, spec| GenerateJob {
         id,
         spec,
@@ -403,18 +432,29 @@ async fn poems_inner(
     authorize(state, headers)?;
     let checked = check_request(parse(body)?)?;
     let model = writing_model(state, &checked);
-    let mut ticket = submit(state, &checked)?;
+    let mut ticket = submit(state, &checked).await?;
     if checked.stream {
-        return Ok(stream(ticket, checked, model).into_response());
+        return Ok(stream(Arc::clone(state), ticket, checked, model).into_response());
     }
-    let generation = await_generation(&mut ticket).await?;
+    let generation = await_generation(state, &mut ticket).await?;
     Ok(Json(answer(&checked, &model, ticket.device, &generation)).into_response())
 }
 
 /// Waits for the request's result. Dropping this future (the client went
 /// away) drops the ticket, which cancels the request between tokens.
-async fn await_generation(ticket: &mut Ticket) -> Result<Generation, ApiError> {
-    while let Some(event) = ticket.events.recv().await {
+async fn await_generation(state: &AppState, ticket: &mut Ticket) -> Result<Generation, ApiError> {
+    tokio::select! {
+        answer = generation_of(ticket) => answer,
+        () = state.lifecycle.aborting() => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "shutting_down",
+            message: super::shutdown::ABORTED_MESSAGE.into(),
+        }),
+    }
+}
+
+async fn generation_of(ticket: &mut Ticket) -> Result<Generation, ApiError> {
+    while let Some(event) = ticket.next_event().await {
         match event {
             Event::Done { generation, .. } => {
                 ticket.answered();
@@ -438,13 +478,28 @@ async fn await_generation(ticket: &mut Ticket) -> Result<Generation, ApiError> {
 /// event into one (and says whether it is the last), or skips it. A client
 /// that goes away ends the pump, and dropping the ticket cancels the request.
 fn sse_pump(
+    state: Arc<AppState>,
     ticket: Ticket,
     to_sse: impl Fn(Event, DeviceChoice) -> Option<(SseEvent, bool)> + Send + 'static,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut ticket = ticket;
-        while let Some(event) = ticket.events.recv().await {
+        loop {
+            let event = tokio::select! {
+                event = ticket.next_event() => event,
+                // The drain timeout passed: the stream ends with why.
+                () = state.lifecycle.aborting() => Some(Event::Error {
+                    request: Some(ticket.id),
+                    kind: ErrorKind::Internal,
+                    message: super::shutdown::ABORTED_MESSAGE.into(),
+                    partial: None,
+                    fit: None,
+                }),
+            };
+            let Some(event) = event else {
+                break;
+            };
             let Some((sse, last)) = to_sse(event, ticket.device) else {
                 continue;
             };
@@ -463,11 +518,12 @@ fn sse_pump(
 /// Server-sent events: `token` events as the poem is written, then `done`
 /// with the whole answer (or `error`).
 fn stream(
+    state: Arc<AppState>,
     ticket: Ticket,
     checked: Checked,
     model: String,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
-    sse_pump(ticket, move |event, device| match event {
+    sse_pump(state, ticket, move |event, device| match event {
         Event::Token {
             variation, text, ..
         } => Some((
@@ -586,11 +642,11 @@ async fn completions_inner(
         max_tokens: r.max_tokens.or(Some(16)),
         stream: r.stream,
     })?;
-    let mut ticket = submit(state, &checked)?;
+    let mut ticket = submit(state, &checked).await?;
     if checked.stream {
-        return Ok(completion_stream(ticket).into_response());
+        return Ok(completion_stream(Arc::clone(state), ticket).into_response());
     }
-    let generation = await_generation(&mut ticket).await?;
+    let generation = await_generation(state, &mut ticket).await?;
     let prompt_tokens = generation.prompt_ids.len();
     Ok(Json(completion_answer(state, &generation, prompt_tokens)).into_response())
 }
@@ -598,9 +654,10 @@ async fn completions_inner(
 /// OpenAI-style streaming: `data: {choices: [{text, index}]}` per token, then
 /// `data: [DONE]`.
 fn completion_stream(
+    state: Arc<AppState>,
     ticket: Ticket,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
-    sse_pump(ticket, |event, _| {
+    sse_pump(state, ticket, |event, _| {
         let (data, last) = match event {
             Event::Token {
                 variation, text, ..
@@ -756,48 +813,5 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     if let Err(e) = authorize(&state, &headers) {
         return e.into_response();
     }
-    let c = &state.pool.counters;
-    let mut out = String::new();
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 6] = [
-        (
-            "versifier_requests_total",
-            "Poem requests that passed the checks and were queued or refused as busy.",
-            &c.requests,
-        ),
-        (
-            "versifier_errors_total",
-            "Requests the engine answered with an error.",
-            &c.errors,
-        ),
-        (
-            "versifier_rejected_busy_total",
-            "Requests refused with 503 (queue full).",
-            &c.rejected_busy,
-        ),
-        (
-            "versifier_cancelled_total",
-            "Requests cancelled because the client went away.",
-            &c.cancelled,
-        ),
-        ("versifier_tokens_total", "Tokens streamed.", &c.tokens),
-        (
-            "versifier_releases_total",
-            "Engine releases (requested or idle).",
-            &c.releases,
-        ),
-    ];
-    for (name, help, value) in counters {
-        let value = value.load(Ordering::Relaxed);
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
-    }
-    out.push_str("# HELP versifier_in_flight Requests accepted and not yet answered.\n# TYPE versifier_in_flight gauge\n");
-    for s in state.pool.status() {
-        out.push_str(&format!(
-            "versifier_in_flight{{device=\"{}\"}} {}\n",
-            s.device, s.in_flight
-        ));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    super::metrics::metrics(State(state)).await
 }
