@@ -48,6 +48,47 @@ pub struct ServeArgs {
     /// or never).
     #[arg(long, default_value = "30s")]
     queue_timeout: String,
+    /// Connections open at once; more wait to be accepted.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// How long a client may take to send a request's headers, and how long
+    /// an idle keep-alive connection stays open (10s, 1m).
+    #[arg(long, default_value = "10s")]
+    header_timeout: String,
+    /// How long a client may take to send a request's body (30s, 1m).
+    #[arg(long, default_value = "30s")]
+    body_timeout: String,
+    /// The one web origin (scheme://host[:port]) whose pages may call the
+    /// API; without it no page can read an answer (no CORS).
+    #[arg(long, value_name = "ORIGIN")]
+    allow_origin: Option<String>,
+}
+
+/// A timeout that must be finite.
+fn finite(setting: &str, text: &str) -> Result<Duration> {
+    match duration(setting, text)? {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => bail!(
+            "invalid setting `{setting}`: `{text}`; give a length above zero such as 10s or 1m"
+        ),
+    }
+}
+
+/// `--allow-origin`: a web origin, `scheme://host[:port]`, nothing after.
+fn origin(text: &str) -> Result<axum::http::HeaderValue> {
+    let t = text.trim();
+    let shaped = (t.starts_with("http://") || t.starts_with("https://"))
+        && !t
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .contains('/')
+        && t.len() > "https://".len();
+    if t == "*" || !shaped {
+        bail!("invalid setting `allow-origin`: `{text}`; give one origin such as https://poems.example.org (scheme and host, no path; `*` is not allowed)");
+    }
+    axum::http::HeaderValue::from_str(t).with_context(|| {
+        format!("invalid setting `allow-origin`: `{text}` is not a valid header value")
+    })
 }
 
 /// `90s`, `5m`, `1h`, a number of seconds, or `never`.
@@ -90,6 +131,16 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         queue_timeout: duration("queue-timeout", &args.queue_timeout)?,
         token,
         models_dir: args.models_dir,
+        limits: versifier::serve::connections::ConnectionLimits {
+            header_read: finite("header-timeout", &args.header_timeout)?,
+            body_read: finite("body-timeout", &args.body_timeout)?,
+            max_connections: if args.max_connections == 0 {
+                bail!("invalid setting `max-connections`: 0; give at least 1 (default 512)")
+            } else {
+                args.max_connections
+            },
+        },
+        allow_origin: args.allow_origin.as_deref().map(origin).transpose()?,
     };
     let drain = duration("drain-timeout", &args.drain_timeout)?.unwrap_or(Duration::MAX);
     let stopped = run_until_signal(&opts, drain, |addr| {

@@ -173,6 +173,8 @@ pub fn run(opts: &ServeBenchOptions) -> Result<ServeBenchReport, ServeError> {
         queue_timeout: None,
         token: None,
         models_dir: None,
+        limits: Default::default(),
+        allow_origin: None,
     })?;
     let addr = server.addr;
     let poem = |seed: usize| json!({"prompt": "月", "form": "qijue", "seed": seed});

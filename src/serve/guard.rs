@@ -18,6 +18,9 @@ use serde_json::json;
 pub struct GuardConfig {
     /// The port of a loopback bind (its `Host` is checked); `None` off loopback.
     pub loopback_port: Option<u16>,
+    /// The largest body; a `Content-Length` over it is refused before the
+    /// body is read (the body limit itself holds for chunked bodies).
+    pub max_body_bytes: usize,
 }
 
 /// The host names a loopback server answers to.
@@ -71,6 +74,21 @@ pub async fn guard(State(config): State<GuardConfig>, req: Request, next: Next) 
                 ),
             );
         }
+    }
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(n) = length.filter(|n| *n > config.max_body_bytes as u64) {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the request body would be {n} bytes (Content-Length); at most {} are accepted",
+                config.max_body_bytes
+            ),
+        );
     }
     if req.method() == Method::POST && !says_json(req.headers()) {
         return refuse(

@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod bench;
+pub mod connections;
 pub mod guard;
 mod metrics;
 pub mod open_loop;
@@ -63,6 +64,10 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Folder `POST /v1/model` may choose models from (`None`: no swaps).
     pub models_dir: Option<PathBuf>,
+    /// Header and body timeouts, and the connection cap.
+    pub limits: connections::ConnectionLimits,
+    /// The one web origin whose pages may call the API (CORS); `None`: none.
+    pub allow_origin: Option<axum::http::HeaderValue>,
 }
 
 /// Why the server did not start or stopped.
@@ -255,26 +260,29 @@ pub fn start(opts: &ServeOptions) -> Result<RunningServer, ServeError> {
     })?;
     let guard = guard::GuardConfig {
         loopback_port: addr.ip().is_loopback().then_some(addr.port()),
+        max_body_bytes: MAX_BODY_BYTES,
     };
     let shared = state(opts);
-    let app = routes::router(Arc::clone(&shared), guard);
+    let app = routes::router(
+        Arc::clone(&shared),
+        guard,
+        opts.limits,
+        opts.allow_origin.clone(),
+    );
+    let limits = opts.limits;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let draining = Arc::clone(&shared);
     let thread = std::thread::Builder::new()
         .name("versifier-serve-main".into())
         .spawn(move || {
-            let served = runtime.block_on(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                        // Readiness turns false before the listener closes.
-                        draining.lifecycle.enter(shutdown::Phase::Draining);
-                    })
-                    .await
-            });
+            runtime.block_on(connections::serve(listener, app, limits, async move {
+                let _ = rx.await;
+                // Readiness turns false before the listener closes.
+                draining.lifecycle.enter(shutdown::Phase::Draining);
+            }));
             // Handlers (and their engines) go with the runtime.
             runtime.shutdown_timeout(Duration::from_secs(5));
-            served.map_err(ServeError::Serve)
+            Ok(())
         })
         .map_err(ServeError::Runtime)?;
     Ok(RunningServer {

@@ -154,6 +154,8 @@ pub fn run(opts: &OpenLoopOptions) -> Result<OpenLoopReport, ServeError> {
         queue_timeout: Some(super::DEFAULT_QUEUE_TIMEOUT),
         token: None,
         models_dir: None,
+        limits: Default::default(),
+        allow_origin: None,
     })?;
     let addr = server.addr;
     let warm = agent();

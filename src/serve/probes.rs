@@ -63,6 +63,8 @@ mod tests {
             queue_timeout: None,
             token: None,
             models_dir: None,
+            limits: Default::default(),
+            allow_origin: None,
         };
         let state = crate::serve::state(&opts);
         assert_eq!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,8 +28,13 @@ const MAX_PROMPT_CHARS: usize = 64;
 /// The most tokens one request may ask for.
 const MAX_TOKENS: usize = 256;
 
-pub fn router(state: Arc<AppState>, guard: GuardConfig) -> Router {
-    Router::new()
+pub fn router(
+    state: Arc<AppState>,
+    guard: GuardConfig,
+    limits: super::connections::ConnectionLimits,
+    allow_origin: Option<HeaderValue>,
+) -> Router {
+    let router = Router::new()
         .route("/v1/poems", post(poems))
         .route("/v1/completions", post(completions))
         .route("/v1/status", get(status))
@@ -40,6 +45,9 @@ pub fn router(state: Arc<AppState>, guard: GuardConfig) -> Router {
         .route("/health", get(super::probes::health))
         .route("/ready", get(super::probes::ready))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.body_read,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             super::admission::retry_after,
@@ -51,8 +59,19 @@ pub fn router(state: Arc<AppState>, guard: GuardConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             super::metrics::observe,
-        ))
-        .with_state(state)
+        ));
+    // Pages of `--allow-origin` may call the API (their preflight is
+    // answered); without it no page may read an answer.
+    let router = match allow_origin {
+        Some(origin) => router.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::AllowOrigin::list([origin]))
+                .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]),
+        ),
+        None => router,
+    };
+    router.with_state(state)
 }
 
 /// An error answer: `{"error": {"kind", "message"}}` with its status.

@@ -23,6 +23,8 @@ pub fn options(devices: usize, max_queue: usize) -> ServeOptions {
         queue_timeout: Some(versifier::serve::DEFAULT_QUEUE_TIMEOUT),
         token: None,
         models_dir: None,
+        limits: Default::default(),
+        allow_origin: None,
     }
 }
 
