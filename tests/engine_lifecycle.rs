@@ -1054,3 +1054,54 @@ fn a_steady_stream_of_joining_requests_drains_with_a_bounded_cache() {
         "the cache grew with the stream: {late} bytes at the end, {full_early} early ({cache_bytes:?})"
     );
 }
+
+#[test]
+fn hot_swap_to_a_model_that_loads_but_cannot_write_a_token_keeps_the_old_one() {
+    let mut h = Harness::new(8);
+    h.engine
+        .send(Command::Prepare(Harness::spec("hf-safetensors")))
+        .unwrap();
+    h.until_settled();
+    // Whole files of the right shapes, but the final norm's weights are NaN:
+    // it loads, then every logit is NaN.
+    let cfg = versifier::model::Gpt2Config::small(300, 64, 32, 2, 4);
+    let mut tensors = versifier::model::synthetic::synthetic_tensors(&cfg, 3).unwrap();
+    let ln_f = tensors.get("ln_f.weight").unwrap();
+    let nan = (ln_f.ones_like().unwrap() * f64::NAN).unwrap();
+    tensors.insert("ln_f.weight".into(), nan);
+    let dir = tempfile::tempdir().unwrap();
+    versifier::model::synthetic::write_checkpoint(
+        dir.path(),
+        &cfg,
+        &tensors,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("hf-safetensors").join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let broken = LoadSpec {
+        model: dir.path().to_path_buf(),
+        device: DeviceChoice::Cpu,
+        precision: Precision::F32,
+    };
+    h.engine.send(Command::Swap(broken)).unwrap();
+    let Event::Error { kind, message, .. } =
+        h.until("swap error", |e| matches!(e, Event::Error { .. }))
+    else {
+        unreachable!()
+    };
+    assert_eq!(kind, ErrorKind::BadModel);
+    assert!(
+        message.contains("still using the current model") && message.contains("first token"),
+        "{message}"
+    );
+    h.engine.send(Command::Generate(h.job(4))).unwrap();
+    let Event::Done { generation, .. } = h.until("done on the old model", is_done) else {
+        unreachable!()
+    };
+    assert!(!generation.variations[0].text.is_empty());
+    assert_eq!(h.count(is_loaded), 1, "the broken model never served");
+}

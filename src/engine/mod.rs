@@ -5,6 +5,7 @@
 //! device. Must not: draw UI or read settings files; it is told what to do by
 //! commands and reports by events.
 
+mod first_token;
 mod owner;
 mod protocol;
 

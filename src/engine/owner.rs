@@ -1179,8 +1179,13 @@ impl OwnerThread {
         let spawned = std::thread::Builder::new()
             .name("versifier-loader".into())
             .spawn(move || {
+                // Loaded, and writes a token, before it serves anyone.
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    Self::load_resident(&load_spec, opened, None)
+                    Self::load_resident(&load_spec, opened, None).and_then(|r| {
+                        super::first_token::write_first_token(&r.model)
+                            .map(|()| r)
+                            .map_err(|m| JobFailure::new(ErrorKind::BadModel, m))
+                    })
                 }))
                 .unwrap_or_else(|_| {
                     Err(JobFailure::new(
