@@ -15,6 +15,7 @@ pub mod connections;
 pub mod guard;
 mod metrics;
 pub mod open_loop;
+mod openai;
 mod pool;
 mod probes;
 mod routes;

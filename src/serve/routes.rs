@@ -36,7 +36,11 @@ pub fn router(
 ) -> Router {
     let router = Router::new()
         .route("/v1/poems", post(poems))
-        .route("/v1/completions", post(completions))
+        .route("/v1/completions", post(super::openai::completions))
+        .route(
+            "/v1/chat/completions",
+            post(super::openai::chat_completions),
+        )
         .route("/v1/status", get(status))
         .route("/v1/release", post(release))
         .route("/v1/model", post(swap_model))
@@ -75,14 +79,14 @@ pub fn router(
 }
 
 /// An error answer: `{"error": {"kind", "message"}}` with its status.
-struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
+pub(super) struct ApiError {
+    pub(super) status: StatusCode,
+    pub(super) kind: &'static str,
+    pub(super) message: String,
 }
 
 impl ApiError {
-    fn bad(message: impl Into<String>) -> Self {
+    pub(super) fn bad(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             kind: "bad_request",
@@ -116,7 +120,7 @@ impl From<PoolError> for ApiError {
 }
 
 /// The bearer token, when the server has one.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.token else {
         return Ok(());
     };
@@ -138,49 +142,49 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 /// `POST /v1/poems`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PoemRequest {
+pub(super) struct PoemRequest {
     /// The poem's first characters, or lines kept from an earlier poem with
     /// their marks (`"春風入律作花時，"`): the rest is written after them.
-    prompt: String,
+    pub(super) prompt: String,
     #[serde(default)]
-    form: Option<String>,
+    pub(super) form: Option<String>,
     /// 1 to 4 words every poem holds where they keep the rules (`["秋江",
     /// "夜雨"]`, simplified or traditional); a sentence among them is reduced
     /// to the words of verse in it.
     #[serde(default)]
-    keywords: Option<Vec<String>>,
+    pub(super) keywords: Option<Vec<String>>,
     /// "strict" (the default: rhyme and tones of the regulated forms, a
     /// 詞's rhymes and tones as its tune has them) or "off" (the form alone).
     #[serde(default)]
-    rules: Option<String>,
+    pub(super) rules: Option<String>,
     /// A 平聲 group or a character in it ("東", "紅"); for a 詞 any group
     /// or character ("月"), whose 部 its first rhyme keeps.
     #[serde(default)]
-    rhyme: Option<String>,
+    pub(super) rhyme: Option<String>,
     #[serde(default)]
-    template: Option<String>,
+    pub(super) template: Option<String>,
     /// "guard" (the default: no character three times in a row, no line
     /// twice, no character more than twice in a poem) or "allow".
     #[serde(default)]
-    repeats: Option<String>,
+    pub(super) repeats: Option<String>,
     #[serde(default)]
-    variations: Option<usize>,
+    pub(super) variations: Option<usize>,
     #[serde(default)]
-    seed: Option<u64>,
+    pub(super) seed: Option<u64>,
     #[serde(default)]
-    temperature: Option<f64>,
+    pub(super) temperature: Option<f64>,
     #[serde(default)]
-    top_k: Option<usize>,
+    pub(super) top_k: Option<usize>,
     #[serde(default)]
-    top_p: Option<f64>,
+    pub(super) top_p: Option<f64>,
     #[serde(default)]
-    max_tokens: Option<usize>,
+    pub(super) max_tokens: Option<usize>,
     #[serde(default)]
-    stream: bool,
+    pub(super) stream: bool,
 }
 
 /// The body as JSON of type `T`, or a 400 that says what is wrong.
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     // Every request body is one JSON object; anything else (an array, a
     // string) would otherwise be read as a struct's fields in order and
     // named `[0]`.
@@ -212,14 +216,14 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 }
 
 /// What the request asks for, checked.
-struct Checked {
+pub(super) struct Checked {
     prompt: String,
     form: PoemForm,
     verse: VerseRules,
     variations: usize,
     max_tokens: usize,
     sampling: SamplingParams,
-    stream: bool,
+    pub(super) stream: bool,
 }
 
 /// A setting given by name (`value`, or `default` when absent), parsed; a bad
@@ -231,7 +235,7 @@ fn setting<T: std::str::FromStr<Err = String>>(
     value.unwrap_or(default).parse().map_err(ApiError::bad)
 }
 
-fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
+pub(super) fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
     let prompt = r.prompt.trim().to_string();
     if prompt.chars().count() > MAX_PROMPT_CHARS {
         return Err(ApiError::bad(format!(
@@ -376,7 +380,7 @@ fn engine_error(kind: ErrorKind, message: String) -> ApiError {
 /// Queues the request, then waits for it to start (its first token or its
 /// answer) for at most `--queue-timeout`; one that cannot start by then is
 /// withdrawn (dropping the ticket cancels it) and answered 503.
-async fn submit(state: &AppState, c: &Checked) -> Result<Ticket, ApiError> {
+pub(super) async fn submit(state: &AppState, c: &Checked) -> Result<Ticket, ApiError> {
     let mut ticket = queue(state, c)?;
     let Some(limit) = state.queue_timeout else {
         return Ok(ticket);
@@ -414,7 +418,7 @@ fn queue(state: &AppState, c: &Checked) -> Result<Ticket, ApiError> {
 }
 
 /// The body, or a JSON error (413 for one over the size limit).
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(super) fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| ApiError {
         status: e.status(),
         kind: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -461,7 +465,10 @@ async fn poems_inner(
 
 /// Waits for the request's result. Dropping this future (the client went
 /// away) drops the ticket, which cancels the request between tokens.
-async fn await_generation(state: &AppState, ticket: &mut Ticket) -> Result<Generation, ApiError> {
+pub(super) async fn await_generation(
+    state: &AppState,
+    ticket: &mut Ticket,
+) -> Result<Generation, ApiError> {
     tokio::select! {
         answer = generation_of(ticket) => answer,
         () = state.lifecycle.aborting() => Err(ApiError {
@@ -496,10 +503,10 @@ async fn generation_of(ticket: &mut Ticket) -> Result<Generation, ApiError> {
 /// A stream of server-sent events for `ticket`: `to_sse` turns each engine
 /// event into one (and says whether it is the last), or skips it. A client
 /// that goes away ends the pump, and dropping the ticket cancels the request.
-fn sse_pump(
+pub(super) fn sse_pump(
     state: Arc<AppState>,
     ticket: Ticket,
-    to_sse: impl Fn(Event, DeviceChoice) -> Option<(SseEvent, bool)> + Send + 'static,
+    to_sse: impl Fn(Event, DeviceChoice) -> Option<(Vec<SseEvent>, bool)> + Send + 'static,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -525,7 +532,7 @@ fn sse_pump(
             if last {
                 ticket.answered();
             }
-            if tx.send(Ok(sse)).is_err() || last {
+            if sse.into_iter().any(|e| tx.send(Ok(e)).is_err()) || last {
                 break;
             }
         }
@@ -546,152 +553,24 @@ fn stream(
         Event::Token {
             variation, text, ..
         } => Some((
-            SseEvent::default()
+            vec![SseEvent::default()
                 .event("token")
-                .data(json!({"variation": variation, "text": text}).to_string()),
+                .data(json!({"variation": variation, "text": text}).to_string())],
             false,
         )),
         Event::Done { generation, .. } => Some((
-            SseEvent::default()
+            vec![SseEvent::default()
                 .event("done")
-                .data(answer(&checked, &model, device, &generation).to_string()),
+                .data(answer(&checked, &model, device, &generation).to_string())],
             true,
         )),
         Event::Error { message, .. } => Some((
-            SseEvent::default()
+            vec![SseEvent::default()
                 .event("error")
-                .data(json!({"message": message}).to_string()),
+                .data(json!({"message": message}).to_string())],
             true,
         )),
         _ => None,
-    })
-}
-
-/// `POST /v1/completions`: the OpenAI-compatible subset, so existing clients
-/// work unchanged. Free continuation (no poem form), `n` variations.
-#[derive(Debug, Deserialize)]
-struct CompletionRequest {
-    prompt: String,
-    /// Accepted and ignored (the server has one model); named in the answer.
-    #[serde(default)]
-    #[allow(dead_code)]
-    model: Option<String>,
-    #[serde(default)]
-    max_tokens: Option<usize>,
-    #[serde(default)]
-    temperature: Option<f64>,
-    #[serde(default)]
-    top_p: Option<f64>,
-    #[serde(default)]
-    n: Option<usize>,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    stream: bool,
-}
-
-fn completion_answer(state: &AppState, g: &Generation, prompt_tokens: usize) -> serde_json::Value {
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let choices: Vec<serde_json::Value> = g
-        .variations
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let finish = match v.stop {
-                Some(
-                    crate::generate::StopReason::MaxTokens
-                    | crate::generate::StopReason::ContextFull,
-                ) => "length",
-                _ => "stop",
-            };
-            json!({"text": v.text, "index": i, "logprobs": null, "finish_reason": finish})
-        })
-        .collect();
-    let completion = g.generated_tokens();
-    json!({
-        "id": super::probes::completion_id(created),
-        "object": "text_completion",
-        "created": created,
-        "model": state.pool.model().file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion},
-    })
-}
-
-async fn completions(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match completions_inner(&state, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn completions_inner(
-    state: &Arc<AppState>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    authorize(state, headers)?;
-    let r: CompletionRequest = parse(&body_or_error(body)?)?;
-    // `n` becomes `variations` below; a bad one is named as the client wrote it.
-    if let Some(n) = r.n.filter(|n| !(1..=MAX_VARIATIONS).contains(n)) {
-        return Err(ApiError::bad(format!(
-            "invalid setting `n`: {n}; give 1 to {MAX_VARIATIONS}"
-        )));
-    }
-    let checked = check_request(PoemRequest {
-        prompt: r.prompt,
-        form: Some("free".into()),
-        keywords: None,
-        rules: Some("off".into()),
-        rhyme: None,
-        template: None,
-        // A plain language model's completion, as OpenAI clients expect.
-        repeats: Some("allow".into()),
-        variations: r.n,
-        seed: r.seed,
-        temperature: r.temperature,
-        top_k: Some(0),
-        top_p: r.top_p,
-        max_tokens: r.max_tokens.or(Some(16)),
-        stream: r.stream,
-    })?;
-    let mut ticket = submit(state, &checked).await?;
-    if checked.stream {
-        return Ok(completion_stream(Arc::clone(state), ticket).into_response());
-    }
-    let generation = await_generation(state, &mut ticket).await?;
-    let prompt_tokens = generation.prompt_ids.len();
-    Ok(Json(completion_answer(state, &generation, prompt_tokens)).into_response())
-}
-
-/// OpenAI-style streaming: `data: {choices: [{text, index}]}` per token, then
-/// `data: [DONE]`.
-fn completion_stream(
-    state: Arc<AppState>,
-    ticket: Ticket,
-) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
-    sse_pump(state, ticket, |event, _| {
-        let (data, last) = match event {
-            Event::Token {
-                variation, text, ..
-            } => (
-                json!({"object": "text_completion", "choices": [{"text": text, "index": variation, "finish_reason": null}]}).to_string(),
-                false,
-            ),
-            Event::Done { .. } => ("[DONE]".to_string(), true),
-            Event::Error { message, .. } => (
-                json!({"error": {"kind": "engine", "message": message}}).to_string(),
-                true,
-            ),
-            _ => return None,
-        };
-        Some((SseEvent::default().data(data), last))
     })
 }
 
