@@ -1020,9 +1020,10 @@ fn a_steady_stream_of_joining_requests_drains_with_a_bounded_cache() {
     // one with each token written, so they join at different steps.
     h.engine.send(Command::Generate(jobs[0].clone())).unwrap();
     h.until("the first token", |e| matches!(e, Event::Token { .. }));
-    let rest = Mutex::new(jobs[1..].to_vec().into_iter());
+    let rest: Mutex<std::collections::VecDeque<GenerateJob>> =
+        Mutex::new(jobs[1..].iter().cloned().collect());
     h.set_hook(move |remote, _| {
-        if let Some(job) = rest.lock().unwrap().next() {
+        if let Some(job) = rest.lock().unwrap().pop_front() {
             remote.send(Command::Generate(job)).unwrap();
         }
     });

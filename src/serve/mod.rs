@@ -18,6 +18,7 @@ pub mod open_loop;
 mod openai;
 mod pool;
 mod probes;
+mod router;
 mod routes;
 pub mod shutdown;
 pub mod swap;
@@ -264,7 +265,7 @@ pub fn start(opts: &ServeOptions) -> Result<RunningServer, ServeError> {
         max_body_bytes: MAX_BODY_BYTES,
     };
     let shared = state(opts);
-    let app = routes::router(
+    let app = router::router(
         Arc::clone(&shared),
         guard,
         opts.limits,

@@ -6,16 +6,15 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::guard::{token_matches, GuardConfig};
+use super::guard::token_matches;
 use super::pool::{PoolError, Ticket};
 use super::{AppState, MAX_BODY_BYTES};
 use crate::engine::{DeviceChoice, ErrorKind, Event, GenerateJob, Prompt};
@@ -27,56 +26,6 @@ use crate::poetry::{check_in_form, Repeats, RulesMode, TemplateStart, VerseRules
 const MAX_PROMPT_CHARS: usize = 64;
 /// The most tokens one request may ask for.
 const MAX_TOKENS: usize = 256;
-
-pub fn router(
-    state: Arc<AppState>,
-    guard: GuardConfig,
-    limits: super::connections::ConnectionLimits,
-    allow_origin: Option<HeaderValue>,
-) -> Router {
-    let router = Router::new()
-        .route("/v1/poems", post(poems))
-        .route("/v1/completions", post(super::openai::completions))
-        .route(
-            "/v1/chat/completions",
-            post(super::openai::chat_completions),
-        )
-        .route("/v1/status", get(status))
-        .route("/v1/release", post(release))
-        .route("/v1/model", post(swap_model))
-        .route("/metrics", get(metrics))
-        .route("/v1/models", get(models))
-        .route("/health", get(super::probes::health))
-        .route("/ready", get(super::probes::ready))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            limits.body_read,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            super::admission::retry_after,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            guard,
-            super::guard::guard,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            super::metrics::observe,
-        ));
-    // Pages of `--allow-origin` may call the API (their preflight is
-    // answered); without it no page may read an answer.
-    let router = match allow_origin {
-        Some(origin) => router.layer(
-            tower_http::cors::CorsLayer::new()
-                .allow_origin(tower_http::cors::AllowOrigin::list([origin]))
-                .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]),
-        ),
-        None => router,
-    };
-    router.with_state(state)
-}
 
 /// An error answer: `{"error": {"kind", "message"}}` with its status.
 pub(super) struct ApiError {
@@ -432,7 +381,7 @@ pub(super) fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes
     })
 }
 
-async fn poems(
+pub(super) async fn poems(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -574,7 +523,7 @@ fn stream(
     })
 }
 
-async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub(super) async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&state, &headers) {
         return e.into_response();
     }
@@ -601,7 +550,7 @@ struct ReleaseRequest {
     device: Option<String>,
 }
 
-async fn release(
+pub(super) async fn release(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -668,7 +617,7 @@ fn model_under(dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf, 
     Ok(resolved)
 }
 
-async fn swap_model(
+pub(super) async fn swap_model(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -691,7 +640,7 @@ async fn swap_model(
 }
 
 /// `GET /v1/models`: the OpenAI list shape, naming the model requests use.
-async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub(super) async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&state, &headers) {
         return e.into_response();
     }
@@ -707,7 +656,7 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     .into_response()
 }
 
-async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub(super) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&state, &headers) {
         return e.into_response();
     }
