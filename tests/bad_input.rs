@@ -532,3 +532,48 @@ fn info_says_whether_shapes_were_checked() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("not checked"), "{text}");
 }
+
+#[test]
+fn bad_serve_and_load_bench_settings_name_the_setting_and_what_to_give() {
+    let serve = |extra: &[&str], needles: &[&str]| {
+        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--log-dir", "none"];
+        args.extend_from_slice(extra);
+        expect_failure(&args, needles);
+    };
+    serve(
+        &["--allow-origin", "*"],
+        &["`allow-origin`", "`*` is not allowed"],
+    );
+    serve(
+        &["--allow-origin", "https://a.org/page"],
+        &["`allow-origin`", "no path"],
+    );
+    serve(
+        &["--header-timeout", "0s"],
+        &["`header-timeout`", "above zero"],
+    );
+    serve(
+        &["--body-timeout", "never"],
+        &["`body-timeout`", "above zero"],
+    );
+    serve(
+        &["--max-connections", "0"],
+        &["`max-connections`", "at least 1"],
+    );
+    serve(
+        &["--queue-timeout", "5x"],
+        &["`queue-timeout`", "90s, 5m, 1h or never"],
+    );
+    expect_failure(
+        &["bench", "--serve", "--rate=-1"],
+        &["`--rate -1`", "above 0"],
+    );
+    expect_failure(
+        &["bench", "--serve", "--duration", "never"],
+        &["`duration`", "60s"],
+    );
+    expect_failure(
+        &["bench", "--serve", "--rate", "5", "--load-share", "9"],
+        &["`--load-share 9`"],
+    );
+}

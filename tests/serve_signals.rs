@@ -19,7 +19,7 @@ fn agent() -> ureq::Agent {
 
 #[test]
 fn sigterm_under_load_answers_every_request_in_flight_and_exits_0() {
-    let (mut child, addr) = serve(&["--max-queue", "32"]);
+    let (mut child, addr, _) = serve(&["--max-queue", "32"]);
     // Eight requests of eight 七律 each: seconds of work on the CPU.
     let clients: Vec<_> = (0..8)
         .map(|i| {
@@ -71,8 +71,15 @@ fn sigterm_under_load_answers_every_request_in_flight_and_exits_0() {
     assert!(status.success(), "exit {status:?}");
 }
 
-/// Starts `versifier serve` with `extra` options; returns it and its address.
-fn serve(extra: &[&str]) -> (std::process::Child, String) {
+/// Starts `versifier serve` with `extra` options; returns it, its address,
+/// and the thread that collects what it writes to stderr until it exits.
+fn serve(
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    String,
+    std::thread::JoinHandle<Vec<String>>,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_versifier"))
         .args([
             "serve",
@@ -103,14 +110,14 @@ fn serve(extra: &[&str]) -> (std::process::Child, String) {
         .unwrap()
         .to_string();
     // Keep reading what it says, so its last words find an open pipe.
-    std::thread::spawn(move || stderr.lines().count());
-    (child, addr)
+    let said = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect());
+    (child, addr, said)
 }
 
 #[test]
 fn a_client_holding_a_half_sent_request_keeps_a_stopping_server_no_longer_than_the_drain_timeout() {
     use std::io::Write;
-    let (mut child, addr) = serve(&["--drain-timeout", "1s"]);
+    let (mut child, addr, _) = serve(&["--drain-timeout", "1s"]);
     let mut held = std::net::TcpStream::connect(&addr).unwrap();
     held.write_all(b"POST /v1/poems HTTP/1.1\r\nHost: localhost\r\n")
         .unwrap();
@@ -131,4 +138,38 @@ fn a_client_holding_a_half_sent_request_keeps_a_stopping_server_no_longer_than_t
     assert!(status.success(), "exit {status:?}");
     assert!(signalled.elapsed() < Duration::from_secs(20));
     drop(held);
+}
+
+#[test]
+fn each_request_gets_one_access_log_line_at_info() {
+    let (mut child, addr, said) = serve(&["--log-level", "info"]);
+    let (status, _) = {
+        let mut resp = agent()
+            .post(format!("http://{addr}/v1/poems"))
+            .header("Content-Type", "application/json")
+            .send(r#"{"prompt": "月", "seed": 1}"#)
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap(),
+        )
+    };
+    assert_eq!(status, 200);
+    let mut resp = agent()
+        .get(format!("http://{addr}/nowhere"))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let _ = resp.body_mut().read_to_string();
+    // SAFETY: kill(2) with the pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+    let lines = said.join().unwrap();
+    let access: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("versifier::access"))
+        .collect();
+    assert_eq!(access.len(), 2, "{lines:#?}");
+    assert!(access[0].contains("POST /v1/poems 200"), "{access:?}");
+    assert!(access[1].contains("GET /nowhere 404"), "{access:?}");
 }
