@@ -20,25 +20,13 @@ use serve_harness::*;
 fn two_cpu_engines_answer_200_concurrent_requests_and_share_the_work() {
     let server = start(&options(2, 200)).unwrap();
     let addr = server.addr;
-    let clients: Vec<_> = (0..200)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let body = json!({"prompt": "月", "form": "wujue", "seed": i, "max_tokens": 40})
-                    .to_string();
-                let mut resp = agent()
-                    .post(format!("http://{addr}/v1/poems"))
-                    .header("Content-Type", "application/json")
-                    .send(&body)
-                    .unwrap();
-                let status = resp.status().as_u16();
-                let v: Value =
-                    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
-                (status, v)
-            })
-        })
-        .collect();
+    let clients = clients(
+        addr,
+        200,
+        |i| json!({"prompt": "月", "form": "wujue", "seed": i, "max_tokens": 40}),
+    );
     for c in clients {
-        let (status, v) = c.join().unwrap();
+        let (status, _, v) = c.join().unwrap();
         assert_eq!(status, 200, "{v}");
         let poem = &v["poems"][0];
         assert!(
@@ -130,25 +118,16 @@ fn hostile_requests_get_clear_4xx_json_errors_and_the_server_keeps_serving() {
 fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() {
     let server = start(&options(1, 1)).unwrap();
     let addr = server.addr;
-    let clients: Vec<_> = (0..6)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let body =
-                    json!({"prompt": "山", "form": "qilv", "seed": i, "variations": 4}).to_string();
-                let mut resp = agent()
-                    .post(format!("http://{addr}/v1/poems"))
-                    .header("Content-Type", "application/json")
-                    .send(&body)
-                    .unwrap();
-                let status = resp.status().as_u16();
-                let retry = resp.headers().get("retry-after").is_some();
-                let v: Value =
-                    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
-                (status, retry, v)
-            })
-        })
+    let clients = clients(
+        addr,
+        6,
+        |i| json!({"prompt": "山", "form": "qilv", "seed": i, "variations": 4}),
+    );
+    let results: Vec<(u16, bool, Value)> = clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .map(|(status, retry, v)| (status, retry.is_some(), v))
         .collect();
-    let results: Vec<(u16, bool, Value)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     let ok = results.iter().filter(|r| r.0 == 200).count();
     let busy = results.iter().filter(|r| r.0 == 503).count();
     assert!(ok >= 1 && busy >= 1, "{results:?}");

@@ -14,34 +14,6 @@ use versifier::serve::{start, Stopped};
 mod serve_harness;
 use serve_harness::*;
 
-/// `n` clients on threads of their own, each POSTing `body(i)` once; each
-/// returns the status, the Retry-After header and the JSON answer.
-fn clients(
-    addr: std::net::SocketAddr,
-    n: usize,
-    body: impl Fn(usize) -> Value,
-) -> Vec<std::thread::JoinHandle<(u16, Option<u64>, Value)>> {
-    (0..n)
-        .map(|i| {
-            let body = body(i).to_string();
-            std::thread::spawn(move || {
-                let mut resp = agent()
-                    .post(format!("http://{addr}/v1/poems"))
-                    .header("Content-Type", "application/json")
-                    .send(&body)
-                    .unwrap();
-                let status = resp.status().as_u16();
-                let retry = resp
-                    .headers()
-                    .get("retry-after")
-                    .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
-                let text = resp.body_mut().read_to_string().unwrap();
-                (status, retry, serde_json::from_str(&text).unwrap())
-            })
-        })
-        .collect()
-}
-
 /// Eight 七律 of up to 256 tokens: about a second or more of a CPU engine.
 fn long_poems(seed: usize) -> Value {
     json!({"prompt": "山", "form": "qilv", "variations": 8, "seed": seed})
@@ -65,10 +37,7 @@ fn a_request_that_cannot_start_within_the_queue_timeout_gets_503_with_retry_afte
     assert_eq!(status, 200);
     // Ten requests of a full batch each: one decodes, the ones behind it
     // wait longer than 300 ms to start.
-    let results: Vec<(u16, Option<u64>, Value)> = clients(server.addr, 10, long_poems)
-        .into_iter()
-        .map(|c| c.join().unwrap())
-        .collect();
+    let results = answers(server.addr, 10, long_poems);
     let ok = results.iter().filter(|r| r.0 == 200).count();
     let timed_out: Vec<&(u16, Option<u64>, Value)> =
         results.iter().filter(|r| r.0 == 503).collect();
@@ -110,10 +79,7 @@ fn refused_clients_are_told_to_come_back_at_different_times() {
     // A queue of 2: of 24 clients at once, most are refused; their
     // Retry-After values spread, so they do not all return together.
     let server = start(&options(1, 2)).unwrap();
-    let results: Vec<(u16, Option<u64>, Value)> = clients(server.addr, 24, long_poems)
-        .into_iter()
-        .map(|c| c.join().unwrap())
-        .collect();
+    let results = answers(server.addr, 24, long_poems);
     let retries: Vec<u64> = results.iter().filter_map(|r| r.1).collect();
     assert!(retries.len() >= 12, "{results:?}");
     assert!(retries.iter().all(|s| *s >= 1), "{retries:?}");

@@ -164,17 +164,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub fn run(opts: &ServeBenchOptions) -> Result<ServeBenchReport, ServeError> {
     let server = start(&ServeOptions {
-        bind: "127.0.0.1:0".parse().map_err(|_| ServeError::NoDevices)?,
-        devices: vec![opts.device],
-        model: opts.model.clone(),
-        precision: opts.precision,
-        idle: None,
         max_queue: opts.clients.max(8) * opts.requests_per_client.max(1) + 8,
         queue_timeout: None,
-        token: None,
-        models_dir: None,
-        limits: Default::default(),
-        allow_origin: None,
+        ..ServeOptions::in_process(opts.model.clone(), vec![opts.device], opts.precision)
     })?;
     let addr = server.addr;
     let poem = |seed: usize| json!({"prompt": "月", "form": "qijue", "seed": seed});

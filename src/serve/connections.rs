@@ -40,13 +40,21 @@ impl Default for ConnectionLimits {
 /// before the next: the error would come back at once.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// After the drain timeout, how long the cancelled requests' answers have to
+/// reach their clients before the connections left are closed.
+const ABORT_FLUSH: Duration = Duration::from_secs(1);
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits for every open connection to finish.
+/// accepting and waits for every open connection to finish, or, once `abort`
+/// resolves (the drain timeout passed and the handlers answered what was
+/// left), [`ABORT_FLUSH`] more before it closes the connections left (a
+/// client holding a half-sent request among them).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
+    abort: impl Future<Output = ()>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -87,5 +95,11 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = async {
+            abort.await;
+            tokio::time::sleep(ABORT_FLUSH).await;
+        } => tracing::info!("closing the connections left after the drain timeout"),
+    }
 }

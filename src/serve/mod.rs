@@ -72,6 +72,26 @@ pub struct ServeOptions {
     pub allow_origin: Option<axum::http::HeaderValue>,
 }
 
+impl ServeOptions {
+    /// The command line's defaults, on a free loopback port, with no idle
+    /// release: a server in this process (benchmarks, tests).
+    pub fn in_process(model: PathBuf, devices: Vec<DeviceChoice>, precision: Precision) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            devices,
+            model,
+            precision,
+            idle: None,
+            max_queue: DEFAULT_MAX_QUEUE,
+            queue_timeout: Some(DEFAULT_QUEUE_TIMEOUT),
+            token: None,
+            models_dir: None,
+            limits: connections::ConnectionLimits::default(),
+            allow_origin: None,
+        }
+    }
+}
+
 /// Why the server did not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -277,11 +297,18 @@ pub fn start(opts: &ServeOptions) -> Result<RunningServer, ServeError> {
     let thread = std::thread::Builder::new()
         .name("versifier-serve-main".into())
         .spawn(move || {
-            runtime.block_on(connections::serve(listener, app, limits, async move {
-                let _ = rx.await;
-                // Readiness turns false before the listener closes.
-                draining.lifecycle.enter(shutdown::Phase::Draining);
-            }));
+            let aborting = Arc::clone(&draining);
+            runtime.block_on(connections::serve(
+                listener,
+                app,
+                limits,
+                async move {
+                    let _ = rx.await;
+                    // Readiness turns false before the listener closes.
+                    draining.lifecycle.enter(shutdown::Phase::Draining);
+                },
+                async move { aborting.lifecycle.aborting().await },
+            ));
             // Handlers (and their engines) go with the runtime.
             runtime.shutdown_timeout(Duration::from_secs(5));
             Ok(())
@@ -315,13 +342,15 @@ pub fn run_until_signal(
     drain_timeout: Duration,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<Stopped, ServeError> {
-    let server = start(opts)?;
-    on_listening(server.addr);
+    // The handler goes in before the server listens: a signal sent as soon
+    // as it says so must drain it, not kill it.
     let (tx, rx) = std::sync::mpsc::channel();
     // A second handler cannot be installed; then only the process signal stops us.
     let _ = ctrlc::set_handler(move || {
         let _ = tx.send(());
     });
+    let server = start(opts)?;
+    on_listening(server.addr);
     let _ = rx.recv();
     server.stop_within(drain_timeout, &rx)
 }

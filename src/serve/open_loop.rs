@@ -144,19 +144,11 @@ fn closed_loop_capacity(addr: SocketAddr, for_how_long: Duration) -> f64 {
 }
 
 pub fn run(opts: &OpenLoopOptions) -> Result<OpenLoopReport, ServeError> {
-    let server = start(&ServeOptions {
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        devices: vec![opts.device],
-        model: opts.model.clone(),
-        precision: opts.precision,
-        idle: None,
-        max_queue: DEFAULT_MAX_QUEUE,
-        queue_timeout: Some(super::DEFAULT_QUEUE_TIMEOUT),
-        token: None,
-        models_dir: None,
-        limits: Default::default(),
-        allow_origin: None,
-    })?;
+    let server = start(&ServeOptions::in_process(
+        opts.model.clone(),
+        vec![opts.device],
+        opts.precision,
+    ))?;
     let addr = server.addr;
     let warm = agent();
     // The first request loads the model; then the unloaded latency.

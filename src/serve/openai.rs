@@ -57,6 +57,60 @@ impl AnswerHead {
     }
 }
 
+impl AnswerHead {
+    /// The whole (not streamed) answer.
+    fn answer(&self, object: &str, choices: Vec<Value>, g: &Generation) -> Response {
+        Json(json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage(g),
+        }))
+        .into_response()
+    }
+}
+
+/// The request's body as `T`, once the token is checked; `n` checked too.
+fn accepted<T: serde::de::DeserializeOwned + HasN>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    authorize(state, headers)?;
+    let r: T = parse(&body_or_error(body)?)?;
+    check_n(r.n())?;
+    Ok(r)
+}
+
+/// Requests with OpenAI's `n`.
+trait HasN {
+    fn n(&self) -> Option<usize>;
+}
+
+/// Queues `checked` and answers it in `flavour`'s shape: as a stream from
+/// its first token, or whole.
+async fn write(
+    state: &Arc<AppState>,
+    checked: &super::routes::Checked,
+    flavour: Flavour,
+) -> Result<Response, ApiError> {
+    let head = AnswerHead::new(state, flavour.id_prefix());
+    let mut ticket = submit(state, checked).await?;
+    if checked.stream {
+        return Ok(openai_stream(Arc::clone(state), ticket, head, flavour).into_response());
+    }
+    let g = await_generation(state, &mut ticket).await?;
+    let choices: Vec<Value> = g
+        .variations
+        .iter()
+        .enumerate()
+        .map(|(i, v)| flavour.whole_choice(i, v))
+        .collect();
+    Ok(head.answer(flavour.object(), choices, &g))
+}
+
 /// OpenAI's `finish_reason`: `length` when the token budget or the context
 /// ended it, else `stop`.
 fn finish_reason(v: &Variation) -> &'static str {
@@ -81,11 +135,42 @@ fn check_n(n: Option<usize>) -> Result<(), ApiError> {
     }
 }
 
-/// Which API a stream speaks.
+/// Which API an answer speaks.
 #[derive(Clone, Copy)]
 enum Flavour {
     Completion,
     Chat,
+}
+
+impl Flavour {
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Self::Completion => "",
+            Self::Chat => "chat",
+        }
+    }
+
+    fn object(self) -> &'static str {
+        match self {
+            Self::Completion => "text_completion",
+            Self::Chat => "chat.completion",
+        }
+    }
+
+    /// One poem of a whole answer.
+    fn whole_choice(self, index: usize, v: &Variation) -> Value {
+        match self {
+            Self::Completion => {
+                json!({"text": v.text, "index": index, "logprobs": null, "finish_reason": finish_reason(v)})
+            }
+            Self::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": v.text},
+                "logprobs": null,
+                "finish_reason": finish_reason(v),
+            }),
+        }
+    }
 }
 
 /// OpenAI-style streaming: a chunk per token, a last chunk per choice with
@@ -164,25 +249,18 @@ struct CompletionRequest {
     stream: bool,
 }
 
+impl HasN for CompletionRequest {
+    fn n(&self) -> Option<usize> {
+        self.n
+    }
+}
+
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match completions_inner(&state, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn completions_inner(
-    state: &Arc<AppState>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(state, headers)?;
-    let r: CompletionRequest = parse(&body_or_error(body)?)?;
-    check_n(r.n)?;
+    let r: CompletionRequest = accepted(&state, &headers, body)?;
     let checked = check_request(PoemRequest {
         prompt: r.prompt,
         form: Some("free".into()),
@@ -200,29 +278,7 @@ async fn completions_inner(
         max_tokens: r.max_tokens.or(Some(16)),
         stream: r.stream,
     })?;
-    let head = AnswerHead::new(state, "");
-    let mut ticket = submit(state, &checked).await?;
-    if checked.stream {
-        return Ok(
-            openai_stream(Arc::clone(state), ticket, head, Flavour::Completion).into_response(),
-        );
-    }
-    let g = await_generation(state, &mut ticket).await?;
-    let choices: Vec<Value> = g
-        .variations
-        .iter()
-        .enumerate()
-        .map(|(i, v)| json!({"text": v.text, "index": i, "logprobs": null, "finish_reason": finish_reason(v)}))
-        .collect();
-    Ok(Json(json!({
-        "id": head.id,
-        "object": "text_completion",
-        "created": head.created,
-        "model": head.model,
-        "choices": choices,
-        "usage": usage(&g),
-    }))
-    .into_response())
+    write(&state, &checked, Flavour::Completion).await
 }
 
 /// One message of a chat.
@@ -276,25 +332,18 @@ struct ChatRequest {
     rules: Option<String>,
 }
 
+impl HasN for ChatRequest {
+    fn n(&self) -> Option<usize> {
+        self.n
+    }
+}
+
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match chat_inner(&state, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn chat_inner(
-    state: &Arc<AppState>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(state, headers)?;
-    let r: ChatRequest = parse(&body_or_error(body)?)?;
-    check_n(r.n)?;
+    let r: ChatRequest = accepted(&state, &headers, body)?;
     let Some(asked) = r
         .messages
         .iter()
@@ -330,32 +379,5 @@ async fn chat_inner(
             .replace("invalid setting `keywords`", "the last user message");
         e
     })?;
-    let head = AnswerHead::new(state, "chat");
-    let mut ticket = submit(state, &checked).await?;
-    if checked.stream {
-        return Ok(openai_stream(Arc::clone(state), ticket, head, Flavour::Chat).into_response());
-    }
-    let g = await_generation(state, &mut ticket).await?;
-    let choices: Vec<Value> = g
-        .variations
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            json!({
-                "index": i,
-                "message": {"role": "assistant", "content": v.text},
-                "logprobs": null,
-                "finish_reason": finish_reason(v),
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "id": head.id,
-        "object": "chat.completion",
-        "created": head.created,
-        "model": head.model,
-        "choices": choices,
-        "usage": usage(&g),
-    }))
-    .into_response())
+    write(&state, &checked, Flavour::Chat).await
 }

@@ -53,19 +53,11 @@ mod tests {
 
     #[tokio::test]
     async fn readiness_turns_false_when_the_server_starts_draining() {
-        let opts = crate::serve::ServeOptions {
-            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            devices: vec![crate::engine::DeviceChoice::Cpu],
-            model: std::path::PathBuf::from("models/tang-poems"),
-            precision: crate::engine::Precision::F32,
-            idle: None,
-            max_queue: 4,
-            queue_timeout: None,
-            token: None,
-            models_dir: None,
-            limits: Default::default(),
-            allow_origin: None,
-        };
+        let opts = crate::serve::ServeOptions::in_process(
+            std::path::PathBuf::from("models/tang-poems"),
+            vec![crate::engine::DeviceChoice::Cpu],
+            crate::engine::Precision::F32,
+        );
         let state = crate::serve::state(&opts);
         assert_eq!(
             ready(State(Arc::clone(&state))).await.status(),

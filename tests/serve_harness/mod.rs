@@ -14,17 +14,12 @@ use versifier::serve::{RunningServer, ServeOptions};
 
 pub fn options(devices: usize, max_queue: usize) -> ServeOptions {
     ServeOptions {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        devices: vec![DeviceChoice::Cpu; devices],
-        model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems"),
-        precision: Precision::F32,
-        idle: None,
         max_queue,
-        queue_timeout: Some(versifier::serve::DEFAULT_QUEUE_TIMEOUT),
-        token: None,
-        models_dir: None,
-        limits: Default::default(),
-        allow_origin: None,
+        ..ServeOptions::in_process(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems"),
+            vec![DeviceChoice::Cpu; devices],
+            Precision::F32,
+        )
     }
 }
 
@@ -137,5 +132,45 @@ pub fn poem_requests(
                     .as_u16()
             })
         })
+        .collect()
+}
+
+/// `n` clients on threads of their own, each POSTing `body(i)` once; each
+/// returns the status, the Retry-After header and the JSON answer.
+pub fn clients(
+    addr: std::net::SocketAddr,
+    n: usize,
+    body: impl Fn(usize) -> Value,
+) -> Vec<std::thread::JoinHandle<(u16, Option<u64>, Value)>> {
+    (0..n)
+        .map(|i| {
+            let body = body(i).to_string();
+            std::thread::spawn(move || {
+                let mut resp = agent()
+                    .post(format!("http://{addr}/v1/poems"))
+                    .header("Content-Type", "application/json")
+                    .send(&body)
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let retry = resp
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+                let text = resp.body_mut().read_to_string().unwrap();
+                (status, retry, serde_json::from_str(&text).unwrap())
+            })
+        })
+        .collect()
+}
+
+/// [`clients`], each joined: what every one got, in order.
+pub fn answers(
+    addr: std::net::SocketAddr,
+    n: usize,
+    body: impl Fn(usize) -> Value,
+) -> Vec<(u16, Option<u64>, Value)> {
+    clients(addr, n, body)
+        .into_iter()
+        .map(|c| c.join().unwrap())
         .collect()
 }
