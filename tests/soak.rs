@@ -1,6 +1,6 @@
 //! A short soak in the normal suite: 50 load -> generate -> release cycles on
 //! CPU through the real engine leave resident memory flat. (The long runs are
-//! `versifier bench --lifecycle --cycles 500`; see README, Reliability.)
+//! `versifier bench --lifecycle --cycles 500`; see docs/testing.md.)
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on what it does not expect
 

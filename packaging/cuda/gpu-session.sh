@@ -21,7 +21,7 @@
 #   packaging/cuda/gpu-session.sh CARRY_DIR OUT_DIR [BUDGET_S]
 #
 # CARRY_DIR comes from packaging/cuda/gpu-carry.sh. OUT_DIR receives
-# gpu-session.tar.gz (every file, with side-by-side-table.md: the README's
+# gpu-session.tar.gz (every file, with side-by-side-table.md: docs/benchmarks.md's
 # table from packaging/bench/gpu-table.py) and steps.txt (each step's exit status and
 # seconds). DEVICE=cpu with a CPU build in CARRY_DIR is a dry run of the
 # plumbing on a machine without a GPU (the PyTorch peers and the OOM step need
