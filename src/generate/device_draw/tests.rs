@@ -23,13 +23,7 @@ fn row(settings: DrawSettings, draw: u32) -> DrawRow {
 }
 
 /// How often each token is drawn in `n` draws (draw numbers 0..n).
-fn frequencies(
-    logits: &[f32],
-    s: DrawSettings,
-    seen: &[u32],
-    allowed: &[u32],
-    n: u32,
-) -> Vec<f64> {
+fn frequencies(logits: &[f32], s: DrawSettings, seen: &[u32], allowed: &[u32], n: u32) -> Vec<f64> {
     let mut counts = vec![0usize; logits.len()];
     for d in 0..n {
         counts[draw_row(logits, &row(s, d), seen, allowed).unwrap() as usize] += 1;

@@ -3,8 +3,7 @@
 use super::*;
 
 #[test]
-fn training_text_untags_every_other_shi_and_no_ci_while_held_out_text_untags_every_other_line()
-{
+fn training_text_untags_every_other_shi_and_no_ci_while_held_out_text_untags_every_other_line() {
     let text = "[QIJUE]春風\n[CI:浣溪沙]雪月\n[QIJUE]花雨\n[CI:浣溪沙]風雪\n[WUJUE]月花\n";
     let vocab = CharVocab::build(text, 1);
     let tagged = |ids: &[u32]| -> Vec<bool> {
