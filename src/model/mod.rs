@@ -11,9 +11,11 @@ mod config;
 mod cpu_attention;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda_kernels;
+mod forward_error;
 mod fused_decode;
 mod gpt2;
 pub mod half_weights;
+mod kv_cache;
 pub mod packed_matrix;
 mod static_decode;
 #[cfg(feature = "cuda")]

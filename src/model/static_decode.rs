@@ -158,7 +158,13 @@ impl StaticDecoder {
             GraphState::Off(None)
         };
         Ok(Self {
-            cache: StaticKvCache::new(model, batch, columns)?,
+            cache: StaticKvCache::new(
+                model.config(),
+                model.compute_dtype(),
+                model.device(),
+                batch,
+                columns,
+            )?,
             bufs,
             dtype,
             used: 0,
