@@ -59,3 +59,75 @@ fn no_module_uses_one_above_it() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The sibling modules `code` (one line, comments cut) names through
+/// `super::NAME` or `crate::FOLDER::NAME`, `super::{A, B}` included.
+fn siblings_named(code: &str, folder: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let crate_path = format!("crate::{folder}::");
+    for prefix in ["super::", crate_path.as_str()] {
+        for (i, _) in code.match_indices(prefix) {
+            let rest = &code[i + prefix.len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let inner = group.split('}').next().unwrap_or("");
+                out.extend(inner.split(',').map(|n| {
+                    n.trim()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect::<String>()
+                }));
+            } else {
+                out.push(
+                    rest.chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn poetry_files_use_only_the_files_below_them_as_mod_rs_orders_them() {
+    // poetry/mod.rs lists its modules bottom to top ("layers: …"); a file may
+    // name the ones listed before it, through `super::` or `crate::poetry::`,
+    // and never one after it (no import cycles inside the folder).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/poetry");
+    let mod_rs = std::fs::read_to_string(dir.join("mod.rs")).unwrap();
+    let order: Vec<String> = mod_rs
+        .lines()
+        .find_map(|l| l.strip_prefix("//! layers: "))
+        .unwrap()
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .collect();
+    // Every file of the folder has its place.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(module) = name.strip_suffix(".rs").filter(|m| *m != "mod") {
+            assert!(
+                order.iter().any(|m| m == module),
+                "{module} is not in poetry/mod.rs's layers"
+            );
+        }
+    }
+    let mut problems = Vec::new();
+    for (rank, module) in order.iter().enumerate() {
+        let text = std::fs::read_to_string(dir.join(format!("{module}.rs"))).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for named in siblings_named(code, "poetry") {
+                if let Some(r) = order.iter().position(|m| *m == named) {
+                    if r > rank {
+                        problems.push(format!(
+                            "src/poetry/{module}.rs:{}: {module} uses {named}, which mod.rs puts above it",
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::run_cli;
-use versifier::generate::forms::{regular_form, satisfies, PoemForm};
+use versifier::poetry::forms::{regular_form, satisfies, PoemForm};
 
 fn bundled() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems")

@@ -9,8 +9,8 @@ mod common;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use versifier::generate::forms::{satisfies, split_lines, PoemForm};
 use versifier::generate::{prepare_request, Prompt, RequestSettings, SamplingParams, StopReason};
+use versifier::poetry::forms::{satisfies, split_lines, PoemForm};
 use versifier::poetry::tunes::{ci_tunes, find_tune};
 use versifier::poetry::{check_in_form, VerseRules};
 

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 use common::*;
 use versifier::generate::device_draw::{all_allowed, bits_of, draw_row};
-use versifier::generate::forms::{satisfies, PoemForm};
 use versifier::generate::{
     generate_on, poem_prompt, DecodePath, DrawRow, DrawSettings, GenerateRequest, SamplingParams,
     StopReason,
@@ -22,6 +21,7 @@ use versifier::generate::{
 use versifier::model::{
     load_model, static_columns, Gpt2Config, GraphMode, StaticDecoder, TokenBatch,
 };
+use versifier::poetry::forms::{satisfies, PoemForm};
 use versifier::poetry::VerseRules;
 
 /// The ids the device definition draws, step by step on the host, from the

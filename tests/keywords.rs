@@ -13,9 +13,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use versifier::generate::forms::{satisfies, PoemForm};
 use versifier::generate::{form_constraint, GenerateError};
 use versifier::model::{Gpt2Config, TextTokenizer};
+use versifier::poetry::forms::{satisfies, PoemForm};
 use versifier::poetry::keywords::{is_theme_word, parse_theme};
 use versifier::poetry::tunes::ci_tunes;
 use versifier::poetry::{check_in_form, check_poem, RulesMode, VerseRules};
@@ -38,7 +38,7 @@ fn vocab_hanzi(tok: &TextTokenizer) -> Vec<char> {
             let text = String::from_utf8_lossy(tok.token_bytes(id)).into_owned();
             let mut chars = text.chars();
             match (chars.next(), chars.next()) {
-                (Some(c), None) if versifier::generate::forms::is_hanzi(c) => Some(c),
+                (Some(c), None) if versifier::poetry::text::is_hanzi(c) => Some(c),
                 _ => None,
             }
         })
@@ -60,7 +60,7 @@ impl Draws {
 /// Writes a poem under `constraint` with random logits after `start`.
 fn write_with_random_logits(
     tok: &TextTokenizer,
-    constraint: &versifier::generate::forms::FormConstraint,
+    constraint: &versifier::poetry::constraint::FormConstraint,
     start: &str,
     seed: u64,
 ) -> Option<String> {

@@ -13,8 +13,8 @@ use common::*;
 use versifier::engine::{
     Command, DeviceChoice, Engine, EngineOptions, Event, GenerateJob, LoadSpec, Precision, Prompt,
 };
-use versifier::generate::forms::PoemForm;
 use versifier::generate::SamplingParams;
+use versifier::poetry::forms::PoemForm;
 
 fn bundled() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tang-poems")

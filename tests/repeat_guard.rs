@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use versifier::generate::forms::PoemForm;
 use versifier::generate::{generate, prepare_request, Prompt, RequestSettings, SamplingParams};
+use versifier::poetry::forms::PoemForm;
 use versifier::poetry::{Repeats, RulesMode, VerseRules};
 
 /// (characters three in a row or past the poem's cap, lines seen before) in `poem`.
@@ -16,12 +16,12 @@ fn repeats_in(poem: &str, cap: usize) -> (usize, usize) {
     let chars: Vec<char> = poem.chars().collect();
     let triples = chars
         .windows(3)
-        .filter(|w| w[0] == w[1] && w[1] == w[2] && versifier::poetry::forms::is_hanzi(w[0]))
+        .filter(|w| w[0] == w[1] && w[1] == w[2] && versifier::poetry::text::is_hanzi(w[0]))
         .count();
     let mut counts = std::collections::HashMap::new();
     for c in chars
         .iter()
-        .filter(|c| versifier::poetry::forms::is_hanzi(**c))
+        .filter(|c| versifier::poetry::text::is_hanzi(**c))
     {
         *counts.entry(*c).or_insert(0usize) += 1;
     }

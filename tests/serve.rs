@@ -347,7 +347,7 @@ fn a_ci_tune_asked_of_the_bundled_model_is_written_by_the_bundled_ci_model_and_s
     assert_eq!(v["model"], "song-ci", "{v}");
     let poem = v["poems"][0]["text"].as_str().unwrap();
     let form = "ci:浣溪沙".parse().unwrap();
-    assert!(versifier::generate::forms::satisfies(poem, &form), "{poem}");
+    assert!(versifier::poetry::forms::satisfies(poem, &form), "{poem}");
     // Its verdict judges the tune's rhymes, which strict rules kept.
     let verdict = v["poems"][0]["verdict"].as_str().unwrap();
     assert!(verdict.starts_with("押詞林正韻第"), "{v}");

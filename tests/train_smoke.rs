@@ -284,7 +284,7 @@ fn a_model_trained_on_tagged_ci_is_given_the_tunes_tag_when_it_writes_one() {
     let tag = tok
         .token_id("[CI:浣溪沙]")
         .expect("the tune tag is in the vocabulary");
-    let form: versifier::generate::forms::PoemForm = "ci:浣溪沙".parse().unwrap();
+    let form: versifier::poetry::forms::PoemForm = "ci:浣溪沙".parse().unwrap();
     let prompt = versifier::generate::Prompt::Text("一".into());
     let req = versifier::generate::prepare_request(
         &model,

@@ -534,7 +534,7 @@ fn copy_says_copied_and_a_poem_cut_short_is_marked_in_history() {
     // Free verse stops at the length setting (a set form takes the tokens it
     // needs): 8 tokens cut the poem, and it is kept as such.
     let saved = Settings {
-        form: versifier::generate::forms::PoemForm::Free,
+        form: versifier::poetry::forms::PoemForm::Free,
         ..Settings::default()
     };
     store.save_settings(&saved).unwrap();
@@ -674,7 +674,7 @@ fn a_ci_to_a_chosen_tune_is_written_in_the_tunes_pattern() {
     let card = &h.state().cards[0];
     let poem = format!("{}{}", card.prompt, card.text);
     assert!(
-        versifier::generate::forms::satisfies(&poem, &saved.form),
+        versifier::poetry::forms::satisfies(&poem, &saved.form),
         "{poem}"
     );
     assert_eq!(
@@ -742,7 +742,7 @@ fn rerun_writes_with_the_model_of_the_records_form() {
         );
         let poem = format!("{}{}", h.state().cards[0].prompt, h.state().cards[0].text);
         assert!(
-            versifier::generate::forms::satisfies(&poem, &record.form),
+            versifier::poetry::forms::satisfies(&poem, &record.form),
             "{poem}"
         );
     }

@@ -9,8 +9,8 @@ mod ui_harness;
 
 use egui_kittest::kittest::Queryable;
 use ui_harness::{app, harness, pump, start_poem};
-use versifier::generate::forms::{satisfies, PoemForm};
 use versifier::poetry::check_in_form;
+use versifier::poetry::forms::{satisfies, PoemForm};
 use versifier::store::{Settings, Store};
 
 fn store_with(dir: &std::path::Path, form: PoemForm, theme: &str) -> Store {

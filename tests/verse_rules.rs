@@ -10,9 +10,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use common::run_cli;
-use versifier::generate::forms::{satisfies, PoemForm};
 use versifier::generate::{generate, poem_prompt, GenerateRequest, SamplingParams, StopReason};
 use versifier::model::load_model;
+use versifier::poetry::forms::{satisfies, PoemForm};
 use versifier::poetry::rhyme::table;
 use versifier::poetry::{check_poem, TemplateStart, VerseRules};
 
@@ -282,8 +282,8 @@ fn check_names_the_tune_a_ci_could_be_and_judges_its_rhymes_with_tune() {
 
 #[test]
 fn the_vocabulary_is_scanned_once_per_tokenizer_and_shared_constraints_mask_as_fresh_ones() {
-    use versifier::generate::forms::FormConstraint;
     use versifier::generate::vocab_chars;
+    use versifier::poetry::constraint::FormConstraint;
     let m = load_model(&bundled(), &Device::Cpu, DType::F32).unwrap();
     let tok = m.tokenizer.as_ref().unwrap();
     // Every request after the first reuses the tables of the first.
@@ -350,7 +350,7 @@ fn free_poems(rules: &VerseRules) -> Vec<(String, Vec<versifier::poetry::Relaxed
 
 #[test]
 fn free_verse_under_strict_rules_keeps_rhyme_and_tones_from_its_second_line() {
-    use versifier::generate::forms::regular_form;
+    use versifier::poetry::forms::regular_form;
     let strict = free_poems(&VerseRules::default());
     let regular: Vec<&String> = strict
         .iter()

@@ -31,7 +31,7 @@ pub fn run_check(args: CheckArgs) -> Result<()> {
     } else {
         args.poem
     };
-    if !text.chars().any(versifier::poetry::forms::is_hanzi) {
+    if !text.chars().any(versifier::poetry::text::is_hanzi) {
         bail!("no Chinese characters to check: give the poem as an argument or on standard input");
     }
     let report = match &args.tune {
@@ -41,11 +41,11 @@ pub fn run_check(args: CheckArgs) -> Result<()> {
             let Some(tune) = versifier::poetry::tunes::find_tune(bare) else {
                 bail!("invalid setting `--tune`: no tune `{bare}`; `versifier forms` lists the 70 tunes");
             };
-            let shape: Vec<String> = versifier::poetry::check::poem_lines(&text)
+            let shape: Vec<String> = versifier::poetry::text::poem_lines(&text)
                 .iter()
                 .map(|l| l.len().to_string())
                 .collect();
-            match versifier::poetry::ci_rhyme::check_ci(&text, tune) {
+            match versifier::poetry::check_ci::check_ci(&text, tune) {
                 Some(report) => report,
                 None => bail!(
                     "the poem's lines ({}) are not {}'s pattern {}: a 詞 to it has {} lines of those lengths",
@@ -73,7 +73,7 @@ pub fn run_check(args: CheckArgs) -> Result<()> {
 /// For a poem that is no 詩 but has a tune's line lengths: which tunes, and
 /// the command that checks its rhymes.
 fn tune_hint(text: &str) -> Option<String> {
-    let lengths: Vec<usize> = versifier::poetry::check::poem_lines(text)
+    let lengths: Vec<usize> = versifier::poetry::text::poem_lines(text)
         .iter()
         .map(Vec::len)
         .collect();

@@ -12,8 +12,8 @@ use versifier::engine::Precision;
 use versifier::engine::{
     Command as EngineCommand, Engine, EngineOptions, Event, GenerateJob, LoadSpec, Prompt,
 };
-use versifier::generate::forms::{layout, PoemForm};
 use versifier::generate::{SamplingParams, StopReason};
+use versifier::poetry::forms::{layout, PoemForm};
 use versifier::poetry::keywords::parse_theme;
 use versifier::poetry::{Repeats, RulesMode, TemplateStart, VerseRules};
 

@@ -31,7 +31,7 @@ pub struct GenerateJob {
     pub spec: LoadSpec,
     pub prompt: Prompt,
     /// Poem form enforced while decoding (text prompts only).
-    pub form: crate::generate::forms::PoemForm,
+    pub form: crate::poetry::forms::PoemForm,
     pub variations: usize,
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,

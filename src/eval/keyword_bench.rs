@@ -22,9 +22,9 @@ use serde::Serialize;
 use super::bench::BenchError;
 use super::quality::{distinct_2, mean_logprob, repeated_chars_per_poem, sample_batch, Sample};
 use crate::device::{open_device, DeviceChoice};
-use crate::generate::forms::{satisfies, PoemForm};
 use crate::generate::{poem_prompt, GenerateError};
 use crate::model::{load_model, LoadError, LoadedModel, TextTokenizer};
+use crate::poetry::forms::{satisfies, PoemForm};
 use crate::poetry::{check_in_form, VerseRules};
 
 /// Options of `versifier bench --keywords`.

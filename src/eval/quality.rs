@@ -13,11 +13,11 @@ use serde::Serialize;
 
 use super::bench::BenchError;
 use crate::device::{open_device, DeviceChoice};
-use crate::generate::forms::{regular_form, satisfies, PoemForm};
 use crate::generate::{
     generate, poem_prompt, GenerateError, GenerateRequest, SamplingParams, StopReason,
 };
 use crate::model::{load_model, Gpt2, LoadError, LoadedModel, TokenBatch};
+use crate::poetry::forms::{regular_form, satisfies, PoemForm};
 use crate::poetry::{check_in_form, check_poem, VerseRules};
 
 /// The one-character prompts of the quality benchmark.
@@ -170,7 +170,7 @@ pub(super) fn repeated_chars_per_poem<'a>(texts: impl Iterator<Item = &'a str>) 
     for t in texts {
         let hanzi: Vec<char> = t
             .chars()
-            .filter(|c| crate::poetry::forms::is_hanzi(*c))
+            .filter(|c| crate::poetry::text::is_hanzi(*c))
             .collect();
         let distinct: std::collections::HashSet<&char> = hanzi.iter().collect();
         repeated += hanzi.len() - distinct.len();
@@ -335,7 +335,7 @@ fn free_samples(
 ) -> Result<Vec<Sample>, BenchError> {
     let tok = tokenizer(loaded, opts)?;
     let guard = |verse: &VerseRules| {
-        crate::poetry::forms::FormConstraint::with_chars(
+        crate::poetry::constraint::FormConstraint::with_chars(
             PoemForm::Free,
             crate::generate::vocab_chars(tok),
             tok.stop_ids().first().copied(),

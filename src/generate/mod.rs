@@ -10,7 +10,6 @@
 mod detok;
 pub mod device_draw;
 /// The poem forms live in [`crate::poetry`]; re-exported where decoding uses them.
-pub use crate::poetry::forms;
 mod poem_start;
 mod prepare;
 mod sampling;
@@ -33,6 +32,7 @@ use crate::model::{
     static_columns, ForwardError, Gpt2, GraphMode, KvCache, StaticDecoder, StepKernels, StepRunner,
     TokenBatch,
 };
+use crate::poetry::{constraint, forms};
 
 /// Largest number of variations decoded in one batch.
 pub const MAX_VARIATIONS: usize = 8;
@@ -190,7 +190,7 @@ impl Generation {
 }
 
 /// A form constraint and the text the poem starts with.
-pub type FormStart = (forms::FormConstraint, String);
+pub type FormStart = (constraint::FormConstraint, String);
 
 /// The prompt ids and form constraint for a poem: the start token, the form's
 /// tag when the model was trained with one, then the prompt's characters (for an
@@ -253,9 +253,9 @@ pub fn form_constraint(
     form: &forms::PoemForm,
     verse: &crate::poetry::VerseRules,
     start: &str,
-) -> Result<forms::FormConstraint, GenerateError> {
+) -> Result<constraint::FormConstraint, GenerateError> {
     let invalid = |field: &'static str, problem: String| GenerateError::Invalid { field, problem };
-    forms::FormConstraint::with_chars(
+    constraint::FormConstraint::with_chars(
         form.clone(),
         vocab_chars(tok),
         tok.stop_ids().first().copied(),
@@ -264,17 +264,17 @@ pub fn form_constraint(
     .and_then(|c| c.hold_keywords(&vocab_keywords(tok, &verse.keywords), start, verse))
     .map_err(|e| match e {
         // The rules refuse the rhyme asked for, not the form.
-        forms::ConstraintError::Rules(rules) => invalid("rhyme", rules.to_string()),
-        forms::ConstraintError::Keywords(k) => invalid("keywords", k.to_string()),
+        constraint::ConstraintError::Rules(rules) => invalid("rhyme", rules.to_string()),
+        constraint::ConstraintError::Keywords(k) => invalid("keywords", k.to_string()),
         other => invalid("form", other.to_string()),
     })
 }
 
 /// The form constraint's tables of `tok`'s vocabulary: worked out on its
 /// first request, shared by every request after.
-pub fn vocab_chars(tok: &crate::model::TextTokenizer) -> std::sync::Arc<forms::VocabChars> {
+pub fn vocab_chars(tok: &crate::model::TextTokenizer) -> std::sync::Arc<constraint::VocabChars> {
     tok.derived(|t| {
-        forms::VocabChars::new(t.vocab_size(), |id| {
+        constraint::VocabChars::new(t.vocab_size(), |id| {
             String::from_utf8_lossy(t.token_bytes(id)).into_owned()
         })
     })

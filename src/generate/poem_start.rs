@@ -3,7 +3,7 @@
 //! after which the model rewrites the rest. Also the keywords a request asks
 //! for, in the model's own characters.
 
-use super::forms::{is_hanzi, COMMA, PERIOD};
+use crate::poetry::text::{is_hanzi, COMMA, PERIOD};
 
 /// Why `text` (in the model's characters) cannot begin a poem whose lines are
 /// `plan` (each line's length and closing mark), or `Ok` when it can: every

@@ -6,11 +6,12 @@
 
 use std::path::PathBuf;
 
-use super::forms::{FormConstraint, PoemForm};
 use super::{
     form_constraint, keyword_prefix, poem_prompt, vocab_chars, GenerateRequest, SamplingParams,
 };
 use crate::model::LoadedModel;
+use crate::poetry::constraint::FormConstraint;
+use crate::poetry::forms::PoemForm;
 use crate::poetry::{Repeats, RulesMode, VerseRules};
 
 /// A prompt as text (tokenized with the model's tokenizer) or as token ids.

@@ -1,7 +1,7 @@
 //! Unit tests of `generate/mod.rs`.
 
-use super::forms::PoemForm;
 use super::relaxed_rules;
+use crate::poetry::forms::PoemForm;
 
 #[test]
 fn free_verse_reports_broken_rules_only_where_the_rules_held() {

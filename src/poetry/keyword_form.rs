@@ -4,11 +4,13 @@
 //! the plan it returns, so that the model writes around the held characters
 //! and every poem keeps the rules as before.
 
-use super::ci_rhyme::{BuSet, RhymeTone};
-use super::forms::{is_hanzi, next_place, ConstraintError, FormConstraint, PoemForm};
+use super::cilin::{BuSet, RhymeTone};
+use super::constraint::{ConstraintError, FormConstraint};
+use super::forms::{next_place, PoemForm};
 use super::keywords::{plan, KeywordError, KeywordPlan, Need, PlanGrid};
 use super::rhyme::GroupSet;
-use super::rules::{written_lines, RulesMode, ToneRules, VerseRules};
+use super::rules::{RulesMode, ToneRules, VerseRules};
+use super::text::{is_hanzi, written_lines};
 use super::tonal::Slot;
 
 impl FormConstraint {

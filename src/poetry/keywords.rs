@@ -18,9 +18,10 @@
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
-use super::ci_rhyme::RhymeTone;
-use super::forms::{is_hanzi, Pin};
+use super::cilin::RhymeTone;
+use super::forms::Pin;
 use super::rhyme::{table, Tone, ToneClass};
+use super::text::is_hanzi;
 
 /// The most keywords a poem takes.
 pub const MAX_KEYWORDS: usize = 4;

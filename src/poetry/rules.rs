@@ -24,9 +24,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::check::slot_problem;
-use super::forms::{is_hanzi, COMMA, PERIOD};
+use super::report::slot_problem;
 use super::rhyme::{table, GroupSet, RhymeError, ToneClass};
+use super::text::written_lines;
 use super::tonal::{Slot, Template, TemplateStart};
 
 /// Below this share of the form-allowed probability, a position is relaxed.
@@ -148,12 +148,12 @@ impl VerseRules {
     }
 
     /// The 部 asked for a 詞's first rhyme (`None`: any); a 平水韻 group of
-    /// any tone or a character names it (see [`super::ci_rhyme::named_bu`]).
-    pub fn ci_rhyme(&self) -> Result<Option<super::ci_rhyme::BuSet>, RhymeError> {
+    /// any tone or a character names it (see [`super::cilin::named_bu`]).
+    pub fn ci_rhyme(&self) -> Result<Option<super::cilin::BuSet>, RhymeError> {
         self.rhyme
             .as_deref()
             .filter(|r| !r.trim().is_empty())
-            .map(super::ci_rhyme::named_bu)
+            .map(super::cilin::named_bu)
             .transpose()
     }
 
@@ -267,20 +267,6 @@ pub struct ToneRules {
     /// Rhyme characters held for a keyword's place
     /// ([`super::keywords`]): no other rhyme position takes them.
     reserved: Vec<char>,
-}
-
-/// The lines written so far: finished lines and the current one.
-pub(crate) fn written_lines(written: &str) -> (Vec<Vec<char>>, Vec<char>) {
-    let mut done = Vec::new();
-    let mut cur = Vec::new();
-    for c in written.chars() {
-        if c == COMMA || c == PERIOD {
-            done.push(std::mem::take(&mut cur));
-        } else if is_hanzi(c) {
-            cur.push(c);
-        }
-    }
-    (done, cur)
 }
 
 fn class_bits(class: ToneClass) -> u8 {

@@ -7,8 +7,8 @@
 
 use std::sync::OnceLock;
 
-use super::ci_rhyme::{parse_rhymes, parse_tones, RhymeSlot, RhymeTone};
-use super::forms::{COMMA, PERIOD};
+use super::cilin::{parse_rhymes, parse_tones, RhymeSlot, RhymeTone};
+use super::text::{COMMA, PERIOD};
 
 const CI_TUNES_TSV: &str = include_str!("data/ci-tunes.tsv");
 
@@ -192,7 +192,7 @@ mod tests {
         assert!(parse_tones("平上", &[2]).is_none(), "mark");
         // The text parses back to the same rhymes, for every tune.
         for t in ci_tunes() {
-            let again = crate::poetry::ci_rhyme::parse_rhymes(&t.rhymes_text(), t.lines.len());
+            let again = crate::poetry::cilin::parse_rhymes(&t.rhymes_text(), t.lines.len());
             assert_eq!(again.as_ref(), Some(&t.rhymes), "{}", t.name);
         }
         assert!(ci_tunes()

@@ -18,8 +18,8 @@ use super::guard::token_matches;
 use super::pool::{PoolError, Ticket};
 use super::{AppState, MAX_BODY_BYTES};
 use crate::engine::{DeviceChoice, ErrorKind, Event, GenerateJob, Prompt};
-use crate::generate::forms::PoemForm;
 use crate::generate::{Generation, SamplingParams, MAX_VARIATIONS};
+use crate::poetry::forms::PoemForm;
 use crate::poetry::{check_in_form, Repeats, RulesMode, TemplateStart, VerseRules};
 
 /// The longest prompt accepted, in characters.
@@ -197,7 +197,7 @@ pub(super) fn check_request(r: PoemRequest) -> Result<Checked, ApiError> {
         .as_deref()
         .unwrap_or("qijue")
         .parse()
-        .map_err(|e: crate::generate::forms::FormParseError| ApiError::bad(e.to_string()))?;
+        .map_err(|e: crate::poetry::forms::FormParseError| ApiError::bad(e.to_string()))?;
     let mode: RulesMode = setting(r.rules.as_deref(), "strict")?;
     let template: TemplateStart = setting(r.template.as_deref(), "any")?;
     let repeats: Repeats = setting(r.repeats.as_deref(), "guard")?;

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::generate::forms::{layout, PoemForm};
 use crate::generate::SamplingParams;
+use crate::poetry::forms::{layout, PoemForm};
 
 /// One saved poem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::device::{DeviceChoice, Precision, PrecisionSpeeds};
-use crate::generate::forms::PoemForm;
 use crate::generate::SamplingParams;
+use crate::poetry::forms::PoemForm;
 use crate::poetry::VerseRules;
 
 /// Saved settings. Every field has a default, so old or partial files load.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::generate::forms::regular_form;
+use crate::poetry::forms::regular_form;
 
 /// Errors of corpus preparation.
 #[derive(Debug, thiserror::Error)]
@@ -233,8 +233,8 @@ fn ci_lines(
                 stats.dropped_missing_characters += 1;
                 continue;
             }
-            let form = crate::generate::forms::PoemForm::Ci(tune.name.clone());
-            if !crate::generate::forms::satisfies(&body, &form) {
+            let form = crate::poetry::forms::PoemForm::Ci(tune.name.clone());
+            if !crate::poetry::forms::satisfies(&body, &form) {
                 stats.dropped_ci_off_pattern += 1;
                 continue;
             }

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use crate::generate::forms::{PoemForm, COMMA, PERIOD};
+use crate::poetry::forms::PoemForm;
+use crate::poetry::text::{COMMA, PERIOD};
 
 /// Special tokens, in id order.
 pub const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];

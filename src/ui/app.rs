@@ -10,8 +10,8 @@ use crate::engine::{
     Command, DeviceChoice, Engine, EngineError, EngineOptions, EngineState, ErrorKind, Event,
     GenerateJob, LoadReport, LoadSpec, Precision, Prompt, ReleaseReport, RequestId,
 };
-use crate::generate::forms::{layout, PoemForm};
 use crate::meter::{MarkerKind, MemorySampler, DEFAULT_CAPACITY, DEFAULT_INTERVAL};
+use crate::poetry::forms::{layout, PoemForm};
 use crate::store::{
     bundled_model, is_bundled, model_for_form, same_folder, PoemRecord, Settings, SettingsWriter,
     Store, SETTINGS_SAVE_INTERVAL,

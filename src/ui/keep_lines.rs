@@ -4,7 +4,7 @@
 //! text stays exactly as it was and the form, its rules and the keywords go
 //! on after it.
 
-use crate::generate::forms::{COMMA, PERIOD};
+use crate::poetry::text::{COMMA, PERIOD};
 
 /// The poem's lines, each with the mark that closes it (`春風入律作花時，`).
 pub fn lines_with_marks(poem: &str) -> Vec<String> {
