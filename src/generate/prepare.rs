@@ -7,11 +7,13 @@
 use std::path::PathBuf;
 
 use super::{
-    form_constraint, keyword_prefix, poem_prompt, vocab_chars, GenerateRequest, SamplingParams,
+    acrostic_keeps, check_heads, check_start, keyword_prefix, vocab_keywords, GenerateError,
+    GenerateRequest, SamplingParams,
 };
 use crate::model::LoadedModel;
 use crate::poetry::constraint::FormConstraint;
 use crate::poetry::forms::PoemForm;
+use crate::poetry::{constraint, forms};
 use crate::poetry::{Repeats, RulesMode, VerseRules};
 
 /// A prompt as text (tokenized with the model's tokenizer) or as token ids.
@@ -127,5 +129,96 @@ pub fn prepare_request(
         stop_ids,
         constraint,
         rows: Vec::new(),
+    })
+}
+
+/// A form constraint and the text the poem starts with.
+pub type FormStart = (constraint::FormConstraint, String);
+
+/// The prompt ids and form constraint for a poem: the start token, the form's
+/// tag when the model was trained with one, then the prompt's characters (for an
+/// acrostic the heads lead instead, and the prompt is not used).
+pub fn poem_prompt(
+    tok: &crate::model::TextTokenizer,
+    prompt: &str,
+    form: &forms::PoemForm,
+    verse: &crate::poetry::VerseRules,
+) -> Result<(Vec<u32>, Option<FormStart>), GenerateError> {
+    let invalid = |field: &'static str, problem: String| GenerateError::Invalid { field, problem };
+    let text = match form {
+        // An acrostic's prompt is used only when it holds kept lines (it
+        // begins with the first head); else the heads lead.
+        forms::PoemForm::Acrostic(heads) if !acrostic_keeps(prompt, heads) => String::new(),
+        // The characters the model writes (simplified ones mapped), so the
+        // verse rules read the prompt as the poem's start.
+        _ => tok.to_vocab_chars(prompt.trim()),
+    };
+    // Acrostic heads typed in simplified script are mapped the same way.
+    let form = &match form {
+        forms::PoemForm::Acrostic(heads) => forms::PoemForm::Acrostic(
+            tok.to_vocab_chars(&heads.iter().collect::<String>())
+                .chars()
+                .collect(),
+        ),
+        other => other.clone(),
+    };
+    let mut ids: Vec<u32> = tok.start_id().into_iter().collect();
+    if let Some(tag) = form.tag_token().and_then(|t| tok.token_id(&t)) {
+        ids.push(tag);
+    }
+    if let Some(prefix) = keyword_prefix(tok, &verse.keywords) {
+        ids.extend(
+            tok.encode(&prefix)
+                .map_err(|e| invalid("keywords", e.to_string()))?,
+        );
+    }
+    ids.extend(
+        tok.encode(&text)
+            .map_err(|e| invalid("prompt", e.to_string()))?,
+    );
+    if *form == forms::PoemForm::Free {
+        return Ok((ids, None));
+    }
+    if let Some(plan) = form.line_plan() {
+        check_start(&text, &plan, &form.label()).map_err(|e| invalid("prompt", e))?;
+    }
+    if let forms::PoemForm::Acrostic(heads) = form {
+        check_heads(&text, heads).map_err(|e| invalid("prompt", e))?;
+    }
+    let constraint = form_constraint(tok, form, verse, &text)?;
+    Ok((ids, Some((constraint, text))))
+}
+
+/// The constraint of `form` for `tok`'s vocabulary, holding the request's
+/// keywords after `start`; a refusal names the setting at fault.
+pub fn form_constraint(
+    tok: &crate::model::TextTokenizer,
+    form: &forms::PoemForm,
+    verse: &crate::poetry::VerseRules,
+    start: &str,
+) -> Result<constraint::FormConstraint, GenerateError> {
+    let invalid = |field: &'static str, problem: String| GenerateError::Invalid { field, problem };
+    constraint::FormConstraint::with_chars(
+        form.clone(),
+        vocab_chars(tok),
+        tok.stop_ids().first().copied(),
+        verse,
+    )
+    .and_then(|c| c.hold_keywords(&vocab_keywords(tok, &verse.keywords), start, verse))
+    .map_err(|e| match e {
+        // The rules refuse the rhyme asked for, not the form.
+        constraint::ConstraintError::Rules(rules) => invalid("rhyme", rules.to_string()),
+        constraint::ConstraintError::Keywords(k) => invalid("keywords", k.to_string()),
+        other => invalid("form", other.to_string()),
+    })
+}
+
+/// The form constraint's tables of `tok`'s vocabulary: worked out on its
+/// first request, shared by every request after.
+pub fn vocab_chars(tok: &crate::model::TextTokenizer) -> std::sync::Arc<constraint::VocabChars> {
+    tok.derived(|t| {
+        constraint::VocabChars::new(t.vocab_size(), |id| {
+            String::from_utf8_lossy(t.token_bytes(id)).into_owned()
+        })
     })
 }
