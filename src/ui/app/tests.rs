@@ -1,5 +1,6 @@
 //! Unit tests of `ui/app.rs`.
 
+use super::model_choice::auto_precision;
 use super::*;
 
 #[test]
