@@ -131,3 +131,33 @@ fn poetry_files_use_only_the_files_below_them_as_mod_rs_orders_them() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+#[test]
+fn at_most_five_functions_are_allowed_past_the_line_limit_each_with_a_reason() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut allowed = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("allow(clippy::too_many_lines)") {
+                let reason = line.split_once("//").map_or("", |(_, r)| r.trim());
+                assert!(
+                    reason.len() > 20,
+                    "{}:{}: an allow of too_many_lines without a reason",
+                    file.display(),
+                    n + 1
+                );
+                allowed.push(format!("{}:{}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(allowed.len() <= 5, "{allowed:#?}");
+    let clippy =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("clippy.toml")).unwrap();
+    assert!(
+        clippy.contains("too-many-lines-threshold = 100"),
+        "{clippy}"
+    );
+}

@@ -8,10 +8,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use versifier::engine::Precision;
 use versifier::engine::{
     Command as EngineCommand, Engine, EngineOptions, Event, GenerateJob, LoadSpec, Prompt,
 };
+use versifier::engine::{DeviceChoice, Precision};
 use versifier::generate::{SamplingParams, StopReason};
 use versifier::poetry::forms::{layout, PoemForm};
 use versifier::poetry::keywords::parse_theme;
@@ -104,25 +104,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let device_choice = args.device.resolve();
     let model = model_or_bundled(args.model.clone())?;
     let precision = args.dtype;
-    let defaults = SamplingParams::default();
-    let sampling = if args.greedy {
-        SamplingParams {
-            seed: args.seed.unwrap_or(defaults.seed),
-            repetition_penalty: args.repetition_penalty.unwrap_or(1.0),
-            ..SamplingParams::greedy()
-        }
-    } else {
-        SamplingParams {
-            greedy: false,
-            temperature: args.temperature.unwrap_or(defaults.temperature),
-            top_k: args.top_k.unwrap_or(defaults.top_k),
-            top_p: args.top_p.unwrap_or(defaults.top_p),
-            repetition_penalty: args
-                .repetition_penalty
-                .unwrap_or(defaults.repetition_penalty),
-            seed: args.seed.unwrap_or(defaults.seed),
-        }
-    };
+    let sampling = sampling_of(&args);
     // Fail on bad settings before paying for a load.
     sampling.validate()?;
     if args.max_tokens == 0 {
@@ -132,24 +114,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     // A 詞 tune on the bundled model is written by the bundled 詞 model (the
     // engine does the same to every job; said here so --json names it).
     let model = versifier::store::model_for_form(&model, &form);
-    let theme = parse_theme(&args.keywords)
-        .map_err(|e| anyhow::anyhow!("invalid setting `keywords`: {e}"))?;
-    if theme.reduced {
-        eprintln!(
-            "note: keywords taken from the theme: {}",
-            theme.words.join(" ")
-        );
-    }
-    let verse = VerseRules {
-        mode: args.rules,
-        rhyme: args.rhyme.clone(),
-        template: args.template,
-        repeats: args.repeats,
-        keywords: theme.words,
-        ..VerseRules::default()
-    };
-    // A bad rhyme name fails before paying for a load.
-    verse.check_rhyme_for(&form)?;
+    let verse = verse_of(&args, &form)?;
     let verse_keywords = verse.keywords.clone();
     let prompt = match &args.prompt_ids {
         Some(ids) => Prompt::Ids(ids.clone()),
@@ -191,6 +156,190 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     } else {
         String::new()
     };
+    let Received {
+        gen,
+        load_ms,
+        actual_device,
+        streamed,
+        streamed_text,
+    } = receive(&engine, id, stream, &echoed, device_choice)?;
+    print_notes(&gen, args.max_tokens);
+    let has_text = gen.variations.iter().any(|v| !v.text.is_empty());
+    if args.json {
+        let out = json_answer(
+            &gen,
+            &model,
+            &echoed,
+            &verse_keywords,
+            load_ms,
+            actual_device,
+            precision,
+        );
+        println!("{}", serde_json::to_string(&out)?);
+    } else if stream && has_text {
+        if !streamed {
+            let _ = write!(stdout, "{echoed}");
+        }
+        // The stream holds back an unfinished character until the end; what it
+        // held is in the result, so the printed text is the result's text.
+        let full = gen.variations.first().map_or("", |v| v.text.as_str());
+        let rest = full
+            .strip_prefix(streamed_text.as_str())
+            .unwrap_or_default();
+        println!("{}", rest.replace('。', "。\n"));
+    } else {
+        print_variations(&gen, &echoed, has_text);
+    }
+    Ok(())
+}
+
+/// The sampling settings the arguments ask for (greedy, or the defaults with
+/// what was given).
+fn sampling_of(args: &GenerateArgs) -> SamplingParams {
+    let defaults = SamplingParams::default();
+    if args.greedy {
+        SamplingParams {
+            seed: args.seed.unwrap_or(defaults.seed),
+            repetition_penalty: args.repetition_penalty.unwrap_or(1.0),
+            ..SamplingParams::greedy()
+        }
+    } else {
+        SamplingParams {
+            greedy: false,
+            temperature: args.temperature.unwrap_or(defaults.temperature),
+            top_k: args.top_k.unwrap_or(defaults.top_k),
+            top_p: args.top_p.unwrap_or(defaults.top_p),
+            repetition_penalty: args
+                .repetition_penalty
+                .unwrap_or(defaults.repetition_penalty),
+            seed: args.seed.unwrap_or(defaults.seed),
+        }
+    }
+}
+
+/// What the user should know about a finished generation: a prompt cut to
+/// fit, ids without text, a stop by Ctrl+C.
+fn print_notes(gen: &versifier::generate::Generation, max_tokens: usize) {
+    if gen.truncated_prompt_tokens > 0 {
+        eprintln!(
+            "note: the prompt and {} new tokens do not fit the model's context; the prompt's first {} tokens were dropped",
+            max_tokens, gen.truncated_prompt_tokens
+        );
+    }
+    if gen.ids_without_text > 0 {
+        eprintln!(
+            "note: {} of the {} generated ids are past the tokenizer's vocabulary and have no text",
+            gen.ids_without_text,
+            gen.generated_tokens()
+        );
+    }
+    if gen
+        .variations
+        .iter()
+        .any(|v| v.stop == Some(StopReason::Cancelled))
+    {
+        eprintln!("note: stopped (Ctrl+C); the poem so far is below");
+    }
+}
+
+/// The verse rules the arguments ask for, the keywords read from the theme
+/// (said when a sentence was reduced to them), the rhyme checked against the
+/// form before a load is paid for.
+fn verse_of(args: &GenerateArgs, form: &PoemForm) -> Result<VerseRules> {
+    let theme = parse_theme(&args.keywords)
+        .map_err(|e| anyhow::anyhow!("invalid setting `keywords`: {e}"))?;
+    if theme.reduced {
+        eprintln!(
+            "note: keywords taken from the theme: {}",
+            theme.words.join(" ")
+        );
+    }
+    let verse = VerseRules {
+        mode: args.rules,
+        rhyme: args.rhyme.clone(),
+        template: args.template,
+        repeats: args.repeats,
+        keywords: theme.words,
+        ..VerseRules::default()
+    };
+    // A bad rhyme name fails before paying for a load.
+    verse.check_rhyme_for(form)?;
+    Ok(verse)
+}
+
+/// The `--json` answer.
+fn json_answer(
+    gen: &versifier::generate::Generation,
+    model: &std::path::Path,
+    echoed: &str,
+    keywords: &[String],
+    load_ms: f64,
+    actual_device: DeviceChoice,
+    precision: Precision,
+) -> serde_json::Value {
+    let generated: usize = gen.generated_tokens();
+    let elapsed_s = (gen.timings.first_token_ms + gen.timings.decode_ms) / 1000.0;
+    let tokens_per_s = if gen.timings.decode_ms > 0.0 {
+        (generated.saturating_sub(gen.variations.len())) as f64 / (gen.timings.decode_ms / 1000.0)
+    } else {
+        0.0
+    };
+    json!({
+        "model": model.display().to_string(),
+        "prompt": echoed,
+        "keywords": keywords,
+        "prompt_ids": gen.prompt_ids,
+        "truncated_prompt_tokens": gen.truncated_prompt_tokens,
+        "ids": gen.variations.iter().map(|v| v.ids.clone()).collect::<Vec<_>>(),
+        "text": gen.variations.iter().map(|v| v.text.clone()).collect::<Vec<_>>(),
+        "stop": gen.variations.iter().map(|v| v.stop).collect::<Vec<_>>(),
+        "relaxed": gen.variations.iter().map(|v| v.relaxed.clone()).collect::<Vec<_>>(),
+        "ids_without_text": gen.ids_without_text,
+        "load_ms": load_ms,
+        "first_token_ms": gen.timings.first_token_ms,
+        "tokens_per_s": tokens_per_s,
+        "elapsed_s": elapsed_s,
+        "device": actual_device.to_string(),
+        "dtype": precision.to_string(),
+    })
+}
+
+/// Each variation under its number, laid out in lines (or its ids, when the
+/// tokenizer gave no text).
+fn print_variations(gen: &versifier::generate::Generation, echoed: &str, has_text: bool) {
+    for (i, v) in gen.variations.iter().enumerate() {
+        if has_text {
+            println!(
+                "--- variation {} ---\n{}",
+                i + 1,
+                layout(&format!("{echoed}{}", v.text))
+            );
+        } else {
+            println!("--- variation {} --- ids: {:?}", i + 1, v.ids);
+        }
+    }
+}
+
+/// What the engine sent for the request: its generation, the load's time and
+/// device, and what was streamed to stdout on the way.
+struct Received {
+    gen: versifier::generate::Generation,
+    load_ms: f64,
+    actual_device: DeviceChoice,
+    streamed: bool,
+    streamed_text: String,
+}
+
+/// Reads the engine's events for request `id` until its answer, streaming
+/// variation 0's tokens to stdout when `stream`; an error is the command's.
+fn receive(
+    engine: &Engine,
+    id: versifier::engine::RequestId,
+    stream: bool,
+    echoed: &str,
+    device_choice: DeviceChoice,
+) -> Result<Received> {
+    let mut stdout = std::io::stdout();
     let mut streamed = false;
     let mut streamed_text = String::new();
     let mut load_ms = 0.0;
@@ -238,77 +387,11 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
             _ => {}
         }
     };
-    if gen.truncated_prompt_tokens > 0 {
-        eprintln!(
-            "note: the prompt and {} new tokens do not fit the model's context; the prompt's first {} tokens were dropped",
-            args.max_tokens, gen.truncated_prompt_tokens
-        );
-    }
-    if gen.ids_without_text > 0 {
-        eprintln!(
-            "note: {} of the {} generated ids are past the tokenizer's vocabulary and have no text",
-            gen.ids_without_text,
-            gen.generated_tokens()
-        );
-    }
-    if gen
-        .variations
-        .iter()
-        .any(|v| v.stop == Some(StopReason::Cancelled))
-    {
-        eprintln!("note: stopped (Ctrl+C); the poem so far is below");
-    }
-    let generated: usize = gen.generated_tokens();
-    let elapsed_s = (gen.timings.first_token_ms + gen.timings.decode_ms) / 1000.0;
-    let tokens_per_s = if gen.timings.decode_ms > 0.0 {
-        (generated.saturating_sub(gen.variations.len())) as f64 / (gen.timings.decode_ms / 1000.0)
-    } else {
-        0.0
-    };
-    let has_text = gen.variations.iter().any(|v| !v.text.is_empty());
-    if args.json {
-        let out = json!({
-            "model": model.display().to_string(),
-            "prompt": echoed,
-            "keywords": verse_keywords,
-            "prompt_ids": gen.prompt_ids,
-            "truncated_prompt_tokens": gen.truncated_prompt_tokens,
-            "ids": gen.variations.iter().map(|v| v.ids.clone()).collect::<Vec<_>>(),
-            "text": gen.variations.iter().map(|v| v.text.clone()).collect::<Vec<_>>(),
-            "stop": gen.variations.iter().map(|v| v.stop).collect::<Vec<_>>(),
-            "relaxed": gen.variations.iter().map(|v| v.relaxed.clone()).collect::<Vec<_>>(),
-            "ids_without_text": gen.ids_without_text,
-            "load_ms": load_ms,
-            "first_token_ms": gen.timings.first_token_ms,
-            "tokens_per_s": tokens_per_s,
-            "elapsed_s": elapsed_s,
-            "device": actual_device.to_string(),
-            "dtype": precision.to_string(),
-        });
-        println!("{}", serde_json::to_string(&out)?);
-    } else if stream && has_text {
-        if !streamed {
-            let _ = write!(stdout, "{echoed}");
-        }
-        // The stream holds back an unfinished character until the end; what it
-        // held is in the result, so the printed text is the result's text.
-        let full = gen.variations.first().map_or("", |v| v.text.as_str());
-        let rest = full
-            .strip_prefix(streamed_text.as_str())
-            .unwrap_or_default();
-        println!("{}", rest.replace('。', "。\n"));
-    } else {
-        for (i, v) in gen.variations.iter().enumerate() {
-            if has_text {
-                println!(
-                    "--- variation {} ---\n{}",
-                    i + 1,
-                    layout(&format!("{echoed}{}", v.text))
-                );
-            } else {
-                println!("--- variation {} --- ids: {:?}", i + 1, v.ids);
-            }
-        }
-    }
-    Ok(())
+    Ok(Received {
+        gen,
+        load_ms,
+        actual_device,
+        streamed,
+        streamed_text,
+    })
 }

@@ -230,7 +230,7 @@ pub struct LifecycleOptions {
 }
 
 /// One load -> generate -> release cycle, with this process's memory after each phase.
-#[derive(Debug, Serialize)]
+#[derive(Default, Debug, Serialize)]
 pub struct LifecycleCycle {
     pub cycle: usize,
     pub load_ms: f64,
@@ -326,16 +326,7 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport, Lifecyc
     for cycle in 0..opts.cycles {
         let mut row = LifecycleCycle {
             cycle,
-            load_ms: 0.0,
-            gpu_after_load_mib: None,
-            generated_tokens: 0,
-            generate_ms: 0.0,
-            gpu_after_generate_mib: None,
-            release_ms: 0.0,
-            gpu_before_release_mib: None,
-            gpu_after_release_mib: None,
-            context_reset: false,
-            rss_after_release_mib: None,
+            ..LifecycleCycle::default()
         };
         engine.send(Command::Prepare(spec.clone()))?;
         wait_for(&engine, cycle, "load", WAIT, |ev| match ev {

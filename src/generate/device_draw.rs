@@ -627,6 +627,79 @@ pub struct DeviceDrawCheck {
 /// where the device's `expf`/`logf` round a near-tie the other way.
 pub const DEVICE_DRAW_AGREEMENT: f64 = 0.99;
 
+/// The check's inputs for `batch` rows over `vocab` tokens: each row's draw
+/// settings (defaults, greedy, plain, wide top-k, top-k 1), logits of a
+/// spread like a model's with ties, two rows masked to about half, and
+/// contexts for the repetition penalty. Seeded by `vocab`.
+#[allow(clippy::type_complexity)] // four parallel inputs, named at the call
+fn check_inputs(
+    batch: usize,
+    vocab: usize,
+) -> candle_core::Result<(Vec<DrawSettings>, Vec<f32>, Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+    let defaults = SamplingParams::default();
+    let params = [
+        defaults.clone(),
+        SamplingParams::greedy(),
+        SamplingParams {
+            top_k: 0,
+            top_p: 1.0,
+            temperature: 1.0,
+            ..defaults.clone()
+        },
+        SamplingParams {
+            top_k: MAX_DEVICE_TOP_K,
+            top_p: 0.9,
+            temperature: 1.3,
+            ..defaults.clone()
+        },
+        SamplingParams {
+            top_k: 1,
+            ..defaults.clone()
+        },
+    ];
+    let settings: Vec<DrawSettings> = (0..batch)
+        .map(|r| DrawSettings::of(&params[r % params.len()], vocab))
+        .collect::<Result<_, _>>()
+        .map_err(op_error)?;
+    let mut state = vocab as u64;
+    let mut next = || {
+        state = mix64(state.wrapping_add(0x9e37_79b9_7f4a_7c15));
+        state
+    };
+    // Logits of a spread like a model's, a fifth of them rounded to
+    // quarters so that ties happen; rows 3 and 6 masked to about half.
+    let logits: Vec<f32> = (0..batch * vocab)
+        .map(|_| {
+            let h = next();
+            let v = (h >> 40) as f32 / (1u64 << 24) as f32 * 16.0 - 8.0;
+            if h % 5 == 0 {
+                (v * 4.0).round() / 4.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    let allowed: Vec<Vec<u32>> = (0..batch)
+        .map(|r| match r {
+            3 | 6 => (0..bit_words(vocab))
+                .map(|w| {
+                    let bits = next() as u32;
+                    if (w + 1) * 32 > vocab {
+                        bits & ((1u64 << (vocab - w * 32)) - 1) as u32
+                    } else {
+                        bits
+                    }
+                })
+                .collect(),
+            _ => all_allowed(vocab),
+        })
+        .collect();
+    let contexts: Vec<Vec<u32>> = (0..batch)
+        .map(|_| (0..24).map(|_| (next() % vocab as u64) as u32).collect())
+        .collect();
+    Ok((settings, logits, allowed, contexts))
+}
+
 /// Runs the check (see [`DeviceDrawCheck`]).
 pub fn check_device_draws(device: &Device) -> candle_core::Result<DeviceDrawCheck> {
     let batch = 8;
@@ -640,68 +713,8 @@ pub fn check_device_draws(device: &Device) -> candle_core::Result<DeviceDrawChec
         draw_us_batch8_vocab50257: 0.0,
         passed: false,
     };
-    let defaults = SamplingParams::default();
     for vocab in [6000usize, 50_257] {
-        let params = [
-            defaults.clone(),
-            SamplingParams::greedy(),
-            SamplingParams {
-                top_k: 0,
-                top_p: 1.0,
-                temperature: 1.0,
-                ..defaults.clone()
-            },
-            SamplingParams {
-                top_k: MAX_DEVICE_TOP_K,
-                top_p: 0.9,
-                temperature: 1.3,
-                ..defaults.clone()
-            },
-            SamplingParams {
-                top_k: 1,
-                ..defaults.clone()
-            },
-        ];
-        let settings: Vec<DrawSettings> = (0..batch)
-            .map(|r| DrawSettings::of(&params[r % params.len()], vocab))
-            .collect::<Result<_, _>>()
-            .map_err(op_error)?;
-        let mut state = vocab as u64;
-        let mut next = || {
-            state = mix64(state.wrapping_add(0x9e37_79b9_7f4a_7c15));
-            state
-        };
-        // Logits of a spread like a model's, a fifth of them rounded to
-        // quarters so that ties happen; rows 3 and 6 masked to about half.
-        let logits: Vec<f32> = (0..batch * vocab)
-            .map(|_| {
-                let h = next();
-                let v = (h >> 40) as f32 / (1u64 << 24) as f32 * 16.0 - 8.0;
-                if h % 5 == 0 {
-                    (v * 4.0).round() / 4.0
-                } else {
-                    v
-                }
-            })
-            .collect();
-        let allowed: Vec<Vec<u32>> = (0..batch)
-            .map(|r| match r {
-                3 | 6 => (0..bit_words(vocab))
-                    .map(|w| {
-                        let bits = next() as u32;
-                        if (w + 1) * 32 > vocab {
-                            bits & ((1u64 << (vocab - w * 32)) - 1) as u32
-                        } else {
-                            bits
-                        }
-                    })
-                    .collect(),
-                _ => all_allowed(vocab),
-            })
-            .collect();
-        let contexts: Vec<Vec<u32>> = (0..batch)
-            .map(|_| (0..24).map(|_| (next() % vocab as u64) as u32).collect())
-            .collect();
+        let (settings, logits, allowed, contexts) = check_inputs(batch, vocab)?;
         let context_refs: Vec<&[u32]> = contexts.iter().map(Vec::as_slice).collect();
         let sampler = DeviceSampler::new(device, batch, vocab)?;
         let on_device = Tensor::from_vec(logits.clone(), (batch, vocab), device)?;

@@ -174,28 +174,19 @@ pub fn inspect_safetensors(path: &Path) -> Result<SafetensorsSummary, LoadError>
         path: path.to_path_buf(),
         problem,
     };
-    let mut file = File::open(path).map_err(|source| LoadError::Io {
+    let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let file_len = file
-        .metadata()
-        .map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
     if file_len < 8 {
         return Err(bad(format!(
             "the file is {file_len} bytes; a safetensors file starts with an 8-byte header length"
         )));
     }
     let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes)
-        .map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    file.read_exact(&mut len_bytes).map_err(io)?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_SAFETENSORS_HEADER {
         return Err(bad(format!(
@@ -208,11 +199,7 @@ pub fn inspect_safetensors(path: &Path) -> Result<SafetensorsSummary, LoadError>
         )));
     }
     let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)
-        .map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    file.read_exact(&mut header).map_err(io)?;
     let value: Value = serde_json::from_slice(&header)
         .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
     let obj = value

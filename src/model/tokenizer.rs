@@ -197,51 +197,8 @@ impl TextTokenizer {
             .map_err(|e| bad(format!("not a valid tokenizer.json: {e}")))?;
         let byte_level = is_byte_level(&json);
         let model_type = json_type(json.get("model")).unwrap_or("");
-        let prefix = json
-            .get("model")
-            .and_then(|m| m.get("continuing_subword_prefix"))
-            .and_then(Value::as_str)
-            .unwrap_or("##")
-            .to_string();
-        let metaspace = json_type(json.get("decoder")) == Some("Metaspace");
-        let added = inner.get_added_tokens_decoder();
         let n = inner.get_vocab_size(true);
-        let table = byte_level_decoder();
-        let mut token_bytes = Vec::with_capacity(n);
-        for id in 0..n as u32 {
-            if let Some(tok) = added.get(&id) {
-                token_bytes.push(if tok.special {
-                    Vec::new()
-                } else {
-                    tok.content.clone().into_bytes()
-                });
-                continue;
-            }
-            let Some(piece) = inner.id_to_token(id) else {
-                token_bytes.push(Vec::new());
-                continue;
-            };
-            let bytes = if byte_level {
-                piece
-                    .chars()
-                    .map(|c| table.get(&c).copied())
-                    .collect::<Option<Vec<u8>>>()
-                    .unwrap_or_else(|| piece.into_bytes())
-            } else if model_type == "WordPiece" {
-                match piece.strip_prefix(prefix.as_str()) {
-                    Some(rest) => rest.as_bytes().to_vec(),
-                    None => piece.into_bytes(),
-                }
-            } else if metaspace {
-                piece.replace('\u{2581}', " ").into_bytes()
-            } else {
-                inner
-                    .decode(&[id], false)
-                    .map(String::into_bytes)
-                    .unwrap_or_default()
-            };
-            token_bytes.push(bytes);
-        }
+        let token_bytes = token_bytes_of(&inner, &json);
         let valid = |id: Option<u32>, field: &str| -> Option<u32> {
             let i = id?;
             let outside = if i as usize >= config.vocab_size {
@@ -504,6 +461,60 @@ fn warn_once(path: &std::path::Path, field: &str, message: std::fmt::Arguments) 
         seen.push(key);
         tracing::warn!("{message}");
     }
+}
+
+/// What each id of a `tokenizer.json` adds to the text, as bytes: byte-level
+/// BPE pieces mapped back to bytes, WordPiece continuations without their
+/// prefix, Metaspace's ▁ as a space, special added tokens as nothing.
+fn token_bytes_of(inner: &Tokenizer, json: &Value) -> Vec<Vec<u8>> {
+    let byte_level = is_byte_level(json);
+    let model_type = json_type(json.get("model")).unwrap_or("");
+    let prefix = json
+        .get("model")
+        .and_then(|m| m.get("continuing_subword_prefix"))
+        .and_then(Value::as_str)
+        .unwrap_or("##")
+        .to_string();
+    let metaspace = json_type(json.get("decoder")) == Some("Metaspace");
+    let added = inner.get_added_tokens_decoder();
+    let n = inner.get_vocab_size(true);
+    let table = byte_level_decoder();
+    let mut token_bytes = Vec::with_capacity(n);
+    for id in 0..n as u32 {
+        if let Some(tok) = added.get(&id) {
+            token_bytes.push(if tok.special {
+                Vec::new()
+            } else {
+                tok.content.clone().into_bytes()
+            });
+            continue;
+        }
+        let Some(piece) = inner.id_to_token(id) else {
+            token_bytes.push(Vec::new());
+            continue;
+        };
+        let bytes = if byte_level {
+            piece
+                .chars()
+                .map(|c| table.get(&c).copied())
+                .collect::<Option<Vec<u8>>>()
+                .unwrap_or_else(|| piece.into_bytes())
+        } else if model_type == "WordPiece" {
+            match piece.strip_prefix(prefix.as_str()) {
+                Some(rest) => rest.as_bytes().to_vec(),
+                None => piece.into_bytes(),
+            }
+        } else if metaspace {
+            piece.replace('\u{2581}', " ").into_bytes()
+        } else {
+            inner
+                .decode(&[id], false)
+                .map(String::into_bytes)
+                .unwrap_or_default()
+        };
+        token_bytes.push(bytes);
+    }
+    token_bytes
 }
 
 #[cfg(test)]

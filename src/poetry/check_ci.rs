@@ -15,6 +15,7 @@ use super::tunes::CiTune;
 /// ends are judged against the 部 most of them share, and every other
 /// character against the tune's 詞譜 ([`CiTune::tones`]) where it fixes a
 /// tone.
+#[allow(clippy::too_many_lines)] // the judgment of a 詞 in one pass over its lines (lengths, each rhyme against its 部, each fixed tone); to be cut into steps with the checker (issue #42)
 pub fn check_ci(text: &str, tune: &CiTune) -> Option<CheckReport> {
     let t = table();
     let lines = poem_lines(text);

@@ -172,6 +172,21 @@ fn registry(state: &AppState) -> Registry {
         "Time from request to response of /v1/poems, /v1/completions and /v1/chat/completions (a stream: to its first byte).",
         state.request_metrics.latency.clone(),
     );
+    register_engines(&mut r, state);
+    let rss = Gauge::<i64>::default();
+    if let Some(m) = crate::meter::process_memory() {
+        rss.set(m.rss_bytes as i64);
+    }
+    r.register(
+        "versifier_process_resident_bytes",
+        "Resident memory of the server process.",
+        rss,
+    );
+    r
+}
+
+/// Per engine: its queue, what runs, its state, and its GPU's memory.
+fn register_engines(r: &mut Registry, state: &AppState) {
     let queued = Family::<Labels, Gauge>::default();
     let running = Family::<Labels, Gauge>::default();
     let engine_state = Family::<Labels, Gauge>::default();
@@ -232,16 +247,6 @@ fn registry(state: &AppState) -> Registry {
         "Memory this process holds on the GPU of each CUDA engine.",
         gpu_process,
     );
-    let rss = Gauge::<i64>::default();
-    if let Some(m) = crate::meter::process_memory() {
-        rss.set(m.rss_bytes as i64);
-    }
-    r.register(
-        "versifier_process_resident_bytes",
-        "Resident memory of the server process.",
-        rss,
-    );
-    r
 }
 
 /// `GET /metrics`.

@@ -408,6 +408,7 @@ fn vocabulary_and_shape(
 }
 
 /// Trains a model as `o` says and writes it to `o.out`.
+#[allow(clippy::too_many_lines)] // the training loop with its checkpoints, evaluation and progress; to be cut into a `Trainer` with small steps (issue #42)
 pub fn train(
     o: &TrainOptions,
     mut on_progress: impl FnMut(TrainProgress),

@@ -29,14 +29,7 @@ impl VersifierApp {
         // machine cannot run falls back on the first load, with the engine's notice.
         let first_launch = store.as_ref().is_none_or(|s| !s.settings_path.exists());
         let device_note = if first_launch {
-            let (preferred, note) = crate::device::preferred_device();
-            settings.device = preferred;
-            // On the CPU, f16 weights decode about twice as fast, and the bundled
-            // model (stored in f16) writes exactly the same poems.
-            if preferred == DeviceChoice::Cpu {
-                settings.precision = Precision::F16;
-            }
-            note
+            first_launch_device(&mut settings)
         } else {
             None
         };
@@ -60,16 +53,7 @@ impl VersifierApp {
         .ok();
         // Start on the last model that loaded, if it is still there; else the
         // bundled one (with a notice). Recent keeps only folders that exist.
-        let gone = |p: &std::path::Path| !p.exists();
-        let mut model_note = None;
-        if let Some(last) = settings.model.clone().filter(|p| gone(p)) {
-            model_note = Some(format!(
-                "The last model, {}, is not there any more; using the bundled model.",
-                last.display()
-            ));
-            settings.model = None;
-        }
-        settings.recent_models.retain(|p| !gone(p));
+        let model_note = forget_missing_models(&mut settings);
         let model_field = settings
             .model
             .clone()
@@ -137,4 +121,33 @@ impl VersifierApp {
             copied: None,
         })
     }
+}
+
+/// First launch: the first GPU when this build can use it, else the CPU (in
+/// f16: the bundled model is stored in f16 and writes the same poems about
+/// twice as fast); a notice when a CUDA build has to use the CPU.
+fn first_launch_device(settings: &mut Settings) -> Option<String> {
+    let (preferred, note) = crate::device::preferred_device();
+    settings.device = preferred;
+    if preferred == DeviceChoice::Cpu {
+        settings.precision = Precision::F16;
+    }
+    note
+}
+
+/// Starts on the last model that loaded if it is still there, else on the
+/// bundled one (with the notice returned); Recent keeps only folders that
+/// exist.
+fn forget_missing_models(settings: &mut Settings) -> Option<String> {
+    let gone = |p: &std::path::Path| !p.exists();
+    let mut note = None;
+    if let Some(last) = settings.model.clone().filter(|p| gone(p)) {
+        note = Some(format!(
+            "The last model, {}, is not there any more; using the bundled model.",
+            last.display()
+        ));
+        settings.model = None;
+    }
+    settings.recent_models.retain(|p| !gone(p));
+    note
 }

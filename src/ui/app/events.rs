@@ -62,49 +62,7 @@ impl VersifierApp {
                 request,
                 generation,
             } if Some(request) == self.current => {
-                self.kv_cache_bytes = generation.kv_cache_bytes;
-                let unix_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                let sent = self.sent.take();
-                self.replaced_cards = None;
-                for (i, (card, v)) in self
-                    .cards
-                    .iter_mut()
-                    .zip(&generation.variations)
-                    .enumerate()
-                {
-                    card.text = v.text.clone();
-                    card.done = true;
-                    card.unfinished = v.stop != Some(crate::generate::StopReason::Stop);
-                    let Some(job) = &sent else { continue };
-                    if v.text.is_empty() {
-                        continue;
-                    }
-                    let prompt = match &job.prompt {
-                        Prompt::Text(t) => t.clone(),
-                        Prompt::Ids(_) => String::new(),
-                    };
-                    let record = PoemRecord {
-                        prompt,
-                        form: job.form.clone(),
-                        text: format!("{}{}", card.prompt, v.text),
-                        model: job.spec.model.display().to_string(),
-                        // Variation i was drawn with seed + i: its own seed.
-                        sampling: crate::generate::SamplingParams {
-                            seed: job.sampling.seed.wrapping_add(i as u64),
-                            ..job.sampling.clone()
-                        },
-                        unix_ms,
-                        unfinished: card.unfinished,
-                        verse: job.verse.clone(),
-                        ci_rules: job.verse.ci_rules,
-                    };
-                    card.record = Some(record.clone());
-                    self.history.push(record);
-                }
-                self.current = None;
-                self.save_history();
+                self.poems_written(&generation);
             }
             Event::Done { .. } => {}
             Event::Released(r) => {
@@ -122,34 +80,94 @@ impl VersifierApp {
                 fit,
                 ..
             } => {
-                self.fit = fit;
-                self.mark(MarkerKind::Error, message.clone());
-                if let Some(p) = partial {
-                    for (card, v) in self.cards.iter_mut().zip(&p.variations) {
-                        card.text = v.text.clone();
-                    }
-                }
-                // Nothing written: the poems the run replaced come back.
-                if self.cards.iter().all(|c| c.text.is_empty()) {
-                    self.cards = self.replaced_cards.take().unwrap_or_default();
-                } else {
-                    for c in self.cards.iter_mut().filter(|c| !c.done) {
-                        c.unfinished = true;
-                    }
-                }
-                self.replaced_cards = None;
-                self.sent = None;
-                for c in &mut self.cards {
-                    c.done = true;
-                }
-                self.current = None;
-                self.error = Some((kind, message));
+                self.failed(kind, message, partial, fit);
             }
             Event::Notice(n) => self.notices.push(n),
             Event::PrecisionsMeasured(speeds) => self.precisions_measured(speeds),
             Event::Pong(_) => {}
             Event::IdleDeadline(d) => self.idle_left = d.map(|d| (d, Instant::now())),
         }
+    }
+
+    /// The current job's poems are written: the cards take their final text,
+    /// and each poem goes into history with its own seed.
+    fn poems_written(&mut self, generation: &crate::generate::Generation) {
+        self.kv_cache_bytes = generation.kv_cache_bytes;
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let sent = self.sent.take();
+        self.replaced_cards = None;
+        for (i, (card, v)) in self
+            .cards
+            .iter_mut()
+            .zip(&generation.variations)
+            .enumerate()
+        {
+            card.text = v.text.clone();
+            card.done = true;
+            card.unfinished = v.stop != Some(crate::generate::StopReason::Stop);
+            let Some(job) = &sent else { continue };
+            if v.text.is_empty() {
+                continue;
+            }
+            let prompt = match &job.prompt {
+                Prompt::Text(t) => t.clone(),
+                Prompt::Ids(_) => String::new(),
+            };
+            let record = PoemRecord {
+                prompt,
+                form: job.form.clone(),
+                text: format!("{}{}", card.prompt, v.text),
+                model: job.spec.model.display().to_string(),
+                // Variation i was drawn with seed + i: its own seed.
+                sampling: crate::generate::SamplingParams {
+                    seed: job.sampling.seed.wrapping_add(i as u64),
+                    ..job.sampling.clone()
+                },
+                unix_ms,
+                unfinished: card.unfinished,
+                verse: job.verse.clone(),
+                ci_rules: job.verse.ci_rules,
+            };
+            card.record = Some(record.clone());
+            self.history.push(record);
+        }
+        self.current = None;
+        self.save_history();
+    }
+
+    /// The current job failed: what it wrote stays (or, with nothing written,
+    /// the poems it replaced come back), and the message strip says why.
+    fn failed(
+        &mut self,
+        kind: ErrorKind,
+        message: String,
+        partial: Option<crate::generate::Generation>,
+        fit: Option<crate::device::fit::FitRefusal>,
+    ) {
+        self.fit = fit;
+        self.mark(MarkerKind::Error, message.clone());
+        if let Some(p) = partial {
+            for (card, v) in self.cards.iter_mut().zip(&p.variations) {
+                card.text = v.text.clone();
+            }
+        }
+        // Nothing written: the poems the run replaced come back.
+        if self.cards.iter().all(|c| c.text.is_empty()) {
+            self.cards = self.replaced_cards.take().unwrap_or_default();
+        } else {
+            for c in self.cards.iter_mut().filter(|c| !c.done) {
+                c.unfinished = true;
+            }
+        }
+        self.replaced_cards = None;
+        self.sent = None;
+        for c in &mut self.cards {
+            c.done = true;
+        }
+        self.current = None;
+        self.error = Some((kind, message));
     }
 
     pub(super) fn save_history(&mut self) {

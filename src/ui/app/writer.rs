@@ -44,6 +44,7 @@ impl VersifierApp {
         self.prompt_had_focus = focused;
     }
 
+    #[allow(clippy::too_many_lines)] // the writer drawn top to bottom; its rows become panels with a View and Actions (issue #42)
     pub(super) fn writer(&mut self, ui: &mut egui::Ui, generating: bool) {
         // Taken before any text field can swallow them.
         let shortcuts = ui.input_mut(|i| {
