@@ -180,12 +180,8 @@ impl RowFeed for JoinedRequests<'_> {
         if self.engine.swap.is_some() {
             return Vec::new();
         }
-        while let Ok(msg) = self.engine.inbox.try_recv() {
-            match msg {
-                Inbox::Command(cmd) => self.deferred.push_back(cmd),
-                Inbox::SwapLoaded(result) => self.late_swaps.push(*result),
-            }
-        }
+        let loaded = take_inbox(&self.engine.inbox, self.deferred);
+        self.late_swaps.extend(loaded);
         let mut free = free.saturating_sub(self.spare_rows);
         let mut rows = Vec::new();
         loop {
@@ -293,12 +289,9 @@ impl OwnerThread {
     /// so no job ever overtakes another command.
     pub(super) fn join_queued(&mut self, first: GenerateJob) -> Vec<GenerateJob> {
         if self.swap.is_none() {
-            while let Ok(msg) = self.inbox.try_recv() {
-                match msg {
-                    Inbox::Command(cmd) => self.deferred.push_back(cmd),
-                    // No swap in flight: nothing can be loading beside us.
-                    Inbox::SwapLoaded(result) => self.finish_swap(*result),
-                }
+            // No swap in flight: nothing can be loading beside us.
+            for result in take_inbox(&self.inbox, &mut self.deferred) {
+                self.finish_swap(result);
             }
         }
         if self.swap.is_none() && !self.batch_window.is_zero() {
@@ -514,4 +507,21 @@ impl OwnerThread {
         }
         failures
     }
+}
+
+/// Everything waiting in the inbox, without blocking: commands queue behind
+/// `deferred` in order; the results of swaps that finished loading are
+/// returned for the caller to apply when it may.
+pub(super) fn take_inbox(
+    inbox: &Receiver<Inbox>,
+    deferred: &mut VecDeque<Command>,
+) -> Vec<Result<Resident, JobFailure>> {
+    let mut loaded = Vec::new();
+    while let Ok(msg) = inbox.try_recv() {
+        match msg {
+            Inbox::Command(cmd) => deferred.push_back(cmd),
+            Inbox::SwapLoaded(result) => loaded.push(*result),
+        }
+    }
+    loaded
 }
