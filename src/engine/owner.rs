@@ -198,11 +198,8 @@ impl OwnerThread {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Prepare(spec) => {
-                let result = catch_unwind(AssertUnwindSafe(|| self.ensure_loaded(&spec, 1)));
-                match result {
-                    Ok(Ok(())) => self.touch(),
-                    Ok(Err(f)) => self.fail(None, f),
-                    Err(panic) => self.caught_panic(None, panic),
+                if self.guarded(|e| e.ensure_loaded(&spec, 1)).is_some() {
+                    self.touch();
                 }
             }
             Command::Generate(job) => {
@@ -226,12 +223,8 @@ impl OwnerThread {
                 }
             }
             Command::MeasurePrecisions { spec, batch } => {
-                let result =
-                    catch_unwind(AssertUnwindSafe(|| self.measure_precisions(&spec, batch)));
-                match result {
-                    Ok(Ok(speeds)) => self.emit(Event::PrecisionsMeasured(speeds)),
-                    Ok(Err(f)) => self.fail(None, f),
-                    Err(panic) => self.caught_panic(None, panic),
+                if let Some(speeds) = self.guarded(|e| e.measure_precisions(&spec, batch)) {
+                    self.emit(Event::PrecisionsMeasured(speeds));
                 }
                 if self.loaded.is_some() {
                     self.set_state(EngineState::Ready);
@@ -240,12 +233,9 @@ impl OwnerThread {
             }
             Command::Swap(spec) => self.start_swap(spec),
             Command::InjectPanic => {
-                let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), JobFailure> {
+                self.guarded(|_| -> Result<(), JobFailure> {
                     panic!("injected panic (Command::InjectPanic)")
-                }));
-                if let Err(panic) = result {
-                    self.caught_panic(None, panic);
-                }
+                });
             }
             Command::Release => self.release(ReleaseReason::Requested),
             Command::SetIdleTimeout(t) => {
@@ -259,6 +249,23 @@ impl OwnerThread {
             Command::Tick => {}
             Command::Ping(n) => self.emit(Event::Pong(n)),
             Command::Shutdown => {}
+        }
+    }
+
+    /// Runs `work` with the engine's guard: its failure is reported once
+    /// (`fail`), and a panic inside it is caught, reported and the engine
+    /// reset (`caught_panic`); `None` either way.
+    fn guarded<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T, JobFailure>) -> Option<T> {
+        match catch_unwind(AssertUnwindSafe(|| work(self))) {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(f)) => {
+                self.fail(None, f);
+                None
+            }
+            Err(panic) => {
+                self.caught_panic(None, panic);
+                None
+            }
         }
     }
 
