@@ -53,6 +53,17 @@ pub fn model_name(model: &str) -> &str {
 }
 
 impl PoemRecord {
+    /// Whether `other` is this poem written again: the same text, form,
+    /// model, settings and rules (the time may differ).
+    pub fn same_poem(&self, other: &PoemRecord) -> bool {
+        self.text == other.text
+            && self.form == other.form
+            && self.model == other.model
+            && self.sampling == other.sampling
+            && self.unfinished == other.unfinished
+            && self.verse_rules() == other.verse_rules()
+    }
+
     /// The verse rules a re-run of this poem writes with: the ones it was
     /// written with.
     pub fn verse_rules(&self) -> crate::poetry::VerseRules {

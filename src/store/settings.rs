@@ -49,6 +49,8 @@ pub struct Settings {
     /// The Theme field as typed: what the poems are about (words or a
     /// sentence, read by `poetry::keywords::parse_theme` when Generate is pressed).
     pub poem_theme: String,
+    /// The prompt as it was left, there again at the next launch.
+    pub poem_prompt: String,
 }
 
 /// One speed measurement of Precision "auto".
@@ -94,6 +96,7 @@ impl Default for Settings {
             window_size: None,
             theme: "system".into(),
             poem_theme: String::new(),
+            poem_prompt: String::new(),
         }
     }
 }

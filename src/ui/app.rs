@@ -83,6 +83,9 @@ pub struct VersifierApp {
     /// The cards a new run replaced, kept until it writes something: a run
     /// that fails before its first character brings them back.
     replaced_cards: Option<Vec<Card>>,
+    /// The card a card's Re-run is writing again (its one variation goes
+    /// there, the other cards stay); `None`: the job's variations are the cards.
+    rewriting: Option<usize>,
     current: Option<RequestId>,
     /// The job behind `current`, as sent: its poems are recorded with these
     /// settings, whatever the widgets say by the time it finishes.

@@ -76,6 +76,7 @@ impl VersifierApp {
             PoemForm::Ci(tune) => tune.clone(),
             _ => "浣溪沙".into(),
         };
+        let saved_prompt = settings.poem_prompt.clone();
         Ok(Self {
             form_choice: FormChoice::of(&settings.form),
             saved_settings: settings.clone(),
@@ -85,7 +86,7 @@ impl VersifierApp {
             history,
             engine,
             sampler,
-            prompt: String::new(),
+            prompt: saved_prompt,
             acrostic_heads,
             ci_tune,
             model_field,
@@ -95,6 +96,7 @@ impl VersifierApp {
             state: EngineState::Unloaded,
             cards: Vec::new(),
             replaced_cards: None,
+            rewriting: None,
             current: None,
             sent: None,
             last_load: None,

@@ -50,7 +50,7 @@ impl VersifierApp {
                 variation,
                 text,
             } if Some(request) == self.current => {
-                if let Some(c) = self.cards.get_mut(variation) {
+                if let Some(c) = self.cards.get_mut(self.rewriting.unwrap_or(0) + variation) {
                     c.text.push_str(&text);
                 }
                 if !text.is_empty() {
@@ -98,9 +98,11 @@ impl VersifierApp {
             .map_or(0, |d| d.as_millis() as u64);
         let sent = self.sent.take();
         self.replaced_cards = None;
+        let first = self.rewriting.take().unwrap_or(0);
         for (i, (card, v)) in self
             .cards
             .iter_mut()
+            .skip(first)
             .zip(&generation.variations)
             .enumerate()
         {
@@ -131,7 +133,10 @@ impl VersifierApp {
                 ci_rules: job.verse.ci_rules,
             };
             card.record = Some(record.clone());
-            self.history.push(record);
+            // A poem written again (Re-run, same seed) is kept once.
+            if !self.history.iter().any(|r| r.same_poem(&record)) {
+                self.history.push(record);
+            }
         }
         self.current = None;
         self.save_history();
@@ -148,20 +153,29 @@ impl VersifierApp {
     ) {
         self.fit = fit;
         self.mark(MarkerKind::Error, message.clone());
+        let rewriting = self.rewriting.take();
         if let Some(p) = partial {
-            for (card, v) in self.cards.iter_mut().zip(&p.variations) {
+            let first = rewriting.unwrap_or(0);
+            for (card, v) in self.cards.iter_mut().skip(first).zip(&p.variations) {
                 card.text = v.text.clone();
             }
         }
-        // Nothing written: the poems the run replaced come back.
+        let before = self.replaced_cards.take();
+        // Nothing written: the poems the run replaced come back (a card's
+        // Re-run: that card's poem).
         if self.cards.iter().all(|c| c.text.is_empty()) {
-            self.cards = self.replaced_cards.take().unwrap_or_default();
+            self.cards = before.unwrap_or_default();
+        } else if let Some(i) =
+            rewriting.filter(|i| self.cards.get(*i).is_some_and(|c| c.text.is_empty()))
+        {
+            if let Some(card) = before.and_then(|b| b.get(i).cloned()) {
+                self.cards[i] = card;
+            }
         } else {
             for c in self.cards.iter_mut().filter(|c| !c.done) {
                 c.unfinished = true;
             }
         }
-        self.replaced_cards = None;
         self.sent = None;
         for c in &mut self.cards {
             c.done = true;
@@ -185,6 +199,10 @@ impl VersifierApp {
         if let Some(w) = &self.settings_writer {
             for e in w.take_errors() {
                 self.notices.push(format!("settings not saved: {e}"));
+            }
+            // The prompt is kept as it is typed.
+            if self.settings.poem_prompt != self.prompt {
+                self.settings.poem_prompt.clone_from(&self.prompt);
             }
             if self.settings != self.saved_settings {
                 w.save(&self.settings);

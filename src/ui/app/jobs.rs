@@ -22,7 +22,8 @@ impl VersifierApp {
     }
 
     /// Shows `form` in the form picker (with its heads or tune).
-    pub(super) fn choose_form(&mut self, form: &PoemForm) {
+    /// Shows `form` in the form picker (its heads or tune too).
+    pub fn choose_form(&mut self, form: &PoemForm) {
         self.form_choice = FormChoice::of(form);
         if let PoemForm::Acrostic(h) = form {
             self.acrostic_heads = h.iter().collect();
@@ -97,6 +98,22 @@ impl VersifierApp {
         );
     }
 
+    /// A card's Re-run: the card's poem is written again in its own place;
+    /// the other cards stay.
+    pub fn rerun_card(&mut self, card: usize, record: &PoemRecord) {
+        if card >= self.cards.len() {
+            return self.rerun(record);
+        }
+        let cards = self.cards.clone();
+        self.rerun(record);
+        // The job's one variation writes card `card`; the others come back.
+        let fresh = std::mem::replace(&mut self.cards, cards);
+        if let Some(c) = fresh.into_iter().next() {
+            self.cards[card] = c;
+        }
+        self.rewriting = Some(card);
+    }
+
     pub(super) fn start_job(
         &mut self,
         prompt: String,
@@ -114,6 +131,7 @@ impl VersifierApp {
             };
             variations
         ];
+        self.rewriting = None;
         let old = std::mem::replace(&mut self.cards, fresh);
         if old.iter().any(|c| !c.text.is_empty()) {
             self.replaced_cards = Some(old);
@@ -139,6 +157,11 @@ impl VersifierApp {
         }
         self.sent = Some(job.clone());
         self.send(Command::Generate(job));
+    }
+
+    /// Whether a job is being written.
+    pub fn is_writing(&self) -> bool {
+        self.current.is_some()
     }
 
     /// Stops the running generation (its text so far stays).

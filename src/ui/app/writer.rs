@@ -27,14 +27,28 @@ pub(super) fn vertical(text: &str) -> String {
 
 impl VersifierApp {
     /// The prompt box; its first focus preloads the model.
-    pub(super) fn prompt_field(&mut self, ui: &mut egui::Ui) {
-        ui.label("Prompt");
-        let prompt = ui.add(
-            egui::TextEdit::singleline(&mut self.prompt)
-                .hint_text("春, 月, 山水 …")
-                .desired_width(220.0)
-                .font(egui::TextStyle::Heading),
-        );
+    /// The prompt; `true` when Enter was pressed in it (Generate). In 藏頭
+    /// the heads start the lines, so the prompt is off and says so.
+    pub(super) fn prompt_field(&mut self, ui: &mut egui::Ui) -> bool {
+        let label = ui.label("Prompt");
+        let acrostic = self.form_choice == FormChoice::Acrostic;
+        let prompt = ui
+            .add_enabled(
+                !acrostic,
+                egui::TextEdit::singleline(&mut self.prompt)
+                    .hint_text(if acrostic {
+                        "the heads start the lines"
+                    } else {
+                        "春, 月, 山水 …"
+                    })
+                    .desired_width(220.0)
+                    .font(egui::TextStyle::Heading),
+            )
+            .labelled_by(label.id)
+            .on_hover_text("The poem's first characters; Enter writes the poems")
+            .on_disabled_hover_text(
+                "In 藏頭 the heads under Form start the lines: the prompt is not used",
+            );
         let focused = prompt.has_focus();
         if focused && !self.prompt_had_focus && self.settings.preload_on_focus {
             // Preload so the first Generate does not wait.
@@ -42,6 +56,7 @@ impl VersifierApp {
             self.send(Command::Prepare(spec));
         }
         self.prompt_had_focus = focused;
+        prompt.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter))
     }
 
     #[allow(clippy::too_many_lines)] // the writer drawn top to bottom; its rows become panels with a View and Actions (issue #42)
@@ -60,10 +75,11 @@ impl VersifierApp {
                 &mut self.settings.poem_theme,
             );
         }
+        let mut entered = false;
         ui.horizontal_wrapped(|ui| {
             // As tall as the fields are with any text, so typing moves nothing.
             ui.set_min_height(28.0);
-            self.prompt_field(ui);
+            entered = self.prompt_field(ui);
             // Read again when Generate is pressed; here only shown.
             super::super::theme_field::show(ui, &mut self.settings.poem_theme);
         });
@@ -98,7 +114,7 @@ impl VersifierApp {
             let go = ui.add_enabled(!generating, egui::Button::new("Generate  (Ctrl+Enter)"));
             let stop = ui.add_enabled(generating, egui::Button::new("Stop  (Esc)"));
             let (ctrl_enter, esc) = shortcuts;
-            if (go.clicked() || ctrl_enter) && !generating {
+            if (go.clicked() || ctrl_enter || entered) && !generating {
                 self.generate();
             }
             if stop.clicked() || (esc && generating) {
@@ -148,7 +164,7 @@ impl VersifierApp {
             "Show each character's tone (平 仄, 中 either, ？ unknown), the rhyme and the verdict",
         );
         egui::ScrollArea::vertical().show(ui, |ui| {
-            let mut rerun: Option<PoemRecord> = None;
+            let mut rerun: Option<(usize, PoemRecord)> = None;
             let mut keep: Option<(PoemRecord, usize)> = None;
             // Cards two to a row, each with its buttons under the poem.
             let cards = self.cards.clone();
@@ -240,7 +256,7 @@ impl VersifierApp {
                                                 ))
                                                 .clicked()
                                             {
-                                                rerun = Some(record.clone());
+                                                rerun = Some((i, record.clone()));
                                             }
                                             if card.done {
                                                 if let Some(n) =
@@ -259,8 +275,8 @@ impl VersifierApp {
                     }
                 });
             }
-            if let Some(record) = rerun {
-                self.rerun(&record);
+            if let Some((card, record)) = rerun {
+                self.rerun_card(card, &record);
             }
             if let Some((record, lines)) = keep {
                 self.keep_lines(&record, lines);
