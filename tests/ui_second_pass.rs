@@ -42,7 +42,6 @@ fn in_acrostic_the_prompt_is_off_and_the_heads_start_the_lines() {
         prompt.accesskit_node().is_disabled(),
         "the prompt is off in 藏頭"
     );
-    drop(prompt);
     h.get_by_label("Generate  (Ctrl+Enter)").click();
     h.run_steps(1);
     pump(&mut h, "poems", |a| !a.is_writing());
