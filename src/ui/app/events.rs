@@ -181,7 +181,34 @@ impl VersifierApp {
             c.done = true;
         }
         self.current = None;
+        let message = match self.fall_back_from_failed_model(kind) {
+            Some(back) => format!("{message}\n\nBack to {back}, the last model that loaded."),
+            None => message,
+        };
         self.error = Some((kind, message));
+    }
+
+    /// After a model that could not load was chosen: the model field goes
+    /// back to the last model that did (this session's, else the one saved,
+    /// else the bundled one), so the next Generate works. Its name, when it
+    /// went back.
+    fn fall_back_from_failed_model(&mut self, kind: ErrorKind) -> Option<String> {
+        if kind != ErrorKind::BadModel {
+            return None;
+        }
+        let good = self
+            .last_load
+            .as_ref()
+            .map(|r| r.spec.model.clone())
+            .or_else(|| self.settings.model.clone())
+            .or_else(bundled_model)?;
+        let chosen = self.chosen_model();
+        if same_folder(&good, &chosen) || is_bundled(&chosen) && is_bundled(&good) {
+            return None;
+        }
+        self.model_field = good.display().to_string();
+        self.model_editing = false;
+        Some(crate::store::model_name(&self.model_field).to_string())
     }
 
     pub(super) fn save_history(&mut self) {
