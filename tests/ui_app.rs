@@ -582,7 +582,7 @@ fn copy_says_copied_and_a_poem_cut_short_is_marked_in_history() {
     assert!(h.state().cards[0].unfinished);
     let saved = store.load_history().0;
     assert!(saved.last().unwrap().unfinished, "history says it was cut");
-    h.get_by_label("stopped");
+    h.get_by_label("unfinished");
     h.get_by_label("Copy").click();
     h.run_steps(2);
     h.get_by_label("copied");

@@ -102,3 +102,73 @@ fn a_model_folder_that_does_not_load_gives_way_to_the_last_model_that_did() {
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
     assert!(!h.state().cards[0].text.is_empty());
 }
+
+#[test]
+fn a_poem_cut_short_is_called_unfinished_not_judged_as_a_broken_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    h.state_mut().settings.show_marks = true;
+    h.state_mut()
+        .choose_form(&versifier::poetry::forms::PoemForm::QiLv);
+    start_poem(&mut h, "山");
+    // Stopped (Esc) after its first characters.
+    pump(&mut h, "the first characters", |a| {
+        !a.cards[0].text.is_empty()
+    });
+    h.key_press(egui::Key::Escape);
+    h.run_steps(1);
+    pump(&mut h, "the stop", |a| !a.is_writing());
+    h.run_steps(2);
+    assert!(h.state().cards[0].unfinished);
+    assert!(h.query_by_label("unfinished").is_some(), "the card's tag");
+    assert!(
+        h.query_all_by_label_contains("not judged").next().is_some(),
+        "the verdict says it was not judged"
+    );
+    assert!(
+        h.query_all_by_label_contains("不是近體詩").next().is_none(),
+        "not called a broken form"
+    );
+}
+
+#[test]
+fn history_buttons_stay_in_reach_in_a_700_by_500_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    // Three long entries: a 七律 and a 詞 run past a row at this width.
+    let long = "風急天高猿嘯哀，渚清沙白鳥飛迴。無邊落木蕭蕭下，不盡長江滾滾來。萬里悲秋常作客，百年多病獨登臺。艱難苦恨繁霜鬢，潦倒新停濁酒杯。";
+    let record = versifier::store::PoemRecord {
+        prompt: "風".into(),
+        form: versifier::poetry::forms::PoemForm::QiLv,
+        text: long.into(),
+        model: "models/tang-poems".into(),
+        sampling: versifier::generate::SamplingParams::default(),
+        unix_ms: 1_796_000_000_000,
+        unfinished: false,
+        verse: versifier::poetry::VerseRules::default(),
+        ci_rules: true,
+    };
+    store
+        .save_history(&[record.clone(), record.clone(), record])
+        .unwrap();
+    let mut h = egui_kittest::Harness::builder()
+        .with_size(egui::vec2(700.0, 500.0))
+        .with_context_setup(versifier::ui::install_fonts)
+        .build_ui_state(
+            |ui, app: &mut versifier::ui::VersifierApp| app.show(ui),
+            app(&store),
+        );
+    h.run_steps(2);
+    h.get_by_label_contains("History (3)").click();
+    h.run_steps(2);
+    for button in ["Re-run", "Delete"] {
+        for node in h.get_all_by_label(button) {
+            let r = node.rect();
+            assert!(
+                r.right() <= 700.0 && r.width() > 0.0,
+                "{button} at {r:?} is out of a 700-wide window"
+            );
+        }
+    }
+}

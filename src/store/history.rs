@@ -82,7 +82,11 @@ impl PoemRecord {
             model_name(&self.model),
             self.sampling.seed,
             date_text(self.unix_ms),
-            if self.unfinished { " · stopped" } else { "" }
+            if self.unfinished {
+                " · unfinished"
+            } else {
+                ""
+            }
         );
         if markdown {
             export_text(std::slice::from_ref(self), true)
@@ -117,7 +121,7 @@ pub fn export_text(records: &[PoemRecord], markdown: bool) -> String {
                 r.sampling.seed,
                 model_name(&r.model),
                 date_text(r.unix_ms),
-                if r.unfinished { " · stopped" } else { "" }
+                if r.unfinished { " · unfinished" } else { "" }
             ));
         } else {
             out.push_str(&layout(&r.text));

@@ -44,7 +44,19 @@ impl VersifierApp {
             if !r.matches(&filter) {
                 continue;
             }
-            ui.horizontal(|ui| {
+            // Two lines an entry, the buttons first: they stay in reach at
+            // any width, and the poem wraps under them.
+            ui.horizontal_wrapped(|ui| {
+                if ui
+                    .small_button("Re-run")
+                    .on_hover_text(format!("Write this poem again (seed {})", r.sampling.seed))
+                    .clicked()
+                {
+                    rerun = Some(i);
+                }
+                if ui.small_button("Delete").clicked() {
+                    delete = Some(i);
+                }
                 ui.label(
                     egui::RichText::new(format!(
                         "{} · {} · {}",
@@ -55,21 +67,12 @@ impl VersifierApp {
                     .small()
                     .weak(),
                 );
-                ui.label(&r.text);
                 if r.unfinished {
-                    ui.label(egui::RichText::new("stopped").small().weak());
-                }
-                if ui
-                    .small_button("Re-run")
-                    .on_hover_text(format!("seed {}", r.sampling.seed))
-                    .clicked()
-                {
-                    rerun = Some(i);
-                }
-                if ui.small_button("Delete").clicked() {
-                    delete = Some(i);
+                    super::writer::unfinished_tag(ui);
                 }
             });
+            ui.add(egui::Label::new(&r.text).wrap());
+            ui.add_space(4.0);
         }
         if let Some(i) = rerun {
             let r = self.history[i].clone();

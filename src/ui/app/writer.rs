@@ -191,10 +191,14 @@ impl VersifierApp {
                                         )
                                     };
                                     if self.settings.show_marks && card.done {
-                                        let report = match &card.record {
+                                        let mut report = match &card.record {
                                             Some(r) => crate::poetry::check_in_form(&full, &r.form),
                                             None => crate::poetry::check_poem(&full),
                                         };
+                                        if card.unfinished {
+                                            // A poem cut short is not a broken form.
+                                            report.verdict = UNFINISHED_VERDICT.into();
+                                        }
                                         super::super::poem_marks::show(
                                             ui,
                                             &report,
@@ -267,7 +271,7 @@ impl VersifierApp {
                                             }
                                         }
                                         if card.unfinished && card.done {
-                                            ui.label(egui::RichText::new("stopped").small().weak());
+                                            unfinished_tag(ui);
                                         }
                                     });
                                 });
@@ -324,4 +328,14 @@ impl VersifierApp {
         });
         (Some(per), max)
     }
+}
+
+/// What the marks say of a poem cut short (Esc, or its token budget).
+pub(super) const UNFINISHED_VERDICT: &str =
+    "unfinished: stopped before the poem ended, so not judged";
+
+/// The tag of a poem cut short, in the warning colour, as large as the text.
+pub(super) fn unfinished_tag(ui: &mut egui::Ui) {
+    ui.label(egui::RichText::new("unfinished").color(ui.visuals().warn_fg_color))
+        .on_hover_text("Stopped (Esc) or cut by its token budget before the poem ended");
 }
