@@ -172,3 +172,21 @@ fn history_buttons_stay_in_reach_in_a_700_by_500_window() {
         }
     }
 }
+
+#[test]
+fn the_controls_stay_where_they_are_when_the_first_launch_examples_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    assert!(
+        h.query_all_by_label_contains("Try:").next().is_some(),
+        "first launch shows the examples"
+    );
+    let before = h.get_by_label("Generate  (Ctrl+Enter)").rect();
+    start_poem(&mut h, "月");
+    pump(&mut h, "poems", |a| !a.is_writing());
+    h.run_steps(2);
+    assert!(h.query_all_by_label_contains("Try:").next().is_none());
+    let after = h.get_by_label("Generate  (Ctrl+Enter)").rect();
+    assert_eq!(before, after, "Generate did not move");
+}

@@ -68,13 +68,6 @@ impl VersifierApp {
                 i.consume_key(egui::Modifiers::NONE, egui::Key::Escape),
             )
         });
-        if self.cards.iter().all(|c| c.text.is_empty()) && self.history.is_empty() {
-            super::super::theme_field::first_launch_examples(
-                ui,
-                &mut self.prompt,
-                &mut self.settings.poem_theme,
-            );
-        }
         let mut entered = false;
         ui.horizontal_wrapped(|ui| {
             // As tall as the fields are with any text, so typing moves nothing.
@@ -158,6 +151,15 @@ impl VersifierApp {
                     }
                 });
         });
+        // First launch: examples under the controls, so nothing above moves
+        // when they go with the first poem.
+        if self.cards.iter().all(|c| c.text.is_empty()) && self.history.is_empty() {
+            super::super::theme_field::first_launch_examples(
+                ui,
+                &mut self.prompt,
+                &mut self.settings.poem_theme,
+            );
+        }
         ui.separator();
         ui.checkbox(&mut self.settings.show_marks, "平仄 marks")
             .on_hover_text(
