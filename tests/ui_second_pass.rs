@@ -190,3 +190,60 @@ fn the_controls_stay_where_they_are_when_the_first_launch_examples_go() {
     let after = h.get_by_label("Generate  (Ctrl+Enter)").rect();
     assert_eq!(before, after, "Generate did not move");
 }
+
+/// A dialog that cannot open (simulated: a machine without a portal).
+fn no_dialog(
+    _: &versifier::ui::DialogPurpose,
+    _: Option<std::path::PathBuf>,
+) -> versifier::ui::DialogAnswer {
+    versifier::ui::DialogAnswer::Failed
+}
+
+/// A dialog the user closes without choosing (simulated).
+fn cancelled_dialog(
+    _: &versifier::ui::DialogPurpose,
+    _: Option<std::path::PathBuf>,
+) -> versifier::ui::DialogAnswer {
+    versifier::ui::DialogAnswer::Cancelled
+}
+
+#[test]
+fn save_without_a_file_dialog_writes_the_poem_and_says_where_simulated_dialog() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut a = app(&store);
+    a.file_dialog_runner = no_dialog;
+    let mut h = harness(a);
+    start_poem(&mut h, "月");
+    pump(&mut h, "poems", |a| !a.is_writing());
+    h.run_steps(1);
+    h.get_by_label("Save").click();
+    h.run_steps(1);
+    pump(&mut h, "the save", |a| {
+        a.notices.iter().any(|n| n.contains("saved to"))
+    });
+    let said = h.state().notices.last().unwrap().clone();
+    assert!(said.contains("No file dialog could open"), "{said}");
+    // The poem is in the file the message names.
+    let path = said
+        .split("saved to ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('.');
+    let written = std::fs::read_to_string(path).unwrap();
+    let opening: String = h.state().cards[0].text.chars().take(4).collect();
+    assert!(written.contains(&opening), "{written}");
+    // Written outside the test's folder (the documents folder), it goes.
+    if !path.starts_with(dir.path().to_str().unwrap()) {
+        std::fs::remove_file(path).unwrap();
+    }
+    // And a dialog the user closes says so, instead of nothing.
+    h.state_mut().file_dialog_runner = cancelled_dialog;
+    h.get_by_label("Save").click();
+    h.run_steps(1);
+    pump(&mut h, "the cancel", |a| {
+        a.notices
+            .iter()
+            .any(|n| n.contains("closed without a file name"))
+    });
+}

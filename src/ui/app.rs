@@ -28,7 +28,7 @@ use crate::store::{
     Store, SETTINGS_SAVE_INTERVAL,
 };
 
-use files::DialogPurpose;
+pub use files::{DialogAnswer, DialogPurpose, DialogRunner};
 use form_row::{tune_picker, verse_rules_row, FormChoice};
 
 mod construct;
@@ -112,8 +112,11 @@ pub struct VersifierApp {
     dialog: Option<(
         std::thread::JoinHandle<()>,
         DialogPurpose,
-        std::sync::mpsc::Receiver<Option<PathBuf>>,
+        std::sync::mpsc::Receiver<files::DialogAnswer>,
     )>,
+    /// Shows a file dialog and waits for its answer (the system's; tests
+    /// give one that fails or picks a path).
+    pub file_dialog_runner: files::DialogRunner,
     /// The last history entry deleted, and where it was, for Undo.
     deleted: Option<(usize, PoemRecord)>,
     /// Which card's text was just copied, and when (a brief "copied").

@@ -13,7 +13,7 @@ pub mod snapshot;
 mod theme_field;
 pub mod yield_mode;
 
-pub use app::{Card, VersifierApp};
+pub use app::{Card, DialogAnswer, DialogPurpose, DialogRunner, VersifierApp};
 
 use std::sync::Arc;
 

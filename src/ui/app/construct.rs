@@ -119,6 +119,7 @@ impl VersifierApp {
             prompt_had_focus: false,
             config_cache: None,
             dialog: None,
+            file_dialog_runner: files::system_dialog,
             deleted: None,
             copied: None,
         })

@@ -245,7 +245,7 @@ impl VersifierApp {
                                                 has_text,
                                                 egui::Button::new("Save").small(),
                                             )
-                                            .on_hover_text("Save to a text file in the data folder")
+                                            .on_hover_text("Save the poem, with its form, model, seed and date, to a text file you choose (the documents folder first)")
                                             .clicked()
                                         {
                                             self.save_card(i);
