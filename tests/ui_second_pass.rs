@@ -247,3 +247,23 @@ fn save_without_a_file_dialog_writes_the_poem_and_says_where_simulated_dialog() 
             .any(|n| n.contains("closed without a file name"))
     });
 }
+
+#[test]
+fn a_refused_prompt_is_named_as_the_window_names_it_not_as_a_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    start_poem(&mut h, "abc");
+    pump(&mut h, "the refusal", |a| a.error.is_some());
+    h.run_steps(2);
+    assert!(
+        h.query_all_by_label_contains("Prompt: the model's vocabulary has no token")
+            .next()
+            .is_some(),
+        "the strip names the Prompt field"
+    );
+    assert!(h
+        .query_all_by_label_contains("invalid setting")
+        .next()
+        .is_none());
+}

@@ -28,7 +28,7 @@ pub fn plain(kind: ErrorKind) -> (&'static str, &'static str) {
     match kind {
         ErrorKind::BadModel => (
             "This model could not be opened.",
-            "Choose a GPT-2 folder (config.json, model.safetensors, tokenizer.json or vocab.txt), or press Bundled.",
+            "Choose a GPT-2 folder (config.json, model.safetensors, tokenizer.json or vocab.txt); until then the last model that opened writes.",
         ),
         ErrorKind::Device => (
             "The device could not be used.",
@@ -40,7 +40,7 @@ pub fn plain(kind: ErrorKind) -> (&'static str, &'static str) {
         ),
         ErrorKind::BadRequest => (
             "This poem cannot be written with these settings.",
-            "Change what the details name and press Generate again.",
+            "Change the setting named above and press Generate again.",
         ),
         ErrorKind::QueueFull => ("Busy.", "Wait a moment and try again."),
         ErrorKind::DoesNotFit => (
@@ -58,8 +58,35 @@ pub fn plain(kind: ErrorKind) -> (&'static str, &'static str) {
     }
 }
 
-/// A message without the backticks developers use around names.
+/// The window's name for a setting an engine message names.
+fn window_label(setting: &str) -> Option<&'static str> {
+    Some(match setting {
+        "prompt" => "Prompt",
+        "keywords" => "Theme",
+        "rhyme" => "Rhyme",
+        "template" => "Template",
+        "variations" => "Variations",
+        "max_tokens" => "Max tokens",
+        "temperature" => "Temperature",
+        "top_k" => "Top-k",
+        "top_p" => "Top-p",
+        "repetition_penalty" => "Repetition penalty",
+        "form" => "Form",
+        _ => return None,
+    })
+}
+
+/// A message in the window's words: "invalid setting `prompt`: …" becomes
+/// "Prompt: …" (the field's own name), and no backticks.
 pub fn readable(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("invalid setting `") {
+        if let Some((name, tail)) = rest.split_once('`') {
+            if let Some(label) = window_label(name) {
+                let tail = tail.trim_start_matches(':').trim_start();
+                return format!("{label}: {}", tail.replace('`', ""));
+            }
+        }
+    }
     message.replace('`', "")
 }
 
@@ -123,9 +150,14 @@ mod tests {
     fn error_messages_are_plain_words_without_backticks() {
         let (title, hint) = plain(ErrorKind::BadRequest);
         assert!(!title.contains("BadRequest") && !hint.is_empty());
+        assert_eq!(readable("invalid setting `rhyme`: x"), "Rhyme: x");
         assert_eq!(
-            readable("invalid setting `rhyme`: x"),
-            "invalid setting rhyme: x"
+            readable("invalid setting `prompt`: `月` is not …"),
+            "Prompt: 月 is not …"
+        );
+        assert_eq!(
+            readable("invalid setting `seed_x`: y"),
+            "invalid setting seed_x: y"
         );
         assert_eq!(first_sentence("a failed; then b"), "a failed");
         assert_eq!(first_sentence("no end"), "no end");
