@@ -267,3 +267,33 @@ fn a_refused_prompt_is_named_as_the_window_names_it_not_as_a_setting() {
         .next()
         .is_none());
 }
+
+#[test]
+fn the_memory_panel_folds_to_one_line_and_stays_folded_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    {
+        let mut h = harness(app(&store));
+        assert!(h.query_by_label("Memory").is_some(), "the full panel");
+        h.get_by_label("Fold").click();
+        h.run_steps(2);
+        assert!(h.state().settings.meter_folded);
+        assert!(h.query_by_label("Memory").is_none(), "folded");
+        assert!(h.query_by_label("Show memory").is_some(), "the one line");
+        // Release stays in reach, folded.
+        start_poem(&mut h, "月");
+        pump(&mut h, "poems", |a| !a.is_writing());
+        h.run_steps(2);
+        h.get_by_label("Release").click();
+        h.run_steps(1);
+        pump(&mut h, "the release", |a| {
+            matches!(a.state, versifier::engine::EngineState::Unloaded)
+        });
+        h.state_mut().save_settings_if_changed();
+    }
+    let mut h = harness(app(&store));
+    assert!(h.query_by_label("Show memory").is_some(), "still folded");
+    h.get_by_label("Show memory").click();
+    h.run_steps(2);
+    assert!(h.query_by_label("Memory").is_some(), "unfolded again");
+}

@@ -51,6 +51,8 @@ pub struct Settings {
     pub poem_theme: String,
     /// The prompt as it was left, there again at the next launch.
     pub poem_prompt: String,
+    /// The memory panel folded to one line.
+    pub meter_folded: bool,
 }
 
 /// One speed measurement of Precision "auto".
@@ -97,6 +99,7 @@ impl Default for Settings {
             theme: "system".into(),
             poem_theme: String::new(),
             poem_prompt: String::new(),
+            meter_folded: false,
         }
     }
 }

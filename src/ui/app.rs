@@ -151,16 +151,33 @@ impl VersifierApp {
         egui::Panel::top("model-bar").show(ui, |ui| self.model_bar(ui));
         // A narrow window gets a narrow memory strip (figures, Release; no plot).
         let narrow = ui.available_width() < 900.0;
-        egui::Panel::right(if narrow { "meter-strip" } else { "meter" })
-            .default_size(if narrow { 190.0 } else { 360.0 })
-            .show(ui, |ui| {
-                let mut view = self.meter_view();
-                view.compact = narrow;
-                let actions = super::meter_panel::show(&view, ui);
-                for action in actions {
-                    self.apply_meter_action(action);
+        if self.settings.meter_folded {
+            egui::Panel::top("meter-line").show(ui, |ui| {
+                let view = super::meter_fold::FoldedView {
+                    state: self.state,
+                    app_bytes: self.latest_memory().and_then(|m| m.rss_bytes),
+                    can_release: self.last_load.is_some()
+                        && !matches!(self.state, EngineState::Unloaded),
+                };
+                for action in super::meter_fold::show_folded(ui, &view) {
+                    self.apply_fold_action(action);
                 }
             });
+        } else {
+            egui::Panel::right(if narrow { "meter-strip" } else { "meter" })
+                .default_size(if narrow { 190.0 } else { 360.0 })
+                .show(ui, |ui| {
+                    if let Some(action) = super::meter_fold::fold_button(ui) {
+                        self.apply_fold_action(action);
+                    }
+                    let mut view = self.meter_view();
+                    view.compact = narrow;
+                    let actions = super::meter_panel::show(&view, ui);
+                    for action in actions {
+                        self.apply_meter_action(action);
+                    }
+                });
+        }
         if self.error.is_some() || !self.notices.is_empty() {
             egui::Panel::bottom("messages").show(ui, |ui| self.messages(ui));
         }

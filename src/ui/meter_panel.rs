@@ -67,18 +67,22 @@ pub enum MeterAction {
 }
 
 /// Draws the panel; returns what the user did this frame.
-#[allow(clippy::too_many_lines)] // the panel drawn top to bottom as it appears; to be cut into one function per row (issue #42)
-pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
-    let mut actions = Vec::new();
-    ui.heading("Memory");
-    let state = match view.state {
+/// The engine's state in a word or two.
+pub fn state_text(state: EngineState) -> String {
+    match state {
         EngineState::Unloaded => "Unloaded".to_string(),
         EngineState::Loading { progress } => format!("Loading {:.0}%", progress * 100.0),
         EngineState::Ready => "Ready".into(),
         EngineState::Generating => "Generating".into(),
         EngineState::Releasing => "Releasing".into(),
-    };
-    ui.label(egui::RichText::new(state).strong());
+    }
+}
+
+#[allow(clippy::too_many_lines)] // the panel drawn top to bottom as it appears; to be cut into one function per row (issue #42)
+pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
+    let mut actions = Vec::new();
+    ui.heading("Memory");
+    ui.label(egui::RichText::new(state_text(*view.state)).strong());
 
     let (latest, unavailable, peak) = match view.sampler {
         Some(s) => {

@@ -7,6 +7,7 @@
 mod app;
 mod keep_lines;
 mod messages;
+mod meter_fold;
 mod meter_panel;
 mod poem_marks;
 pub mod snapshot;

@@ -104,4 +104,14 @@ impl VersifierApp {
             MeterAction::SetYield(keep_free) => self.settings.yield_below_mib = keep_free,
         }
     }
+
+    /// Folds or unfolds the memory panel, or releases from the folded line.
+    pub(super) fn apply_fold_action(&mut self, action: super::super::meter_fold::FoldAction) {
+        use super::super::meter_fold::FoldAction;
+        match action {
+            FoldAction::Fold => self.settings.meter_folded = true,
+            FoldAction::Unfold => self.settings.meter_folded = false,
+            FoldAction::Release => self.apply_meter_action(MeterAction::Release),
+        }
+    }
 }
