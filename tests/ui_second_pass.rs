@@ -297,3 +297,23 @@ fn the_memory_panel_folds_to_one_line_and_stays_folded_after_a_restart() {
     h.run_steps(2);
     assert!(h.query_by_label("Memory").is_some(), "unfolded again");
 }
+
+#[test]
+fn the_marks_come_with_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    h.state_mut().settings.show_marks = true;
+    start_poem(&mut h, "春");
+    pump(&mut h, "poems", |a| !a.is_writing());
+    h.run_steps(2);
+    for words in [
+        "平 level",
+        "仄 oblique",
+        "中 either",
+        "rhyme",
+        "breaks a rule",
+    ] {
+        assert!(h.query_by_label(words).is_some(), "the key says {words}");
+    }
+}

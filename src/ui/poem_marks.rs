@@ -48,7 +48,7 @@ fn character(
         glyph = glyph.underline().color(ui.visuals().error_fg_color);
     }
     let mark = RichText::new(m.class.mark().to_string())
-        .size(size * 0.45)
+        .size(size * 0.55)
         .color(mark_color(ui, m.class));
     let hover = match (m.required, m.free) {
         (Some(t), true) => format!(
@@ -119,6 +119,7 @@ pub fn show(ui: &mut egui::Ui, report: &CheckReport, vertical: bool, size: f32) 
         ui.visuals().weak_text_color()
     });
     ui.label(verdict);
+    key(ui, size);
     if let Some(t) = &report.template {
         ui.label(
             RichText::new(format!("{} {t}", report.form.as_deref().unwrap_or("")))
@@ -133,4 +134,34 @@ pub fn show(ui: &mut egui::Ui, report: &CheckReport, vertical: bool, size: f32) 
                 .color(ui.visuals().warn_fg_color),
         );
     }
+}
+
+/// The key to the marks: each tone in its colour, then what the highlight
+/// and the underline mean.
+fn key(ui: &mut egui::Ui, size: f32) {
+    ui.horizontal_wrapped(|ui| {
+        for (class, words) in [
+            (ToneClass::Ping, "平 level"),
+            (ToneClass::Ze, "仄 oblique"),
+            (ToneClass::Either, "中 either"),
+            (ToneClass::Unknown, "？ unknown"),
+        ] {
+            ui.label(
+                RichText::new(words)
+                    .size(size * 0.55)
+                    .color(mark_color(ui, class)),
+            );
+        }
+        ui.label(
+            RichText::new("rhyme")
+                .size(size * 0.55)
+                .background_color(ui.visuals().selection.bg_fill.gamma_multiply(0.5)),
+        );
+        ui.label(
+            RichText::new("breaks a rule")
+                .size(size * 0.55)
+                .underline()
+                .color(ui.visuals().error_fg_color),
+        );
+    });
 }
