@@ -317,3 +317,20 @@ fn the_marks_come_with_a_key() {
         assert!(h.query_by_label(words).is_some(), "the key says {words}");
     }
 }
+
+#[test]
+fn notices_stack_into_one_line_with_a_count_and_go_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut a = app(&store);
+    for i in 1..=4 {
+        a.notices.push(format!("notice number {i}"));
+    }
+    let mut h = harness(a);
+    assert!(h.query_by_label("notice number 4").is_some(), "the newest");
+    assert!(h.query_by_label("notice number 1").is_none(), "not a pile");
+    assert!(h.query_by_label("+3 earlier").is_some());
+    h.get_by_label("Dismiss all").click();
+    h.run_steps(2);
+    assert!(h.state().notices.is_empty());
+}

@@ -21,6 +21,8 @@ pub enum MessageAction {
     DismissError,
     /// Dismiss this notice.
     DismissNotice(String),
+    /// Dismiss every notice.
+    DismissAllNotices,
 }
 
 /// A title and a hint for an error kind, in plain words.
@@ -121,10 +123,21 @@ pub fn show(ui: &mut egui::Ui, view: &MessagesView<'_>) -> Vec<MessageAction> {
                     });
             });
     }
-    for n in view.notices {
+    // One line of notices however many came: the newest, and a count of the
+    // earlier ones (their text on hover), so they never take the poems' room.
+    if let Some(n) = view.notices.last() {
         ui.horizontal(|ui| {
             if ui.small_button("OK").clicked() {
                 actions.push(MessageAction::DismissNotice(n.clone()));
+            }
+            let earlier = &view.notices[..view.notices.len() - 1];
+            if !earlier.is_empty() {
+                let all: Vec<String> = earlier.iter().rev().map(|e| readable(e)).collect();
+                ui.label(egui::RichText::new(format!("+{} earlier", earlier.len())).small())
+                    .on_hover_text(all.join("\n"));
+                if ui.small_button("Dismiss all").clicked() {
+                    actions.push(MessageAction::DismissAllNotices);
+                }
             }
             ui.add(egui::Label::new(egui::RichText::new(readable(n)).weak()).truncate())
                 .on_hover_text(readable(n));
