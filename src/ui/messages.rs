@@ -22,7 +22,7 @@ pub enum MessageAction {
     /// Dismiss this notice.
     DismissNotice(String),
     /// Dismiss every notice.
-    DismissAllNotices,
+    ClearNotices,
 }
 
 /// A title and a hint for an error kind, in plain words.
@@ -136,7 +136,7 @@ pub fn show(ui: &mut egui::Ui, view: &MessagesView<'_>) -> Vec<MessageAction> {
                 ui.label(egui::RichText::new(format!("+{} earlier", earlier.len())).small())
                     .on_hover_text(all.join("\n"));
                 if ui.small_button("Dismiss all").clicked() {
-                    actions.push(MessageAction::DismissAllNotices);
+                    actions.push(MessageAction::ClearNotices);
                 }
             }
             ui.add(egui::Label::new(egui::RichText::new(readable(n)).weak()).truncate())

@@ -23,7 +23,7 @@ impl VersifierApp {
                 super::super::messages::MessageAction::DismissNotice(n) => {
                     self.notices.retain(|x| x != &n);
                 }
-                super::super::messages::MessageAction::DismissAllNotices => self.notices.clear(),
+                super::super::messages::MessageAction::ClearNotices => self.notices.clear(),
             }
         }
     }
