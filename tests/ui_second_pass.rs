@@ -334,3 +334,19 @@ fn notices_stack_into_one_line_with_a_count_and_go_together() {
     h.run_steps(2);
     assert!(h.state().notices.is_empty());
 }
+
+#[test]
+fn the_memory_plot_counts_seconds_ago_with_its_legend_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    start_poem(&mut h, "月");
+    pump(&mut h, "poems", |a| !a.is_writing());
+    h.run_steps(2);
+    assert!(
+        h.query_by_label("— this app in RAM").is_some(),
+        "the legend, under the plot"
+    );
+    assert!(h.query_by_label("— load").is_some());
+    assert!(h.query_by_label("— generate").is_some());
+}

@@ -374,10 +374,12 @@ fn shown_rss(
 fn history_plot(ui: &mut egui::Ui, view: &MeterView<'_>) {
     let Some(s) = view.sampler else { return };
     let h = s.history();
+    // Time as seconds ago: the newest sample at 0, on the right.
+    let now = h.samples.back().map_or(0.0, |smp| smp.t);
     let points: Vec<[f64; 2]> = h
         .samples
         .iter()
-        .filter_map(|smp| Some([smp.t, mib(process_bytes(smp, view.device)?)]))
+        .filter_map(|smp| Some([smp.t - now, mib(process_bytes(smp, view.device)?)]))
         .collect();
     let markers = h.markers.clone();
     drop(h);
@@ -391,16 +393,44 @@ fn history_plot(ui: &mut egui::Ui, view: &MeterView<'_>) {
         .allow_zoom(false)
         .allow_drag(false)
         .y_axis_label("MiB")
-        .x_axis_label("seconds")
-        .legend(egui_plot::Legend::default().position(egui_plot::Corner::RightBottom))
+        .x_axis_label("seconds ago")
+        .x_axis_formatter(|mark, _| format!("{:.0}", (-mark.value).max(0.0)))
+        // At least the last half minute, so the axis never shows a lone 0.
+        .include_x(-30.0)
+        .include_x(0.0)
         .show(ui, |plot| {
-            plot.line(Line::new(what, PlotPoints::from(points)));
-            for m in markers {
+            plot.line(Line::new(what, PlotPoints::from(points)).color(PLOT_LINE_COLOR));
+            for m in &markers {
                 let (name, color) = marker_style(m.kind);
-                plot.vline(VLine::new(name, m.t).color(color));
+                plot.vline(VLine::new(name, m.t - now).color(color));
             }
         });
+    // The legend under the plot, where it covers no samples.
+    ui.horizontal_wrapped(|ui| {
+        let item = |ui: &mut egui::Ui, name: &str, color: egui::Color32| {
+            ui.label(
+                egui::RichText::new(format!("— {name}"))
+                    .small()
+                    .color(color),
+            );
+        };
+        item(ui, what, PLOT_LINE_COLOR);
+        for kind in [
+            MarkerKind::Load,
+            MarkerKind::Generate,
+            MarkerKind::Release,
+            MarkerKind::Error,
+        ] {
+            if markers.iter().any(|m| m.kind == kind) {
+                let (name, color) = marker_style(kind);
+                item(ui, name, color);
+            }
+        }
+    });
 }
+
+/// The plot's line of this app's memory.
+const PLOT_LINE_COLOR: egui::Color32 = egui::Color32::from_rgb(200, 80, 80);
 
 fn marker_style(kind: MarkerKind) -> (&'static str, egui::Color32) {
     match kind {
