@@ -350,3 +350,27 @@ fn the_memory_plot_counts_seconds_ago_with_its_legend_under_it() {
     assert!(h.query_by_label("— load").is_some());
     assert!(h.query_by_label("— generate").is_some());
 }
+
+#[test]
+fn choosing_a_ci_tune_is_a_model_switch_not_a_release_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    start_poem(&mut h, "月");
+    pump(&mut h, "a 七絕", |a| !a.is_writing());
+    // A tune on the bundled model is written by the bundled 詞 model: the
+    // engine switches models, which the user did not ask to "release".
+    h.state_mut()
+        .choose_form(&versifier::poetry::forms::PoemForm::Ci("浣溪沙".into()));
+    h.run_steps(1);
+    start_poem(&mut h, "春");
+    pump(&mut h, "a 詞", |a| !a.is_writing());
+    h.run_steps(2);
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(
+        h.query_all_by_label_contains("last release")
+            .next()
+            .is_none(),
+        "no release report for a switch"
+    );
+}

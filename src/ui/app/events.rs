@@ -65,6 +65,12 @@ impl VersifierApp {
                 self.poems_written(&generation);
             }
             Event::Done { .. } => {}
+            Event::Released(r) if r.reason == crate::engine::ReleaseReason::ModelChange => {
+                // A switch the user made by choosing a model or a 詞 tune:
+                // said as a switch on the timeline, not as a release report.
+                self.mark(MarkerKind::Load, "switch model".into());
+                self.kv_cache_bytes = 0;
+            }
             Event::Released(r) => {
                 self.mark(MarkerKind::Release, release_summary(&r));
                 self.last_release = Some(r);
