@@ -478,7 +478,6 @@ fn every_control_is_reachable_in_a_700_by_500_window() {
         "Bundled",
         "Load",
         "Device",
-        "Precision",
         "Form",
         "Generate  (Ctrl+Enter)",
         "Stop  (Esc)",
@@ -497,6 +496,14 @@ fn every_control_is_reachable_in_a_700_by_500_window() {
     // The Generate button shows its whole label (not "Ge").
     let go = h.get_by_label("Generate  (Ctrl+Enter)").rect();
     assert!(go.width() > 100.0, "{go:?}");
+    // Precision is under Advanced, in reach when it opens.
+    h.get_by_label("Advanced").click();
+    h.run_steps(2);
+    let rect = h.get_all_by_label("Precision").next().unwrap().rect();
+    assert!(
+        window.contains_rect(rect) && rect.width() > 4.0,
+        "Precision at {rect:?} is not inside the 700x500 window"
+    );
 }
 
 #[test]
@@ -596,6 +603,9 @@ fn precision_auto_uses_the_f16_checkpoints_own_precision_on_the_cpu() {
     h.state_mut().settings.device = versifier::engine::DeviceChoice::Cpu;
     h.run_steps(2);
     assert!(h.state().settings.precision_auto, "auto by default");
+    // The choice is under Advanced.
+    h.get_by_label("Advanced").click();
+    h.run_steps(2);
     // The bundled model is stored in f16: auto loads it in f16 (exact, faster).
     assert_eq!(
         h.state().load_spec().precision,

@@ -374,3 +374,24 @@ fn choosing_a_ci_tune_is_a_model_switch_not_a_release_report() {
         "no release report for a switch"
     );
 }
+
+#[test]
+fn precision_sits_under_advanced_and_the_memory_parts_are_named_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = harness(app(&store));
+    assert!(
+        h.query_by_label("Precision").is_none(),
+        "not in the top bar"
+    );
+    h.get_by_label("Advanced").click();
+    h.run_steps(2);
+    assert!(h.query_by_label("Precision").is_some(), "under Advanced");
+    for part in ["the model", "poems being written", "the app itself"] {
+        assert!(
+            h.query_all_by_label_contains(part).next().is_some(),
+            "the memory bar names {part}"
+        );
+    }
+    assert!(h.query_all_by_label_contains("KV cache").next().is_none());
+}

@@ -309,9 +309,9 @@ const OTHER_COLOR: egui::Color32 = egui::Color32::from_rgb(140, 140, 140);
 /// This app's memory in three parts.
 fn app_segments(weights: u64, kv: u64, rest: u64) -> [(&'static str, u64, egui::Color32); 3] {
     [
-        ("weights", weights, WEIGHTS_COLOR),
-        ("KV cache", kv, KV_COLOR),
-        ("runtime and buffers", rest, RUNTIME_COLOR),
+        ("the model", weights, WEIGHTS_COLOR),
+        ("poems being written", kv, KV_COLOR),
+        ("the app itself", rest, RUNTIME_COLOR),
     ]
 }
 
@@ -321,7 +321,14 @@ fn legend(ui: &mut egui::Ui, segments: &[(&str, u64, egui::Color32)]) {
         for (name, bytes, color) in segments {
             let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
             ui.painter().rect_filled(rect, 2.0, *color);
-            ui.label(egui::RichText::new(format!("{name} {}", figure(*bytes))).small());
+            ui.label(egui::RichText::new(format!("{name} {}", figure(*bytes))).small())
+                .on_hover_text(match *name {
+                    "the model" => "The model's weights",
+                    "poems being written" => {
+                        "The KV cache: what the model remembers of the poems it is writing"
+                    }
+                    _ => "The app, its window and the runtime's buffers",
+                });
         }
     });
 }

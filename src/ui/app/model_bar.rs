@@ -1,4 +1,5 @@
-//! The model bar: model field, Open…, Load, device, precision.
+//! The model bar: model field, Open…, Load, device; and the precision
+//! picker, which Advanced shows.
 
 #[allow(clippy::wildcard_imports)] // the parent's imports, as if this were its file
 use super::*;
@@ -14,7 +15,6 @@ impl VersifierApp {
                 ui.separator();
             }
             self.device_picker(ui);
-            self.precision_picker(ui);
         });
     }
 
@@ -143,10 +143,13 @@ impl VersifierApp {
         });
     }
 
-    /// The precision: auto, or one the user picks.
-    fn precision_picker(&mut self, ui: &mut egui::Ui) {
+    /// The precision, under Advanced: auto, or one the user picks, said in
+    /// plain words on hover.
+    pub(super) fn precision_picker(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
-            let precision_label = ui.label("Precision");
+            let precision_label = ui
+                .label("Precision")
+                .on_hover_text("How exactly the model's numbers are kept: less exact takes less memory and is often faster");
             let shown = if self.settings.precision_auto {
                 format!("auto ({})", self.load_spec().precision)
             } else {

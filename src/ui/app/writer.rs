@@ -124,6 +124,7 @@ impl VersifierApp {
         });
         let form = self.form();
         egui::CollapsingHeader::new("Advanced").show(ui, |ui| {
+            self.precision_picker(ui);
             let s = &mut self.settings;
             ui.add(egui::Slider::new(&mut s.sampling.temperature, 0.1..=2.0).text("temperature"));
             ui.add(egui::Slider::new(&mut s.sampling.top_k, 0..=200).text("top-k (0 = all)"));
