@@ -395,3 +395,26 @@ fn precision_sits_under_advanced_and_the_memory_parts_are_named_in_plain_words()
     }
     assert!(h.query_all_by_label_contains("KV cache").next().is_none());
 }
+
+#[test]
+fn at_700_by_500_the_memory_strip_keeps_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::in_dir(dir.path());
+    let mut h = egui_kittest::Harness::builder()
+        .with_size(egui::vec2(700.0, 500.0))
+        .with_context_setup(versifier::ui::install_fonts)
+        .build_ui_state(
+            |ui, app: &mut versifier::ui::VersifierApp| app.show(ui),
+            app(&store),
+        );
+    h.run_steps(3);
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(700.0, 500.0));
+    for part in ["the model", "poems being written", "the app itself"] {
+        let node = h.get_all_by_label_contains(part).next().unwrap();
+        assert!(
+            window.contains_rect(node.rect()),
+            "{part} at {:?}",
+            node.rect()
+        );
+    }
+}

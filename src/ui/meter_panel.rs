@@ -124,9 +124,8 @@ pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
             // is visible on any GPU; the whole GPU is the thin bar under it.
             let scale = peak.max(process).max(weights + kv).max(1);
             stacked_bar(ui, desired, scale, &segments);
-            if !view.compact {
-                legend(ui, &segments);
-            }
+            // Narrow too: the key wraps rather than going.
+            legend(ui, &segments);
             let other = g.used_bytes.saturating_sub(process);
             stacked_bar(
                 ui,
@@ -161,9 +160,7 @@ pub fn show(view: &MeterView<'_>, ui: &mut egui::Ui) -> Vec<MeterAction> {
             let segments = app_segments(w, kv, rss.saturating_sub(w + kv));
             ui.label(format!("This app in RAM: {}", figure(rss)));
             stacked_bar(ui, desired, peak.max(rss).max(1), &segments);
-            if !view.compact {
-                legend(ui, &segments);
-            }
+            legend(ui, &segments);
             if let DeviceChoice::Cuda(i) = view.device {
                 // A GPU was chosen but cannot be read: say so plainly, details folded.
                 ui.colored_label(

@@ -104,7 +104,8 @@ pub(super) fn verse_rules_row(
     form: &crate::poetry::forms::PoemForm,
 ) {
     use crate::poetry::{RulesMode, TemplateStart};
-    ui.horizontal(|ui| {
+    // Wraps in a narrow window, so the template label is never cut.
+    ui.horizontal_wrapped(|ui| {
         egui::ComboBox::from_label("rules")
             .selected_text(match verse.mode {
                 RulesMode::Strict => "strict (rhyme + 平仄)",
