@@ -152,14 +152,7 @@ fn history_buttons_stay_in_reach_in_a_700_by_500_window() {
     store
         .save_history(&[record.clone(), record.clone(), record])
         .unwrap();
-    let mut h = egui_kittest::Harness::builder()
-        .with_size(egui::vec2(700.0, 500.0))
-        .with_context_setup(versifier::ui::install_fonts)
-        .build_ui_state(
-            |ui, app: &mut versifier::ui::VersifierApp| app.show(ui),
-            app(&store),
-        );
-    h.run_steps(2);
+    let mut h = harness_sized(app(&store), 700.0, 500.0);
     h.get_by_label_contains("History (3)").click();
     h.run_steps(2);
     for button in ["Re-run", "Delete"] {
@@ -400,14 +393,8 @@ fn precision_sits_under_advanced_and_the_memory_parts_are_named_in_plain_words()
 fn at_700_by_500_the_memory_strip_keeps_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::in_dir(dir.path());
-    let mut h = egui_kittest::Harness::builder()
-        .with_size(egui::vec2(700.0, 500.0))
-        .with_context_setup(versifier::ui::install_fonts)
-        .build_ui_state(
-            |ui, app: &mut versifier::ui::VersifierApp| app.show(ui),
-            app(&store),
-        );
-    h.run_steps(3);
+    let mut h = harness_sized(app(&store), 700.0, 500.0);
+    h.run_steps(1);
     let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(700.0, 500.0));
     for part in ["the model", "poems being written", "the app itself"] {
         let node = h.get_all_by_label_contains(part).next().unwrap();

@@ -17,8 +17,13 @@ pub fn app(store: &Store) -> VersifierApp {
 }
 
 pub fn harness(app: VersifierApp) -> Harness<'static, VersifierApp> {
+    harness_sized(app, 1200.0, 800.0)
+}
+
+/// [`harness`] in a window of `width` x `height`.
+pub fn harness_sized(app: VersifierApp, width: f32, height: f32) -> Harness<'static, VersifierApp> {
     let mut h = Harness::builder()
-        .with_size(egui::vec2(1200.0, 800.0))
+        .with_size(egui::vec2(width, height))
         .with_context_setup(versifier::ui::install_fonts)
         .build_ui_state(|ui, app: &mut VersifierApp| app.show(ui), app);
     h.run_steps(2);
