@@ -380,6 +380,7 @@ fn precision_sits_under_advanced_and_the_memory_parts_are_named_in_plain_words()
     h.get_by_label("Advanced").click();
     h.run_steps(2);
     assert!(h.query_by_label("Precision").is_some(), "under Advanced");
+    until_memory_reading(&mut h);
     for part in ["the model", "poems being written", "the app itself"] {
         assert!(
             h.query_all_by_label_contains(part).next().is_some(),
@@ -395,6 +396,7 @@ fn at_700_by_500_the_memory_strip_keeps_its_key() {
     let store = Store::in_dir(dir.path());
     let mut h = harness_sized(app(&store), 700.0, 500.0);
     h.run_steps(1);
+    until_memory_reading(&mut h);
     let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(700.0, 500.0));
     for part in ["the model", "poems being written", "the app itself"] {
         let node = h.get_all_by_label_contains(part).next().unwrap();

@@ -55,3 +55,17 @@ pub fn start_poem(h: &mut Harness<'static, VersifierApp>, prompt: &str) {
     h.get_by_label("Generate  (Ctrl+Enter)").click();
     h.run_steps(1);
 }
+
+/// Waits (bounded) for the memory meter's first reading, which the bar and
+/// its key come with, and draws again.
+pub fn until_memory_reading(h: &mut Harness<'static, VersifierApp>) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.state().latest_memory().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no memory reading within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.run_steps(2);
+}
