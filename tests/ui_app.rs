@@ -429,41 +429,6 @@ fn rerun_writes_the_chosen_variation_again_and_leaves_the_settings_alone() {
 }
 
 #[test]
-fn a_cards_rerun_rewrites_only_its_own_card_and_history_keeps_one_record_per_poem() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::in_dir(dir.path());
-    let mut h = harness(app(&store));
-    h.state_mut().settings.variations = 3;
-    start_poem(&mut h, "江");
-    pump(&mut h, "poems", |a| {
-        a.cards.len() == 3 && a.cards.iter().all(|c| c.done)
-    });
-    let before: Vec<String> = h.state().cards.iter().map(|c| c.text.clone()).collect();
-    assert_eq!(h.state().history.len(), 3);
-    // The second card's Re-run.
-    h.get_all_by_label("Re-run").nth(1).unwrap().click();
-    h.run_steps(1);
-    assert_eq!(
-        h.state().cards.len(),
-        3,
-        "the other cards stay while it writes"
-    );
-    assert_eq!(h.state().cards[0].text, before[0]);
-    assert_eq!(h.state().cards[2].text, before[2]);
-    pump(&mut h, "re-run", |a| !a.is_writing() && a.cards[1].done);
-    let after: Vec<String> = h.state().cards.iter().map(|c| c.text.clone()).collect();
-    assert_eq!(
-        after, before,
-        "the same poem in its own place, the others kept"
-    );
-    assert_eq!(
-        h.state().history.len(),
-        3,
-        "writing the same poem again adds no second record"
-    );
-}
-
-#[test]
 fn every_control_is_reachable_in_a_700_by_500_window() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::in_dir(dir.path());
